@@ -1,0 +1,214 @@
+"""One frozen `Config` for every stage, and the command-line flags generated from it.
+
+Every knob of the pipeline is a field of `Config`, with its default and a one-line reason beside
+it. `build_model(config)`, `make_datasets(config, ...)` and `train(config)` take it explicitly; no
+module reads a global setting. The flags of `python -m pneumocnn.train` are made from the fields,
+so adding a knob is one line here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+BALANCE_CHOICES = ("none", "class_weight", "oversample")
+
+
+def _field(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that defines a training run.
+
+    Saved as `config.json` in the run folder, so a run describes itself and later stages
+    (evaluate, export) rebuild what they need from it.
+
+    Example:
+
+    >>> config = Config(image_size=128, epochs=2)
+    >>> config.image_size
+    128
+    """
+
+    # Data.
+    data_dir: str | None = _field(
+        None,
+        "Kaggle-style chest_xray folder. Default: $PNEUMOCNN_DATA_DIR, else a kagglehub download.",
+    )
+    output_dir: str | None = _field(None, "Run folder to write. Default: runs/<timestamp>.")
+    val_fraction: float = _field(
+        0.2, "Share of patients held out for validation (grouped by patient, by class)."
+    )
+    limit_per_class: int = _field(
+        0, "Use at most this many images per class (0 = all); for quick runs."
+    )
+    seed: int = _field(42, "Seeds the split, the shuffles, augmentation and initial weights.")
+
+    # Input pipeline.
+    image_size: int = _field(
+        160, "Side of the square grayscale input; 160 keeps detail at a quarter of 224's cost."
+    )
+    batch_size: int = _field(32, "Images per step; small batches regularise a small dataset.")
+    balance: Literal["none", "class_weight", "oversample"] = _field(
+        "class_weight",
+        "Class imbalance (PNEUMONIA is ~3x NORMAL): none, class_weight or oversample.",
+    )
+    augment_strength: float = _field(
+        1.0, "Scales rotation, shift, zoom and contrast augmentation; 0 turns it off."
+    )
+    horizontal_flip: bool = _field(
+        False, "Mirror training images; off because the heart sits on the left of a chest film."
+    )
+
+    # Model.
+    base_filters: int = _field(16, "Filters of the stem; each block doubles them.")
+    num_blocks: int = _field(4, "SeparableConv2D blocks, each halving the resolution.")
+    dropout_rate: float = _field(0.3, "Dropout before the head; the dataset is small.")
+
+    # Optimisation.
+    epochs: int = _field(30, "Upper bound; early stopping usually ends the run sooner.")
+    learning_rate: float = _field(1e-3, "Adam's initial learning rate.")
+    early_stopping_patience: int = _field(
+        8, "Epochs without a better val_auc before training stops."
+    )
+    reduce_lr_patience: int = _field(
+        3, "Epochs without a lower val_loss before the learning rate is cut."
+    )
+    reduce_lr_factor: float = _field(0.3, "Multiplies the learning rate at each plateau.")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.image_size >= 32, "image_size", "an integer of at least 32"),
+            (self.batch_size >= 1, "batch_size", "a positive integer"),
+            (self.epochs >= 1, "epochs", "a positive integer"),
+            (self.learning_rate > 0, "learning_rate", "a positive number"),
+            (0 < self.val_fraction < 1, "val_fraction", "a number between 0 and 1"),
+            (self.limit_per_class >= 0, "limit_per_class", "0 (all images) or a positive integer"),
+            (self.balance in BALANCE_CHOICES, "balance", f"one of {BALANCE_CHOICES}"),
+            (self.augment_strength >= 0, "augment_strength", "a number of at least 0"),
+            (self.base_filters >= 1, "base_filters", "a positive integer"),
+            (self.num_blocks >= 1, "num_blocks", "a positive integer"),
+            (0 <= self.dropout_rate < 1, "dropout_rate", "a number in [0, 1)"),
+            (self.early_stopping_patience >= 1, "early_stopping_patience", "a positive integer"),
+            (self.reduce_lr_patience >= 1, "reduce_lr_patience", "a positive integer"),
+            (0 < self.reduce_lr_factor < 1, "reduce_lr_factor", "a number between 0 and 1"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise ValueError(
+                    f"Config field `{name}` must be {expected}. "
+                    f"Received: {name}={getattr(self, name)!r}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        """Writes the config as JSON to `path`."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Builds a config from a dict, refusing keys that are not fields.
+
+        Raises:
+            ValueError: if `values` holds a key that is not a `Config` field.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown config keys {unknown}. Expected some of {sorted(known)}. "
+                f"Received: keys={sorted(values)}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        """Reads a config written by `Config.save` (or by hand).
+
+        Raises:
+            FileNotFoundError: if `path` does not exist.
+            ValueError: if the file is not a JSON object of `Config` fields.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Config file not found. Received: path='{path}'. Pass a JSON file written by "
+                "a previous run (its config.json) or one you wrote with some Config fields."
+            )
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"Config file '{path}' is not valid JSON: {error}") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"Config file '{path}' must hold a JSON object of Config fields.")
+        return cls.from_dict(values)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parser_type(annotation: Any) -> tuple[Any, tuple[str, ...] | None]:
+    """Returns (converter, choices) for a field's type annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return str, typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _parser_type(inner[0])
+    return annotation, None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per `Config` field, plus `--config FILE`, to `parser`.
+
+    A flag left out keeps the value from `--config` (if given), else the field's default.
+    """
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON file of Config fields (e.g. a run's config.json); flags override it.",
+    )
+    hints = typing.get_type_hints(Config)
+    for field in dataclasses.fields(Config):
+        converter, choices = _parser_type(hints[field.name])
+        help_text = f"{field.metadata['help']} (default: {field.default!r})"
+        if converter is bool:
+            parser.add_argument(
+                _flag(field.name),
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                _flag(field.name),
+                dest=field.name,
+                type=converter,
+                choices=choices,
+                default=None,
+                metavar=None if choices else field.name.upper(),
+                help=help_text,
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Builds the `Config` from parsed flags: field defaults < `--config` file < flags."""
+    base = Config.load(args.config) if getattr(args, "config", None) else Config()
+    overrides = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(Config)
+        if getattr(args, field.name, None) is not None
+    }
+    return dataclasses.replace(base, **overrides)

@@ -1,0 +1,424 @@
+"""Finding the data, splitting it by patient, and the `tf.data` input pipeline.
+
+The flow: `resolve_data_dir` (flag, else `$PNEUMOCNN_DATA_DIR`, else kagglehub) ->
+`find_dataset` (Kaggle layout or plain class folders) -> `make_split` (patient-grouped,
+class-stratified, seeded) -> `load_split` (decode once with the shared loader) ->
+`make_datasets` (cache, shuffle, batch, augment the training split only, prefetch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.utils.class_weight import compute_class_weight
+
+from pneumocnn.config import Config
+from pneumocnn.images import is_image_file, load_images
+
+logger = logging.getLogger(__name__)
+
+DATA_ENV_VAR = "PNEUMOCNN_DATA_DIR"
+KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
+SPLIT_COLUMNS = ("path", "label", "patient", "subset")
+AUTOTUNE = tf.data.AUTOTUNE
+# Folders a zip made on macOS, or a file browser, leaves behind; never classes.
+_IGNORED_DIRS = {"__MACOSX"}
+# Patient id from the Kaggle file names (see ../shared/chest_xray/README.md):
+# person<ID>_bacteria_<N>.jpeg, person<ID>_virus_<N>.jpeg, IM-<ID>-<N>.jpeg, NORMAL2-IM-<ID>-<N>.jpeg.
+_PATIENT_PATTERNS = (
+    re.compile(r"^(person\d+)_(?:bacteria|virus)_"),
+    re.compile(r"^((?:NORMAL2-)?IM-\d+)-"),
+)
+
+
+class DataError(ValueError):
+    """Raised when the data folder is missing or not laid out as expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A data folder as found on disk.
+
+    Args:
+        root: the folder the user pointed at, after resolving nesting.
+        class_names: class folder names, sorted; the label of a class is its index.
+        development: folders whose images form the train/validation pool (Kaggle `train/`, and
+            `val/` when present; or the root itself for plain class folders).
+        test: the Kaggle `test/` folder, or `None`. Never used for training or selection.
+    """
+
+    root: Path
+    class_names: tuple[str, ...]
+    development: tuple[Path, ...]
+    test: Path | None
+
+
+def resolve_data_dir(data_dir: str | None) -> Path:
+    """Finds the data: `data_dir`, else `$PNEUMOCNN_DATA_DIR`, else a kagglehub download.
+
+    Args:
+        data_dir: a folder given by the user, or `None`.
+
+    Returns:
+        The folder to read.
+
+    Raises:
+        DataError: if the given folder does not exist, or nothing was given and the download
+            failed (no network, no Kaggle credentials).
+    """
+    source, folder = "--data-dir", data_dir
+    if folder is None and os.environ.get(DATA_ENV_VAR):
+        source, folder = f"${DATA_ENV_VAR}", os.environ[DATA_ENV_VAR]
+    if folder is not None:
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise DataError(
+                f"Data directory '{path}' does not exist. Received: {source}='{folder}'. "
+                "Pass --data-dir pointing at a Kaggle-style chest_xray/ folder."
+            )
+        return path
+    import kagglehub  # imported here: only this path needs it, and it is slow to import.
+
+    logger.info("No --data-dir or $%s; downloading %s with kagglehub", DATA_ENV_VAR, KAGGLE_DATASET)
+    try:
+        return Path(kagglehub.dataset_download(KAGGLE_DATASET))
+    except Exception as error:  # noqa: BLE001 - kagglehub raises many types; all mean "no data".
+        raise DataError(
+            f"No data folder was given and downloading '{KAGGLE_DATASET}' with kagglehub failed "
+            f"({type(error).__name__}: {error}). Pass --data-dir /path/to/chest_xray or set "
+            f"{DATA_ENV_VAR}=/path/to/chest_xray (a folder holding train/NORMAL and "
+            "train/PNEUMONIA, or NORMAL/ and PNEUMONIA/ directly)."
+        ) from error
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(
+        child
+        for child in folder.iterdir()
+        if child.is_dir() and child.name not in _IGNORED_DIRS and not child.name.startswith(".")
+    )
+
+
+def _class_names(folder: Path) -> tuple[str, ...]:
+    names = tuple(child.name for child in _subdirs(folder))
+    if not names:
+        raise DataError(
+            f"Data directory '{folder}' has no class subfolders (e.g. NORMAL/ and PNEUMONIA/). "
+            f"Received: data_dir='{folder}'. Pass --data-dir pointing at a Kaggle-style "
+            "chest_xray/ folder."
+        )
+    return names
+
+
+def find_dataset(data_dir: str | Path) -> Dataset:
+    """Reads the layout of a data folder.
+
+    Accepted layouts: a folder holding `train/` (with optional `val/` and `test/`); the doubly
+    nested `chest_xray/chest_xray/` that the Kaggle archive unpacks to (`__MACOSX` is ignored);
+    or a folder whose subfolders are the classes.
+
+    Args:
+        data_dir: the folder to read.
+
+    Returns:
+        A `Dataset`.
+
+    Raises:
+        DataError: if the folder is missing, has no class folders, or a class has no images.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(
+            f"Data directory '{root}' does not exist. Received: data_dir='{data_dir}'. "
+            "Pass --data-dir pointing at a Kaggle-style chest_xray/ folder."
+        )
+    # Walk down through the single-folder nesting that archives add (chest_xray/chest_xray/).
+    while not (root / "train").is_dir():
+        children = _subdirs(root)
+        if len(children) == 1 and children[0].name.lower() in ("chest_xray", "chest-xray"):
+            root = children[0]
+        else:
+            break
+    if (root / "train").is_dir():
+        class_names = _class_names(root / "train")
+        development = [root / "train"] + ([root / "val"] if (root / "val").is_dir() else [])
+        test = root / "test" if (root / "test").is_dir() else None
+    else:
+        class_names = _class_names(root)
+        development, test = [root], None
+    if len(class_names) < 2:
+        raise DataError(
+            f"Data directory '{root}' has only the class folder {list(class_names)}; at least "
+            "two are needed (NORMAL/ and PNEUMONIA/). Received: data_dir='{data_dir}'."
+        )
+    dataset = Dataset(root, class_names, tuple(development), test)
+    for name in class_names:
+        if not any(is_image_file(p) for p in (development[0] / name).rglob("*")):
+            raise DataError(
+                f"Class folder '{development[0] / name}' has no JPEG or PNG images. "
+                f"Received: data_dir='{data_dir}'. Put the {name} images there or remove it."
+            )
+    return dataset
+
+
+def list_images(folders: tuple[Path, ...] | list[Path], class_names: tuple[str, ...]) -> pd.DataFrame:
+    """Lists the images under `<folder>/<class>/` for each folder, with their labels.
+
+    Hidden files and non-image files are skipped (and counted in the log).
+
+    Returns:
+        A DataFrame with columns `path` (str) and `label` (int index into `class_names`),
+        sorted by path so that the order never depends on the file system.
+    """
+    rows, strays = [], 0
+    for folder in folders:
+        for label, name in enumerate(class_names):
+            class_dir = folder / name
+            if not class_dir.is_dir():
+                continue
+            for path in class_dir.rglob("*"):
+                if not path.is_file() or _IGNORED_DIRS & set(path.parts):
+                    continue
+                if is_image_file(path):
+                    rows.append((str(path), label))
+                else:
+                    strays += 1
+    if strays:
+        logger.warning("Skipped %d files that are not JPEG or PNG images", strays)
+    return pd.DataFrame(rows, columns=["path", "label"]).sort_values("path", ignore_index=True)
+
+
+def patient_id(path: str | Path) -> str:
+    """Returns the patient an image belongs to, from its file name.
+
+    `person12_virus_3.jpeg` -> `person12`; `IM-0115-0001.jpeg` -> `IM-0115`;
+    `NORMAL2-IM-0135-0001.jpeg` -> `NORMAL2-IM-0135`. A name matching no scheme is its own
+    patient (the file name without extension).
+    """
+    name = Path(path).name
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(name)
+        if match:
+            return match.group(1)
+    return Path(name).stem
+
+
+def _merge_duplicate_groups(paths: list[str], groups: list[str]) -> list[str]:
+    """Puts byte-identical files into one group, so a duplicate cannot straddle the split."""
+    parent = {group: group for group in groups}
+
+    def find(group: str) -> str:
+        while parent[group] != group:
+            group = parent[group]
+        return group
+
+    first_by_digest: dict[str, str] = {}
+    for path, group in zip(paths, groups, strict=True):
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        other = first_by_digest.setdefault(digest, group)
+        root_a, root_b = find(other), find(group)
+        if root_a != root_b:
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+    return [find(group) for group in groups]
+
+
+def make_split(images: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
+    """Splits images into train and val, grouped by patient and stratified by class.
+
+    Exact duplicate files are grouped with each other as well. The same input and seed always
+    give the same split.
+
+    Args:
+        images: DataFrame with `path` and `label` columns (see `list_images`).
+        val_fraction: share of images (about the same share of patients) for validation.
+        seed: seeds the assignment of patients to subsets.
+
+    Returns:
+        A DataFrame with columns `path`, `label`, `patient`, `subset` ("train" or "val").
+
+    Raises:
+        DataError: if a class has too few patients to put some on each side.
+    """
+    paths = images["path"].tolist()
+    patients = [patient_id(path) for path in paths]
+    groups = _merge_duplicate_groups(paths, patients)
+    n_splits = max(2, round(1 / val_fraction))
+    per_class = pd.Series(groups).groupby(images["label"].to_numpy()).nunique()
+    if per_class.min() < n_splits:
+        raise DataError(
+            f"A class has only {per_class.min()} patients; a patient-grouped split with "
+            f"val_fraction={val_fraction} needs at least {n_splits} per class. "
+            "Add images, or raise --limit-per-class."
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, val_index = next(splitter.split(paths, images["label"], groups))
+    subset = np.full(len(paths), "train", dtype=object)
+    subset[val_index] = "val"
+    return pd.DataFrame(
+        {"path": paths, "label": images["label"].to_numpy(), "patient": patients, "subset": subset}
+    )
+
+
+def limit_per_class(images: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
+    """Keeps a seeded random sample of at most `limit` images per class (0 keeps all)."""
+    if limit <= 0:
+        return images
+    rng = np.random.default_rng(seed)
+    keep = [
+        rng.choice(index, size=min(limit, len(index)), replace=False)
+        for index in images.groupby("label").indices.values()
+    ]
+    return images.iloc[np.sort(np.concatenate(keep))].reset_index(drop=True)
+
+
+def prepare_split(config: Config, dataset: Dataset) -> pd.DataFrame:
+    """Lists the development images of `dataset`, applies the limit, and splits them.
+
+    Returns:
+        The split (see `make_split`), with paths relative to `dataset.root`.
+    """
+    images = limit_per_class(
+        list_images(dataset.development, dataset.class_names), config.limit_per_class, config.seed
+    )
+    split = make_split(images, config.val_fraction, config.seed)
+    # Paths relative to the data root keep the run folder valid wherever the data is mounted.
+    split["path"] = [Path(path).relative_to(dataset.root).as_posix() for path in split["path"]]
+    counts = split.groupby(["subset", "label"]).size().to_dict()
+    logger.info("Split by patient (seed %d): %s", config.seed, counts)
+    return split
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedSplit:
+    """Decoded images of one subset.
+
+    Args:
+        images: uint8 array `(n, size, size, 1)` of raw pixels.
+        labels: int array `(n,)`.
+        paths: the file of each image.
+        skipped: `(path, reason)` for each file that could not be read.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def load_split(
+    split: pd.DataFrame, subset: str, image_size: int, root: str | Path
+) -> LoadedSplit:
+    """Decodes every readable image of `subset` ("train" or "val") with the shared loader.
+
+    Args:
+        split: from `prepare_split` (or a run's `split.csv`); paths relative to `root`.
+        subset: which rows to load.
+        image_size: side of the square images.
+        root: the data folder the paths are relative to.
+    """
+    rows = split[split["subset"] == subset]
+    paths = [str(Path(root) / path) for path in rows["path"]]
+    logger.info("Decoding %d %s images at %dx%d", len(paths), subset, image_size, image_size)
+    images, kept, skipped = load_images(paths, image_size)
+    labels = rows["label"].to_numpy()[kept].astype(np.int32)
+    return LoadedSplit(images, labels, [paths[i] for i in kept], skipped)
+
+
+def build_augmentation(config: Config) -> keras.Sequential:
+    """Augmentation for training batches, as Keras preprocessing layers on raw 0-255 pixels.
+
+    Small rotations, shifts and zooms mimic how a child is positioned on the film; contrast
+    mimics exposure differences between machines. `config.augment_strength` scales them all.
+    Horizontal flips are off by default: a chest film is not mirror-symmetric (the heart sits on
+    the left, and films carry side markers), so a flipped film is not a realistic input.
+
+    Args:
+        config: uses `augment_strength`, `horizontal_flip` and `seed`.
+
+    Returns:
+        A `keras.Sequential` named "augmentation" (empty when strength is 0 and flips are off).
+    """
+    strength, seed = config.augment_strength, config.seed
+    layers = []
+    if strength > 0:
+        layers += [
+            keras.layers.RandomRotation(0.02 * strength, fill_mode="constant", seed=seed),
+            keras.layers.RandomTranslation(
+                0.05 * strength, 0.05 * strength, fill_mode="constant", seed=seed + 1
+            ),
+            keras.layers.RandomZoom(0.1 * strength, fill_mode="constant", seed=seed + 2),
+            keras.layers.RandomContrast(min(0.9, 0.2 * strength), seed=seed + 3),
+        ]
+    if config.horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
+    return keras.Sequential(layers, name="augmentation")
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Balanced class weights (n_samples / (n_classes * count)) from the training labels."""
+    classes = np.arange(num_classes)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
+
+
+def _to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.cast(images, tf.float32), labels
+
+
+def make_datasets(
+    config: Config, train: LoadedSplit, val: LoadedSplit, num_classes: int = 2
+) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
+    """Builds the training and validation `tf.data` pipelines from decoded images.
+
+    Training: cache -> shuffle (each epoch) -> batch -> augment -> prefetch; with
+    `balance="oversample"`, each class is repeated and sampled equally, so batches are balanced.
+    Validation: cache -> batch -> prefetch, never augmented.
+
+    Args:
+        config: uses `batch_size`, `balance`, `seed` and the augmentation fields.
+        train: decoded training images.
+        val: decoded validation images.
+        num_classes: number of classes. Defaults to 2.
+
+    Returns:
+        `(train_ds, val_ds, steps_per_epoch)`. Labels are float32 of shape `(batch, 1)`.
+    """
+    def labelled(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
+        labels = labels.astype(np.float32)[:, np.newaxis]
+        return tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+
+    steps = max(1, int(np.ceil(len(train.labels) / config.batch_size)))
+    if config.balance == "oversample":
+        per_class = [
+            labelled(train.images[train.labels == c], train.labels[train.labels == c])
+            .shuffle(int(np.sum(train.labels == c)), seed=config.seed + c)
+            .repeat()
+            for c in range(num_classes)
+            if np.any(train.labels == c)
+        ]
+        train_ds = tf.data.Dataset.sample_from_datasets(
+            per_class, weights=[1.0 / len(per_class)] * len(per_class), seed=config.seed
+        )
+    else:
+        train_ds = labelled(train.images, train.labels).shuffle(
+            len(train.labels), seed=config.seed, reshuffle_each_iteration=True
+        )
+    # Cached as uint8 (a quarter of the memory); cast per batch.
+    train_ds = train_ds.batch(config.batch_size).map(_to_float, num_parallel_calls=AUTOTUNE)
+    augmentation = build_augmentation(config)
+    if augmentation.layers:
+        train_ds = train_ds.map(
+            lambda x, y: (augmentation(x, training=True), y), num_parallel_calls=AUTOTUNE
+        )
+    val_ds = labelled(val.images, val.labels).batch(config.batch_size).map(_to_float)
+    return train_ds.prefetch(AUTOTUNE), val_ds.prefetch(AUTOTUNE), steps

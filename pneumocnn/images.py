@@ -1,0 +1,150 @@
+"""The one image loader shared by training, evaluation, prediction, LiteRT and the app.
+
+It needs only numpy and Pillow (no TensorFlow), so the edge install can use it, and training sees
+exactly the pixels a phone will: the same decode, the same grayscale conversion, the same resize.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+# The largest chest film in the Kaggle data is about 2,900 x 2,700 px (8 Mpx); anything far above
+# that is more likely a decompression bomb than an X-ray, and is refused before decoding.
+MAX_PIXELS = 64_000_000
+
+
+class ImageLoadError(ValueError):
+    """Raised when a file cannot be read as an image; the message names the file."""
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Returns True for a visible file with a JPEG or PNG extension."""
+    path = Path(path)
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Converts any Pillow image to 8-bit grayscale (mode "L").
+
+    RGB and CMYK go through Pillow's luminance conversion; transparency is flattened onto black
+    (the background of a film); 16-bit and float images are stretched from their own minimum and
+    maximum to 0-255, as a viewer's default window would show them.
+
+    Args:
+        image: a Pillow image of any mode.
+
+    Returns:
+        A mode "L" image of the same size.
+    """
+    if image.mode == "L":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("L")
+    return image.convert("RGB").convert("L") if image.mode == "CMYK" else image.convert("L")
+
+
+def load_image(source: str | Path, image_size: int) -> np.ndarray:
+    """Reads an image file as a `(image_size, image_size, 1)` uint8 array of raw 0-255 pixels.
+
+    The image is decoded (JPEG or PNG; any mode, any size), converted to grayscale, and resized
+    to a square with bilinear filtering. No normalisation: the model rescales inside itself.
+
+    Args:
+        source: path of the image file.
+        image_size: side of the square output.
+
+    Returns:
+        A uint8 array of shape `(image_size, image_size, 1)`.
+
+    Raises:
+        ImageLoadError: if the file is missing, empty, not an image, truncated, or larger than
+            `MAX_PIXELS` (checked from the header, before decoding).
+    """
+    path = Path(source)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageLoadError(
+                    f"Image '{path}' is {width}x{height} px, above the limit of {MAX_PIXELS:,} "
+                    "pixels (a decompression bomb or not an X-ray). Resize it before use."
+                )
+            image.load()
+            gray = to_grayscale(image)
+            resized = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    except ImageLoadError:
+        raise
+    except FileNotFoundError as error:
+        raise ImageLoadError(f"Image file not found: '{path}'. Check the path.") from error
+    # Pillow signals a bad file with many types (OSError, SyntaxError, ValueError, struct.error,
+    # DecompressionBombError, ...); all of them mean "this file is not a usable image".
+    except Exception as error:  # noqa: BLE001
+        raise ImageLoadError(
+            f"Cannot read '{path}' as an image ({type(error).__name__}: {error}). "
+            "Expected a JPEG or PNG chest X-ray; replace or remove the file."
+        ) from error
+    return np.asarray(resized, dtype=np.uint8)[:, :, np.newaxis]
+
+
+def load_images(
+    paths: Sequence[str | Path], image_size: int, workers: int | None = None
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """Loads many images in parallel, skipping unreadable ones with a warning.
+
+    Pillow releases the GIL while decoding and resizing, so threads use every core. Progress is
+    logged every tenth of the way (at most every 100 images).
+
+    Args:
+        paths: image files.
+        image_size: side of the square output.
+        workers: threads to use. Defaults to `None`, the number of CPU cores.
+
+    Returns:
+        A tuple `(images, kept, skipped)`: a uint8 array of shape
+        `(len(kept), image_size, image_size, 1)`, the indices into `paths` of the images in it,
+        and `(path, reason)` for each file that could not be read.
+    """
+    total = len(paths)
+    workers = workers or os.cpu_count() or 1
+    images: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+
+    def read(index: int) -> np.ndarray | ImageLoadError:
+        try:
+            return load_image(paths[index], image_size)
+        except ImageLoadError as error:
+            return error
+
+    step = max(100, total // 10)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for index, result in enumerate(pool.map(read, range(total))):
+            if isinstance(result, ImageLoadError):
+                logger.warning("Skipping unreadable image: %s", result)
+                skipped.append((str(paths[index]), str(result)))
+            else:
+                images.append(result)
+                kept.append(index)
+            if (index + 1) % step == 0 or index + 1 == total:
+                logger.info("Loaded %d/%d images (%d skipped)", index + 1, total, len(skipped))
+    array = (
+        np.stack(images) if images else np.zeros((0, image_size, image_size, 1), dtype=np.uint8)
+    )
+    return array, kept, skipped

@@ -1,0 +1,134 @@
+"""The network: a small grayscale CNN that takes raw 0-255 pixels.
+
+`Rescaling` sits inside the model, so the `.keras`, the `.tflite`, the app and a phone all feed
+the same raw pixels. Every convolution is conv -> BatchNormalization -> ReLU with no conv bias,
+so BatchNormalization folds into the convolution when exported.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from pneumocnn.config import Config
+
+# Grad-CAM and the export look layers up by these names, never by index.
+LAST_CONV_LAYER = "last_conv"
+OUTPUT_LAYER = "predictions"
+
+
+@keras.saving.register_keras_serializable(package="pneumocnn")
+class Specificity(keras.metrics.Metric):
+    """Recall of the negative class (NORMAL): TN / (TN + FP) at a threshold.
+
+    Keras has `Recall` (sensitivity) but no plain specificity; this combines its
+    `TrueNegatives` and `FalsePositives` metrics.
+
+    Args:
+        threshold: probability at or above which a prediction is positive. Defaults to 0.5.
+        name: metric name. Defaults to "specificity".
+    """
+
+    def __init__(self, threshold: float = 0.5, name: str = "specificity", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.threshold = threshold
+        self.true_negatives = keras.metrics.TrueNegatives(thresholds=threshold)
+        self.false_positives = keras.metrics.FalsePositives(thresholds=threshold)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.true_negatives.update_state(y_true, y_pred, sample_weight)
+        self.false_positives.update_state(y_true, y_pred, sample_weight)
+
+    def result(self):
+        tn = self.true_negatives.result()
+        return keras.ops.divide_no_nan(tn, tn + self.false_positives.result())
+
+    def reset_state(self):
+        self.true_negatives.reset_state()
+        self.false_positives.reset_state()
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+# Keras's default BatchNormalization momentum (0.99) needs ~500 steps to forget the initial
+# moving variance of 1; with ~130 steps an epoch, early validation then saw nearly constant
+# outputs (val AUC 0.5 for the first epochs, measured). 0.9 forgets it within one epoch.
+BATCHNORM_MOMENTUM = 0.9
+
+
+def _conv_bn_relu(x, layer, name: str):
+    x = layer(x)
+    x = keras.layers.BatchNormalization(momentum=BATCHNORM_MOMENTUM, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_model(config: Config) -> keras.Model:
+    """Builds the uncompiled classifier.
+
+    Input `(image_size, image_size, 1)` float32 raw 0-255 pixels -> `Rescaling` to [-1, 1] ->
+    Conv2D stem (stride 2) -> `num_blocks` blocks of two SeparableConv2D (the first block keeps
+    the stem's width, each later block doubles it) with max-pooling between blocks -> global
+    average pooling -> Dropout -> one sigmoid unit named "predictions" (P(PNEUMONIA)).
+
+    Args:
+        config: uses `image_size`, `base_filters`, `num_blocks` and `dropout_rate`.
+
+    Returns:
+        A `keras.Model` named "pneumocnn".
+
+    Example:
+
+    >>> model = build_model(Config(image_size=64))
+    >>> model.output_shape
+    (None, 1)
+    """
+    size, width = config.image_size, config.base_filters
+    inputs = keras.Input(shape=(size, size, 1), name="image")
+    # To [-1, 1]: zero-centred inputs give the stem's BatchNormalization statistics near its
+    # initial ones, so early validation (inference mode) is already meaningful.
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)
+    x = _conv_bn_relu(
+        x, keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem"),
+        "stem",
+    )
+    for block in range(1, config.num_blocks + 1):
+        filters = width * 2 ** (block - 1)
+        if block > 1:
+            x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        for conv in (1, 2):
+            is_last = block == config.num_blocks and conv == 2
+            name = LAST_CONV_LAYER if is_last else f"block{block}_conv{conv}"
+            layer = keras.layers.SeparableConv2D(
+                filters, 3, padding="same", use_bias=False, name=name
+            )
+            x = _conv_bn_relu(x, layer, name)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER)(x)
+    return keras.Model(inputs, outputs, name="pneumocnn")
+
+
+def compile_model(model: keras.Model, config: Config) -> keras.Model:
+    """Compiles `model` with Adam, binary cross-entropy, and the metrics the reports use.
+
+    Metrics: accuracy, ROC AUC, sensitivity (recall of PNEUMONIA) and specificity (recall of
+    NORMAL), the last three at 0.5.
+
+    Args:
+        model: from `build_model`.
+        config: uses `learning_rate`.
+
+    Returns:
+        The same model, compiled.
+    """
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.Recall(name="sensitivity"),
+            Specificity(name="specificity"),
+        ],
+    )
+    return model

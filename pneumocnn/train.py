@@ -1,0 +1,255 @@
+"""Training: `python -m pneumocnn.train [flags]` writes a self-describing run folder.
+
+The run folder holds `config.json`, `split.csv`, `history.csv`, `best.keras` and
+`summary.json`; evaluate and export rebuild everything they need from it.
+
+Example:
+
+    python -m pneumocnn.train --data-dir ../shared/chest_xray --epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from pneumocnn import data
+from pneumocnn.config import Config, add_config_arguments, config_from_args
+from pneumocnn.model import build_model, compile_model
+
+logger = logging.getLogger(__name__)
+
+# The artefacts of a run folder, by role.
+CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.csv"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "best.keras"
+SUMMARY_FILE = "summary.json"
+# Checkpointing and early stopping select on ranking quality, which the threshold (chosen
+# later, on validation) does not change; the learning rate follows the smoother loss.
+SELECTION_METRIC = "val_auc"
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds `epoch_seconds` (training part of the epoch, without validation) to the logs.
+
+    Placed before `CSVLogger`, so the timing lands in `history.csv`.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._train_seconds = None
+
+    def on_test_begin(self, logs=None):
+        # Validation runs at the end of each epoch: the training part ends here.
+        if getattr(self, "_start", None) is not None and self._train_seconds is None:
+            self._train_seconds = time.perf_counter() - self._start
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            seconds = self._train_seconds or (time.perf_counter() - self._start)
+            logs["epoch_seconds"] = seconds
+
+
+def default_run_dir() -> Path:
+    """Returns `runs/<YYYYmmdd-HHMMSS>` under the current folder."""
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def make_callbacks(config: Config, run_dir: Path) -> list[keras.callbacks.Callback]:
+    """The training callbacks: timing, checkpoint, early stopping, LR schedule, CSV log."""
+    return [
+        EpochTimer(),
+        keras.callbacks.ModelCheckpoint(
+            run_dir / MODEL_FILE, monitor=SELECTION_METRIC, mode="max", save_best_only=True
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor=SELECTION_METRIC,
+            mode="max",
+            patience=config.early_stopping_patience,
+            restore_best_weights=True,
+            verbose=1,
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss",
+            mode="min",
+            factor=config.reduce_lr_factor,
+            patience=config.reduce_lr_patience,
+            min_lr=1e-6,
+            verbose=1,
+        ),
+        keras.callbacks.CSVLogger(run_dir / HISTORY_FILE),
+    ]
+
+
+def _prepare_run_dir(config: Config) -> Path:
+    run_dir = Path(config.output_dir) if config.output_dir else default_run_dir()
+    if (run_dir / MODEL_FILE).exists():
+        raise FileExistsError(
+            f"Run folder '{run_dir}' already holds a trained model. Received: "
+            f"output_dir='{run_dir}'. Pass a new --output-dir so nothing is overwritten."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def summarise(
+    history: dict[str, list[float]],
+    *,
+    model: keras.Model,
+    class_names: tuple[str, ...],
+    train: data.LoadedSplit,
+    val: data.LoadedSplit,
+    steps_per_epoch: int,
+    batch_size: int,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """Builds `summary.json`: the best epoch's validation metrics and the cost of the run."""
+    best = int(np.argmax(history[SELECTION_METRIC]))
+    epoch_seconds = history.get("epoch_seconds", [])
+    images_seen = steps_per_epoch * batch_size * len(epoch_seconds)
+    skipped = train.skipped + val.skipped
+    return {
+        "best_epoch": best + 1,
+        "epochs_run": len(history[SELECTION_METRIC]),
+        **{
+            key: float(history[key][best])
+            for key in ("val_loss", "val_accuracy", "val_auc", "val_sensitivity", "val_specificity")
+        },
+        "threshold": 0.5,
+        "parameters": int(model.count_params()),
+        "class_names": list(class_names),
+        "train_images": int(len(train.labels)),
+        "val_images": int(len(val.labels)),
+        "train_images_per_class": np.bincount(train.labels, minlength=len(class_names)).tolist(),
+        "val_images_per_class": np.bincount(val.labels, minlength=len(class_names)).tolist(),
+        "unreadable_files": len(skipped),
+        "unreadable": [{"path": path, "reason": reason} for path, reason in skipped],
+        "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+        "images_per_second": images_seen / float(np.sum(epoch_seconds)) if epoch_seconds else None,
+        "wall_seconds": wall_seconds,
+    }
+
+
+def train(config: Config) -> Path:
+    """Trains a model as `config` says and writes the run folder.
+
+    Args:
+        config: the run's settings.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        DataError: if the data folder is missing or malformed.
+        FileExistsError: if `config.output_dir` already holds a trained model.
+    """
+    start = time.perf_counter()
+    # Fail on bad data or a taken folder before any long work.
+    data_dir = data.resolve_data_dir(config.data_dir)
+    dataset = data.find_dataset(data_dir)
+    run_dir = _prepare_run_dir(config)
+    config = dataclasses.replace(
+        config, data_dir=str(dataset.root.resolve()), output_dir=str(run_dir)
+    )
+    config.save(run_dir / CONFIG_FILE)
+    logger.info("Run folder: %s; classes: %s", run_dir, list(dataset.class_names))
+
+    keras.utils.set_random_seed(config.seed)
+    split = data.prepare_split(config, dataset)
+    split.to_csv(run_dir / SPLIT_FILE, index=False)
+    train_split = data.load_split(split, "train", config.image_size, dataset.root)
+    val_split = data.load_split(split, "val", config.image_size, dataset.root)
+    if len(train_split.labels) == 0 or len(val_split.labels) == 0:
+        raise data.DataError(
+            f"No readable images left in the {'train' if not len(train_split.labels) else 'val'} "
+            f"subset of '{dataset.root}'. Check the files listed in the warnings above."
+        )
+    train_ds, val_ds, steps = data.make_datasets(
+        config, train_split, val_split, len(dataset.class_names)
+    )
+
+    model = compile_model(build_model(config), config)
+    weights = (
+        data.class_weights(train_split.labels, len(dataset.class_names))
+        if config.balance == "class_weight"
+        else None
+    )
+    logger.info(
+        "Model: %s parameters; balance=%s %s",
+        f"{model.count_params():,}",
+        config.balance,
+        weights or "",
+    )
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        class_weight=weights,
+        shuffle=False,  # the tf.data pipeline shuffles
+        callbacks=make_callbacks(config, run_dir),
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    summary = summarise(
+        history.history,
+        model=model,
+        class_names=dataset.class_names,
+        train=train_split,
+        val=val_split,
+        steps_per_epoch=steps,
+        batch_size=config.batch_size,
+        wall_seconds=time.perf_counter() - start,
+    )
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    if summary["unreadable_files"]:
+        logger.warning("%d unreadable images were skipped (listed in %s)",
+                       summary["unreadable_files"], run_dir / SUMMARY_FILE)
+    return run_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m pneumocnn.train` parser: one flag per `Config` field."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumocnn.train",
+        description="Train the pneumocnn classifier and write a run folder.",
+    )
+    add_config_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point. Returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        run_dir = train(config)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    print(
+        f"Run folder: {run_dir}\n"
+        f"Best epoch {summary['best_epoch']}/{summary['epochs_run']}: "
+        f"val AUC {summary['val_auc']:.4f}, accuracy {summary['val_accuracy']:.4f}, "
+        f"sensitivity {summary['val_sensitivity']:.4f}, "
+        f"specificity {summary['val_specificity']:.4f} (threshold 0.5); "
+        f"{summary['parameters']:,} parameters; "
+        f"{summary['seconds_per_epoch']:.1f} s/epoch, {summary['images_per_second']:.0f} images/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REAL_DATA, requires_real_data
+from pneumocnn import data
+from pneumocnn.config import Config
+
+
+@pytest.mark.parametrize(
+    "name, patient",
+    [
+        ("person12_virus_3.jpeg", "person12"),
+        ("person1000_bacteria_2931.jpeg", "person1000"),
+        ("person447_virus_921_1.jpeg", "person447"),
+        ("IM-0115-0001.jpeg", "IM-0115"),
+        ("IM-0429-0001-0002.jpeg", "IM-0429"),
+        ("NORMAL2-IM-0135-0001.jpeg", "NORMAL2-IM-0135"),
+        ("scan_from_elsewhere.png", "scan_from_elsewhere"),
+    ],
+)
+def test_patient_id_follows_the_kaggle_file_names(name, patient):
+    assert data.patient_id(f"train/X/{name}") == patient
+
+
+def _split(root, seed=0, val_fraction=0.25):
+    dataset = data.find_dataset(root)
+    images = data.list_images(dataset.development, dataset.class_names)
+    return data.make_split(images, val_fraction, seed)
+
+
+def test_split_keeps_every_patient_on_one_side(make_dataset):
+    split = _split(make_dataset(patients=12, images_per_patient=3))
+    sides = split.groupby("patient")["subset"].nunique()
+    assert (sides == 1).all()
+    assert set(split["subset"]) == {"train", "val"}
+
+
+def test_split_keeps_the_class_ratio(make_dataset):
+    split = _split(make_dataset(patients=12, images_per_patient=2))
+    ratio = split.groupby("subset")["label"].mean()
+    assert ratio["train"] == pytest.approx(0.5, abs=0.1)
+    assert ratio["val"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_split_is_deterministic_for_a_seed_and_changes_with_it(make_dataset):
+    root = make_dataset(patients=12)
+    first, again, other = _split(root, seed=1), _split(root, seed=1), _split(root, seed=2)
+    pd.testing.assert_frame_equal(first, again)
+    assert not first["subset"].equals(other["subset"])
+
+
+def test_duplicate_files_of_different_patients_share_a_side(make_dataset):
+    root = make_dataset(patients=10, images_per_patient=1)
+    normal = sorted((root / "train" / "NORMAL").iterdir())
+    for copy in range(5):
+        shutil.copy(normal[0], normal[0].with_name(f"IM-9{copy:03d}-0001{normal[0].suffix}"))
+    for seed in range(5):
+        split = _split(root, seed=seed).set_index("path")
+        copies = [p for p in split.index if "IM-9" in p or p == str(normal[0])]
+        assert split.loc[copies, "subset"].nunique() == 1
+
+
+@requires_real_data
+def test_real_split_has_no_patient_on_both_sides_and_about_a_fifth_in_val():
+    dataset = data.find_dataset(REAL_DATA)
+    split = data.prepare_split(Config(), dataset)
+    assert len(split) == 1341 + 3875
+    assert (split.groupby("patient")["subset"].nunique() == 1).all()
+    val_share = (split["subset"] == "val").mean()
+    assert 0.15 < val_share < 0.25
+    normal_share = split.groupby("subset")["label"].apply(lambda s: (s == 0).mean())
+    assert normal_share["val"] == pytest.approx(normal_share["train"], abs=0.03)
+
+
+def test_nested_kaggle_archive_layout_is_found(make_dataset, tmp_path):
+    inner = make_dataset()
+    outer = tmp_path / "download" / "chest_xray"
+    outer.mkdir(parents=True)
+    shutil.move(str(inner), str(outer / "chest_xray"))
+    (outer / "__MACOSX" / "chest_xray").mkdir(parents=True)
+    dataset = data.find_dataset(tmp_path / "download")
+    assert dataset.root == outer / "chest_xray"
+    assert dataset.class_names == ("NORMAL", "PNEUMONIA")
+
+
+def test_val_and_test_folders_are_recognised(make_dataset):
+    root = make_dataset()
+    shutil.copytree(root / "train", root / "val")
+    shutil.copytree(root / "train", root / "test")
+    dataset = data.find_dataset(root)
+    assert dataset.development == (root / "train", root / "val")
+    assert dataset.test == root / "test"
+
+
+def test_plain_class_folders_are_accepted(make_dataset):
+    root = make_dataset() / "train"
+    dataset = data.find_dataset(root)
+    assert dataset.class_names == ("NORMAL", "PNEUMONIA")
+    assert dataset.development == (root,)
+
+
+def test_missing_folder_gives_a_clear_error(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist.*--data-dir"):
+        data.find_dataset(tmp_path / "nowhere")
+
+
+def test_folder_without_class_subfolders_gives_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(data.DataError, match="no class subfolders"):
+        data.find_dataset(tmp_path)
+
+
+def test_empty_class_gives_a_clear_error(make_dataset):
+    root = make_dataset()
+    for path in (root / "train" / "NORMAL").iterdir():
+        path.unlink()
+    with pytest.raises(data.DataError, match="NORMAL' has no JPEG or PNG images"):
+        data.find_dataset(root)
+
+
+def test_stray_files_and_macos_folders_are_not_listed(make_dataset):
+    root = make_dataset(patients=2, images_per_patient=1)
+    (root / "train" / "NORMAL" / ".DS_Store").write_bytes(b"\0")
+    (root / "train" / "NORMAL" / "readme.txt").write_text("x")
+    (root / "train" / "NORMAL" / "__MACOSX").mkdir()
+    (root / "train" / "NORMAL" / "__MACOSX" / "._IM-0000-0001.jpeg").write_bytes(b"\0")
+    images = data.list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
+    assert len(images) == 4
+    assert all(p.endswith((".jpeg", ".png")) for p in images["path"])
+
+
+def test_data_dir_flag_wins_over_environment(make_dataset, monkeypatch, tmp_path):
+    root = make_dataset()
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "elsewhere"))
+    assert data.resolve_data_dir(str(root)) == root
+
+
+def test_environment_variable_is_used_without_flag(make_dataset, monkeypatch):
+    root = make_dataset()
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(root))
+    assert data.resolve_data_dir(None) == root
+
+
+def test_kagglehub_download_is_used_without_flag_or_environment(make_dataset, monkeypatch):
+    import kagglehub
+
+    root = make_dataset()
+    asked = []
+    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle: asked.append(handle) or root)
+    assert data.resolve_data_dir(None) == root
+    assert asked == [data.KAGGLE_DATASET]
+
+
+def test_failed_download_says_how_to_point_at_local_data(monkeypatch):
+    import kagglehub
+
+    def offline(handle):
+        raise ConnectionError("no network")
+
+    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    with pytest.raises(data.DataError, match="--data-dir .*PNEUMOCNN_DATA_DIR"):
+        data.resolve_data_dir(None)
+
+
+def _loaded(make_dataset, config):
+    root = make_dataset(patients=8, images_per_patient=2)
+    dataset = data.find_dataset(root)
+    split = data.prepare_split(config, dataset)
+    return (
+        data.load_split(split, "train", config.image_size, dataset.root),
+        data.load_split(split, "val", config.image_size, dataset.root),
+    )
+
+
+def test_pipeline_yields_float_batches_of_raw_pixels(make_dataset):
+    config = Config(image_size=32, batch_size=4, val_fraction=0.25)
+    train, val = _loaded(make_dataset, config)
+    train_ds, val_ds, steps = data.make_datasets(config, train, val)
+    images, labels = next(iter(train_ds))
+    assert images.shape == (4, 32, 32, 1) and images.dtype.name == "float32"
+    assert labels.shape == (4, 1)
+    assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255.0
+    assert float(images.numpy().max()) > 1.0  # raw 0-255, not rescaled
+    assert steps == int(np.ceil(len(train.labels) / 4))
+
+
+def test_validation_batches_are_never_augmented(make_dataset):
+    config = Config(image_size=32, batch_size=64, val_fraction=0.25, augment_strength=3.0)
+    train, val = _loaded(make_dataset, config)
+    _, val_ds, _ = data.make_datasets(config, train, val)
+    images, _ = next(iter(val_ds))
+    np.testing.assert_array_equal(images.numpy(), val.images.astype(np.float32))
+
+
+def test_training_batches_are_augmented(make_dataset):
+    config = Config(image_size=32, batch_size=64, val_fraction=0.25, augment_strength=2.0,
+                    balance="none")
+    train, val = _loaded(make_dataset, config)
+    train_ds, _, _ = data.make_datasets(config, train, val)
+    images, _ = next(iter(train_ds))
+    # Shuffled and augmented: no batch image equals its source pixels exactly.
+    raw = {image.tobytes() for image in train.images.astype(np.float32)}
+    assert not any(image.tobytes() in raw for image in images.numpy())
+
+
+def test_oversampling_gives_balanced_batches(make_dataset):
+    config = Config(image_size=32, batch_size=32, val_fraction=0.25, balance="oversample",
+                    augment_strength=0)
+    train, val = _loaded(make_dataset, config)
+    keep = np.r_[np.flatnonzero(train.labels == 0)[:2], np.flatnonzero(train.labels == 1)]
+    skewed = data.LoadedSplit(train.images[keep], train.labels[keep], [], [])
+    train_ds, _, _ = data.make_datasets(config, skewed, val)
+    labels = np.concatenate([y.numpy().ravel() for _, y in train_ds.take(8)])
+    assert labels.mean() == pytest.approx(0.5, abs=0.08)
+
+
+def test_class_weights_balance_the_training_labels():
+    weights = data.class_weights(np.array([0] * 10 + [1] * 30), 2)
+    assert weights[0] * 10 == pytest.approx(weights[1] * 30)
+
+
+def test_limit_per_class_is_seeded_and_capped(make_dataset):
+    root = make_dataset(patients=8)
+    images = data.list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
+    limited = data.limit_per_class(images, 5, seed=3)
+    assert limited["label"].value_counts().to_dict() == {0: 5, 1: 5}
+    pd.testing.assert_frame_equal(limited, data.limit_per_class(images, 5, seed=3))

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumocnn.images import ImageLoadError, load_image, load_images
+
+
+def test_grayscale_jpeg_gives_square_uint8_single_channel(tmp_path):
+    path = tmp_path / "a.jpeg"
+    Image.fromarray(np.full((50, 80), 200, np.uint8)).save(path)
+    image = load_image(path, 32)
+    assert image.shape == (32, 32, 1)
+    assert image.dtype == np.uint8
+    assert 190 <= image.mean() <= 210  # raw pixels, not normalised
+
+
+def test_rgb_png_of_odd_size_is_converted_to_luminance(tmp_path):
+    path = tmp_path / "b.png"
+    rgb = np.zeros((37, 91, 3), np.uint8)
+    rgb[..., 1] = 255  # pure green: luminance 0.587 * 255 = 150
+    Image.fromarray(rgb).save(path)
+    image = load_image(path, 16)
+    assert image.shape == (16, 16, 1)
+    assert abs(int(image[8, 8, 0]) - 150) <= 1
+
+
+def test_16_bit_png_is_stretched_to_full_8_bit_range(tmp_path):
+    path = tmp_path / "c.png"
+    pixels = np.tile(np.linspace(1000, 4000, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(pixels).save(path)
+    image = load_image(path, 64)
+    assert image.min() == 0 and image.max() == 255
+
+
+def test_corrupt_file_raises_load_error_naming_the_file(tmp_path):
+    path = tmp_path / "broken.jpeg"
+    path.write_bytes(b"this is not a jpeg")
+    with pytest.raises(ImageLoadError, match="broken.jpeg"):
+        load_image(path, 32)
+
+
+def test_truncated_jpeg_raises_load_error(tmp_path):
+    path = tmp_path / "cut.jpeg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ImageLoadError, match="cut.jpeg"):
+        load_image(path, 32)
+
+
+def test_load_images_skips_and_reports_unreadable_files(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    images, kept, skipped = load_images([good, bad, good], 8)
+    assert images.shape == (2, 8, 8, 1)
+    assert kept == [0, 2]
+    assert [path for path, _ in skipped] == [str(bad)]

@@ -1,0 +1,55 @@
+import keras
+import numpy as np
+
+from pneumocnn.config import Config
+from pneumocnn.model import LAST_CONV_LAYER, OUTPUT_LAYER, Specificity, build_model, compile_model
+
+
+def test_model_maps_a_batch_of_grayscale_images_to_one_probability_each():
+    model = build_model(Config(image_size=48))
+    assert model.input_shape == (None, 48, 48, 1)
+    outputs = model.predict(np.zeros((3, 48, 48, 1), np.float32), verbose=0)
+    assert outputs.shape == (3, 1)
+
+
+def test_model_accepts_raw_0_255_pixels_and_rescales_inside():
+    keras.utils.set_random_seed(0)
+    model = build_model(Config(image_size=48))
+    rescaling = model.get_layer("rescaling")
+    assert (rescaling.scale, rescaling.offset) == (1.0 / 127.5, -1.0)
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype(np.float32)
+    outputs = model.predict(pixels, verbose=0)
+    assert np.all((outputs >= 0) & (outputs <= 1))
+
+
+def test_width_and_depth_come_from_the_config():
+    small = build_model(Config(image_size=64, base_filters=8, num_blocks=2))
+    large = build_model(Config(image_size=64, base_filters=16, num_blocks=4))
+    assert small.count_params() < large.count_params()
+    assert large.get_layer(LAST_CONV_LAYER).filters == 16 * 2**3
+    assert large.get_layer(OUTPUT_LAYER).activation.__name__ == "sigmoid"
+
+
+def test_convolutions_have_no_bias_so_batchnorm_folds_at_export():
+    model = build_model(Config(image_size=48))
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D | keras.layers.SeparableConv2D)]
+    assert convs and not any(layer.use_bias for layer in convs)
+
+
+def test_keras_save_and_load_gives_the_same_outputs(tmp_path):
+    keras.utils.set_random_seed(1)
+    config = Config(image_size=48)
+    model = compile_model(build_model(config), config)
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 48, 48, 1)).astype(np.float32)
+    model.fit(pixels, np.array([[0.0], [1.0]]), epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(
+        loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), rtol=1e-6
+    )
+
+
+def test_specificity_is_recall_of_the_negative_class():
+    metric = Specificity()
+    metric.update_state(np.array([0, 0, 0, 0, 1]), np.array([0.1, 0.2, 0.9, 0.4, 0.9]))
+    assert float(metric.result()) == 0.75
