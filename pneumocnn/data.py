@@ -34,7 +34,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 # Folders a zip made on macOS, or a file browser, leaves behind; never classes.
 _IGNORED_DIRS = {"__MACOSX"}
 # Patient id from the Kaggle file names (see ../shared/chest_xray/README.md):
-# person<ID>_bacteria_<N>.jpeg, person<ID>_virus_<N>.jpeg, IM-<ID>-<N>.jpeg, NORMAL2-IM-<ID>-<N>.jpeg.
+# person<ID>_bacteria_<N>.jpeg, person<ID>_virus_<N>.jpeg, IM-<ID>-<N>.jpeg and
+# NORMAL2-IM-<ID>-<N>.jpeg.
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_(?:bacteria|virus)_"),
     re.compile(r"^((?:NORMAL2-)?IM-\d+)-"),
@@ -171,7 +172,9 @@ def find_dataset(data_dir: str | Path) -> Dataset:
     return dataset
 
 
-def list_images(folders: tuple[Path, ...] | list[Path], class_names: tuple[str, ...]) -> pd.DataFrame:
+def list_images(
+    folders: tuple[Path, ...] | list[Path], class_names: tuple[str, ...]
+) -> pd.DataFrame:
     """Lists the images under `<folder>/<class>/` for each folder, with their labels.
 
     Hidden files and non-image files are skipped (and counted in the log).
@@ -315,9 +318,7 @@ class LoadedSplit:
     skipped: list[tuple[str, str]]
 
 
-def load_split(
-    split: pd.DataFrame, subset: str, image_size: int, root: str | Path
-) -> LoadedSplit:
+def load_split(split: pd.DataFrame, subset: str, image_size: int, root: str | Path) -> LoadedSplit:
     """Decodes every readable image of `subset` ("train" or "val") with the shared loader.
 
     Args:
@@ -393,6 +394,7 @@ def make_datasets(
     Returns:
         `(train_ds, val_ds, steps_per_epoch)`. Labels are float32 of shape `(batch, 1)`.
     """
+
     def labelled(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
         labels = labels.astype(np.float32)[:, np.newaxis]
         return tf.data.Dataset.from_tensor_slices((images, labels)).cache()

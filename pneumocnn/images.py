@@ -144,7 +144,5 @@ def load_images(
                 kept.append(index)
             if (index + 1) % step == 0 or index + 1 == total:
                 logger.info("Loaded %d/%d images (%d skipped)", index + 1, total, len(skipped))
-    array = (
-        np.stack(images) if images else np.zeros((0, image_size, image_size, 1), dtype=np.uint8)
-    )
+    array = np.stack(images) if images else np.zeros((0, image_size, image_size, 1), dtype=np.uint8)
     return array, kept, skipped

@@ -7,6 +7,8 @@ so BatchNormalization folds into the convolution when exported.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 
 from pneumocnn.config import Config
@@ -88,7 +90,8 @@ def build_model(config: Config) -> keras.Model:
     # initial ones, so early validation (inference mode) is already meaningful.
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)
     x = _conv_bn_relu(
-        x, keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem"),
+        x,
+        keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem"),
         "stem",
     )
     for block in range(1, config.num_blocks + 1):
@@ -132,3 +135,31 @@ def compile_model(model: keras.Model, config: Config) -> keras.Model:
         ],
     )
     return model
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Loads a `.keras` model for inference, in Keras's safe mode (no arbitrary code).
+
+    Args:
+        path: a `.keras` file written by training or export.
+
+    Returns:
+        The model, uncompiled.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is not a loadable `.keras` model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Model file not found. Received: model='{path}'. Pass a run's best.keras or "
+            "saved_models/pneumocnn.keras."
+        )
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, TypeError, OSError) as error:
+        raise ValueError(
+            f"Cannot load '{path}' as a pneumocnn .keras model ({type(error).__name__}: "
+            f"{error}). Use a model written by `python -m pneumocnn.train` or the export."
+        ) from error

@@ -213,8 +213,11 @@ def train(config: Config) -> Path:
     )
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     if summary["unreadable_files"]:
-        logger.warning("%d unreadable images were skipped (listed in %s)",
-                       summary["unreadable_files"], run_dir / SUMMARY_FILE)
+        logger.warning(
+            "%d unreadable images were skipped (listed in %s)",
+            summary["unreadable_files"],
+            run_dir / SUMMARY_FILE,
+        )
     return run_dir
 
 

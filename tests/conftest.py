@@ -34,31 +34,87 @@ def write_image(path: Path, pixels: np.ndarray, mode: str = "L") -> Path:
     return path
 
 
+def write_dataset(
+    root: Path, patients: int = 6, images_per_patient: int = 2, seed: int = 0
+) -> Path:
+    """Writes a tiny Kaggle-layout data set `root/train/{NORMAL,PNEUMONIA}/` and returns `root`.
+
+    Kaggle-style names; a mix of JPEG and PNG, grayscale and RGB, and odd sizes.
+    """
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(("NORMAL", "PNEUMONIA")):
+        for patient in range(patients):
+            for shot in range(images_per_patient):
+                if label == 0:
+                    stem = f"IM-{patient:04d}-{shot + 1:04d}"
+                else:
+                    stem = f"person{patient}_bacteria_{shot + 1}"
+                extension, mode = [(".jpeg", "L"), (".png", "RGB"), (".jpeg", "RGB")][
+                    (patient + shot) % 3
+                ]
+                size = (int(rng.integers(40, 90)), int(rng.integers(40, 90)))
+                pixels = synthetic_xray(rng, label, size)
+                write_image(root / "train" / name / f"{stem}{extension}", pixels, mode)
+    return root
+
+
 @pytest.fixture
 def make_dataset(tmp_path):
-    """Returns a factory for a tiny Kaggle-layout data set under tmp_path.
-
-    `make_dataset(patients=6, images_per_patient=2, seed=0)` writes
-    `chest_xray/train/{NORMAL,PNEUMONIA}/` with Kaggle-style names, mixing JPEG and PNG,
-    grayscale and RGB, and odd sizes, and returns the `chest_xray` folder.
-    """
+    """Returns `factory(patients=6, images_per_patient=2, seed=0)` writing `write_dataset`
+    under tmp_path/chest_xray and returning that folder."""
 
     def factory(patients: int = 6, images_per_patient: int = 2, seed: int = 0) -> Path:
-        rng = np.random.default_rng(seed)
-        root = tmp_path / "chest_xray"
-        for label, name in enumerate(("NORMAL", "PNEUMONIA")):
-            for patient in range(patients):
-                for shot in range(images_per_patient):
-                    if label == 0:
-                        stem = f"IM-{patient:04d}-{shot + 1:04d}"
-                    else:
-                        stem = f"person{patient}_bacteria_{shot + 1}"
-                    extension, mode = [(".jpeg", "L"), (".png", "RGB"), (".jpeg", "RGB")][
-                        (patient + shot) % 3
-                    ]
-                    size = (int(rng.integers(40, 90)), int(rng.integers(40, 90)))
-                    pixels = synthetic_xray(rng, label, size)
-                    write_image(root / "train" / name / f"{stem}{extension}", pixels, mode)
-        return root
+        return write_dataset(tmp_path / "chest_xray", patients, images_per_patient, seed)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A run folder trained briefly on an easy synthetic data set (32 px, 40 patients/class).
+
+    Batches of 4 give 30 steps an epoch, enough for BatchNormalization's moving statistics to
+    settle, so the saved model's outputs are spread out (a model whose outputs all sit near one
+    value cannot pass the int8 parity check).
+    """
+    from pneumocnn import train
+
+    base = tmp_path_factory.mktemp("trained")
+    root = write_dataset(base / "chest_xray", patients=40, images_per_patient=2, seed=7)
+    run_dir = base / "run"
+    status = train.main(
+        [
+            "--data-dir",
+            str(root),
+            "--output-dir",
+            str(run_dir),
+            "--image-size",
+            "32",
+            "--epochs",
+            "6",
+            "--batch-size",
+            "4",
+            "--base-filters",
+            "8",
+            "--num-blocks",
+            "2",
+            "--augment-strength",
+            "0",
+            "--seed",
+            "1",
+            "--val-fraction",
+            "0.25",
+        ]
+    )
+    assert status == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run, tmp_path_factory) -> Path:
+    """`saved_models`-style folder exported from `trained_run`."""
+    from pneumocnn import export
+
+    output = tmp_path_factory.mktemp("exported")
+    export.export(trained_run, output, calibration_images=40)
+    return output

@@ -23,8 +23,17 @@ def test_every_field_has_a_flag_with_its_default_in_help():
 
 
 def test_flags_override_defaults_with_the_right_types():
-    config = parse(["--image-size", "96", "--learning-rate", "0.01", "--balance", "oversample",
-                    "--horizontal-flip"])
+    config = parse(
+        [
+            "--image-size",
+            "96",
+            "--learning-rate",
+            "0.01",
+            "--balance",
+            "oversample",
+            "--horizontal-flip",
+        ]
+    )
     assert config.image_size == 96
     assert config.learning_rate == pytest.approx(0.01)
     assert config.balance == "oversample"

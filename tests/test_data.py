@@ -198,8 +198,9 @@ def test_validation_batches_are_never_augmented(make_dataset):
 
 
 def test_training_batches_are_augmented(make_dataset):
-    config = Config(image_size=32, batch_size=64, val_fraction=0.25, augment_strength=2.0,
-                    balance="none")
+    config = Config(
+        image_size=32, batch_size=64, val_fraction=0.25, augment_strength=2.0, balance="none"
+    )
     train, val = _loaded(make_dataset, config)
     train_ds, _, _ = data.make_datasets(config, train, val)
     images, _ = next(iter(train_ds))
@@ -209,8 +210,9 @@ def test_training_batches_are_augmented(make_dataset):
 
 
 def test_oversampling_gives_balanced_batches(make_dataset):
-    config = Config(image_size=32, batch_size=32, val_fraction=0.25, balance="oversample",
-                    augment_strength=0)
+    config = Config(
+        image_size=32, batch_size=32, val_fraction=0.25, balance="oversample", augment_strength=0
+    )
     train, val = _loaded(make_dataset, config)
     keep = np.r_[np.flatnonzero(train.labels == 0)[:2], np.flatnonzero(train.labels == 1)]
     skewed = data.LoadedSplit(train.images[keep], train.labels[keep], [], [])

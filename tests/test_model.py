@@ -32,7 +32,11 @@ def test_width_and_depth_come_from_the_config():
 
 def test_convolutions_have_no_bias_so_batchnorm_folds_at_export():
     model = build_model(Config(image_size=48))
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D | keras.layers.SeparableConv2D)]
+    convs = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.SeparableConv2D)
+    ]
     assert convs and not any(layer.use_bias for layer in convs)
 
 

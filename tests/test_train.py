@@ -1,7 +1,6 @@
 import json
 
 import pandas as pd
-import pytest
 
 from conftest import REAL_DATA, requires_real_data
 from pneumocnn import train
@@ -12,10 +11,22 @@ ARTEFACTS = ("config.json", "split.csv", "history.csv", "best.keras", "summary.j
 @requires_real_data
 def test_cli_trains_on_real_images_and_writes_every_artefact(tmp_path):
     run_dir = tmp_path / "run"
-    status = train.main([
-        "--data-dir", str(REAL_DATA), "--output-dir", str(run_dir), "--limit-per-class", "20",
-        "--image-size", "48", "--epochs", "2", "--batch-size", "8",
-    ])
+    status = train.main(
+        [
+            "--data-dir",
+            str(REAL_DATA),
+            "--output-dir",
+            str(run_dir),
+            "--limit-per-class",
+            "20",
+            "--image-size",
+            "48",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+        ]
+    )
     assert status == 0
     for name in ARTEFACTS:
         assert (run_dir / name).is_file(), name
@@ -26,8 +37,17 @@ def test_cli_trains_on_real_images_and_writes_every_artefact(tmp_path):
     assert list(split.columns) == ["path", "label", "patient", "subset"]
     assert len(split) == 40
     summary = json.loads((run_dir / "summary.json").read_text())
-    for key in ("best_epoch", "val_loss", "val_accuracy", "val_auc", "val_sensitivity",
-                "val_specificity", "parameters", "images_per_second", "wall_seconds"):
+    for key in (
+        "best_epoch",
+        "val_loss",
+        "val_accuracy",
+        "val_auc",
+        "val_sensitivity",
+        "val_specificity",
+        "parameters",
+        "images_per_second",
+        "wall_seconds",
+    ):
         assert summary[key] is not None, key
     assert summary["class_names"] == ["NORMAL", "PNEUMONIA"]
     config = json.loads((run_dir / "config.json").read_text())
@@ -38,10 +58,22 @@ def test_corrupt_image_is_skipped_counted_and_the_run_goes_on(make_dataset, tmp_
     root = make_dataset(patients=6, images_per_patient=2)
     (root / "train" / "PNEUMONIA" / "person99_virus_1.jpeg").write_bytes(b"\xff\xd8 garbage")
     run_dir = tmp_path / "run"
-    status = train.main([
-        "--data-dir", str(root), "--output-dir", str(run_dir), "--image-size", "32",
-        "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.34",
-    ])
+    status = train.main(
+        [
+            "--data-dir",
+            str(root),
+            "--output-dir",
+            str(run_dir),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--val-fraction",
+            "0.34",
+        ]
+    )
     assert status == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["unreadable_files"] == 1

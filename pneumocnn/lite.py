@@ -1,0 +1,134 @@
+"""Run an exported `.tflite` model with LiteRT: what an edge device installs.
+
+Needs only `ai-edge-litert`, numpy and Pillow (`pip install "pneumocnn[lite]"`); it never imports
+TensorFlow, and falls back to `tf.lite.Interpreter` only when LiteRT is not installed.
+
+Example:
+
+>>> model = LiteModel("saved_models/pneumocnn_int8.tflite")  # doctest: +SKIP
+>>> model.predict_file("chest.jpeg")  # doctest: +SKIP
+Prediction(path='chest.jpeg', label='PNEUMONIA', probability=0.97, threshold=0.61)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumocnn.images import load_image
+from pneumocnn.metadata import find_metadata, load_metadata
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # LiteRT missing: TensorFlow's bundled interpreter does the same job.
+        import tensorflow as tf
+
+        return tf.lite.Interpreter
+    return Interpreter
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One image's result.
+
+    Args:
+        path: the image file.
+        label: the predicted class name.
+        probability: P(positive class), the last class name (PNEUMONIA).
+        threshold: the decision threshold from the metadata.
+    """
+
+    path: str
+    label: str
+    probability: float
+    threshold: float
+
+
+def quantize(values: np.ndarray, details: dict[str, Any]) -> np.ndarray:
+    """Maps float values to a tensor's integer type with its scale and zero point."""
+    dtype = details["dtype"]
+    scale, zero_point = details["quantization"]
+    if not np.issubdtype(dtype, np.integer) or scale == 0:
+        return values.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(values / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, details: dict[str, Any]) -> np.ndarray:
+    """Maps a tensor's integer values back to float with its scale and zero point."""
+    scale, zero_point = details["quantization"]
+    if not np.issubdtype(details["dtype"], np.integer) or scale == 0:
+        return values.astype(np.float32)
+    return (values.astype(np.float32) - zero_point) * scale
+
+
+class LiteModel:
+    """A `.tflite` classifier with its metadata: preprocess, quantize, run, dequantize.
+
+    Args:
+        model_path: the `.tflite` file.
+        metadata_path: its `pneumocnn.json`. Defaults to `None`, the one beside the model.
+        num_threads: interpreter threads. Defaults to `None` (LiteRT's choice).
+
+    Raises:
+        FileNotFoundError: if the model file does not exist.
+        MetadataError: if the metadata is missing, malformed, or does not match the model.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        metadata_path: str | Path | None = None,
+        num_threads: int | None = None,
+    ):
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(
+                f"Model file not found. Received: model='{model_path}'. Pass the path of an "
+                "exported .tflite (e.g. saved_models/pneumocnn_int8.tflite)."
+            )
+        metadata_path = metadata_path or find_metadata(self.model_path)
+        self.metadata = load_metadata(metadata_path, self.model_path)
+        self.image_size = int(self.metadata["image_size"])
+        self.class_names = list(self.metadata["class_names"])
+        self.threshold = float(self.metadata["threshold"])
+        self.interpreter = _interpreter_class()(
+            model_path=str(self.model_path), num_threads=num_threads
+        )
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Returns P(positive class) for raw-pixel images.
+
+        Args:
+            images: uint8 or float array `(n, image_size, image_size, 1)` of raw 0-255 pixels,
+                as `pneumocnn.images.load_image` returns.
+
+        Returns:
+            float32 array `(n,)`.
+        """
+        probabilities = np.empty(len(images), dtype=np.float32)
+        for index, image in enumerate(images):
+            batch = quantize(np.asarray(image, np.float32)[np.newaxis], self.input)
+            self.interpreter.set_tensor(self.input["index"], batch)
+            self.interpreter.invoke()
+            output = self.interpreter.get_tensor(self.output["index"])
+            probabilities[index] = dequantize(output, self.output).reshape(-1)[0]
+        return np.clip(probabilities, 0.0, 1.0)
+
+    def predict_file(self, path: str | Path) -> Prediction:
+        """Loads an image file (any JPEG or PNG) and classifies it.
+
+        Raises:
+            ImageLoadError: if the file is not a readable image.
+        """
+        probability = float(self.predict_proba(load_image(path, self.image_size)[np.newaxis])[0])
+        label = self.class_names[1] if probability >= self.threshold else self.class_names[0]
+        return Prediction(str(path), label, probability, self.threshold)

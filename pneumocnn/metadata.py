@@ -1,0 +1,122 @@
+"""The model metadata file (`pneumocnn.json`) that travels beside every exported model.
+
+It is the contract between the exporter and every consumer (predict, LiteRT on a device, the
+app): image size, channels, class names, threshold, tensor types, preprocessing, and the SHA-256
+of each model file. Needs only the standard library, so the edge install can read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+METADATA_FILE = "pneumocnn.json"
+LABELS_FILE = "labels.txt"
+KERAS_FILE = "pneumocnn.keras"
+INT8_FILE = "pneumocnn_int8.tflite"
+FP16_FILE = "pneumocnn_fp16.tflite"
+PREPROCESSING = (
+    "Decode the JPEG or PNG, convert to one grayscale channel (ITU-R 601-2 luma for colour "
+    "images; 16-bit images stretched from their minimum to maximum), resize to image_size x "
+    "image_size with bilinear filtering (no crop, no padding), and feed raw 0-255 pixel values. "
+    "No normalisation outside the model: it rescales inside itself. pneumocnn.images.load_image "
+    "does exactly this."
+)
+_REQUIRED = {
+    "format_version": int,
+    "image_size": int,
+    "channels": int,
+    "class_names": list,
+    "threshold": float,
+    "sha256": dict,
+}
+
+
+class MetadataError(ValueError):
+    """Raised when a metadata file is missing, malformed, or does not match its model."""
+
+
+def sha256_of(path: str | Path) -> str:
+    """Returns the hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_metadata(model_path: str | Path) -> Path:
+    """Returns the `pneumocnn.json` beside `model_path`.
+
+    Raises:
+        MetadataError: if there is none.
+    """
+    path = Path(model_path).parent / METADATA_FILE
+    if not path.is_file():
+        raise MetadataError(
+            f"No {METADATA_FILE} beside the model '{model_path}'. Received: "
+            f"model='{model_path}'. Export the model with `python -m pneumocnn.export`, which "
+            "writes the metadata next to it, or keep the two files together."
+        )
+    return path
+
+
+def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dict[str, Any]:
+    """Reads and validates a metadata file; optionally checks a model file's SHA-256 against it.
+
+    Args:
+        path: the `pneumocnn.json` file.
+        model_path: a model file listed in it, whose checksum must match. Defaults to `None`.
+
+    Returns:
+        The metadata dict.
+
+    Raises:
+        MetadataError: if the file is unreadable, misses a field, has a newer format, a
+            threshold outside (0, 1), or the model's SHA-256 differs from the recorded one.
+    """
+    path = Path(path)
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise MetadataError(f"Cannot read metadata file '{path}': {error}") from error
+    for key, kind in _REQUIRED.items():
+        value = metadata.get(key) if isinstance(metadata, dict) else None
+        if kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind):
+            raise MetadataError(
+                f"Metadata file '{path}' lacks a valid `{key}` ({kind.__name__}). "
+                f"Received: {key}={value!r}. Re-export the model with `python -m pneumocnn.export`."
+            )
+    if metadata["format_version"] > FORMAT_VERSION:
+        raise MetadataError(
+            f"Metadata file '{path}' has format_version {metadata['format_version']}, newer than "
+            f"this pneumocnn understands ({FORMAT_VERSION}). Upgrade pneumocnn."
+        )
+    if not 0.0 < metadata["threshold"] < 1.0:
+        raise MetadataError(
+            f"Metadata file '{path}' has a threshold outside (0, 1). "
+            f"Received: threshold={metadata['threshold']!r}."
+        )
+    if model_path is not None:
+        name = Path(model_path).name
+        expected = metadata["sha256"].get(name)
+        if expected is None or sha256_of(model_path) != expected:
+            raise MetadataError(
+                f"Model file '{model_path}' does not match the SHA-256 recorded for '{name}' in "
+                f"'{path}'. The model was changed or replaced after export; re-export it so model "
+                "and metadata agree."
+            )
+    return metadata
+
+
+def write_json_atomically(path: str | Path, payload: Any) -> None:
+    """Writes JSON to a temporary name, then renames it into place."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    temporary.replace(path)

@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumocnn import data, export
+from pneumocnn.lite import LiteModel
+from pneumocnn.metadata import (
+    FP16_FILE,
+    INT8_FILE,
+    KERAS_FILE,
+    LABELS_FILE,
+    METADATA_FILE,
+    MetadataError,
+    load_metadata,
+)
+from pneumocnn.model import load_model
+
+
+def test_export_writes_every_file_with_matching_checksums(exported_model):
+    for name in (INT8_FILE, FP16_FILE, KERAS_FILE, LABELS_FILE, METADATA_FILE):
+        assert (exported_model / name).is_file(), name
+    assert not list(exported_model.glob(".export-*"))
+    metadata = load_metadata(exported_model / METADATA_FILE, exported_model / INT8_FILE)
+    assert metadata["class_names"] == ["NORMAL", "PNEUMONIA"]
+    assert (exported_model / LABELS_FILE).read_text().split() == metadata["class_names"]
+    for name in (FP16_FILE, KERAS_FILE):
+        load_metadata(exported_model / METADATA_FILE, exported_model / name)
+
+
+def test_int8_model_takes_uint8_raw_pixels_and_uses_integer_ops_only(exported_model):
+    metadata = json.loads((exported_model / METADATA_FILE).read_text())
+    tensors = metadata["tensors"][INT8_FILE]
+    assert tensors["input"]["dtype"] == "uint8"
+    assert (tensors["input"]["scale"], tensors["input"]["zero_point"]) == (1.0, 0)
+    assert tensors["output"]["dtype"] == "uint8"
+    model = LiteModel(exported_model / INT8_FILE)
+    float_ops = [
+        t
+        for t in model.interpreter.get_tensor_details()
+        if t["dtype"] == np.float32 and t["quantization"][0] == 0
+    ]
+    assert not float_ops, [t["name"] for t in float_ops]
+
+
+def test_int8_and_float_models_agree_on_validation_images(trained_run, exported_model):
+    config = json.loads((trained_run / "config.json").read_text())
+    split = pd.read_csv(trained_run / "split.csv")
+    val = data.load_split(split, "val", config["image_size"], config["data_dir"])
+    keras_probabilities = (
+        load_model(exported_model / KERAS_FILE)
+        .predict(val.images.astype(np.float32), verbose=0)
+        .reshape(-1)
+    )
+    int8_probabilities = LiteModel(exported_model / INT8_FILE).predict_proba(val.images)
+    fp16_probabilities = LiteModel(exported_model / FP16_FILE).predict_proba(val.images)
+    np.testing.assert_allclose(int8_probabilities, keras_probabilities, atol=0.05)
+    np.testing.assert_allclose(fp16_probabilities, keras_probabilities, atol=0.005)
+    metadata = json.loads((exported_model / METADATA_FILE).read_text())
+    assert metadata["parity"]["agreement"] >= export.MIN_AGREEMENT
+
+
+def test_metadata_records_threshold_training_data_and_validation_metrics(
+    trained_run, exported_model
+):
+    metadata = load_metadata(exported_model / METADATA_FILE)
+    stored = json.loads((trained_run / "threshold.json").read_text())
+    assert metadata["threshold"] == stored["threshold"]
+    assert metadata["image_size"] == 32 and metadata["channels"] == 1
+    assert "raw 0-255" in metadata["preprocessing"]
+    assert metadata["training_data"]["train_images"] > 0
+    assert 0 <= metadata["validation_metrics"]["int8"]["roc_auc"] <= 1
+    assert metadata["config"]["image_size"] == 32
+
+
+def test_parity_check_fails_and_says_by_how_much():
+    labels = np.array([0, 0, 1, 1])
+    with pytest.raises(export.ParityError, match=r"agree on 50\.00%.*drop"):
+        export.check_parity(
+            labels, np.array([0.1, 0.2, 0.8, 0.9]), np.array([0.6, 0.2, 0.4, 0.9]), 0.5
+        )
+
+
+def test_failed_parity_writes_nothing(trained_run, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise export.ParityError("forced")
+
+    monkeypatch.setattr(export, "check_parity", fail)
+    output = tmp_path / "out"
+    with pytest.raises(export.ParityError):
+        export.export(trained_run, output, calibration_images=8)
+    assert list(output.iterdir()) == []
+
+
+def test_tampered_model_is_refused_by_its_metadata(exported_model, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in (INT8_FILE, METADATA_FILE):
+        (copy / name).write_bytes((exported_model / name).read_bytes())
+    with open(copy / INT8_FILE, "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(MetadataError, match="SHA-256"):
+        LiteModel(copy / INT8_FILE)

@@ -1,0 +1,72 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumocnn.images import ImageLoadError
+from pneumocnn.lite import LiteModel
+from pneumocnn.metadata import INT8_FILE, METADATA_FILE, MetadataError
+
+
+def test_lite_runs_without_importing_tensorflow(exported_model, tmp_path):
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((70, 50), 120, np.uint8)).save(image)
+    script = (
+        "import sys\n"
+        "from pneumocnn.lite import LiteModel\n"
+        f"result = LiteModel({str(exported_model / INT8_FILE)!r}).predict_file({str(image)!r})\n"
+        "assert 0.0 <= result.probability <= 1.0, result\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == "False"
+
+
+def test_label_follows_the_threshold_in_the_metadata(exported_model, tmp_path):
+    image = tmp_path / "x.jpeg"
+    Image.fromarray(np.full((64, 64), 100, np.uint8)).save(image)
+    probability = LiteModel(exported_model / INT8_FILE).predict_file(image).probability
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / INT8_FILE).write_bytes((exported_model / INT8_FILE).read_bytes())
+    metadata = json.loads((exported_model / METADATA_FILE).read_text())
+    for threshold, label in (
+        (min(probability + 0.01, 0.999), "NORMAL"),
+        (max(probability - 0.01, 0.001), "PNEUMONIA"),
+    ):
+        metadata["threshold"] = threshold
+        (folder / METADATA_FILE).write_text(json.dumps(metadata))
+        result = LiteModel(folder / INT8_FILE).predict_file(image)
+        assert (result.label, result.threshold) == (label, threshold)
+
+
+def test_missing_model_file_gives_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Model file not found"):
+        LiteModel(tmp_path / "absent.tflite")
+
+
+def test_model_without_metadata_gives_a_clear_error(exported_model, tmp_path):
+    (tmp_path / INT8_FILE).write_bytes((exported_model / INT8_FILE).read_bytes())
+    with pytest.raises(MetadataError, match="No pneumocnn.json"):
+        LiteModel(tmp_path / INT8_FILE)
+
+
+def test_threshold_out_of_range_in_metadata_is_refused(exported_model, tmp_path):
+    (tmp_path / INT8_FILE).write_bytes((exported_model / INT8_FILE).read_bytes())
+    metadata = json.loads((exported_model / METADATA_FILE).read_text())
+    metadata["threshold"] = 1.5
+    (tmp_path / METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(MetadataError, match="threshold"):
+        LiteModel(tmp_path / INT8_FILE)
+
+
+def test_corrupt_image_raises_load_error(exported_model, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    with pytest.raises(ImageLoadError, match="bad.png"):
+        LiteModel(exported_model / INT8_FILE).predict_file(bad)

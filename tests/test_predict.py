@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+from PIL import Image
+
+from conftest import synthetic_xray
+from pneumocnn import predict
+from pneumocnn.metadata import INT8_FILE, KERAS_FILE
+
+
+def _images(folder):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, mode, size in (
+        ("a.png", "L", (40, 60)),
+        ("b.jpeg", "RGB", (123, 77)),
+        ("c.jpg", "L", (300, 300)),
+        ("d.png", "RGBA", (20, 20)),
+    ):
+        pixels = synthetic_xray(rng, len(paths) % 2, size)
+        Image.fromarray(pixels).convert(mode).save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+def test_predict_prints_one_json_line_per_image(exported_model, tmp_path, capsys):
+    paths = _images(tmp_path / "xrays")
+    status = predict.main(
+        [str(tmp_path / "xrays"), "--model", str(exported_model / INT8_FILE), "--json"]
+    )
+    assert status == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["path"] for row in rows] == [str(p) for p in paths]
+    for row in rows:
+        assert row["label"] in ("NORMAL", "PNEUMONIA")
+        assert 0 <= row["probability"] <= 1
+        assert row["label"] == ("PNEUMONIA" if row["probability"] >= row["threshold"] else "NORMAL")
+
+
+def test_keras_and_int8_models_give_close_probabilities(exported_model, tmp_path, capsys):
+    _images(tmp_path / "xrays")
+    predict.main([str(tmp_path / "xrays"), "--model", str(exported_model / INT8_FILE), "--json"])
+    int8 = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (
+        predict.main(
+            [str(tmp_path / "xrays"), "--model", str(exported_model / KERAS_FILE), "--json"]
+        )
+        == 0
+    )
+    keras = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for a, b in zip(int8, keras, strict=True):
+        assert abs(a["probability"] - b["probability"]) < 0.05
+
+
+def test_bad_file_gets_an_error_line_and_nonzero_exit_but_others_are_classified(
+    exported_model, tmp_path, capsys
+):
+    good = _images(tmp_path / "xrays")[0]
+    bad = tmp_path / "broken.jpeg"
+    bad.write_bytes(b"not an image")
+    status = predict.main([str(bad), str(good), "--model", str(exported_model / INT8_FILE)])
+    out = capsys.readouterr()
+    assert status == 1
+    assert "ERROR" in out.out and "broken.jpeg" in out.out
+    assert str(good) in out.out.splitlines()[-1]
+    assert "1 of 2 files could not be read" in out.err
+
+
+def test_missing_model_gives_a_clear_error_and_exit_2(tmp_path, capsys):
+    status = predict.main([str(tmp_path), "--model", str(tmp_path / "none.tflite")])
+    assert status == 2
+    assert "Model not found" in capsys.readouterr().err
