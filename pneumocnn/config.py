@@ -78,6 +78,9 @@ class Config:
     early_stopping_patience: int = _field(
         8, "Epochs without a better val_auc before training stops."
     )
+    early_stopping_min_delta: float = _field(
+        5e-4, "Smallest val_auc gain that counts; smaller gains are noise on ~1,000 images."
+    )
     reduce_lr_patience: int = _field(
         3, "Epochs without a lower val_loss before the learning rate is cut."
     )
@@ -97,6 +100,7 @@ class Config:
             (self.num_blocks >= 1, "num_blocks", "a positive integer"),
             (0 <= self.dropout_rate < 1, "dropout_rate", "a number in [0, 1)"),
             (self.early_stopping_patience >= 1, "early_stopping_patience", "a positive integer"),
+            (self.early_stopping_min_delta >= 0, "early_stopping_min_delta", "at least 0"),
             (self.reduce_lr_patience >= 1, "reduce_lr_patience", "a positive integer"),
             (0 < self.reduce_lr_factor < 1, "reduce_lr_factor", "a number between 0 and 1"),
         ]

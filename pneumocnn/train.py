@@ -77,6 +77,7 @@ def make_callbacks(config: Config, run_dir: Path) -> list[keras.callbacks.Callba
             monitor=SELECTION_METRIC,
             mode="max",
             patience=config.early_stopping_patience,
+            min_delta=config.early_stopping_min_delta,
             restore_best_weights=True,
             verbose=1,
         ),

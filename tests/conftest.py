@@ -27,6 +27,14 @@ def synthetic_xray(rng: np.random.Generator, label: int, size: tuple[int, int]) 
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def flags(**values) -> list[str]:
+    """CLI flags from keyword arguments: `flags(image_size=32)` -> `["--image-size", "32"]`."""
+    argv = []
+    for name, value in values.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    return argv
+
+
 def write_image(path: Path, pixels: np.ndarray, mode: str = "L") -> Path:
     """Saves `pixels` (2-D uint8) as `path` in `mode` (format from the extension)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,28 +91,18 @@ def trained_run(tmp_path_factory) -> Path:
     root = write_dataset(base / "chest_xray", patients=40, images_per_patient=2, seed=7)
     run_dir = base / "run"
     status = train.main(
-        [
-            "--data-dir",
-            str(root),
-            "--output-dir",
-            str(run_dir),
-            "--image-size",
-            "32",
-            "--epochs",
-            "6",
-            "--batch-size",
-            "4",
-            "--base-filters",
-            "8",
-            "--num-blocks",
-            "2",
-            "--augment-strength",
-            "0",
-            "--seed",
-            "1",
-            "--val-fraction",
-            "0.25",
-        ]
+        flags(
+            data_dir=root,
+            output_dir=run_dir,
+            image_size=32,
+            epochs=6,
+            batch_size=4,
+            base_filters=8,
+            num_blocks=2,
+            augment_strength=0,
+            seed=1,
+            val_fraction=0.25,
+        )
     )
     assert status == 0
     return run_dir

@@ -2,7 +2,7 @@ import json
 
 import pandas as pd
 
-from conftest import REAL_DATA, requires_real_data
+from conftest import REAL_DATA, flags, requires_real_data
 from pneumocnn import train
 
 ARTEFACTS = ("config.json", "split.csv", "history.csv", "best.keras", "summary.json")
@@ -12,20 +12,14 @@ ARTEFACTS = ("config.json", "split.csv", "history.csv", "best.keras", "summary.j
 def test_cli_trains_on_real_images_and_writes_every_artefact(tmp_path):
     run_dir = tmp_path / "run"
     status = train.main(
-        [
-            "--data-dir",
-            str(REAL_DATA),
-            "--output-dir",
-            str(run_dir),
-            "--limit-per-class",
-            "20",
-            "--image-size",
-            "48",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-        ]
+        flags(
+            data_dir=REAL_DATA,
+            output_dir=run_dir,
+            limit_per_class=20,
+            image_size=48,
+            epochs=2,
+            batch_size=8,
+        )
     )
     assert status == 0
     for name in ARTEFACTS:
@@ -59,20 +53,14 @@ def test_corrupt_image_is_skipped_counted_and_the_run_goes_on(make_dataset, tmp_
     (root / "train" / "PNEUMONIA" / "person99_virus_1.jpeg").write_bytes(b"\xff\xd8 garbage")
     run_dir = tmp_path / "run"
     status = train.main(
-        [
-            "--data-dir",
-            str(root),
-            "--output-dir",
-            str(run_dir),
-            "--image-size",
-            "32",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--val-fraction",
-            "0.34",
-        ]
+        flags(
+            data_dir=root,
+            output_dir=run_dir,
+            image_size=32,
+            epochs=1,
+            batch_size=4,
+            val_fraction=0.34,
+        )
     )
     assert status == 0
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -1,0 +1,183 @@
+"""Grad-CAM: where the model looked. `python -m pneumocnn.explain IMAGE_OR_FOLDER... [--model M]`.
+
+Grad-CAM (Selvaraju et al., 2017) weights the last convolutional block's feature maps by the
+gradient of the PNEUMONIA score and keeps the positive part: bright regions raised the score.
+It runs on the float `.keras` model (an int8 `.tflite` has no gradients); the block is found by
+its name, `last_conv`, never by index.
+
+Example:
+
+    python -m pneumocnn.explain chest.jpeg --output-dir gradcam/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
+
+from pneumocnn.images import ImageLoadError, load_image
+from pneumocnn.model import LAST_CONV_LAYER, OUTPUT_LAYER, load_model
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "saved_models" / "pneumocnn.keras"
+
+
+def _last_conv_output(model: keras.Model) -> keras.KerasTensor:
+    """The activated output of the last convolutional block, found by name."""
+    for name in (f"{LAST_CONV_LAYER}_relu", LAST_CONV_LAYER):
+        try:
+            return model.get_layer(name).output
+        except ValueError:
+            continue
+    raise ValueError(
+        f"Model '{model.name}' has no layer named '{LAST_CONV_LAYER}_relu' or "
+        f"'{LAST_CONV_LAYER}'. Received layers: {[layer.name for layer in model.layers]}. "
+        "Grad-CAM needs a model built by pneumocnn.model.build_model."
+    )
+
+
+class GradCam:
+    """Grad-CAM heatmaps for a pneumocnn `.keras` model.
+
+    Args:
+        model: a float Keras model from `build_model` (or `load_model`).
+
+    Example:
+
+    >>> cam = GradCam(load_model("saved_models/pneumocnn.keras"))  # doctest: +SKIP
+    >>> heatmap, probability = cam.heatmap(load_image("chest.jpeg", 160))  # doctest: +SKIP
+    """
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.image_size = int(model.input_shape[1])
+        self._model = keras.Model(
+            model.inputs, [_last_conv_output(model), model.get_layer(OUTPUT_LAYER).output]
+        )
+
+    def heatmap(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Computes the Grad-CAM heatmap of one image.
+
+        Args:
+            image: raw 0-255 pixels, `(image_size, image_size, 1)`, as `load_image` returns.
+
+        Returns:
+            `(heatmap, probability)`: a float32 array `(image_size, image_size)` in [0, 1]
+            (all zeros when nothing raised the score), and P(PNEUMONIA).
+        """
+        batch = tf.convert_to_tensor(np.asarray(image, np.float32)[np.newaxis])
+        with tf.GradientTape() as tape:
+            features, probability = self._model(batch, training=False)
+            # The logit's gradient does not vanish where the sigmoid saturates.
+            score = tf.math.log(probability + 1e-7) - tf.math.log(1 - probability + 1e-7)
+        gradients = tape.gradient(score, features)
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[0]
+        cam = tf.image.resize(cam[..., tf.newaxis], (self.image_size, self.image_size))[..., 0]
+        cam = cam.numpy()
+        peak = float(cam.max())
+        cam = cam / peak if peak > 0 else np.zeros_like(cam)
+        return np.clip(cam, 0.0, 1.0).astype(np.float32), float(probability.numpy().reshape(-1)[0])
+
+
+def overlay_figure(
+    image: np.ndarray, heatmap: np.ndarray, probability: float, threshold: float | None, title: str
+) -> Figure:
+    """The X-ray in gray beside the same X-ray with the heatmap in colour and a colour bar."""
+    figure = Figure(figsize=(8, 4.3))
+    left, right = figure.subplots(1, 2)
+    pixels = np.asarray(image).squeeze()
+    left.imshow(pixels, cmap="gray", vmin=0, vmax=255)
+    left.set_title("X-ray")
+    right.imshow(pixels, cmap="gray", vmin=0, vmax=255)
+    shown = right.imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    verdict = ""
+    if threshold is not None:
+        label = "PNEUMONIA" if probability >= threshold else "NORMAL"
+        verdict = f" -> {label} (threshold {threshold:.2f})"
+    right.set_title(f"Grad-CAM: P(PNEUMONIA) = {probability:.3f}{verdict}", fontsize=9)
+    for ax in (left, right):
+        ax.axis("off")
+    figure.colorbar(shown, ax=right, fraction=0.046, pad=0.04, label="contribution to PNEUMONIA")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def explain_files(
+    inputs: list[str | Path],
+    model_path: str | Path,
+    output_dir: str | Path,
+    threshold: float | None = None,
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Writes one overlay PNG per image into `output_dir`.
+
+    Returns:
+        `(written, failed)`: the PNG paths, and `(path, reason)` for unreadable images.
+    """
+    from pneumocnn.predict import expand_inputs
+
+    cam = GradCam(load_model(model_path))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written, failed = [], []
+    files = list(expand_inputs([str(item) for item in inputs]))
+    for index, path in enumerate(files, start=1):
+        try:
+            image = load_image(path, cam.image_size)
+        except ImageLoadError as error:
+            failed.append((str(path), str(error)))
+            logger.warning("%s", error)
+            continue
+        heatmap, probability = cam.heatmap(image)
+        target = output_dir / f"{Path(path).stem}_gradcam.png"
+        overlay_figure(image, heatmap, probability, threshold, Path(path).name).savefig(
+            target, dpi=110
+        )
+        written.append(target)
+        logger.info("[%d/%d] %s -> %s", index, len(files), path, target)
+    return written, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point. Returns 0, or 1 if some images could not be read."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumocnn.explain",
+        description="Write Grad-CAM overlays showing where the model looked.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    parser.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help="A float .keras model (default: saved_models/pneumocnn.keras).",
+    )
+    parser.add_argument("--output-dir", default="gradcam", help="Where to write the PNGs.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    threshold = None
+    metadata_path = Path(args.model).parent / "pneumocnn.json"
+    try:
+        if metadata_path.is_file():
+            from pneumocnn.metadata import load_metadata
+
+            threshold = load_metadata(metadata_path, args.model)["threshold"]
+        written, failed = explain_files(args.inputs, args.model, args.output_dir, threshold)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Wrote {len(written)} Grad-CAM overlays to {args.output_dir}")
+    for _, reason in failed:
+        print(f"error: {reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

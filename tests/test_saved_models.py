@@ -1,0 +1,58 @@
+"""The shipped model in saved_models/: intact, consistent, and useful on real validation images."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REAL_DATA, requires_real_data
+from pneumocnn import data
+from pneumocnn.config import Config
+from pneumocnn.lite import LiteModel
+from pneumocnn.metadata import FP16_FILE, INT8_FILE, KERAS_FILE, METADATA_FILE, load_metadata
+from pneumocnn.model import load_model
+
+SAVED = Path(__file__).resolve().parents[1] / "saved_models"
+
+
+@pytest.mark.parametrize("name", [INT8_FILE, FP16_FILE, KERAS_FILE])
+def test_every_shipped_file_matches_its_recorded_checksum(name):
+    metadata = load_metadata(SAVED / METADATA_FILE, SAVED / name)
+    assert metadata["class_names"] == ["NORMAL", "PNEUMONIA"]
+
+
+def test_shipped_int8_model_is_under_500_kb():
+    assert (SAVED / INT8_FILE).stat().st_size < 500 * 1024
+
+
+@pytest.fixture(scope="module")
+def shipped_validation_sample():
+    """60 images of the shipped model's own validation split (rebuilt from its metadata)."""
+    metadata = load_metadata(SAVED / METADATA_FILE)
+    config = Config.from_dict(metadata["config"])
+    dataset = data.find_dataset(REAL_DATA)
+    split = data.prepare_split(config, dataset)
+    val = split[split["subset"] == "val"]
+    sample = data.limit_per_class(val, 30, seed=0)
+    return data.load_split(sample, "val", config.image_size, dataset.root)
+
+
+@requires_real_data
+def test_shipped_int8_model_classifies_real_validation_images(shipped_validation_sample):
+    model = LiteModel(SAVED / INT8_FILE)
+    probabilities = model.predict_proba(shipped_validation_sample.images)
+    predicted = (probabilities >= model.threshold).astype(int)
+    assert np.mean(predicted == shipped_validation_sample.labels) >= 0.85
+
+
+@requires_real_data
+def test_shipped_int8_and_keras_models_agree(shipped_validation_sample):
+    lite = LiteModel(SAVED / INT8_FILE)
+    int8 = lite.predict_proba(shipped_validation_sample.images)
+    keras = (
+        load_model(SAVED / KERAS_FILE)
+        .predict(shipped_validation_sample.images.astype(np.float32), verbose=0)
+        .reshape(-1)
+    )
+    agree = np.mean((int8 >= lite.threshold) == (keras >= lite.threshold))
+    assert agree >= 0.95
