@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -60,46 +61,107 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     return image.convert("RGB").convert("L") if image.mode == "CMYK" else image.convert("L")
 
 
-def load_image(source: str | Path, image_size: int) -> np.ndarray:
-    """Reads an image file as a `(image_size, image_size, 1)` uint8 array of raw 0-255 pixels.
+def _check_size(name: str, width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageLoadError(
+            f"Image '{name}' is {width}x{height} px, above the limit of {MAX_PIXELS:,} pixels "
+            "(a decompression bomb, or not an X-ray). Resize it before use."
+        )
 
-    The image is decoded (JPEG or PNG; any mode, any size), converted to grayscale, and resized
-    to a square with bilinear filtering. No normalisation: the model rescales inside itself.
+
+def _is_dicom(source: str | Path | BinaryIO, name: str) -> bool:
+    if Path(name).suffix.lower() in (".dcm", ".dicom"):
+        return True
+    if isinstance(source, str | Path):
+        with open(source, "rb") as handle:
+            preamble = handle.read(132)
+    else:
+        position = source.tell()
+        preamble = source.read(132)
+        source.seek(position)
+    return preamble[128:132] == b"DICM"
+
+
+def _read_dicom(source: str | Path | BinaryIO, name: str) -> Image.Image:
+    """Reads a DICOM file's pixels as 8-bit grayscale (VOI LUT or windowing applied)."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_voi_lut
+    except ImportError as error:
+        raise ImageLoadError(
+            f"'{name}' is a DICOM file, and reading DICOM needs pydicom. "
+            'Install it with: pip install "pneumocnn[app]".'
+        ) from error
+    dataset = pydicom.dcmread(source)
+    _check_size(name, int(dataset.Columns), int(dataset.Rows))
+    pixels = apply_voi_lut(dataset.pixel_array, dataset).astype(np.float64)
+    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # colour: luminance
+        pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
+    elif pixels.ndim == 3:  # several frames: the first
+        pixels = pixels[0]
+    if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
+        pixels = pixels.max() - pixels  # MONOCHROME1 shows low values as white
+    return to_grayscale(Image.fromarray(pixels.astype(np.float32), mode="F"))
+
+
+def read_grayscale(source: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
+    """Decodes an image file (JPEG, PNG, or DICOM with pydicom) as a full-size grayscale image.
 
     Args:
-        source: path of the image file.
-        image_size: side of the square output.
+        source: a path, or a binary file object (e.g. an upload).
+        name: the name used in error messages. Defaults to `None`: the path, or the file
+            object's `name`.
 
     Returns:
-        A uint8 array of shape `(image_size, image_size, 1)`.
+        A mode "L" Pillow image at the file's own size.
 
     Raises:
         ImageLoadError: if the file is missing, empty, not an image, truncated, or larger than
             `MAX_PIXELS` (checked from the header, before decoding).
     """
-    path = Path(source)
+    name = name or str(getattr(source, "name", source))
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageLoadError(
-                    f"Image '{path}' is {width}x{height} px, above the limit of {MAX_PIXELS:,} "
-                    "pixels (a decompression bomb or not an X-ray). Resize it before use."
-                )
+        if _is_dicom(source, name):
+            return _read_dicom(source, name)
+        with Image.open(source) as image:
+            _check_size(name, *image.size)
             image.load()
-            gray = to_grayscale(image)
-            resized = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return to_grayscale(image)
     except ImageLoadError:
         raise
     except FileNotFoundError as error:
-        raise ImageLoadError(f"Image file not found: '{path}'. Check the path.") from error
-    # Pillow signals a bad file with many types (OSError, SyntaxError, ValueError, struct.error,
-    # DecompressionBombError, ...); all of them mean "this file is not a usable image".
+        raise ImageLoadError(f"Image file not found: '{name}'. Check the path.") from error
+    # Pillow and pydicom signal a bad file with many types (OSError, SyntaxError, ValueError,
+    # struct.error, DecompressionBombError, ...); all mean "this file is not a usable image".
     except Exception as error:  # noqa: BLE001
         raise ImageLoadError(
-            f"Cannot read '{path}' as an image ({type(error).__name__}: {error}). "
+            f"Cannot read '{name}' as an image ({type(error).__name__}: {error}). "
             "Expected a JPEG or PNG chest X-ray; replace or remove the file."
         ) from error
+
+
+def load_image(
+    source: str | Path | BinaryIO, image_size: int, name: str | None = None
+) -> np.ndarray:
+    """Reads an image file as a `(image_size, image_size, 1)` uint8 array of raw 0-255 pixels.
+
+    The image is decoded (see `read_grayscale`), converted to grayscale, and resized to a square
+    with bilinear filtering (no crop, no padding). No normalisation: the model rescales inside
+    itself.
+
+    Args:
+        source: a path, or a binary file object (e.g. an upload).
+        image_size: side of the square output.
+        name: the name used in error messages. Defaults to `None` (see `read_grayscale`).
+
+    Returns:
+        A uint8 array of shape `(image_size, image_size, 1)`.
+
+    Raises:
+        ImageLoadError: if the file cannot be used (see `read_grayscale`).
+    """
+    gray = read_grayscale(source, name)
+    resized = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)[:, :, np.newaxis]
 
 

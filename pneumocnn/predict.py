@@ -43,9 +43,15 @@ class KerasClassifier:
         self.class_names = list(source.class_names)
         self.model = load_model(source.model_path)
 
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """P(positive class) for raw-pixel images `(n, image_size, image_size, 1)`."""
+        batch = np.asarray(images, np.float32)
+        return self.model.predict(batch, batch_size=64, verbose=0).reshape(-1)
+
     def predict_file(self, path: str | Path) -> Prediction:
-        image = load_image(path, self.image_size)[np.newaxis].astype(np.float32)
-        probability = float(self.model.predict(image, verbose=0).reshape(-1)[0])
+        """Loads an image file and classifies it (see `LiteModel.predict_file`)."""
+        image = load_image(path, self.image_size)[np.newaxis]
+        probability = float(self.predict_proba(image)[0])
         label = self.class_names[int(probability >= self.threshold)]
         return Prediction(str(path), label, probability, self.threshold)
 

@@ -79,7 +79,9 @@ def make_callbacks(config: Config, run_dir: Path) -> list[keras.callbacks.Callba
             patience=config.early_stopping_patience,
             min_delta=config.early_stopping_min_delta,
             restore_best_weights=True,
-            verbose=1,
+            # Its own message names the epoch of its last min_delta gain, which may differ from
+            # the checkpoint's strict maximum in best.keras; `train` logs what was kept instead.
+            verbose=0,
         ),
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss",
@@ -212,7 +214,17 @@ def train(config: Config) -> Path:
         batch_size=config.batch_size,
         wall_seconds=time.perf_counter() - start,
     )
+    summary["stopped_early"] = summary["epochs_run"] < config.epochs
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    logger.info(
+        "%s after epoch %d; %s holds epoch %d (highest %s %.4f)",
+        "Early stopping" if summary["stopped_early"] else "Finished",
+        summary["epochs_run"],
+        run_dir / MODEL_FILE,
+        summary["best_epoch"],
+        SELECTION_METRIC,
+        summary["val_auc"],
+    )
     if summary["unreadable_files"]:
         logger.warning(
             "%d unreadable images were skipped (listed in %s)",

@@ -1,0 +1,101 @@
+"""The Streamlit app: rendered with AppTest, and driven in a real headless Chromium."""
+
+import io
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synthetic_xray
+
+pytest.importorskip("streamlit", reason="the app extra is not installed")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from pneumocnn.app import CHROMIUM_ARGS, serve  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "pneumocnn" / "app.py"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _png(label=1, size=(120, 90), mode="L") -> bytes:
+    pixels = synthetic_xray(np.random.default_rng(label), label, size)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def app(exported_model, monkeypatch):
+    monkeypatch.setenv("PNEUMOCNN_MODEL_DIR", str(exported_model))
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_page_renders_with_model_metadata_and_the_notice(app):
+    assert "NORMAL or PNEUMONIA" in app.title[0].value
+    assert any("not a medical device" in w.value for w in app.sidebar.warning)
+    assert any("threshold" in m.value for m in app.sidebar.markdown)
+
+
+def test_uploaded_image_yields_a_label_probability_and_table(app):
+    app.file_uploader[0].set_value(
+        [("chest.png", _png(1), "image/png"), ("other.png", _png(0, mode="RGB"), "image/png")]
+    )
+    app.run()
+    assert not app.exception, app.exception
+    labels = [m.value for m in app.markdown if m.value.startswith("### ")]
+    assert len(labels) == 2 and all(v[4:] in ("NORMAL", "PNEUMONIA") for v in labels)
+    table = app.dataframe[0].value
+    assert list(table["file"]) == ["chest.png", "other.png"]
+    assert table["probability"].between(0, 1).all()
+
+
+def test_bad_upload_shows_a_message_and_the_other_files_still_work(app):
+    app.file_uploader[0].set_value(
+        [("broken.jpeg", b"not an image", "image/jpeg"), ("good.png", _png(1), "image/png")]
+    )
+    app.run()
+    assert not app.exception, app.exception
+    assert any("broken.jpeg" in e.value for e in app.error)
+    table = app.dataframe[0].value
+    assert table.loc[table["file"] == "good.png", "label"].item() in ("NORMAL", "PNEUMONIA")
+
+
+def test_missing_model_folder_shows_how_to_fix_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMOCNN_MODEL_DIR", str(tmp_path))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    assert any("python -m pneumocnn.export" in e.value for e in at.error)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="no chromium binary (apt-get install chromium)"
+)
+def test_real_browser_uploads_an_image_and_sees_the_result(exported_model, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    image = tmp_path / "chest.png"
+    image.write_bytes(_png(1))
+    with serve(_free_port(), exported_model) as url, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(url)
+        page.locator("input[type=file]").set_input_files(str(image))
+        page.get_by_text("All results").wait_for(timeout=90_000)
+        page.wait_for_timeout(1500)  # let the figures paint
+        page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+        text = page.inner_text("body")
+        browser.close()
+    assert "chest.png" in text
+    assert "NORMAL" in text or "PNEUMONIA" in text
+    assert (tmp_path / "app.png").stat().st_size > 10_000
