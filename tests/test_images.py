@@ -56,3 +56,25 @@ def test_load_images_skips_and_reports_unreadable_files(tmp_path):
     assert images.shape == (2, 8, 8, 1)
     assert kept == [0, 2]
     assert [path for path, _ in skipped] == [str(bad)]
+
+
+def test_dicom_file_is_read_with_pydicom_and_windowed_to_8_bits(tmp_path):
+    examples = pytest.importorskip("pydicom.examples", reason="the app extra is not installed")
+    source = examples.get_path("ct")  # a 128x128, 16-bit CT slice shipped with pydicom
+    renamed = tmp_path / "scan.bin"  # no .dcm extension: found by its DICM preamble
+    renamed.write_bytes(source.read_bytes())
+    for path in (source, renamed):
+        image = load_image(path, 64)
+        assert image.shape == (64, 64, 1) and image.dtype == np.uint8
+        assert image.min() < 30 and image.max() > 220  # the full 8-bit range is used
+
+
+def test_upload_like_file_object_is_read_and_named_in_errors():
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((20, 30), 50, np.uint8)).save(buffer, format="PNG")
+    buffer.seek(0)
+    assert load_image(buffer, 8, name="upload.png").shape == (8, 8, 1)
+    with pytest.raises(ImageLoadError, match="upload.jpeg"):
+        load_image(io.BytesIO(b"junk"), 8, name="upload.jpeg")
