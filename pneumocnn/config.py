@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 BALANCE_CHOICES = ("none", "class_weight", "oversample")
+STRATEGY_CHOICES = ("default", "mirrored", "multiworker")
 
 
 def _field(default: Any, help: str) -> Any:
@@ -50,6 +51,12 @@ class Config:
         0, "Use at most this many images per class (0 = all); for quick runs."
     )
     seed: int = _field(42, "Seeds the split, the shuffles, augmentation and initial weights.")
+    deterministic: bool = _field(
+        False, "TensorFlow op determinism: the same seed gives the same weights; slower."
+    )
+    strategy: Literal["default", "mirrored", "multiworker"] = _field(
+        "default", "tf.distribute: one device, all local GPUs (mirrored), or $TF_CONFIG workers."
+    )
 
     # Input pipeline.
     image_size: int = _field(
@@ -95,6 +102,7 @@ class Config:
             (0 < self.val_fraction < 1, "val_fraction", "a number between 0 and 1"),
             (self.limit_per_class >= 0, "limit_per_class", "0 (all images) or a positive integer"),
             (self.balance in BALANCE_CHOICES, "balance", f"one of {BALANCE_CHOICES}"),
+            (self.strategy in STRATEGY_CHOICES, "strategy", f"one of {STRATEGY_CHOICES}"),
             (self.augment_strength >= 0, "augment_strength", "a number of at least 0"),
             (self.base_filters >= 1, "base_filters", "a positive integer"),
             (self.num_blocks >= 1, "num_blocks", "a positive integer"),

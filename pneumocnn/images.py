@@ -129,6 +129,11 @@ def read_grayscale(source: str | Path | BinaryIO, name: str | None = None) -> Im
             return to_grayscale(image)
     except ImageLoadError:
         raise
+    except Image.DecompressionBombError as error:  # Pillow's own, larger limit, at open
+        raise ImageLoadError(
+            f"Image '{name}' is above the limit of {MAX_PIXELS:,} pixels ({error}). "
+            "Resize it before use."
+        ) from error
     except FileNotFoundError as error:
         raise ImageLoadError(f"Image file not found: '{name}'. Check the path.") from error
     # Pillow and pydicom signal a bad file with many types (OSError, SyntaxError, ValueError,

@@ -97,6 +97,18 @@ def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dic
             f"Metadata file '{path}' has format_version {metadata['format_version']}, newer than "
             f"this pneumocnn understands ({FORMAT_VERSION}). Upgrade pneumocnn."
         )
+    names = metadata["class_names"]
+    if len(names) < 2 or not all(isinstance(name, str) and name for name in names):
+        raise MetadataError(
+            f"Metadata file '{path}' needs at least two class names. "
+            f"Received: class_names={names!r}."
+        )
+    if metadata["image_size"] < 8 or metadata["channels"] != 1:
+        raise MetadataError(
+            f"Metadata file '{path}' describes an input pneumocnn cannot feed. Received: "
+            f"image_size={metadata['image_size']!r}, channels={metadata['channels']!r}; "
+            "expected image_size >= 8 and channels = 1."
+        )
     if not 0.0 < metadata["threshold"] < 1.0:
         raise MetadataError(
             f"Metadata file '{path}' has a threshold outside (0, 1). "

@@ -22,6 +22,8 @@ from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
+import tensorflow as tf
 
 from pneumocnn import data
 from pneumocnn.config import Config, add_config_arguments, config_from_args
@@ -35,6 +37,7 @@ SPLIT_FILE = "split.csv"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "best.keras"
 SUMMARY_FILE = "summary.json"
+BACKUP_DIR = "backup"
 # Checkpointing and early stopping select on ranking quality, which the threshold (chosen
 # later, on validation) does not change; the learning rate follows the smoother loss.
 SELECTION_METRIC = "val_auc"
@@ -66,12 +69,28 @@ def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def make_callbacks(config: Config, run_dir: Path) -> list[keras.callbacks.Callback]:
-    """The training callbacks: timing, checkpoint, early stopping, LR schedule, CSV log."""
+def make_callbacks(
+    config: Config, run_dir: Path, resume: bool = False, best_so_far: float | None = None
+) -> list[keras.callbacks.Callback]:
+    """The training callbacks: timing, NaN guard, checkpoint, early stopping, LR schedule,
+    CSV log, and a backup of the last finished epoch for `--resume`.
+
+    Args:
+        config: the run's settings.
+        run_dir: the run folder.
+        resume: append to `history.csv` instead of starting it. Defaults to False.
+        best_so_far: when resuming, the best `val_auc` already checkpointed, so a worse epoch
+            does not overwrite `best.keras`. Defaults to `None`.
+    """
     return [
         EpochTimer(),
+        keras.callbacks.TerminateOnNaN(),
         keras.callbacks.ModelCheckpoint(
-            run_dir / MODEL_FILE, monitor=SELECTION_METRIC, mode="max", save_best_only=True
+            run_dir / MODEL_FILE,
+            monitor=SELECTION_METRIC,
+            mode="max",
+            save_best_only=True,
+            initial_value_threshold=best_so_far,
         ),
         keras.callbacks.EarlyStopping(
             monitor=SELECTION_METRIC,
@@ -91,23 +110,67 @@ def make_callbacks(config: Config, run_dir: Path) -> list[keras.callbacks.Callba
             min_lr=1e-6,
             verbose=1,
         ),
-        keras.callbacks.CSVLogger(run_dir / HISTORY_FILE),
+        keras.callbacks.CSVLogger(run_dir / HISTORY_FILE, append=resume),
+        # Last, so an epoch is backed up only after everything above has recorded it. A kill
+        # while the backup is written leaves it corrupt: double_checkpoint keeps the one before.
+        keras.callbacks.BackupAndRestore(
+            str(run_dir / BACKUP_DIR), double_checkpoint=True, delete_checkpoint=True
+        ),
     ]
 
 
-def _prepare_run_dir(config: Config) -> Path:
+class TrainingDivergedError(RuntimeError):
+    """Raised when the loss became NaN or infinite and training was stopped."""
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy for `--strategy`.
+
+    Args:
+        name: "default" (one device), "mirrored" (every GPU of this machine, else every logical
+            CPU device), or "multiworker" (several machines, described by `$TF_CONFIG`).
+    """
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _prepare_run_dir(config: Config, resume: bool) -> Path:
     run_dir = Path(config.output_dir) if config.output_dir else default_run_dir()
+    if resume:
+        if (run_dir / SUMMARY_FILE).exists():
+            raise FileExistsError(
+                f"Run folder '{run_dir}' has already finished (it has {SUMMARY_FILE}); there is "
+                f"nothing to resume. Received: resume='{run_dir}'."
+            )
+        return run_dir
     if (run_dir / MODEL_FILE).exists():
         raise FileExistsError(
             f"Run folder '{run_dir}' already holds a trained model. Received: "
-            f"output_dir='{run_dir}'. Pass a new --output-dir so nothing is overwritten."
+            f"output_dir='{run_dir}'. Pass a new --output-dir so nothing is overwritten, or "
+            f"--resume {run_dir} to continue an interrupted run."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
+def read_history(run_dir: Path) -> pd.DataFrame:
+    """Reads `history.csv`, keeping the last row of an epoch that a resumed run repeated.
+
+    An absent or empty file (training stopped before any epoch ended) gives an empty table.
+    """
+    path = run_dir / HISTORY_FILE
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=["epoch", "loss", SELECTION_METRIC, "epoch_seconds"])
+    history = pd.read_csv(path)
+    return history.drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)
+
+
 def summarise(
-    history: dict[str, list[float]],
+    history: pd.DataFrame,
     *,
     model: keras.Model,
     class_names: tuple[str, ...],
@@ -118,13 +181,13 @@ def summarise(
     wall_seconds: float,
 ) -> dict[str, Any]:
     """Builds `summary.json`: the best epoch's validation metrics and the cost of the run."""
-    best = int(np.argmax(history[SELECTION_METRIC]))
-    epoch_seconds = history.get("epoch_seconds", [])
+    best = int(np.argmax(history[SELECTION_METRIC].to_numpy()))
+    epoch_seconds = history["epoch_seconds"].dropna().to_numpy()
     images_seen = steps_per_epoch * batch_size * len(epoch_seconds)
     skipped = train.skipped + val.skipped
     return {
         "best_epoch": best + 1,
-        "epochs_run": len(history[SELECTION_METRIC]),
+        "epochs_run": len(history),
         **{
             key: float(history[key][best])
             for key in ("val_loss", "val_accuracy", "val_auc", "val_sensitivity", "val_specificity")
@@ -138,39 +201,63 @@ def summarise(
         "val_images_per_class": np.bincount(val.labels, minlength=len(class_names)).tolist(),
         "unreadable_files": len(skipped),
         "unreadable": [{"path": path, "reason": reason} for path, reason in skipped],
-        "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
-        "images_per_second": images_seen / float(np.sum(epoch_seconds)) if epoch_seconds else None,
+        "seconds_per_epoch": float(np.mean(epoch_seconds)) if len(epoch_seconds) else None,
+        "images_per_second": (
+            images_seen / float(np.sum(epoch_seconds)) if len(epoch_seconds) else None
+        ),
         "wall_seconds": wall_seconds,
     }
 
 
-def train(config: Config) -> Path:
+def train(config: Config, resume: bool = False) -> Path:
     """Trains a model as `config` says and writes the run folder.
 
     Args:
         config: the run's settings.
+        resume: continue the interrupted run in `config.output_dir` from its last finished
+            epoch (its `split.csv` and backup), instead of starting a new one. Defaults to False.
 
     Returns:
         The run folder.
 
     Raises:
         DataError: if the data folder is missing or malformed.
-        FileExistsError: if `config.output_dir` already holds a trained model.
+        FileExistsError: if `config.output_dir` already holds a trained model (or, when
+            resuming, a finished run).
+        TrainingDivergedError: if the loss became NaN or infinite.
     """
     start = time.perf_counter()
     # Fail on bad data or a taken folder before any long work.
     data_dir = data.resolve_data_dir(config.data_dir)
     dataset = data.find_dataset(data_dir)
-    run_dir = _prepare_run_dir(config)
+    run_dir = _prepare_run_dir(config, resume)
     config = dataclasses.replace(
         config, data_dir=str(dataset.root.resolve()), output_dir=str(run_dir)
     )
-    config.save(run_dir / CONFIG_FILE)
+    if config.deterministic:
+        # Same seed, same machine, same weights; some kernels get slower.
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    if resume:
+        split = pd.read_csv(run_dir / SPLIT_FILE)
+        history_so_far = read_history(run_dir) if (run_dir / HISTORY_FILE).exists() else None
+        best_so_far = (
+            float(history_so_far[SELECTION_METRIC].max())
+            if history_so_far is not None and len(history_so_far)
+            else None
+        )
+        logger.info(
+            "Resuming %s after %d finished epochs",
+            run_dir,
+            0 if history_so_far is None else len(history_so_far),
+        )
+    else:
+        config.save(run_dir / CONFIG_FILE)
+        split = data.prepare_split(config, dataset)
+        split.to_csv(run_dir / SPLIT_FILE, index=False)
+        best_so_far = None
     logger.info("Run folder: %s; classes: %s", run_dir, list(dataset.class_names))
 
-    keras.utils.set_random_seed(config.seed)
-    split = data.prepare_split(config, dataset)
-    split.to_csv(run_dir / SPLIT_FILE, index=False)
     train_split = data.load_split(split, "train", config.image_size, dataset.root)
     val_split = data.load_split(split, "val", config.image_size, dataset.root)
     if len(train_split.labels) == 0 or len(val_split.labels) == 0:
@@ -182,30 +269,46 @@ def train(config: Config) -> Path:
         config, train_split, val_split, len(dataset.class_names)
     )
 
-    model = compile_model(build_model(config), config)
+    strategy = make_strategy(config.strategy)
+    with strategy.scope():
+        model = compile_model(build_model(config), config)
     weights = (
         data.class_weights(train_split.labels, len(dataset.class_names))
         if config.balance == "class_weight"
         else None
     )
     logger.info(
-        "Model: %s parameters; balance=%s %s",
+        "Model: %s parameters; balance=%s %s; %d replica(s) (%s)",
         f"{model.count_params():,}",
         config.balance,
         weights or "",
+        strategy.num_replicas_in_sync,
+        config.strategy,
     )
-    history = model.fit(
+    model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
         steps_per_epoch=steps,
         class_weight=weights,
         shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=make_callbacks(config, run_dir),
+        callbacks=make_callbacks(config, run_dir, resume, best_so_far),
         verbose=1 if sys.stdout.isatty() else 2,
     )
+    history = read_history(run_dir)
+    if len(history) == 0 or not np.all(np.isfinite(history["loss"].to_numpy(float))):
+        raise TrainingDivergedError(
+            f"Training diverged: the loss became NaN or infinite in epoch {len(history)}, and "
+            f"training stopped. Received: learning_rate={config.learning_rate}. Lower "
+            "--learning-rate (e.g. by 10x), or check the input images. "
+            + (
+                f"{run_dir / MODEL_FILE} holds the best epoch before that."
+                if (run_dir / MODEL_FILE).exists()
+                else "No model was saved."
+            )
+        )
     summary = summarise(
-        history.history,
+        history,
         model=model,
         class_names=dataset.class_names,
         train=train_split,
@@ -215,6 +318,7 @@ def train(config: Config) -> Path:
         wall_seconds=time.perf_counter() - start,
     )
     summary["stopped_early"] = summary["epochs_run"] < config.epochs
+    summary["replicas"] = int(strategy.num_replicas_in_sync)
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     logger.info(
         "%s after epoch %d; %s holds epoch %d (highest %s %.4f)",
@@ -241,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the pneumocnn classifier and write a run folder.",
     )
     add_config_arguments(parser)
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="Continue an interrupted run from its last finished epoch, with its own config.",
+    )
     return parser
 
 
@@ -249,9 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = config_from_args(args)
-        run_dir = train(config)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        if args.resume:
+            config = Config.load(Path(args.resume) / CONFIG_FILE)
+            run_dir = train(dataclasses.replace(config, output_dir=args.resume), resume=True)
+        else:
+            run_dir = train(config_from_args(args))
+    except (ValueError, FileNotFoundError, FileExistsError, TrainingDivergedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
