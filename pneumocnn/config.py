@@ -70,6 +70,18 @@ class Config:
     augment_strength: float = _field(
         1.0, "Scales rotation, shift, zoom and contrast augmentation; 0 turns it off."
     )
+    intensity_strength: float = _field(
+        0.0, "Scales brightness, blur and noise augmentation (exposure and detector changes)."
+    )
+    normal_augment_strength: float = _field(
+        0.0, "If above 0, NORMAL films get this augment_strength instead (more minority variety)."
+    )
+    mixup_alpha: float = _field(
+        0.0, "Mixup: blend pairs of training films with Beta(alpha, alpha) weights; 0 is off."
+    )
+    label_smoothing: float = _field(
+        0.0, "Pulls the 0/1 targets towards 0.5 by this much; discourages overconfidence."
+    )
     horizontal_flip: bool = _field(
         False, "Mirror training images; off because the heart sits on the left of a chest film."
     )
@@ -104,6 +116,10 @@ class Config:
             (self.balance in BALANCE_CHOICES, "balance", f"one of {BALANCE_CHOICES}"),
             (self.strategy in STRATEGY_CHOICES, "strategy", f"one of {STRATEGY_CHOICES}"),
             (self.augment_strength >= 0, "augment_strength", "a number of at least 0"),
+            (self.intensity_strength >= 0, "intensity_strength", "a number of at least 0"),
+            (self.normal_augment_strength >= 0, "normal_augment_strength", "at least 0"),
+            (self.mixup_alpha >= 0, "mixup_alpha", "a number of at least 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)"),
             (self.base_filters >= 1, "base_filters", "a positive integer"),
             (self.num_blocks >= 1, "num_blocks", "a positive integer"),
             (0 <= self.dropout_rate < 1, "dropout_rate", "a number in [0, 1)"),

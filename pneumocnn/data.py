@@ -335,21 +335,28 @@ def load_split(split: pd.DataFrame, subset: str, image_size: int, root: str | Pa
     return LoadedSplit(images, labels, [paths[i] for i in kept], skipped)
 
 
-def build_augmentation(config: Config) -> keras.Sequential:
+def build_augmentation(
+    config: Config, strength: float | None = None, name: str = "augmentation"
+) -> keras.Sequential:
     """Augmentation for training batches, as Keras preprocessing layers on raw 0-255 pixels.
 
     Small rotations, shifts and zooms mimic how a child is positioned on the film; contrast
-    mimics exposure differences between machines. `config.augment_strength` scales them all.
-    Horizontal flips are off by default: a chest film is not mirror-symmetric (the heart sits on
-    the left, and films carry side markers), so a flipped film is not a realistic input.
+    mimics exposure differences between machines; brightness, blur and noise
+    (`intensity_strength`; the noise is added in `make_datasets`, as Keras's GaussianNoise
+    takes no pixel-scale deviation) mimic detectors and hospitals. Horizontal flips are off by
+    default: a chest film is not mirror-symmetric (the heart sits on the left, and films carry
+    side markers), so a flipped film is not a realistic input.
 
     Args:
-        config: uses `augment_strength`, `horizontal_flip` and `seed`.
+        config: uses `augment_strength`, `intensity_strength`, `horizontal_flip` and `seed`.
+        strength: overrides `config.augment_strength`. Defaults to `None`.
+        name: the model's name. Defaults to "augmentation".
 
     Returns:
-        A `keras.Sequential` named "augmentation" (empty when strength is 0 and flips are off).
+        A `keras.Sequential` (empty when every strength is 0 and flips are off).
     """
-    strength, seed = config.augment_strength, config.seed
+    strength = config.augment_strength if strength is None else strength
+    intensity, seed = config.intensity_strength, config.seed
     layers = []
     if strength > 0:
         layers += [
@@ -360,9 +367,16 @@ def build_augmentation(config: Config) -> keras.Sequential:
             keras.layers.RandomZoom(0.1 * strength, fill_mode="constant", seed=seed + 2),
             keras.layers.RandomContrast(min(0.9, 0.2 * strength), seed=seed + 3),
         ]
+    if intensity > 0:
+        layers += [
+            keras.layers.RandomBrightness(min(0.9, 0.1 * intensity), seed=seed + 5),
+            keras.layers.RandomGaussianBlur(
+                factor=min(1.0, 0.5 * intensity), sigma=min(1.0, 0.7 * intensity), seed=seed + 6
+            ),
+        ]
     if config.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
-    return keras.Sequential(layers, name="augmentation")
+    return keras.Sequential(layers, name=name)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -376,23 +390,48 @@ def _to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
     return tf.cast(images, tf.float32), labels
 
 
+def _mixup(alpha: float, seed: int):
+    """Returns a batch map that blends each film with another of the batch (Zhang et al., 2018):
+    x = l*x1 + (1-l)*x2, likewise labels and sample weights, l ~ Beta(alpha, alpha) per film."""
+
+    def mix(images, labels, weights):
+        batch = tf.shape(images)[0]
+        first = tf.random.gamma([batch], alpha, seed=seed)
+        second = tf.random.gamma([batch], alpha, seed=seed + 1)
+        share = first / (first + second + 1e-12)
+        partner = tf.random.shuffle(tf.range(batch), seed=seed + 2)
+        blend = share[:, tf.newaxis]
+        images = blend[:, :, tf.newaxis, tf.newaxis] * images + (
+            1 - blend[:, :, tf.newaxis, tf.newaxis]
+        ) * tf.gather(images, partner)
+        labels = blend * labels + (1 - blend) * tf.gather(labels, partner)
+        weights = share * weights + (1 - share) * tf.gather(weights, partner)
+        return images, labels, weights
+
+    return mix
+
+
 def make_datasets(
     config: Config, train: LoadedSplit, val: LoadedSplit, num_classes: int = 2
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
     """Builds the training and validation `tf.data` pipelines from decoded images.
 
-    Training: cache -> shuffle (each epoch) -> batch -> augment -> prefetch; with
-    `balance="oversample"`, each class is repeated and sampled equally, so batches are balanced.
-    Validation: cache -> batch -> prefetch, never augmented.
+    Training: cache -> shuffle (each epoch) -> batch -> augment -> (mixup) -> prefetch, yielding
+    `(images, labels, sample_weights)`. With `balance="class_weight"` the sample weights are
+    the class weights of the training split (as weights they survive mixup, which Keras's
+    `class_weight` would not); with `"oversample"` each class is repeated and sampled equally,
+    so batches are balanced. With `normal_augment_strength`, NORMAL films (label 0) get their
+    own augmentation strength. Validation: cache -> batch -> prefetch, never augmented.
 
     Args:
-        config: uses `batch_size`, `balance`, `seed` and the augmentation fields.
+        config: uses `batch_size`, `balance`, `seed`, `mixup_alpha` and the augmentation fields.
         train: decoded training images.
         val: decoded validation images.
         num_classes: number of classes. Defaults to 2.
 
     Returns:
-        `(train_ds, val_ds, steps_per_epoch)`. Labels are float32 of shape `(batch, 1)`.
+        `(train_ds, val_ds, steps_per_epoch)`. Images are float32 raw pixels; labels float32 of
+        shape `(batch, 1)`.
     """
 
     def labelled(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
@@ -417,10 +456,40 @@ def make_datasets(
         )
     # Cached as uint8 (a quarter of the memory); cast per batch.
     train_ds = train_ds.batch(config.batch_size).map(_to_float, num_parallel_calls=AUTOTUNE)
+
     augmentation = build_augmentation(config)
-    if augmentation.layers:
-        train_ds = train_ds.map(
-            lambda x, y: (augmentation(x, training=True), y), num_parallel_calls=AUTOTUNE
-        )
+    normal_augmentation = (
+        build_augmentation(config, config.normal_augment_strength, "normal_augmentation")
+        if config.normal_augment_strength > 0
+        else None
+    )
+
+    def augment(images, labels):
+        augmented = augmentation(images, training=True) if augmentation.layers else images
+        if normal_augmentation is not None:
+            is_normal = tf.reshape(labels[:, 0] < 0.5, [-1, 1, 1, 1])
+            augmented = tf.where(is_normal, normal_augmentation(images, training=True), augmented)
+        if config.intensity_strength > 0:  # detector noise, in pixel units
+            noise = tf.random.normal(
+                tf.shape(augmented), stddev=3.0 * config.intensity_strength, seed=config.seed + 7
+            )
+            augmented = tf.clip_by_value(augmented + noise, 0.0, 255.0)
+        return augmented, labels
+
+    if augmentation.layers or normal_augmentation is not None or config.intensity_strength > 0:
+        train_ds = train_ds.map(augment, num_parallel_calls=AUTOTUNE)
+
+    table = (
+        class_weights(train.labels, num_classes)
+        if config.balance == "class_weight"
+        else dict.fromkeys(range(num_classes), 1.0)
+    )
+    weight_of = tf.constant([table[c] for c in range(num_classes)], tf.float32)
+    train_ds = train_ds.map(
+        lambda x, y: (x, y, tf.gather(weight_of, tf.cast(tf.round(y[:, 0]), tf.int32))),
+        num_parallel_calls=AUTOTUNE,
+    )
+    if config.mixup_alpha > 0:
+        train_ds = train_ds.map(_mixup(config.mixup_alpha, config.seed + 11))
     val_ds = labelled(val.images, val.labels).batch(config.batch_size).map(_to_float)
     return train_ds.prefetch(AUTOTUNE), val_ds.prefetch(AUTOTUNE), steps

@@ -119,14 +119,14 @@ def compile_model(model: keras.Model, config: Config) -> keras.Model:
 
     Args:
         model: from `build_model`.
-        config: uses `learning_rate`.
+        config: uses `learning_rate` and `label_smoothing`.
 
     Returns:
         The same model, compiled.
     """
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),
             keras.metrics.AUC(name="auc"),

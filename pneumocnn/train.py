@@ -272,16 +272,10 @@ def train(config: Config, resume: bool = False) -> Path:
     strategy = make_strategy(config.strategy)
     with strategy.scope():
         model = compile_model(build_model(config), config)
-    weights = (
-        data.class_weights(train_split.labels, len(dataset.class_names))
-        if config.balance == "class_weight"
-        else None
-    )
     logger.info(
-        "Model: %s parameters; balance=%s %s; %d replica(s) (%s)",
+        "Model: %s parameters; balance=%s; %d replica(s) (%s)",
         f"{model.count_params():,}",
         config.balance,
-        weights or "",
         strategy.num_replicas_in_sync,
         config.strategy,
     )
@@ -290,7 +284,6 @@ def train(config: Config, resume: bool = False) -> Path:
         validation_data=val_ds,
         epochs=config.epochs,
         steps_per_epoch=steps,
-        class_weight=weights,
         shuffle=False,  # the tf.data pipeline shuffles
         callbacks=make_callbacks(config, run_dir, resume, best_so_far),
         verbose=1 if sys.stdout.isatty() else 2,

@@ -181,7 +181,7 @@ def test_pipeline_yields_float_batches_of_raw_pixels(make_dataset):
     config = Config(image_size=32, batch_size=4, val_fraction=0.25)
     train, val = _loaded(make_dataset, config)
     train_ds, val_ds, steps = data.make_datasets(config, train, val)
-    images, labels = next(iter(train_ds))
+    images, labels, weights = next(iter(train_ds))
     assert images.shape == (4, 32, 32, 1) and images.dtype.name == "float32"
     assert labels.shape == (4, 1)
     assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255.0
@@ -203,7 +203,7 @@ def test_training_batches_are_augmented(make_dataset):
     )
     train, val = _loaded(make_dataset, config)
     train_ds, _, _ = data.make_datasets(config, train, val)
-    images, _ = next(iter(train_ds))
+    images, _, _ = next(iter(train_ds))
     # Shuffled and augmented: no batch image equals its source pixels exactly.
     raw = {image.tobytes() for image in train.images.astype(np.float32)}
     assert not any(image.tobytes() in raw for image in images.numpy())
@@ -217,7 +217,7 @@ def test_oversampling_gives_balanced_batches(make_dataset):
     keep = np.r_[np.flatnonzero(train.labels == 0)[:2], np.flatnonzero(train.labels == 1)]
     skewed = data.LoadedSplit(train.images[keep], train.labels[keep], [], [])
     train_ds, _, _ = data.make_datasets(config, skewed, val)
-    labels = np.concatenate([y.numpy().ravel() for _, y in train_ds.take(8)])
+    labels = np.concatenate([y.numpy().ravel() for _, y, _ in train_ds.take(8)])
     assert labels.mean() == pytest.approx(0.5, abs=0.08)
 
 
@@ -232,3 +232,68 @@ def test_limit_per_class_is_seeded_and_capped(make_dataset):
     limited = data.limit_per_class(images, 5, seed=3)
     assert limited["label"].value_counts().to_dict() == {0: 5, 1: 5}
     pd.testing.assert_frame_equal(limited, data.limit_per_class(images, 5, seed=3))
+
+
+def test_class_weights_travel_as_sample_weights(make_dataset):
+    config = Config(image_size=32, batch_size=64, val_fraction=0.25, augment_strength=0)
+    train, val = _loaded(make_dataset, config)
+    keep = np.r_[np.flatnonzero(train.labels == 0)[:3], np.flatnonzero(train.labels == 1)]
+    skewed = data.LoadedSplit(train.images[keep], train.labels[keep], [], [])
+    train_ds, _, _ = data.make_datasets(config, skewed, val)
+    _, labels, weights = next(iter(train_ds))
+    expected = data.class_weights(skewed.labels, 2)
+    for label, weight in zip(labels.numpy().ravel(), weights.numpy(), strict=True):
+        assert weight == pytest.approx(expected[int(label)])
+
+
+def test_mixup_blends_films_labels_and_weights(make_dataset):
+    config = Config(
+        image_size=32,
+        batch_size=64,
+        val_fraction=0.25,
+        augment_strength=0,
+        balance="none",
+        mixup_alpha=0.4,
+    )
+    train, val = _loaded(make_dataset, config)
+    train_ds, _, _ = data.make_datasets(config, train, val)
+    images, labels, weights = next(iter(train_ds))
+    labels = labels.numpy().ravel()
+    assert ((labels > 0.01) & (labels < 0.99)).any()  # soft targets appear
+    assert labels.min() >= 0 and labels.max() <= 1
+    assert 0 <= images.numpy().min() and images.numpy().max() <= 255
+    np.testing.assert_allclose(weights.numpy(), 1.0, rtol=1e-6)
+
+
+def test_normal_only_augmentation_leaves_pneumonia_films_untouched(make_dataset):
+    config = Config(
+        image_size=32,
+        batch_size=64,
+        val_fraction=0.25,
+        augment_strength=0,
+        normal_augment_strength=2.0,
+        balance="none",
+    )
+    train, val = _loaded(make_dataset, config)
+    train_ds, _, _ = data.make_datasets(config, train, val)
+    images, labels, _ = next(iter(train_ds))
+    raw = {image.tobytes() for image in train.images.astype(np.float32)}
+    for image, label in zip(images.numpy(), labels.numpy().ravel(), strict=True):
+        assert (image.tobytes() in raw) == (label == 1)
+
+
+def test_intensity_augmentation_changes_brightness_within_range(make_dataset):
+    config = Config(
+        image_size=32,
+        batch_size=64,
+        val_fraction=0.25,
+        augment_strength=0,
+        intensity_strength=2.0,
+        balance="none",
+    )
+    train, val = _loaded(make_dataset, config)
+    train_ds, _, _ = data.make_datasets(config, train, val)
+    images, _, _ = next(iter(train_ds))
+    raw = {image.tobytes() for image in train.images.astype(np.float32)}
+    assert not any(image.tobytes() in raw for image in images.numpy())
+    assert images.numpy().min() >= 0 and images.numpy().max() <= 255

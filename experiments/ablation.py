@@ -1,0 +1,157 @@
+"""The ablation study: each experiment is a `--config` file run with the package's own CLI.
+
+For each `experiments/ablation/<name>.json` (and each `--seeds`), it runs
+
+    python -m pneumocnn.train --config experiments/ablation/<name>.json --seed S \\
+        --data-dir DATA --output-dir runs/ablation/<name>-s<S>
+    python -m pneumocnn.evaluate runs/ablation/<name>-s<S> --split val
+    python -m pneumocnn.export runs/ablation/<name>-s<S> \\
+        --output-dir runs/ablation/<name>-s<S>/export
+
+and appends one row to `experiments/ablation_results.csv`: validation AUC, and accuracy,
+sensitivity and specificity at the threshold chosen on validation, parameters, int8 `.tflite`
+size, and training minutes. Rows already in the CSV are skipped, so the study resumes.
+
+Example:
+
+    python experiments/ablation.py --data-dir ../shared/chest_xray              # every experiment
+    python experiments/ablation.py --data-dir ../shared/chest_xray --only base --seeds 1 2 3
+    python experiments/ablation.py --table                                     # Markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+EXPERIMENTS = HERE / "ablation"
+RESULTS = HERE / "ablation_results.csv"
+# The base first, so every other row has its reference.
+ORDER = ["base"]
+
+
+def experiment_names() -> list[str]:
+    names = sorted(path.stem for path in EXPERIMENTS.glob("*.json"))
+    return ORDER + [name for name in names if name not in ORDER]
+
+
+def run(command: list[str], log: Path) -> bool:
+    with open(log, "a") as handle:
+        handle.write(f"\n$ {' '.join(command)}\n")
+        handle.flush()
+        return (
+            subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT).returncode
+            == 0
+        )
+
+
+def run_experiment(name: str, seed: int, data_dir: str) -> dict:
+    config_file = EXPERIMENTS / f"{name}.json"
+    run_dir = ROOT / "runs" / "ablation" / f"{name}-s{seed}"
+    log = run_dir.with_suffix(".log")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    row = {"experiment": name, "seed": seed, "changes": config_file.read_text().strip()}
+    if not (run_dir / "summary.json").exists():
+        resume = (
+            ["--resume", str(run_dir)]
+            if (run_dir / "config.json").exists()
+            else [
+                "--config",
+                str(config_file),
+                "--seed",
+                str(seed),
+                "--data-dir",
+                data_dir,
+                "--output-dir",
+                str(run_dir),
+            ]
+        )
+        if not run([python, "-m", "pneumocnn.train", *resume], log):
+            return {**row, "status": f"training failed (see {log.relative_to(ROOT)})"}
+    if not run([python, "-m", "pneumocnn.evaluate", str(run_dir), "--split", "val"], log):
+        return {**row, "status": "evaluation failed"}
+    exported = run(
+        [python, "-m", "pneumocnn.export", str(run_dir), "--output-dir", str(run_dir / "export")],
+        log,
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "eval" / "best-val" / "metrics.json").read_text())
+    at = metrics["at_threshold"]
+    int8 = run_dir / "export" / "pneumocnn_int8.tflite"
+    return {
+        **row,
+        "status": "ok" if exported else "int8 parity failed",
+        "image_size": config["image_size"],
+        "val_auc": metrics["roc_auc"],
+        "val_accuracy": at["accuracy"],
+        "val_sensitivity": at["sensitivity"],
+        "val_specificity": at["specificity"],
+        "threshold": at["threshold"],
+        "ece": metrics["ece"],
+        "parameters": summary["parameters"],
+        "tflite_kb": round(int8.stat().st_size / 1024, 1) if exported else None,
+        "epochs": summary["epochs_run"],
+        "best_epoch": summary["best_epoch"],
+        "train_minutes": round(summary["wall_seconds"] / 60, 1),
+        "seconds_per_epoch": round(summary["seconds_per_epoch"], 1),
+    }
+
+
+def markdown_table(results: pd.DataFrame) -> str:
+    columns = [
+        "experiment",
+        "seed",
+        "val_auc",
+        "val_accuracy",
+        "val_sensitivity",
+        "val_specificity",
+        "parameters",
+        "tflite_kb",
+        "train_minutes",
+    ]
+    table = results[columns].copy()
+    for column in ("val_auc", "val_accuracy", "val_sensitivity", "val_specificity"):
+        table[column] = table[column].map("{:.4f}".format)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table.to_numpy()]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "chest_xray"))
+    parser.add_argument("--only", nargs="+", help="Experiment names (default: all).")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--table", action="store_true", help="Print the results and stop.")
+    args = parser.parse_args()
+    results = pd.read_csv(RESULTS) if RESULTS.exists() else pd.DataFrame()
+    if args.table:
+        print(markdown_table(results))
+        return 0
+    for name in args.only or experiment_names():
+        for seed in args.seeds:
+            done = (
+                not results.empty
+                and ((results["experiment"] == name) & (results["seed"] == seed)).any()
+            )
+            if done:
+                continue
+            print(f"running {name} (seed {seed})", flush=True)
+            row = run_experiment(name, seed, args.data_dir)
+            print(row, flush=True)
+            results = pd.concat([results, pd.DataFrame([row])], ignore_index=True)
+            results.to_csv(RESULTS, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
