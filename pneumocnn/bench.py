@@ -178,11 +178,25 @@ def measure_keras(path: str, threads: int, warmup: int, runs: int) -> dict[str, 
     return _percentiles(times)
 
 
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MiB.
+
+    Linux's VmHWM, which starts afresh at exec; `ru_maxrss` would carry over the parent's peak
+    (the benchmark process, with every reference model loaded) into each measuring child.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _worker(job: dict[str, Any]) -> dict[str, Any]:
     measure = measure_keras if job["path"].endswith(".keras") else measure_tflite
     result = measure(job["path"], job["threads"], job["warmup"], job["runs"])
-    # ru_maxrss is in KiB on Linux: the peak resident memory of this whole process.
-    result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_memory_mb"] = peak_memory_mb()
     return result
 
 
