@@ -239,18 +239,15 @@ def train(config: Config, resume: bool = False) -> Path:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     if resume:
+        if not (run_dir / SPLIT_FILE).exists():
+            raise FileNotFoundError(
+                f"Run folder '{run_dir}' has no {SPLIT_FILE}: it stopped before training began, "
+                f"so there is nothing to resume. Received: resume='{run_dir}'. Start a new run."
+            )
         split = pd.read_csv(run_dir / SPLIT_FILE)
-        history_so_far = read_history(run_dir) if (run_dir / HISTORY_FILE).exists() else None
-        best_so_far = (
-            float(history_so_far[SELECTION_METRIC].max())
-            if history_so_far is not None and len(history_so_far)
-            else None
-        )
-        logger.info(
-            "Resuming %s after %d finished epochs",
-            run_dir,
-            0 if history_so_far is None else len(history_so_far),
-        )
+        history_so_far = read_history(run_dir)
+        best_so_far = float(history_so_far[SELECTION_METRIC].max()) if len(history_so_far) else None
+        logger.info("Resuming %s after %d finished epochs", run_dir, len(history_so_far))
     else:
         config.save(run_dir / CONFIG_FILE)
         split = data.prepare_split(config, dataset)
@@ -352,6 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.resume:
+            extra = [
+                field.name
+                for field in dataclasses.fields(Config)
+                if getattr(args, field.name) is not None
+            ] + (["config"] if args.config else [])
+            if extra:
+                raise ValueError(
+                    "--resume continues a run with its own config.json; other flags would "
+                    f"change it midway. Received: --resume with {extra}. Drop those flags."
+                )
             config = Config.load(Path(args.resume) / CONFIG_FILE)
             run_dir = train(dataclasses.replace(config, output_dir=args.resume), resume=True)
         else:

@@ -1,69 +1,12 @@
-"""Shared fixtures: tiny seeded synthetic data sets, and the real data in ../shared/."""
+"""Shared fixtures: tiny seeded synthetic data sets, and a model trained and exported on one."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "chest_xray"
-
-requires_real_data = pytest.mark.skipif(
-    not (REAL_DATA / "train").is_dir(),
-    reason=f"the real data is not at {REAL_DATA} (see ../shared/chest_xray/README.md)",
-)
-
-
-def synthetic_xray(rng: np.random.Generator, label: int, size: tuple[int, int]) -> np.ndarray:
-    """A gray 'film' whose class shows as a bright blotch (PNEUMONIA) or none (NORMAL)."""
-    width, height = size
-    image = rng.normal(90, 20, (height, width))
-    if label == 1:
-        y, x = rng.integers(height // 4, 3 * height // 4), rng.integers(width // 4, 3 * width // 4)
-        yy, xx = np.mgrid[:height, :width]
-        image += 120 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * (min(size) / 6) ** 2))
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def flags(**values) -> list[str]:
-    """CLI flags from keyword arguments: `flags(image_size=32)` -> `["--image-size", "32"]`."""
-    argv = []
-    for name, value in values.items():
-        argv += ["--" + name.replace("_", "-"), str(value)]
-    return argv
-
-
-def write_image(path: Path, pixels: np.ndarray, mode: str = "L") -> Path:
-    """Saves `pixels` (2-D uint8) as `path` in `mode` (format from the extension)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels, mode="L").convert(mode).save(path)
-    return path
-
-
-def write_dataset(
-    root: Path, patients: int = 6, images_per_patient: int = 2, seed: int = 0
-) -> Path:
-    """Writes a tiny Kaggle-layout data set `root/train/{NORMAL,PNEUMONIA}/` and returns `root`.
-
-    Kaggle-style names; a mix of JPEG and PNG, grayscale and RGB, and odd sizes.
-    """
-    rng = np.random.default_rng(seed)
-    for label, name in enumerate(("NORMAL", "PNEUMONIA")):
-        for patient in range(patients):
-            for shot in range(images_per_patient):
-                if label == 0:
-                    stem = f"IM-{patient:04d}-{shot + 1:04d}"
-                else:
-                    stem = f"person{patient}_bacteria_{shot + 1}"
-                extension, mode = [(".jpeg", "L"), (".png", "RGB"), (".jpeg", "RGB")][
-                    (patient + shot) % 3
-                ]
-                size = (int(rng.integers(40, 90)), int(rng.integers(40, 90)))
-                pixels = synthetic_xray(rng, label, size)
-                write_image(root / "train" / name / f"{stem}{extension}", pixels, mode)
-    return root
+from helpers import flags, write_dataset
 
 
 @pytest.fixture

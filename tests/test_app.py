@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_xray
+from helpers import synthetic_xray
 
 pytest.importorskip("streamlit", reason="the app extra is not installed")
 from streamlit.testing.v1 import AppTest  # noqa: E402

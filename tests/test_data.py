@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REAL_DATA, requires_real_data
+from helpers import REAL_DATA, requires_real_data
 from pneumocnn import data
 from pneumocnn.config import Config
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from conftest import synthetic_xray
+from helpers import synthetic_xray
 from pneumocnn import predict
 from pneumocnn.metadata import INT8_FILE, KERAS_FILE
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import flags, synthetic_xray, write_dataset
+from helpers import flags, synthetic_xray, write_dataset
 from pneumocnn import data, train
 from pneumocnn.images import MAX_PIXELS, ImageLoadError, load_image, load_images
 from pneumocnn.metadata import METADATA_FILE, MetadataError, load_metadata
@@ -352,3 +352,8 @@ def test_history_of_a_resumed_run_keeps_one_row_per_epoch(tmp_path):
     history = train.read_history(tmp_path)
     assert history["epoch"].tolist() == [0, 1, 2, 3]
     assert history.loc[2, "loss"] == 0.7
+
+
+def test_resume_refuses_flags_that_would_change_the_run(trained_run, capsys):
+    assert train.main(["--resume", str(trained_run), "--epochs", "50"]) == 2
+    assert "Drop those flags" in capsys.readouterr().err

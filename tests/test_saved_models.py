@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REAL_DATA, requires_real_data
+from helpers import REAL_DATA, requires_real_data
 from pneumocnn import data
 from pneumocnn.config import Config
 from pneumocnn.lite import LiteModel

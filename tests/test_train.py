@@ -2,7 +2,7 @@ import json
 
 import pandas as pd
 
-from conftest import REAL_DATA, flags, requires_real_data
+from helpers import REAL_DATA, flags, requires_real_data
 from pneumocnn import train
 
 ARTEFACTS = ("config.json", "split.csv", "history.csv", "best.keras", "summary.json")
