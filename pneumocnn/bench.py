@@ -217,11 +217,23 @@ def measure_in_subprocess(path: Path, threads: int, warmup: int, runs: int) -> d
 # Training speed.
 
 
-def training_speed(model, batch_size: int, steps: int, repeats: int) -> float:
-    """Median images per second of `train_on_batch` over `repeats` timings of `steps` steps."""
+def training_speed(
+    model, batch_size: int, steps: int, repeats: int, jit_compile: bool = False
+) -> float:
+    """Median images per second of `train_on_batch` over `repeats` timings of `steps` steps.
+
+    Args:
+        model: an uncompiled Keras model.
+        batch_size: images per step.
+        steps: steps per timing.
+        repeats: timings; the median is returned.
+        jit_compile: compile the step with XLA. Defaults to False.
+    """
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=jit_compile
+    )
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch_size, *model.input_shape[1:])).astype(np.float32)
     labels = rng.integers(0, 2, (batch_size, 1)).astype(np.float32)
@@ -234,6 +246,20 @@ def training_speed(model, batch_size: int, steps: int, repeats: int) -> float:
             model.train_on_batch(images, labels)
         speeds.append(steps * batch_size / (time.perf_counter() - started))
     return float(statistics.median(speeds))
+
+
+def bfloat16_training_speed(config, batch_size: int, steps: int, repeats: int) -> float:
+    """`training_speed` of pneumocnn under Keras's mixed_bfloat16 policy (restored after)."""
+    import keras
+
+    from pneumocnn.model import build_model
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        return training_speed(build_model(config), batch_size, steps, repeats)
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def pipeline_speed(config, batches: int, repeats: int) -> float:
@@ -325,6 +351,12 @@ def run_benchmarks(
         "pneumocnn_images_per_second": training_speed(
             build_model(config), batch_size, steps, repeats
         ),
+        "pneumocnn_xla_images_per_second": training_speed(
+            build_model(config), batch_size, steps, repeats, jit_compile=True
+        ),
+        "pneumocnn_bfloat16_images_per_second": bfloat16_training_speed(
+            config, batch_size, steps, repeats
+        ),
         "tutorial_cnn_images_per_second": training_speed(
             tutorial_cnn(64 if quick else 180), batch_size, steps, repeats
         ),
@@ -372,7 +404,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Training, batch {training['batch_size']}: pneumocnn "
         f"({training['pneumocnn_image_size']} px) "
-        f"{training['pneumocnn_images_per_second']:.0f} images/s per training step; tutorial "
+        f"{training['pneumocnn_images_per_second']:.0f} images/s per training step "
+        f"(with XLA {training['pneumocnn_xla_images_per_second']:.0f}, with mixed bfloat16 "
+        f"{training['pneumocnn_bfloat16_images_per_second']:.0f}); tutorial "
         f"CNN {training['tutorial_cnn_images_per_second']:.0f} images/s; the input pipeline "
         f"alone {training['input_pipeline_images_per_second']:.0f} images/s.",
         "",

@@ -20,6 +20,8 @@ def test_quick_bench_measures_every_model_and_writes_json_and_markdown(exported_
     assert report["inference"][3]["parameters"] > report["inference"][0]["parameters"]
     for key in (
         "pneumocnn_images_per_second",
+        "pneumocnn_xla_images_per_second",
+        "pneumocnn_bfloat16_images_per_second",
         "tutorial_cnn_images_per_second",
         "input_pipeline_images_per_second",
     ):
