@@ -119,7 +119,8 @@ def read_grayscale(source: str | Path | BinaryIO, name: str | None = None) -> Im
         ImageLoadError: if the file is missing, empty, not an image, truncated, or larger than
             `MAX_PIXELS` (checked from the header, before decoding).
     """
-    name = name or str(getattr(source, "name", source))
+    if name is None:  # a path names itself; a file object may carry a name (Path.name would not do)
+        name = str(source) if isinstance(source, str | Path) else getattr(source, "name", "upload")
     try:
         if _is_dicom(source, name):
             return _read_dicom(source, name)

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -78,3 +80,11 @@ def test_upload_like_file_object_is_read_and_named_in_errors():
     assert load_image(buffer, 8, name="upload.png").shape == (8, 8, 1)
     with pytest.raises(ImageLoadError, match="upload.jpeg"):
         load_image(io.BytesIO(b"junk"), 8, name="upload.jpeg")
+
+
+def test_error_names_the_whole_path_not_just_the_file_name(tmp_path):
+    path = tmp_path / "sub" / "broken.png"
+    path.parent.mkdir()
+    path.write_bytes(b"nope")
+    with pytest.raises(ImageLoadError, match=re.escape(str(path))):
+        load_image(path, 8)
