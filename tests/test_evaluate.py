@@ -81,3 +81,35 @@ def test_test_split_without_a_test_folder_says_how_to_fix_it(trained_run, tmp_pa
 def test_missing_model_gives_a_clear_error(tmp_path, capsys):
     assert evaluate.main([str(tmp_path / "nothing.tflite")]) == 2
     assert "Model not found" in capsys.readouterr().err
+
+
+def test_exported_int8_model_is_scored_on_a_test_folder_at_its_stored_threshold(
+    exported_model, tmp_path
+):
+    from helpers import write_dataset
+    from pneumocnn.metadata import INT8_FILE, load_metadata
+
+    root = write_dataset(tmp_path / "chest_xray", patients=5, images_per_patient=1, seed=11)
+    (root / "train").rename(root / "test")
+    (root / "train").mkdir()
+    for name in ("NORMAL", "PNEUMONIA"):  # a train/ folder with one image per class
+        (root / "train" / name).mkdir()
+        first = sorted((root / "test" / name).iterdir())[0]
+        (root / "train" / name / first.name).write_bytes(first.read_bytes())
+    output = tmp_path / "eval"
+    status = evaluate.main(
+        [
+            str(exported_model / INT8_FILE),
+            "--split",
+            "test",
+            "--data-dir",
+            str(root),
+            "--output-dir",
+            str(output),
+        ]
+    )
+    assert status == 0
+    report = json.loads((output / "metrics.json").read_text())
+    assert report["images"] == 10 and report["split"] == "test"
+    stored = load_metadata(exported_model / "pneumocnn.json")["threshold"]
+    assert report["at_threshold"]["threshold"] == stored
