@@ -64,7 +64,7 @@ def render() -> None:
     import streamlit as st
 
     from pneumocnn.explain import GradCam, overlay_figure
-    from pneumocnn.images import ImageLoadError, read_grayscale
+    from pneumocnn.images import ImageLoadError, read_grayscale, to_model_input
     from pneumocnn.metadata import (
         INT8_FILE,
         KERAS_FILE,
@@ -145,9 +145,7 @@ def render() -> None:
             with Image.open(io.BytesIO(data)) as header:
                 if header.mode.startswith("I"):
                     st.warning("16-bit image: stretched from its darkest to brightest pixel.")
-        size = classifier.image_size
-        image = np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR), np.uint8)
-        image = image[..., np.newaxis]
+        image = to_model_input(gray, classifier.image_size)
         probability = float(classifier.predict_proba(image[np.newaxis])[0])
         label = positive if probability >= classifier.threshold else classifier.class_names[0]
         heatmap, _ = cam.heatmap(image)

@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 DATA_ENV_VAR = "PNEUMOCNN_DATA_DIR"
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
-SPLIT_COLUMNS = ("path", "label", "patient", "subset")
 AUTOTUNE = tf.data.AUTOTUNE
 # Folders a zip made on macOS, or a file browser, leaves behind; never classes.
 _IGNORED_DIRS = {"__MACOSX"}

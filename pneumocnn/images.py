@@ -166,7 +166,21 @@ def load_image(
     Raises:
         ImageLoadError: if the file cannot be used (see `read_grayscale`).
     """
-    gray = read_grayscale(source, name)
+    return to_model_input(read_grayscale(source, name), image_size)
+
+
+def to_model_input(gray: Image.Image, image_size: int) -> np.ndarray:
+    """Resizes a grayscale image to the model's square input of raw 0-255 pixels.
+
+    The one place the resize happens, so every consumer feeds the model the same pixels.
+
+    Args:
+        gray: a mode "L" image (see `read_grayscale`).
+        image_size: side of the square output.
+
+    Returns:
+        A uint8 array of shape `(image_size, image_size, 1)`.
+    """
     resized = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)[:, :, np.newaxis]
 

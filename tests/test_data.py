@@ -246,54 +246,42 @@ def test_class_weights_travel_as_sample_weights(make_dataset):
         assert weight == pytest.approx(expected[int(label)])
 
 
-def test_mixup_blends_films_labels_and_weights(make_dataset):
+def _first_training_batch(make_dataset, **fields):
+    """Loads a tiny data set and returns `(train, images, labels, weights)` of the first
+    training batch as numpy, for a 32 px config without augmentation unless `fields` say so."""
     config = Config(
-        image_size=32,
-        batch_size=64,
-        val_fraction=0.25,
-        augment_strength=0,
-        balance="none",
-        mixup_alpha=0.4,
+        **{
+            "image_size": 32,
+            "batch_size": 64,
+            "val_fraction": 0.25,
+            "augment_strength": 0,
+            "balance": "none",
+            **fields,
+        }
     )
     train, val = _loaded(make_dataset, config)
     train_ds, _, _ = data.make_datasets(config, train, val)
     images, labels, weights = next(iter(train_ds))
-    labels = labels.numpy().ravel()
+    return train, images.numpy(), labels.numpy().ravel(), weights.numpy()
+
+
+def test_mixup_blends_films_labels_and_weights(make_dataset):
+    _, images, labels, weights = _first_training_batch(make_dataset, mixup_alpha=0.4)
     assert ((labels > 0.01) & (labels < 0.99)).any()  # soft targets appear
     assert labels.min() >= 0 and labels.max() <= 1
-    assert 0 <= images.numpy().min() and images.numpy().max() <= 255
-    np.testing.assert_allclose(weights.numpy(), 1.0, rtol=1e-6)
+    assert 0 <= images.min() and images.max() <= 255
+    np.testing.assert_allclose(weights, 1.0, rtol=1e-6)
 
 
 def test_normal_only_augmentation_leaves_pneumonia_films_untouched(make_dataset):
-    config = Config(
-        image_size=32,
-        batch_size=64,
-        val_fraction=0.25,
-        augment_strength=0,
-        normal_augment_strength=2.0,
-        balance="none",
-    )
-    train, val = _loaded(make_dataset, config)
-    train_ds, _, _ = data.make_datasets(config, train, val)
-    images, labels, _ = next(iter(train_ds))
+    train, images, labels, _ = _first_training_batch(make_dataset, normal_augment_strength=2.0)
     raw = {image.tobytes() for image in train.images.astype(np.float32)}
-    for image, label in zip(images.numpy(), labels.numpy().ravel(), strict=True):
+    for image, label in zip(images, labels, strict=True):
         assert (image.tobytes() in raw) == (label == 1)
 
 
 def test_intensity_augmentation_changes_brightness_within_range(make_dataset):
-    config = Config(
-        image_size=32,
-        batch_size=64,
-        val_fraction=0.25,
-        augment_strength=0,
-        intensity_strength=2.0,
-        balance="none",
-    )
-    train, val = _loaded(make_dataset, config)
-    train_ds, _, _ = data.make_datasets(config, train, val)
-    images, _, _ = next(iter(train_ds))
+    train, images, _, _ = _first_training_batch(make_dataset, intensity_strength=2.0)
     raw = {image.tobytes() for image in train.images.astype(np.float32)}
-    assert not any(image.tobytes() in raw for image in images.numpy())
-    assert images.numpy().min() >= 0 and images.numpy().max() <= 255
+    assert not any(image.tobytes() in raw for image in images)
+    assert images.min() >= 0 and images.max() <= 255
