@@ -126,6 +126,24 @@ def markdown_table(results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def seed_summary(results: pd.DataFrame) -> str:
+    """Mean and standard deviation over seeds of each experiment run on more than one seed."""
+    metrics = ["val_auc", "val_accuracy", "val_sensitivity", "val_specificity"]
+    ok = results[results["status"] == "ok"]
+    repeated = ok.groupby("experiment").filter(lambda rows: rows["seed"].nunique() > 1)
+    if repeated.empty:
+        return ""
+    lines = [
+        "| experiment | seeds | " + " | ".join(metrics) + " |",
+        "|" + "---|" * (len(metrics) + 2),
+    ]
+    for name, rows in repeated.groupby("experiment", sort=False):
+        cells = [f"{rows[m].mean():.4f} ± {rows[m].std(ddof=1):.4f}" for m in metrics]
+        seeds = ", ".join(str(seed) for seed in sorted(rows["seed"]))
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "chest_xray"))
@@ -136,6 +154,9 @@ def main() -> int:
     results = pd.read_csv(RESULTS) if RESULTS.exists() else pd.DataFrame()
     if args.table:
         print(markdown_table(results))
+        summary = seed_summary(results)
+        if summary:
+            print("\nMean ± standard deviation over seeds:\n\n" + summary)
         return 0
     for name in args.only or experiment_names():
         for seed in args.seeds:

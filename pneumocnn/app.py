@@ -1,7 +1,9 @@
 """The Streamlit app: drop in chest X-rays; see the label, the probability, where the model looked.
 
 Run it with `streamlit run pneumocnn/app.py` or `pneumocnn-app`. It uses `saved_models/` (or the
-folder in `$PNEUMOCNN_MODEL_DIR`); the sidebar picks the int8 `.tflite` or the float `.keras`.
+folder in `$PNEUMOCNN_MODEL_DIR`); the sidebar picks the model (binary NORMAL / PNEUMONIA, or the
+subtype model NORMAL / BACTERIAL / VIRAL, from their metadata) and the int8 `.tflite` or the
+float `.keras`.
 A research tool for paediatric chest films, not a diagnosis.
 """
 
@@ -58,25 +60,53 @@ def gauge_figure(probability: float, threshold: float, positive: str) -> Figure:
     return figure
 
 
+def find_models(folder: Path) -> dict[str, dict[str, Any]]:
+    """The exported models in `folder`: `{name: metadata}` for each valid `<name>.json`, the
+    binary model first.
+
+    Files that are not pneumocnn metadata are ignored.
+    """
+    from pneumocnn.metadata import MetadataError, load_metadata
+
+    models = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            models[path.stem] = load_metadata(path)
+        except MetadataError:
+            continue
+    return dict(
+        sorted(
+            models.items(), key=lambda item: (item[1].get("task", "binary") != "binary", item[0])
+        )
+    )
+
+
+def probabilities_figure(probabilities: dict[str, float]) -> Figure:
+    """Horizontal bars of each class's probability (a subtype model's softmax)."""
+    figure = Figure(figsize=(5, 0.4 + 0.45 * len(probabilities)), layout="constrained")
+    ax = figure.subplots()
+    names = list(probabilities)[::-1]
+    values = [probabilities[name] for name in names]
+    ax.barh(names, values, color="#2980b9")
+    for y, value in enumerate(values):
+        ax.text(min(value + 0.02, 0.85), y, f"{value:.3f}", va="center", fontsize=8)
+    ax.set(xlim=(0, 1), xlabel="probability")
+    return figure
+
+
 def render() -> None:
     """Draws the page. Streamlit runs this file as a script, top to bottom, on every input."""
     import pandas as pd
     import streamlit as st
 
-    from pneumocnn.explain import GradCam, overlay_figure
+    from pneumocnn.explain import GradCam, explain_image, overlay_figure
     from pneumocnn.images import ImageLoadError, read_grayscale, to_model_input
-    from pneumocnn.metadata import (
-        INT8_FILE,
-        KERAS_FILE,
-        METADATA_FILE,
-        MetadataError,
-        load_metadata,
-    )
+    from pneumocnn.lite import make_prediction
+    from pneumocnn.metadata import MetadataError, load_metadata, model_files
     from pneumocnn.model import load_model
     from pneumocnn.predict import load_classifier
 
     st.set_page_config(page_title="pneumocnn", page_icon="🫁", layout="wide")
-    st.title("pneumocnn: NORMAL or PNEUMONIA?")
 
     @st.cache_resource(show_spinner="Loading the model...")
     def load(path: str) -> Any:
@@ -87,19 +117,34 @@ def render() -> None:
         return GradCam(load_model(path))
 
     folder = model_dir()
-    choices = {"int8 TFLite (LiteRT)": INT8_FILE, "float Keras": KERAS_FILE}
+    models = find_models(folder)
+    if not models:
+        st.title("pneumocnn")
+        st.error(
+            f"No exported model in '{folder}'. Export one with "
+            f"`python -m pneumocnn.export RUN_DIR`, or set {MODEL_DIR_ENV_VAR} to its folder."
+        )
+        st.stop()
+    titles = {name: f"{name}: {' / '.join(meta['class_names'])}" for name, meta in models.items()}
+    name = st.sidebar.radio("Task", list(models), format_func=titles.get, index=0)
+    files = models[name].get("files") or model_files(name)
+    choices = {"int8 TFLite (LiteRT)": files["int8"], "float Keras": files["keras"]}
     choice = st.sidebar.radio("Model", list(choices), index=0)
     model_path = folder / choices[choice]
     try:
-        metadata = load_metadata(folder / METADATA_FILE, model_path)
+        metadata = load_metadata(folder / f"{name}.json", model_path)
         classifier = load(str(model_path))
-        cam = load_cam(str(folder / KERAS_FILE))
+        cam = load_cam(str(folder / files["keras"]))
     except (FileNotFoundError, MetadataError, ValueError) as error:
+        st.title("pneumocnn")
         st.error(
             f"Cannot load the model from '{folder}': {error}\n\nExport one with "
             f"`python -m pneumocnn.export RUN_DIR`, or set {MODEL_DIR_ENV_VAR} to its folder."
         )
         st.stop()
+    class_names = list(metadata["class_names"])
+    subtype = metadata.get("task", "binary") == "subtype"
+    st.title(f"pneumocnn: {', '.join(class_names[:-1])} or {class_names[-1]}?")
 
     st.sidebar.markdown(f"**{model_path.name}**: {model_path.stat().st_size / 1024:.0f} KB")
     validation = metadata.get("validation_metrics", {}).get(
@@ -107,15 +152,21 @@ def render() -> None:
     )
     st.sidebar.markdown(
         f"Input {metadata['image_size']}x{metadata['image_size']} grayscale; "
-        f"threshold **{metadata['threshold']:.3f}** ({metadata.get('threshold_rule', '')})"
+        f"threshold on P(pneumonia) **{metadata['threshold']:.3f}** "
+        f"({metadata.get('threshold_rule', '')})"
     )
     if validation:
         st.sidebar.markdown(
-            f"Validation ({validation['images']} images, grouped by patient): "
-            f"AUC {validation['roc_auc']:.3f}, accuracy {validation['accuracy']:.3f}, "
+            f"Validation ({validation['images']} images, grouped by patient), pneumonia vs "
+            f"NORMAL: AUC {validation['roc_auc']:.3f}, accuracy {validation['accuracy']:.3f}, "
             f"sensitivity {validation['sensitivity']:.3f}, "
             f"specificity {validation['specificity']:.3f}"
         )
+        if subtype and "subtype_accuracy" in validation:
+            st.sidebar.markdown(
+                f"Three classes: accuracy {validation['subtype_accuracy']:.3f}, macro "
+                f"one-vs-rest AUC {validation['macro_ovr_auc']:.3f}"
+            )
     training = metadata.get("training_data", {})
     if training:
         st.sidebar.caption(f"Trained on: {training.get('source', '')}")
@@ -128,7 +179,6 @@ def render() -> None:
         st.info("Upload one or more frontal chest X-rays to classify them.")
         return
 
-    positive = classifier.class_names[1]
     rows = []
     for upload in uploads:
         st.subheader(upload.name)
@@ -146,22 +196,40 @@ def render() -> None:
                 if header.mode.startswith("I"):
                     st.warning("16-bit image: stretched from its darkest to brightest pixel.")
         image = to_model_input(gray, classifier.image_size)
-        probability = float(classifier.predict_proba(image[np.newaxis])[0])
-        label = positive if probability >= classifier.threshold else classifier.class_names[0]
-        heatmap, _ = cam.heatmap(image)
+        output = classifier.predict_proba(image[np.newaxis])[0]
+        result = make_prediction(upload.name, output, classifier.threshold, class_names)
+        explanation = explain_image(cam, image, classifier.threshold, class_names)
         left, right = st.columns([1, 2])
         with left:
             st.image(gray, caption=f"{gray.width}x{gray.height}", width="stretch")
         with right:
-            st.markdown(f"### {label}")
-            st.pyplot(gauge_figure(probability, classifier.threshold, positive))
+            st.markdown(f"### {result.label}")
+            st.pyplot(gauge_figure(result.probability, classifier.threshold, "pneumonia"))
+            if subtype:
+                st.pyplot(probabilities_figure(result.probabilities))
             st.pyplot(
-                overlay_figure(image, heatmap, probability, classifier.threshold, upload.name)
+                overlay_figure(
+                    image,
+                    explanation.heatmap,
+                    explanation.probability,
+                    classifier.threshold,
+                    upload.name,
+                    explained=explanation.explained,
+                    label=explanation.label,
+                )
             )
-            st.caption("Grad-CAM from the float model: warm colours raised the PNEUMONIA score.")
-        rows.append(
-            {"file": upload.name, "label": label, "probability": round(probability, 4), "error": ""}
-        )
+            st.caption(
+                f"Grad-CAM from the float model: warm colours raised the {explanation.explained} "
+                "score."
+            )
+        row = {
+            "file": upload.name,
+            "label": result.label,
+            "probability": round(result.probability, 4),
+        }
+        if subtype:
+            row.update({f"P({k})": round(v, 4) for k, v in result.probabilities.items()})
+        rows.append({**row, "error": ""})
 
     st.subheader("All results")
     table = pd.DataFrame(rows)

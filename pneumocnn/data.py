@@ -39,6 +39,11 @@ _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_(?:bacteria|virus)_"),
     re.compile(r"^((?:NORMAL2-)?IM-\d+)-"),
 )
+# The pneumonia subtype, from the same names: person<ID>_bacteria_<N> and person<ID>_virus_<N>.
+_SUBTYPE_PATTERN = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
+BINARY_CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+SUBTYPE_CLASS_NAMES = ("NORMAL", "BACTERIAL", "VIRAL")
+_SUBTYPE_LABELS = {"bacteria": 1, "virus": 2}
 
 
 class DataError(ValueError):
@@ -215,6 +220,61 @@ def patient_id(path: str | Path) -> str:
     return Path(name).stem
 
 
+def subtype_of(path: str | Path) -> str | None:
+    """Returns "bacteria" or "virus" from a pneumonia film's file name, else `None`.
+
+    `person12_virus_3.jpeg` -> "virus"; `person7_bacteria_30.jpeg` -> "bacteria";
+    `IM-0115-0001.jpeg` -> `None`.
+    """
+    match = _SUBTYPE_PATTERN.search(Path(path).name)
+    return match.group(1).lower() if match else None
+
+
+def task_class_names(task: str, folder_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The class names a model of `task` predicts, index = label: the class folders for
+    "binary", NORMAL / BACTERIAL / VIRAL for "subtype"."""
+    return SUBTYPE_CLASS_NAMES if task == "subtype" else tuple(folder_names)
+
+
+def label_for_task(images: pd.DataFrame, class_names: tuple[str, ...], task: str) -> pd.DataFrame:
+    """Relabels images listed from class folders for `task`.
+
+    For "binary" the folder labels stand. For "subtype", NORMAL stays 0 and each PNEUMONIA film
+    becomes 1 (BACTERIAL) or 2 (VIRAL) from its file name.
+
+    Args:
+        images: from `list_images`, labelled by folder.
+        class_names: the folder names, index = folder label.
+        task: "binary" or "subtype".
+
+    Returns:
+        A DataFrame like `images`, labelled for the task.
+
+    Raises:
+        DataError: if the folders are not NORMAL/ and PNEUMONIA/, or a PNEUMONIA file name
+            carries no subtype.
+    """
+    if task != "subtype":
+        return images
+    if tuple(class_names) != BINARY_CLASS_NAMES:
+        raise DataError(
+            f"--task subtype needs exactly the class folders {list(BINARY_CLASS_NAMES)}. "
+            f"Received: {list(class_names)}. Use --task binary for other classes."
+        )
+    images = images.copy()
+    pneumonia = images["label"].to_numpy() == 1
+    subtypes = [subtype_of(path) for path in images.loc[pneumonia, "path"]]
+    unlabelled = [p for p, s in zip(images.loc[pneumonia, "path"], subtypes, strict=True) if not s]
+    if unlabelled:
+        raise DataError(
+            f"{len(unlabelled)} PNEUMONIA files carry no subtype in their name, e.g. "
+            f"{unlabelled[:3]}. --task subtype reads it from names like person12_bacteria_3.jpeg "
+            "and person12_virus_3.jpeg. Rename those files, move them out, or use --task binary."
+        )
+    images.loc[pneumonia, "label"] = [_SUBTYPE_LABELS[s] for s in subtypes]
+    return images
+
+
 def _merge_duplicate_groups(paths: list[str], groups: list[str]) -> list[str]:
     """Puts byte-identical files into one group, so a duplicate cannot straddle the split."""
     parent = {group: group for group in groups}
@@ -289,9 +349,10 @@ def prepare_split(config: Config, dataset: Dataset) -> pd.DataFrame:
     Returns:
         The split (see `make_split`), with paths relative to `dataset.root`.
     """
-    images = limit_per_class(
-        list_images(dataset.development, dataset.class_names), config.limit_per_class, config.seed
+    listed = label_for_task(
+        list_images(dataset.development, dataset.class_names), dataset.class_names, config.task
     )
+    images = limit_per_class(listed, config.limit_per_class, config.seed)
     split = make_split(images, config.val_fraction, config.seed)
     # Paths relative to the data root keep the run folder valid wherever the data is mounted.
     split["path"] = [Path(path).relative_to(dataset.root).as_posix() for path in split["path"]]
@@ -420,7 +481,8 @@ def make_datasets(
     the class weights of the training split (as weights they survive mixup, which Keras's
     `class_weight` would not); with `"oversample"` each class is repeated and sampled equally,
     so batches are balanced. With `normal_augment_strength`, NORMAL films (label 0) get their
-    own augmentation strength. Validation: cache -> batch -> prefetch, never augmented.
+    own augmentation strength. Validation: cache -> batch -> prefetch, never augmented. Three
+    classes (`--task subtype`) get one-hot labels, so mixup and label smoothing apply as well.
 
     Args:
         config: uses `batch_size`, `balance`, `seed`, `mixup_alpha` and the augmentation fields.
@@ -430,12 +492,22 @@ def make_datasets(
 
     Returns:
         `(train_ds, val_ds, steps_per_epoch)`. Images are float32 raw pixels; labels float32 of
-        shape `(batch, 1)`.
+        shape `(batch, 1)` for two classes (P(positive)), else one-hot `(batch, num_classes)`.
     """
+    one_hot = num_classes > 2
 
     def labelled(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
-        labels = labels.astype(np.float32)[:, np.newaxis]
-        return tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+        targets = (
+            np.eye(num_classes, dtype=np.float32)[labels]
+            if one_hot
+            else labels.astype(np.float32)[:, np.newaxis]
+        )
+        return tf.data.Dataset.from_tensor_slices((images, targets)).cache()
+
+    def class_index(labels: tf.Tensor) -> tf.Tensor:
+        if one_hot:
+            return tf.argmax(labels, axis=-1, output_type=tf.int32)
+        return tf.cast(tf.round(labels[:, 0]), tf.int32)
 
     steps = max(1, int(np.ceil(len(train.labels) / config.batch_size)))
     if config.balance == "oversample":
@@ -466,7 +538,7 @@ def make_datasets(
     def augment(images, labels):
         augmented = augmentation(images, training=True) if augmentation.layers else images
         if normal_augmentation is not None:
-            is_normal = tf.reshape(labels[:, 0] < 0.5, [-1, 1, 1, 1])
+            is_normal = tf.reshape(class_index(labels) == 0, [-1, 1, 1, 1])
             augmented = tf.where(is_normal, normal_augmentation(images, training=True), augmented)
         if config.intensity_strength > 0:  # detector noise, in pixel units
             noise = tf.random.normal(
@@ -485,7 +557,7 @@ def make_datasets(
     )
     weight_of = tf.constant([table[c] for c in range(num_classes)], tf.float32)
     train_ds = train_ds.map(
-        lambda x, y: (x, y, tf.gather(weight_of, tf.cast(tf.round(y[:, 0]), tf.int32))),
+        lambda x, y: (x, y, tf.gather(weight_of, class_index(y))),
         num_parallel_calls=AUTOTUNE,
     )
     if config.mixup_alpha > 0:

@@ -2,7 +2,9 @@
 
 Scores a run's `best.keras`, a `.keras` file, or an exported `.tflite` on the run's own
 patient-grouped validation split, on a Kaggle `test/` folder, or on every image of a folder.
-Writes `metrics.json` and PNG plots, and prints a summary.
+Writes `metrics.json` and PNG plots, and prints a summary. A subtype model (NORMAL / BACTERIAL /
+VIRAL) gets its 3x3 confusion matrix, per-class and macro metrics, one-vs-rest AUCs, and the
+pneumonia-vs-NORMAL metrics of the same model, comparable with a binary model's.
 
 The decision threshold is chosen on the validation split only (Youden's J by default, or the
 best specificity that reaches `--target-sensitivity`) and stored in the run folder as
@@ -36,8 +38,8 @@ from sklearn.calibration import CalibrationDisplay
 from pneumocnn import data
 from pneumocnn.config import Config
 from pneumocnn.images import load_images
-from pneumocnn.lite import LiteModel
-from pneumocnn.metadata import find_metadata, load_metadata, write_json_atomically
+from pneumocnn.lite import LiteModel, pneumonia_probability
+from pneumocnn.metadata import decide, find_metadata, load_metadata, write_json_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,9 @@ def choose_threshold(
             f"Received: labels with classes {np.unique(labels).tolist()}."
         )
     fpr, tpr, thresholds = skm.roc_curve(labels, probabilities)
-    thresholds = np.minimum(thresholds, 1.0)  # roc_curve's first threshold is +inf
+    # roc_curve's first point (threshold +inf) calls nothing positive: never an operating point.
+    # Without it, even a model whose outputs are all equal gets a threshold inside (0, 1].
+    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
     if target_sensitivity is None:
         return float(thresholds[int(np.argmax(tpr - fpr))])
     if not 0 < target_sensitivity <= 1:
@@ -129,15 +133,96 @@ def metrics_at(
     }
 
 
+def pneumonia_view(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pneumonia-vs-NORMAL labels and P(pneumonia) from either task's labels and outputs.
+
+    Binary: unchanged. Subtype (outputs `(n, 3)`): label 1 for BACTERIAL or VIRAL, and
+    P(pneumonia) = 1 - P(NORMAL).
+    """
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim == 1:
+        return np.asarray(labels), probabilities
+    return (np.asarray(labels) > 0).astype(int), pneumonia_probability(probabilities)
+
+
+def subtype_metrics_at(
+    labels: np.ndarray, predicted: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
+    """Three-class metrics of given predictions: accuracy, balanced accuracy, per-class and
+    macro precision / recall / F1, and the confusion matrix (rows true, columns predicted)."""
+    indices = list(range(len(class_names)))
+    report = skm.classification_report(
+        labels,
+        predicted,
+        labels=indices,
+        target_names=class_names,
+        output_dict=True,
+        zero_division=0,
+    )
+    return {
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(labels, predicted)),
+        "per_class": {name: report[name] for name in class_names},
+        "macro": report["macro avg"],
+        "confusion_matrix": skm.confusion_matrix(labels, predicted, labels=indices).tolist(),
+    }
+
+
+def compute_subtype_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, class_names: list[str]
+) -> dict[str, Any]:
+    """Metrics of a three-class (NORMAL / BACTERIAL / VIRAL) model.
+
+    Returns:
+        A dict with `task` "subtype", `images`, `images_per_class`, `ovr_auc` (one-vs-rest ROC
+        AUC per class), `macro_ovr_auc`, `at_threshold` (the shipped decision rule, see
+        `pneumocnn.metadata.decide`) and `argmax` (see `subtype_metrics_at`), and `binary`:
+        the pneumonia-vs-NORMAL metrics of the same model (see `compute_metrics`), directly
+        comparable with a binary model's.
+    """
+    name_index = {name: index for index, name in enumerate(class_names)}
+    decided = np.array([name_index[n] for n in decide(probabilities, threshold, class_names)])
+    present = np.unique(labels)
+    ovr_auc = {
+        name: (
+            float(skm.roc_auc_score(labels == index, probabilities[:, index]))
+            if index in present and len(present) > 1
+            else None
+        )
+        for index, name in enumerate(class_names)
+    }
+    known = [value for value in ovr_auc.values() if value is not None]
+    binary_labels, pneumonia = pneumonia_view(labels, probabilities)
+    return {
+        "task": "subtype",
+        "images": int(len(labels)),
+        "images_per_class": np.bincount(labels, minlength=len(class_names)).tolist(),
+        "ovr_auc": ovr_auc,
+        "macro_ovr_auc": float(np.mean(known)) if len(known) == len(class_names) else None,
+        "at_threshold": {
+            "threshold": float(threshold),
+            **subtype_metrics_at(labels, decided, class_names),
+        },
+        "argmax": subtype_metrics_at(labels, np.argmax(probabilities, axis=1), class_names),
+        "binary": compute_metrics(
+            binary_labels, pneumonia, threshold, [class_names[0], "PNEUMONIA"]
+        ),
+    }
+
+
 def compute_metrics(
     labels: np.ndarray, probabilities: np.ndarray, threshold: float, class_names: list[str]
 ) -> dict[str, Any]:
     """All reported metrics, at the stored threshold and at 0.5.
 
+    Outputs of shape `(n, 3)` (a subtype model) go to `compute_subtype_metrics`.
+
     Returns:
         A dict with `roc_auc`, `average_precision`, `ece`, `images`, and `at_threshold` and
         `at_0.5` (see `metrics_at`).
     """
+    if np.asarray(probabilities).ndim == 2:
+        return compute_subtype_metrics(labels, probabilities, threshold, class_names)
     both = len(np.unique(labels)) == 2
     return {
         "images": int(len(labels)),
@@ -206,6 +291,22 @@ def plot_roc(labels, probabilities, threshold: float, title: str) -> Figure:
     return figure
 
 
+def plot_roc_one_vs_rest(labels, probabilities, class_names: list[str], title: str) -> Figure:
+    """One-vs-rest ROC curve of each class of a multi-class model, with its AUC."""
+    figure = Figure(figsize=(4.5, 4.5))
+    ax = figure.subplots()
+    for index, name in enumerate(class_names):
+        if len(np.unique(labels == index)) == 2:
+            skm.RocCurveDisplay.from_predictions(
+                labels == index, probabilities[:, index], ax=ax, name=f"{name} vs rest"
+            )
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1)
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
 def plot_precision_recall(labels, probabilities, title: str) -> Figure:
     """Precision-recall curve with its average precision."""
     figure = Figure(figsize=(4.5, 4.5))
@@ -259,8 +360,37 @@ def write_plots(
     history: pd.DataFrame | None,
     title: str,
 ) -> list[Path]:
-    """Writes every plot as PNG into `output_dir` and returns their paths."""
+    """Writes every plot as PNG into `output_dir` and returns their paths.
+
+    A subtype model gets its 3x3 confusion matrices (decision rule and argmax), one-vs-rest
+    ROC curves, and the pneumonia-vs-NORMAL plots of a binary model with a `pneumonia_` prefix.
+    """
     threshold = report["at_threshold"]["threshold"]
+    if report.get("task") == "subtype":
+        figures = {
+            "confusion_matrix.png": plot_confusion_matrix(
+                report["at_threshold"]["confusion_matrix"],
+                class_names,
+                f"{title}\nP(pneumonia) threshold {threshold:.3f}, then likelier subtype",
+            ),
+            "confusion_matrix_argmax.png": plot_confusion_matrix(
+                report["argmax"]["confusion_matrix"], class_names, f"{title}\nargmax"
+            ),
+            "roc_one_vs_rest.png": plot_roc_one_vs_rest(labels, probabilities, class_names, title),
+        }
+        binary_labels, pneumonia = pneumonia_view(labels, probabilities)
+        binary = report["binary"]
+        if binary["roc_auc"] is not None:
+            figures["pneumonia_roc.png"] = plot_roc(binary_labels, pneumonia, threshold, title)
+        figures["pneumonia_confusion_matrix.png"] = plot_confusion_matrix(
+            binary["at_threshold"]["confusion_matrix"],
+            [class_names[0], "PNEUMONIA"],
+            f"{title}\nthreshold {threshold:.3f}",
+        )
+        figures["pneumonia_reliability.png"] = plot_reliability(binary_labels, pneumonia, title)
+        if history is not None:
+            figures["training_curves.png"] = plot_history(history)
+        return _save_figures(output_dir, figures)
     figures = {
         "confusion_matrix.png": plot_confusion_matrix(
             report["at_threshold"]["confusion_matrix"],
@@ -277,6 +407,10 @@ def write_plots(
     figures["reliability.png"] = plot_reliability(labels, probabilities, title)
     if history is not None:
         figures["training_curves.png"] = plot_history(history)
+    return _save_figures(output_dir, figures)
+
+
+def _save_figures(output_dir: Path, figures: dict[str, Figure]) -> list[Path]:
     paths = []
     for name, figure in figures.items():
         figure.savefig(output_dir / name, dpi=120)
@@ -355,13 +489,20 @@ def resolve_source(path: str | Path) -> Source:
 
 
 def predict_probabilities(model_path: Path, images: np.ndarray) -> np.ndarray:
-    """P(positive) for raw-pixel images with a `.keras` or `.tflite` model."""
+    """The model's probabilities for raw-pixel images with a `.keras` or `.tflite` model:
+    `(n,)` P(positive) for a binary model, `(n, classes)` for a subtype model."""
     if model_path.suffix == ".tflite":
         return LiteModel(model_path).predict_proba(images)
     from pneumocnn.model import load_model
 
-    model = load_model(model_path)
-    return model.predict(images.astype(np.float32), batch_size=64, verbose=0).reshape(-1)
+    return keras_probabilities(load_model(model_path), images)
+
+
+def keras_probabilities(model, images: np.ndarray) -> np.ndarray:
+    """A Keras model's outputs for raw-pixel images, shaped as `predict_probabilities`'s."""
+    outputs = model.predict(np.asarray(images, np.float32), batch_size=64, verbose=0)
+    outputs = outputs.reshape(len(images), -1)
+    return outputs[:, 0] if outputs.shape[1] == 1 else outputs
 
 
 def load_evaluation_images(
@@ -376,10 +517,11 @@ def load_evaluation_images(
         DataError: if the folder has no such split, or its classes differ from the model's.
     """
     dataset = data.find_dataset(data.resolve_data_dir(data_dir or source.config.data_dir))
-    if list(dataset.class_names) != list(source.class_names):
+    task = source.config.task
+    if list(data.task_class_names(task, dataset.class_names)) != list(source.class_names):
         raise data.DataError(
-            f"The data folder's classes {list(dataset.class_names)} differ from the model's "
-            f"{source.class_names}. Received: data_dir='{dataset.root}'."
+            f"The data folder's classes {list(dataset.class_names)} (task {task}) differ from "
+            f"the model's {source.class_names}. Received: data_dir='{dataset.root}'."
         )
     if split == "val":
         split_csv = source.run_dir / "split.csv" if source.run_dir else None
@@ -400,7 +542,9 @@ def load_evaluation_images(
         folders = (dataset.test,)
     else:
         folders = dataset.development
-    table = data.list_images(folders, dataset.class_names)
+    table = data.label_for_task(
+        data.list_images(folders, dataset.class_names), dataset.class_names, task
+    )
     images, kept, skipped = load_images(table["path"].tolist(), source.config.image_size)
     labels = table["label"].to_numpy()[kept].astype(np.int32)
     return images, labels, skipped, dataset.root
@@ -433,7 +577,8 @@ def ensure_threshold(
     if val_predictions is None:
         images, labels, _, _ = load_evaluation_images(source, "val", None)
         val_predictions = labels, predict_probabilities(source.model_path, images)
-    labels, probabilities = val_predictions
+    # For a subtype model, the threshold is on P(pneumonia) = 1 - P(NORMAL).
+    labels, probabilities = pneumonia_view(*val_predictions)
     threshold = choose_threshold(labels, probabilities, target_sensitivity)
     rule = "youden" if target_sensitivity is None else f"target_sensitivity={target_sensitivity}"
     write_json_atomically(
@@ -505,12 +650,51 @@ def evaluate(
     return report, output_dir
 
 
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def format_subtype_summary(report: dict[str, Any]) -> str:
+    """A readable summary of a subtype model: 3x3 matrix, per-class metrics, binary view."""
+    at = report["at_threshold"]
+    names = list(at["per_class"])
+    width = max(len(name) for name in names) + 2
+    lines = [
+        f"{report['model']} on {report['split']}: {report['images']} images "
+        f"{report['images_per_class']}, {report['unreadable_files']} unreadable",
+        "  one-vs-rest ROC AUC: "
+        + ", ".join(f"{name} {_number(auc)}" for name, auc in report["ovr_auc"].items())
+        + f"; macro {_number(report['macro_ovr_auc'])}",
+        f"  decision rule (P(pneumonia) >= {at['threshold']:.4f}, then likelier subtype): "
+        f"accuracy {at['accuracy']:.4f}, balanced accuracy {at['balanced_accuracy']:.4f}, "
+        f"macro F1 {at['macro']['f1-score']:.4f}",
+        "  "
+        + "true / predicted".ljust(width + 4)
+        + "".join(f"{name:>{width}}" for name in names)
+        + f"{'recall':>9}{'precision':>11}",
+    ]
+    for name, row in zip(names, at["confusion_matrix"], strict=True):
+        lines.append(
+            f"  {name:<{width + 4}}"
+            + "".join(f"{count:>{width}}" for count in row)
+            + f"{at['per_class'][name]['recall']:>9.4f}"
+            + f"{at['per_class'][name]['precision']:>11.4f}"
+        )
+    binary = report["binary"]
+    lines += [
+        "  pneumonia vs NORMAL from the same model: "
+        f"ROC AUC {_number(binary['roc_auc'])}, accuracy {binary['at_threshold']['accuracy']:.4f}, "
+        f"sensitivity {binary['at_threshold']['sensitivity']:.4f}, "
+        f"specificity {binary['at_threshold']['specificity']:.4f}",
+    ]
+    return "\n".join(lines)
+
+
 def format_summary(report: dict[str, Any]) -> str:
     """A readable table of the main metrics at the stored threshold and at 0.5."""
-
-    def number(value):
-        return "n/a" if value is None else f"{value:.4f}"
-
+    if report.get("task") == "subtype":
+        return format_subtype_summary(report)
+    number = _number
     lines = [
         f"{report['model']} on {report['split']}: {report['images']} images "
         f"{report['images_per_class']}, {report['unreadable_files']} unreadable",

@@ -1,7 +1,9 @@
 """Grad-CAM: where the model looked. `python -m pneumocnn.explain IMAGE_OR_FOLDER... [--model M]`.
 
 Grad-CAM (Selvaraju et al., 2017) weights the last convolutional block's feature maps by the
-gradient of the PNEUMONIA score and keeps the positive part: bright regions raised the score.
+gradient of a class score and keeps the positive part: bright regions raised the score. A binary
+model explains its PNEUMONIA score; a subtype model explains the class it decided (NORMAL,
+BACTERIAL or VIRAL), or the one asked for.
 It runs on the float `.keras` model (an int8 `.tflite` has no gradients); the block is found by
 its name, `last_conv`, never by index.
 
@@ -13,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -23,6 +26,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 from pneumocnn.images import ImageLoadError, load_image
+from pneumocnn.metadata import decide, load_metadata, model_name
 from pneumocnn.model import LAST_CONV_LAYER, OUTPUT_LAYER, load_model
 
 logger = logging.getLogger(__name__)
@@ -63,20 +67,36 @@ class GradCam:
             model.inputs, [_last_conv_output(model), model.get_layer(OUTPUT_LAYER).output]
         )
 
-    def heatmap(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+    @property
+    def num_outputs(self) -> int:
+        """1 for a binary (sigmoid) model, the number of classes for a subtype model."""
+        return int(self.model.output_shape[-1])
+
+    def heatmap(
+        self, image: np.ndarray, class_index: int | None = None
+    ) -> tuple[np.ndarray, float]:
         """Computes the Grad-CAM heatmap of one image.
 
         Args:
             image: raw 0-255 pixels, `(image_size, image_size, 1)`, as `load_image` returns.
+            class_index: for a subtype model, the class to explain. Defaults to `None`: the
+                likeliest class. Ignored by a binary model, which explains PNEUMONIA.
 
         Returns:
             `(heatmap, probability)`: a float32 array `(image_size, image_size)` in [0, 1]
-            (all zeros when nothing raised the score), and P(PNEUMONIA).
+            (all zeros when nothing raised the score), and the probability of the explained
+            class (P(PNEUMONIA) for a binary model).
         """
         batch = tf.convert_to_tensor(np.asarray(image, np.float32)[np.newaxis])
         with tf.GradientTape() as tape:
-            features, probability = self._model(batch, training=False)
-            # The logit's gradient does not vanish where the sigmoid saturates.
+            features, outputs = self._model(batch, training=False)
+            if self.num_outputs == 1:
+                probability = outputs[:, 0]
+            else:
+                if class_index is None:
+                    class_index = int(tf.argmax(outputs[0]))
+                probability = outputs[:, class_index]
+            # The (one-vs-rest) logit's gradient does not vanish where the output saturates.
             score = tf.math.log(probability + 1e-7) - tf.math.log(1 - probability + 1e-7)
         gradients = tape.gradient(score, features)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
@@ -88,10 +108,79 @@ class GradCam:
         return np.clip(cam, 0.0, 1.0).astype(np.float32), float(probability.numpy().reshape(-1)[0])
 
 
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """Grad-CAM of one image, for one class.
+
+    Args:
+        heatmap: float32 `(image_size, image_size)` in [0, 1].
+        probability: the explained class's probability.
+        explained: the explained class's name.
+        label: the model's decision (see `pneumocnn.metadata.decide`), or `None` without a
+            threshold.
+    """
+
+    heatmap: np.ndarray
+    probability: float
+    explained: str
+    label: str | None
+
+
+def explain_image(
+    cam: GradCam,
+    image: np.ndarray,
+    threshold: float | None = None,
+    class_names: list[str] | None = None,
+) -> Explanation:
+    """Explains the class the model decides for one image.
+
+    A binary model explains PNEUMONIA (whatever the decision: the map shows what raised its
+    score). A subtype model explains the class it decided with `threshold` (or, without one,
+    its likeliest class).
+
+    Args:
+        cam: the Grad-CAM of the model.
+        image: raw pixels `(image_size, image_size, 1)`.
+        threshold: the decision threshold from the metadata. Defaults to `None`.
+        class_names: index = label. Defaults to `None`: NORMAL / PNEUMONIA, or NORMAL /
+            BACTERIAL / VIRAL for a three-class model.
+    """
+    if class_names is None:
+        class_names = (
+            ["NORMAL", "PNEUMONIA"] if cam.num_outputs == 1 else ["NORMAL", "BACTERIAL", "VIRAL"]
+        )
+    if cam.num_outputs == 1:
+        heatmap, probability = cam.heatmap(image)
+        label = None if threshold is None else decide([probability], threshold, class_names)[0]
+        return Explanation(heatmap, probability, class_names[1], label)
+    outputs = cam.model(np.asarray(image, np.float32)[np.newaxis], training=False).numpy()[0]
+    label = None if threshold is None else decide([outputs], threshold, class_names)[0]
+    index = class_names.index(label) if label is not None else int(np.argmax(outputs))
+    heatmap, probability = cam.heatmap(image, index)
+    return Explanation(heatmap, probability, class_names[index], label)
+
+
 def overlay_figure(
-    image: np.ndarray, heatmap: np.ndarray, probability: float, threshold: float | None, title: str
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    probability: float,
+    threshold: float | None,
+    title: str,
+    explained: str = "PNEUMONIA",
+    label: str | None = None,
 ) -> Figure:
-    """The X-ray in gray beside the same X-ray with the heatmap in colour and a colour bar."""
+    """The X-ray in gray beside the same X-ray with the heatmap in colour and a colour bar.
+
+    Args:
+        image: raw pixels `(size, size, 1)`.
+        heatmap: from `GradCam.heatmap`.
+        probability: the explained class's probability.
+        threshold: the decision threshold, shown with the verdict; `None` shows no verdict.
+        title: the figure's title (e.g. the file name).
+        explained: the class the heatmap explains. Defaults to "PNEUMONIA".
+        label: the verdict to show. Defaults to `None`: from `probability` and `threshold`
+            (binary models).
+    """
     figure = Figure(figsize=(8, 4.3))
     left, right = figure.subplots(1, 2)
     pixels = np.asarray(image).squeeze()
@@ -101,12 +190,13 @@ def overlay_figure(
     shown = right.imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
     verdict = ""
     if threshold is not None:
-        label = "PNEUMONIA" if probability >= threshold else "NORMAL"
+        if label is None:
+            label = "PNEUMONIA" if probability >= threshold else "NORMAL"
         verdict = f" -> {label} (threshold {threshold:.2f})"
-    right.set_title(f"Grad-CAM: P(PNEUMONIA) = {probability:.3f}{verdict}", fontsize=9)
+    right.set_title(f"Grad-CAM: P({explained}) = {probability:.3f}{verdict}", fontsize=9)
     for ax in (left, right):
         ax.axis("off")
-    figure.colorbar(shown, ax=right, fraction=0.046, pad=0.04, label="contribution to PNEUMONIA")
+    figure.colorbar(shown, ax=right, fraction=0.046, pad=0.04, label=f"contribution to {explained}")
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return figure
@@ -117,8 +207,9 @@ def explain_files(
     model_path: str | Path,
     output_dir: str | Path,
     threshold: float | None = None,
+    class_names: list[str] | None = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Writes one overlay PNG per image into `output_dir`.
+    """Writes one overlay PNG per image into `output_dir` (see `explain_image`).
 
     Returns:
         `(written, failed)`: the PNG paths, and `(path, reason)` for unreadable images.
@@ -137,11 +228,17 @@ def explain_files(
             failed.append((str(path), str(error)))
             logger.warning("%s", error)
             continue
-        heatmap, probability = cam.heatmap(image)
+        result = explain_image(cam, image, threshold, class_names)
         target = output_dir / f"{Path(path).stem}_gradcam.png"
-        overlay_figure(image, heatmap, probability, threshold, Path(path).name).savefig(
-            target, dpi=110
-        )
+        overlay_figure(
+            image,
+            result.heatmap,
+            result.probability,
+            threshold,
+            Path(path).name,
+            explained=result.explained,
+            label=result.label,
+        ).savefig(target, dpi=110)
         written.append(target)
         logger.info("[%d/%d] %s -> %s", index, len(files), path, target)
     return written, failed
@@ -157,19 +254,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         default=str(DEFAULT_MODEL),
-        help="A float .keras model (default: saved_models/pneumocnn.keras).",
+        help="A float .keras model (default: saved_models/pneumocnn.keras; the subtype model "
+        "is saved_models/pneumocnn_subtype.keras).",
     )
     parser.add_argument("--output-dir", default="gradcam", help="Where to write the PNGs.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    threshold = None
-    metadata_path = Path(args.model).parent / "pneumocnn.json"
+    threshold, class_names = None, None
+    metadata_path = Path(args.model).parent / f"{model_name(args.model)}.json"
     try:
         if metadata_path.is_file():
-            from pneumocnn.metadata import load_metadata
-
-            threshold = load_metadata(metadata_path, args.model)["threshold"]
-        written, failed = explain_files(args.inputs, args.model, args.output_dir, threshold)
+            metadata = load_metadata(metadata_path, args.model)
+            threshold, class_names = metadata["threshold"], metadata["class_names"]
+        written, failed = explain_files(
+            args.inputs, args.model, args.output_dir, threshold, class_names
+        )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -2,7 +2,8 @@
 
 From a run folder it writes, into `saved_models/` by default: `pneumocnn_int8.tflite` (full
 integer: uint8 input of raw pixels, int8 builtin ops only, uint8 output), `pneumocnn_fp16.tflite`,
-`pneumocnn.keras`, `labels.txt`, and the metadata `pneumocnn.json` (see `pneumocnn.metadata`).
+`pneumocnn.keras`, `pneumocnn_labels.txt`, and the metadata `pneumocnn.json` (see
+`pneumocnn.metadata`). A `--task subtype` run's files are named `pneumocnn_subtype*` instead.
 
 The int8 model is checked against the float model on the run's validation split before anything
 is written: its decisions must agree on at least 99% of images and its ROC AUC must be within
@@ -30,16 +31,20 @@ import pandas as pd
 import tensorflow as tf
 
 from pneumocnn import __version__, data
-from pneumocnn.evaluate import compute_metrics, ensure_threshold, resolve_source
+from pneumocnn.evaluate import (
+    compute_metrics,
+    ensure_threshold,
+    keras_probabilities,
+    pneumonia_view,
+    resolve_source,
+)
 from pneumocnn.lite import LiteModel
 from pneumocnn.metadata import (
+    DEFAULT_NAMES,
     FORMAT_VERSION,
-    FP16_FILE,
-    INT8_FILE,
-    KERAS_FILE,
-    LABELS_FILE,
-    METADATA_FILE,
     PREPROCESSING,
+    decide,
+    model_files,
     sha256_of,
     write_json_atomically,
 )
@@ -104,13 +109,25 @@ def check_parity(
     float_probabilities: np.ndarray,
     int8_probabilities: np.ndarray,
     threshold: float,
+    class_names: list[str],
     strict: bool = True,
 ) -> dict[str, float]:
     """Compares int8 and float predictions on validation images.
 
+    Decisions follow `pneumocnn.metadata.decide`, so for a subtype model (outputs `(n, 3)`)
+    they are the three-class labels; the AUC is that of pneumonia vs NORMAL for both tasks.
+
+    Args:
+        labels: true labels.
+        float_probabilities: the float model's outputs.
+        int8_probabilities: the int8 model's outputs, same shape.
+        threshold: the decision threshold on P(pneumonia).
+        class_names: index = label.
+        strict: raise when the check fails. Defaults to True.
+
     Returns:
-        `agreement` (share of identical decisions at `threshold`), `auc_float`, `auc_int8`,
-        `auc_drop`, `max_abs_difference` of the probabilities, and `passed`.
+        `agreement` (share of identical decisions), `auc_float`, `auc_int8`, `auc_drop`,
+        `max_abs_difference` of the probabilities, and `passed`.
 
     Raises:
         ParityError: if agreement is below 99% or the AUC drops by more than 0.005, and
@@ -118,11 +135,18 @@ def check_parity(
     """
     from sklearn.metrics import roc_auc_score
 
+    float_probabilities = np.asarray(float_probabilities)
+    int8_probabilities = np.asarray(int8_probabilities)
     agreement = float(
-        np.mean((float_probabilities >= threshold) == (int8_probabilities >= threshold))
+        np.mean(
+            np.array(decide(float_probabilities, threshold, class_names))
+            == np.array(decide(int8_probabilities, threshold, class_names))
+        )
     )
-    auc_float = float(roc_auc_score(labels, float_probabilities))
-    auc_int8 = float(roc_auc_score(labels, int8_probabilities))
+    binary_labels, float_pneumonia = pneumonia_view(labels, float_probabilities)
+    _, int8_pneumonia = pneumonia_view(labels, int8_probabilities)
+    auc_float = float(roc_auc_score(binary_labels, float_pneumonia))
+    auc_int8 = float(roc_auc_score(binary_labels, int8_pneumonia))
     parity = {
         "images": int(len(labels)),
         "agreement": agreement,
@@ -159,8 +183,13 @@ def export(
     calibration_images: int = 300,
     target_sensitivity: float | None = None,
     require_parity: bool = True,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Exports a run folder's best model as int8 and float16 TFLite, `.keras` and metadata.
+
+    The files are named after the model (see `pneumocnn.metadata.model_files`):
+    `pneumocnn_int8.tflite` and friends for a binary run, `pneumocnn_subtype_int8.tflite` and
+    friends for a subtype run, so both can sit in one folder.
 
     Args:
         run_dir: a finished training run.
@@ -172,9 +201,11 @@ def export(
             smoke run (the notebooks' quick mode, a few images for two epochs) turns it off;
             the parity is then still measured and recorded, with `parity["passed"]` false.
             Defaults to True.
+        name: the model's name, the stem of its files. Defaults to `None`: "pneumocnn" for a
+            binary run, "pneumocnn_subtype" for a subtype run.
 
     Returns:
-        The metadata written to `pneumocnn.json`.
+        The metadata written to `<name>.json`.
 
     Raises:
         ParityError: if the int8 model disagrees with the float model (nothing is written).
@@ -190,9 +221,11 @@ def export(
     split = pd.read_csv(source.run_dir / "split.csv")
     val = data.load_split(split, "val", config.image_size, dataset.root)
     keras_model = load_model(source.model_path)
-    float_probabilities = keras_model.predict(
-        val.images.astype(np.float32), batch_size=64, verbose=0
-    ).reshape(-1)
+    float_probabilities = keras_probabilities(keras_model, val.images)
+    name = name or DEFAULT_NAMES[config.task]
+    files = model_files(name)
+    int8_file, fp16_file, keras_file = files["int8"], files["fp16"], files["keras"]
+    metadata_file = files["metadata"]
     threshold = ensure_threshold(source, target_sensitivity, (val.labels, float_probabilities))
 
     output_dir = Path(output_dir)
@@ -205,36 +238,44 @@ def export(
         saved_model = scratch / "saved_model"
         keras_model.export(str(saved_model), format="tf_saved_model", verbose=False)
         logger.info("Converting to int8 with %d calibration images", len(calibration))
-        (scratch / INT8_FILE).write_bytes(convert(saved_model, calibration))
+        (scratch / int8_file).write_bytes(convert(saved_model, calibration))
         logger.info("Converting to float16")
-        (scratch / FP16_FILE).write_bytes(convert(saved_model, None))
+        (scratch / fp16_file).write_bytes(convert(saved_model, None))
         # Saved uncompiled: loading it needs plain Keras only, not pneumocnn's training metrics.
-        keras_model.save(scratch / KERAS_FILE)
-        (scratch / LABELS_FILE).write_text("\n".join(source.class_names) + "\n")
+        keras_model.save(scratch / keras_file)
+        (scratch / files["labels"]).write_text("\n".join(source.class_names) + "\n")
 
-        files = (INT8_FILE, FP16_FILE, KERAS_FILE)
+        model_names = (int8_file, fp16_file, keras_file)
         metadata: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "package_version": __version__,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "task": "binary",
+            "task": config.task,
+            "name": name,
+            "files": files,
             "image_size": config.image_size,
             "channels": 1,
             "class_names": list(source.class_names),
-            "positive_class": source.class_names[1],
+            "positive_class": "PNEUMONIA" if config.task == "subtype" else source.class_names[1],
             "threshold": threshold,
             "threshold_rule": json.loads((source.run_dir / "threshold.json").read_text())["rule"],
             "preprocessing": PREPROCESSING,
-            "sha256": {name: sha256_of(scratch / name) for name in files},
-            "file_bytes": {name: (scratch / name).stat().st_size for name in files},
+            "sha256": {file: sha256_of(scratch / file) for file in model_names},
+            "file_bytes": {file: (scratch / file).stat().st_size for file in model_names},
         }
         # Write provisional metadata so LiteModel can verify and run the new files.
-        write_json_atomically(scratch / METADATA_FILE, metadata)
-        int8_model = LiteModel(scratch / INT8_FILE)
+        write_json_atomically(scratch / metadata_file, metadata)
+        int8_model = LiteModel(scratch / int8_file)
         int8_probabilities = int8_model.predict_proba(val.images)
         try:
             parity = {
-                **check_parity(val.labels, float_probabilities, int8_probabilities, threshold),
+                **check_parity(
+                    val.labels,
+                    float_probabilities,
+                    int8_probabilities,
+                    threshold,
+                    list(source.class_names),
+                ),
                 "passed": True,
             }
         except ParityError as error:
@@ -243,27 +284,36 @@ def export(
             logger.warning("Writing despite failed parity (require_parity=False): %s", error)
             parity = {"passed": False, "message": str(error)}
         logger.info("int8 parity on validation: %s", parity)
-        fp16_model = LiteModel(scratch / FP16_FILE)
+        fp16_model = LiteModel(scratch / fp16_file)
         summary = json.loads((source.run_dir / "summary.json").read_text())
         metadata.update(
             tensors={
-                INT8_FILE: {
+                int8_file: {
                     "input": tensor_description(int8_model.input),
                     "output": tensor_description(int8_model.output),
                 },
-                FP16_FILE: {
+                fp16_file: {
                     "input": tensor_description(fp16_model.input),
                     "output": tensor_description(fp16_model.output),
                 },
-                KERAS_FILE: {
+                keras_file: {
                     "input": {
                         "dtype": "float32",
                         "shape": [-1, config.image_size, config.image_size, 1],
                     },
-                    "output": {"dtype": "float32", "shape": [-1, 1]},
+                    "output": {
+                        "dtype": "float32",
+                        "shape": [-1, int(keras_model.output_shape[-1])],
+                    },
                 },
             },
-            output="P(positive_class): a probability in [0, 1]; positive when >= threshold.",
+            output=(
+                "Softmax over class_names (NORMAL first). P(pneumonia) = 1 - P(NORMAL); "
+                "decision: pneumonia when P(pneumonia) >= threshold, then the likelier of the "
+                "other classes; else NORMAL."
+                if config.task == "subtype"
+                else "P(positive_class): a probability in [0, 1]; positive when >= threshold."
+            ),
             training_data={
                 "source": "Kaggle 'Chest X-Ray Images (Pneumonia)' (Kermany et al., 2018, "
                 "CC BY 4.0), train/ split",
@@ -289,16 +339,22 @@ def export(
             },
             config=config.to_dict(),
         )
-        write_json_atomically(scratch / METADATA_FILE, metadata)
+        write_json_atomically(scratch / metadata_file, metadata)
         # Models first, metadata last: the metadata never names a file that is not in place.
-        for name in (*files, LABELS_FILE, METADATA_FILE):
-            (scratch / name).replace(output_dir / name)
+        for file in (*model_names, files["labels"], metadata_file):
+            (scratch / file).replace(output_dir / file)
     return metadata
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The metrics an app shows. For a subtype model, `roc_auc`, `accuracy`, `sensitivity` and
+    `specificity` are its pneumonia-vs-NORMAL ones (comparable with a binary model's), and the
+    three-class ones are added."""
+    subtype = report if report.get("task") == "subtype" else None
+    if subtype is not None:
+        report = subtype["binary"]
     at = report["at_threshold"]
-    return {
+    headline = {
         "images": report["images"],
         "roc_auc": report["roc_auc"],
         "average_precision": report["average_precision"],
@@ -309,6 +365,17 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
         "accuracy_at_0.5": report["at_0.5"]["accuracy"],
         "ece": report["ece"],
     }
+    if subtype is not None:
+        decided = subtype["at_threshold"]
+        headline.update(
+            subtype_accuracy=decided["accuracy"],
+            subtype_balanced_accuracy=decided["balanced_accuracy"],
+            subtype_macro_f1=decided["macro"]["f1-score"],
+            subtype_recall={name: row["recall"] for name, row in decided["per_class"].items()},
+            macro_ovr_auc=subtype["macro_ovr_auc"],
+            ovr_auc=subtype["ovr_auc"],
+        )
+    return headline
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Choose the threshold for this validation sensitivity "
         "(default: the run's stored threshold, else Youden's J).",
     )
+    parser.add_argument(
+        "--name",
+        help="Stem of the written files (default: pneumocnn for a binary run, "
+        "pneumocnn_subtype for a subtype run).",
+    )
     return parser
 
 
@@ -349,20 +421,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         metadata = export(
-            args.run_dir, args.output_dir, args.calibration_images, args.target_sensitivity
+            args.run_dir,
+            args.output_dir,
+            args.calibration_images,
+            args.target_sensitivity,
+            name=args.name,
         )
     except (ValueError, FileNotFoundError, ParityError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     int8 = metadata["validation_metrics"]["int8"]
+    files = metadata["files"]
+    sizes = metadata["file_bytes"]
+    subtype = (
+        f"; three classes: accuracy {int8['subtype_accuracy']:.4f}, macro one-vs-rest AUC "
+        f"{int8['macro_ovr_auc']:.4f}"
+        if metadata["task"] == "subtype"
+        else ""
+    )
     print(
-        f"Wrote {args.output_dir}: {INT8_FILE} ({metadata['file_bytes'][INT8_FILE]:,} bytes), "
-        f"{FP16_FILE} ({metadata['file_bytes'][FP16_FILE]:,} bytes), {KERAS_FILE}, "
-        f"{METADATA_FILE}, {LABELS_FILE}\n"
-        f"int8 on validation at threshold {metadata['threshold']:.4f}: AUC {int8['roc_auc']:.4f}, "
-        f"accuracy {int8['accuracy']:.4f}, sensitivity {int8['sensitivity']:.4f}, "
-        f"specificity {int8['specificity']:.4f}; agreement with float "
-        f"{metadata['parity']['agreement']:.2%}"
+        f"Wrote {args.output_dir}: {files['int8']} ({sizes[files['int8']]:,} bytes), "
+        f"{files['fp16']} ({sizes[files['fp16']]:,} bytes), {files['keras']}, "
+        f"{files['metadata']}, {files['labels']}\n"
+        f"int8 on validation at threshold {metadata['threshold']:.4f}: pneumonia AUC "
+        f"{int8['roc_auc']:.4f}, accuracy {int8['accuracy']:.4f}, sensitivity "
+        f"{int8['sensitivity']:.4f}, specificity {int8['specificity']:.4f}{subtype}; agreement "
+        f"with float {metadata['parity']['agreement']:.2%}"
     )
     return 0
 

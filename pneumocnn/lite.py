@@ -7,7 +7,7 @@ Example:
 
 >>> model = LiteModel("saved_models/pneumocnn_int8.tflite")  # doctest: +SKIP
 >>> model.predict_file("chest.jpeg")  # doctest: +SKIP
-Prediction(path='chest.jpeg', label='PNEUMONIA', probability=0.97, threshold=0.61)
+Prediction(path='chest.jpeg', label='PNEUMONIA', probability=0.97, threshold=0.61, ...)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pneumocnn.images import load_image
-from pneumocnn.metadata import find_metadata, load_metadata
+from pneumocnn.metadata import decide, find_metadata, load_metadata
 
 
 def _interpreter_class():
@@ -39,14 +39,41 @@ class Prediction:
     Args:
         path: the image file.
         label: the predicted class name.
-        probability: P(positive class), the last class name (PNEUMONIA).
-        threshold: the decision threshold from the metadata.
+        probability: P(pneumonia): P(positive class) for a binary model, 1 - P(NORMAL) for a
+            subtype model.
+        threshold: the decision threshold on `probability`, from the metadata.
+        probabilities: P(class) for each class name (for a binary model, the two classes).
     """
 
     path: str
     label: str
     probability: float
     threshold: float
+    probabilities: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def pneumonia_probability(probabilities: np.ndarray) -> np.ndarray:
+    """P(pneumonia) from model outputs: `(n,)` sigmoid outputs unchanged, `(n, k)` softmax
+    outputs as 1 - P(NORMAL) (NORMAL is class 0)."""
+    probabilities = np.asarray(probabilities)
+    return probabilities if probabilities.ndim == 1 else 1.0 - probabilities[:, 0]
+
+
+def make_prediction(
+    path: str | Path, output: np.ndarray, threshold: float, class_names: list[str]
+) -> Prediction:
+    """A `Prediction` from one image's model output (a probability, or one per class)."""
+    output = np.asarray(output, np.float64)
+    label = decide([output if output.ndim else float(output)], threshold, class_names)[0]
+    if output.ndim == 0:
+        per_class = [1.0 - float(output), float(output)]
+        probability = float(output)
+    else:
+        per_class = [float(value) for value in output]
+        probability = 1.0 - per_class[0]
+    return Prediction(
+        str(path), label, probability, threshold, dict(zip(class_names, per_class, strict=True))
+    )
 
 
 def quantize(values: np.ndarray, details: dict[str, Any]) -> np.ndarray:
@@ -104,24 +131,32 @@ class LiteModel:
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 
+    @property
+    def task(self) -> str:
+        """The task, "binary" or "subtype", from the metadata."""
+        return self.metadata.get("task", "binary")
+
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Returns P(positive class) for raw-pixel images.
+        """Returns the model's probabilities for raw-pixel images.
 
         Args:
             images: uint8 or float array `(n, image_size, image_size, 1)` of raw 0-255 pixels,
                 as `pneumocnn.images.load_image` returns.
 
         Returns:
-            float32 array `(n,)`.
+            float32 array `(n,)` of P(positive class) for a binary model, `(n, classes)` for a
+            subtype model (see `pneumonia_probability` for P(pneumonia)).
         """
-        probabilities = np.empty(len(images), dtype=np.float32)
-        for index, image in enumerate(images):
+        outputs = []
+        for image in images:
             batch = quantize(np.asarray(image, np.float32)[np.newaxis], self.input)
             self.interpreter.set_tensor(self.input["index"], batch)
             self.interpreter.invoke()
             output = self.interpreter.get_tensor(self.output["index"])
-            probabilities[index] = dequantize(output, self.output).reshape(-1)[0]
-        return np.clip(probabilities, 0.0, 1.0)
+            outputs.append(dequantize(output, self.output).reshape(-1))
+        width = int(self.output["shape"][-1])
+        probabilities = np.clip(np.asarray(outputs, np.float32).reshape(-1, width), 0.0, 1.0)
+        return probabilities[:, 0] if width == 1 else probabilities
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Loads an image file (any JPEG or PNG) and classifies it.
@@ -129,6 +164,5 @@ class LiteModel:
         Raises:
             ImageLoadError: if the file is not a readable image.
         """
-        probability = float(self.predict_proba(load_image(path, self.image_size)[np.newaxis])[0])
-        label = self.class_names[1] if probability >= self.threshold else self.class_names[0]
-        return Prediction(str(path), label, probability, self.threshold)
+        output = self.predict_proba(load_image(path, self.image_size)[np.newaxis])[0]
+        return make_prediction(path, output, self.threshold, self.class_names)

@@ -1,8 +1,10 @@
-"""The model metadata file (`pneumocnn.json`) that travels beside every exported model.
+"""The metadata file (`<name>.json`, e.g. `pneumocnn.json`) that travels beside every exported
+model.
 
 It is the contract between the exporter and every consumer (predict, LiteRT on a device, the
-app): image size, channels, class names, threshold, tensor types, preprocessing, and the SHA-256
-of each model file. Needs only the standard library, so the edge install can read it.
+app): task, image size, channels, class names, threshold, tensor types, preprocessing, and the
+SHA-256 of each model file; `decide` is the decision rule they share. Needs only the standard
+library, so the edge install can read it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,36 @@ from pathlib import Path
 from typing import Any
 
 FORMAT_VERSION = 1
-METADATA_FILE = "pneumocnn.json"
-LABELS_FILE = "labels.txt"
-KERAS_FILE = "pneumocnn.keras"
-INT8_FILE = "pneumocnn_int8.tflite"
-FP16_FILE = "pneumocnn_fp16.tflite"
+TASKS = ("binary", "subtype")
+# Every exported model is a family of files named after it: <name>_int8.tflite,
+# <name>_fp16.tflite, <name>.keras, <name>_labels.txt and its metadata <name>.json.
+DEFAULT_NAMES = {"binary": "pneumocnn", "subtype": "pneumocnn_subtype"}
+
+
+def model_files(name: str) -> dict[str, str]:
+    """The file names of the exported model `name`, by role.
+
+    Example:
+
+    >>> model_files("pneumocnn_subtype")["int8"]
+    'pneumocnn_subtype_int8.tflite'
+    """
+    return {
+        "int8": f"{name}_int8.tflite",
+        "fp16": f"{name}_fp16.tflite",
+        "keras": f"{name}.keras",
+        "labels": f"{name}_labels.txt",
+        "metadata": f"{name}.json",
+    }
+
+
+_BINARY = model_files(DEFAULT_NAMES["binary"])
+METADATA_FILE = _BINARY["metadata"]
+LABELS_FILE = _BINARY["labels"]
+KERAS_FILE = _BINARY["keras"]
+INT8_FILE = _BINARY["int8"]
+FP16_FILE = _BINARY["fp16"]
+SUBTYPE_FILES = model_files(DEFAULT_NAMES["subtype"])
 PREPROCESSING = (
     "Decode the JPEG or PNG, convert to one grayscale channel (ITU-R 601-2 luma for colour "
     "images; 16-bit images stretched from their minimum to maximum), resize to image_size x "
@@ -48,20 +75,63 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def model_name(model_path: str | Path) -> str:
+    """The exported model's name from one of its files: `pneumocnn_subtype_int8.tflite` ->
+    `pneumocnn_subtype`; `pneumocnn.keras` -> `pneumocnn`."""
+    stem = Path(model_path).stem
+    for suffix in ("_int8", "_fp16"):
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
 def find_metadata(model_path: str | Path) -> Path:
-    """Returns the `pneumocnn.json` beside `model_path`.
+    """Returns the metadata file beside `model_path`: `<name>.json` (see `model_name`).
 
     Raises:
         MetadataError: if there is none.
     """
-    path = Path(model_path).parent / METADATA_FILE
+    model_path = Path(model_path)
+    path = model_path.parent / f"{model_name(model_path)}.json"
     if not path.is_file():
         raise MetadataError(
-            f"No {METADATA_FILE} beside the model '{model_path}'. Received: "
+            f"No metadata file '{path.name}' beside the model '{model_path}'. Received: "
             f"model='{model_path}'. Export the model with `python -m pneumocnn.export`, which "
-            "writes the metadata next to it, or keep the two files together."
+            "writes <name>.json next to <name>_int8.tflite, <name>_fp16.tflite and "
+            "<name>.keras; keep the files together and keep their names."
         )
     return path
+
+
+def decide(probabilities, threshold: float, class_names: list[str]) -> list[str]:
+    """The label of each prediction, by the rule every consumer shares.
+
+    Binary (probabilities of shape `(n,)`, P(positive class)): the positive class when the
+    probability is at least `threshold`. Subtype (shape `(n, 3)`, softmax over NORMAL /
+    BACTERIAL / VIRAL): pneumonia when P(pneumonia) = 1 - P(NORMAL) is at least `threshold`,
+    then the likelier subtype; else NORMAL. So both tasks make the pneumonia call the same way,
+    at a threshold chosen on validation.
+
+    Args:
+        probabilities: a sequence (or array) of floats, or of per-class rows.
+        threshold: the decision threshold on P(pneumonia).
+        class_names: index = label.
+
+    Returns:
+        One class name per prediction.
+    """
+    labels = []
+    for row in probabilities:
+        if isinstance(row, (int, float)) or getattr(row, "ndim", 1) == 0:
+            labels.append(class_names[int(float(row) >= threshold)])
+            continue
+        row = [float(value) for value in row]
+        if 1.0 - row[0] >= threshold:
+            best = max(range(1, len(row)), key=lambda index: row[index])
+            labels.append(class_names[best])
+        else:
+            labels.append(class_names[0])
+    return labels
 
 
 def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dict[str, Any]:
@@ -102,6 +172,13 @@ def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dic
         raise MetadataError(
             f"Metadata file '{path}' needs at least two class names. "
             f"Received: class_names={names!r}."
+        )
+    task = metadata.get("task", "binary")
+    if task not in TASKS or (task == "subtype" and len(names) != 3):
+        raise MetadataError(
+            f"Metadata file '{path}' has a task pneumocnn does not know. Received: "
+            f"task={task!r}, class_names={names!r}; expected 'binary', or 'subtype' with three "
+            "classes (NORMAL first)."
         )
     if metadata["image_size"] < 8 or metadata["channels"] != 1:
         raise MetadataError(

@@ -18,12 +18,21 @@ LAST_CONV_LAYER = "last_conv"
 OUTPUT_LAYER = "predictions"
 
 
+def _pneumonia_view(y_true, y_pred):
+    """Collapses one-hot NORMAL/BACTERIAL/VIRAL targets and softmax outputs to pneumonia vs
+    NORMAL: 1 - the NORMAL column. Two-class (sigmoid) inputs pass unchanged."""
+    if len(y_pred.shape) == 2 and y_pred.shape[-1] is not None and y_pred.shape[-1] > 1:
+        return 1.0 - y_true[..., :1], 1.0 - y_pred[..., :1]
+    return y_true, y_pred
+
+
 @keras.saving.register_keras_serializable(package="pneumocnn")
 class Specificity(keras.metrics.Metric):
-    """Recall of the negative class (NORMAL): TN / (TN + FP) at a threshold.
+    """Recall of NORMAL: TN / (TN + FP) at a threshold on P(pneumonia).
 
     Keras has `Recall` (sensitivity) but no plain specificity; this combines its
-    `TrueNegatives` and `FalsePositives` metrics.
+    `TrueNegatives` and `FalsePositives` metrics. With a softmax over NORMAL / BACTERIAL /
+    VIRAL, P(pneumonia) is 1 - P(NORMAL).
 
     Args:
         threshold: probability at or above which a prediction is positive. Defaults to 0.5.
@@ -37,6 +46,7 @@ class Specificity(keras.metrics.Metric):
         self.false_positives = keras.metrics.FalsePositives(thresholds=threshold)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true, y_pred = _pneumonia_view(y_true, y_pred)
         self.true_negatives.update_state(y_true, y_pred, sample_weight)
         self.false_positives.update_state(y_true, y_pred, sample_weight)
 
@@ -50,6 +60,28 @@ class Specificity(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(package="pneumocnn")
+class Sensitivity(keras.metrics.Recall):
+    """Recall of pneumonia at a threshold on P(pneumonia): Keras's `Recall`, except that a
+    softmax over NORMAL / BACTERIAL / VIRAL counts as P(pneumonia) = 1 - P(NORMAL).
+
+    Args:
+        name: metric name. Defaults to "sensitivity".
+    """
+
+    def __init__(self, name: str = "sensitivity", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true, y_pred = _pneumonia_view(y_true, y_pred)
+        return super().update_state(y_true, y_pred, sample_weight)
+
+
+def num_classes_of(config: Config) -> int:
+    """Outputs of the head: 2 classes share one sigmoid unit; "subtype" has three."""
+    return 3 if config.task == "subtype" else 2
 
 
 # Keras's default BatchNormalization momentum (0.99) needs ~500 steps to forget the initial
@@ -70,10 +102,12 @@ def build_model(config: Config) -> keras.Model:
     Input `(image_size, image_size, 1)` float32 raw 0-255 pixels -> `Rescaling` to [-1, 1] ->
     Conv2D stem (stride 2) -> `num_blocks` blocks of two SeparableConv2D (the first block keeps
     the stem's width, each later block doubles it) with max-pooling between blocks -> global
-    average pooling -> Dropout -> one sigmoid unit named "predictions" (P(PNEUMONIA)).
+    average pooling -> Dropout -> the head named "predictions": one sigmoid unit
+    (P(PNEUMONIA)) for `task="binary"`, a softmax over NORMAL / BACTERIAL / VIRAL for
+    `task="subtype"`.
 
     Args:
-        config: uses `image_size`, `base_filters`, `num_blocks` and `dropout_rate`.
+        config: uses `task`, `image_size`, `base_filters`, `num_blocks` and `dropout_rate`.
 
     Returns:
         A `keras.Model` named "pneumocnn".
@@ -107,32 +141,40 @@ def build_model(config: Config) -> keras.Model:
             x = _conv_bn_relu(x, layer, name)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER)(x)
+    classes = num_classes_of(config)
+    outputs = (
+        keras.layers.Dense(classes, activation="softmax", name=OUTPUT_LAYER)(x)
+        if classes > 2
+        else keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER)(x)
+    )
     return keras.Model(inputs, outputs, name="pneumocnn")
 
 
 def compile_model(model: keras.Model, config: Config) -> keras.Model:
-    """Compiles `model` with Adam, binary cross-entropy, and the metrics the reports use.
+    """Compiles `model` with Adam, cross-entropy, and the metrics the reports use.
 
-    Metrics: accuracy, ROC AUC, sensitivity (recall of PNEUMONIA) and specificity (recall of
-    NORMAL), the last three at 0.5.
+    Metrics: accuracy, ROC AUC (for three classes, over the flattened one-vs-rest outputs),
+    sensitivity (recall of pneumonia) and specificity (recall of NORMAL), the last two at 0.5 on
+    P(pneumonia), which for three classes is 1 - P(NORMAL): the binary task and the subtype task
+    log the same pneumonia-vs-normal numbers.
 
     Args:
         model: from `build_model`.
-        config: uses `learning_rate` and `label_smoothing`.
+        config: uses `task`, `learning_rate` and `label_smoothing`.
 
     Returns:
         The same model, compiled.
     """
+    if num_classes_of(config) > 2:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+    else:
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing)
+        accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[
-            keras.metrics.BinaryAccuracy(name="accuracy"),
-            keras.metrics.AUC(name="auc"),
-            keras.metrics.Recall(name="sensitivity"),
-            Specificity(name="specificity"),
-        ],
+        loss=loss,
+        metrics=[accuracy, keras.metrics.AUC(name="auc"), Sensitivity(), Specificity()],
     )
     return model
 

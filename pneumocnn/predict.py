@@ -1,8 +1,10 @@
 """Prediction: `python -m pneumocnn.predict FILE_OR_FOLDER... [--model M] [--json]`.
 
-Classifies JPEG or PNG chest X-rays with the shipped int8 model (default), another `.tflite`, a
-`.keras` file, or a run folder. Prints a table, or one JSON object per line with `--json`. A bad
-file gets an error line and a non-zero exit status; the other files are still classified.
+Classifies JPEG or PNG chest X-rays with the shipped int8 model (default), another `.tflite`
+(e.g. the subtype model, NORMAL / BACTERIAL / VIRAL), a `.keras` file, or a run folder; the task
+and classes come from the model's metadata. Prints a table, or one JSON object per line with
+`--json`. A bad file gets an error line and a non-zero exit status; the other files are still
+classified.
 
 Example:
 
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn.images import ImageLoadError, is_image_file, load_image
-from pneumocnn.lite import LiteModel, Prediction
+from pneumocnn.lite import LiteModel, Prediction, make_prediction
 from pneumocnn.metadata import INT8_FILE, MetadataError
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "saved_models" / INT8_FILE
@@ -41,19 +43,20 @@ class KerasClassifier:
         self.threshold = ensure_threshold(source, None)
         self.image_size = source.config.image_size
         self.class_names = list(source.class_names)
+        self.task = source.config.task
         self.model = load_model(source.model_path)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """P(positive class) for raw-pixel images `(n, image_size, image_size, 1)`."""
-        batch = np.asarray(images, np.float32)
-        return self.model.predict(batch, batch_size=64, verbose=0).reshape(-1)
+        """The model's probabilities for raw-pixel images `(n, image_size, image_size, 1)`, shaped
+        as `LiteModel.predict_proba`'s."""
+        from pneumocnn.evaluate import keras_probabilities
+
+        return keras_probabilities(self.model, images)
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Loads an image file and classifies it (see `LiteModel.predict_file`)."""
-        image = load_image(path, self.image_size)[np.newaxis]
-        probability = float(self.predict_proba(image)[0])
-        label = self.class_names[int(probability >= self.threshold)]
-        return Prediction(str(path), label, probability, self.threshold)
+        output = self.predict_proba(load_image(path, self.image_size)[np.newaxis])[0]
+        return make_prediction(path, output, self.threshold, self.class_names)
 
 
 def load_classifier(model: str | Path) -> LiteModel | KerasClassifier:
@@ -85,7 +88,8 @@ def expand_inputs(inputs: list[str]) -> Iterator[Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pneumocnn.predict",
-        description="Classify chest X-rays (JPEG or PNG) as NORMAL or PNEUMONIA.",
+        description="Classify chest X-rays (JPEG or PNG) as NORMAL or PNEUMONIA, or with a subtype "
+        "model (saved_models/pneumocnn_subtype_int8.tflite) as NORMAL, BACTERIAL or VIRAL.",
     )
     parser.add_argument(
         "inputs",
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failures = 0
     if not args.json:
-        print(f"{'label':<10} {'P(' + classifier.class_names[1] + ')':>14} {'threshold':>9}  file")
+        print(f"{'label':<10} {'P(pneumonia)':>14} {'threshold':>9}  file")
     files = list(expand_inputs(args.inputs))
     if not files:
         print(f"error: no JPEG or PNG images found in {args.inputs}", file=sys.stderr)
@@ -136,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                         "label": result.label,
                         "probability": round(result.probability, 6),
                         "threshold": result.threshold,
+                        "probabilities": {
+                            name: round(value, 6) for name, value in result.probabilities.items()
+                        },
                     }
                 )
             )

@@ -253,7 +253,8 @@ def train(config: Config, resume: bool = False) -> Path:
         split = data.prepare_split(config, dataset)
         split.to_csv(run_dir / SPLIT_FILE, index=False)
         best_so_far = None
-    logger.info("Run folder: %s; classes: %s", run_dir, list(dataset.class_names))
+    class_names = data.task_class_names(config.task, dataset.class_names)
+    logger.info("Run folder: %s; task %s, classes: %s", run_dir, config.task, list(class_names))
 
     train_split = data.load_split(split, "train", config.image_size, dataset.root)
     val_split = data.load_split(split, "val", config.image_size, dataset.root)
@@ -262,9 +263,7 @@ def train(config: Config, resume: bool = False) -> Path:
             f"No readable images left in the {'train' if not len(train_split.labels) else 'val'} "
             f"subset of '{dataset.root}'. Check the files listed in the warnings above."
         )
-    train_ds, val_ds, steps = data.make_datasets(
-        config, train_split, val_split, len(dataset.class_names)
-    )
+    train_ds, val_ds, steps = data.make_datasets(config, train_split, val_split, len(class_names))
 
     strategy = make_strategy(config.strategy)
     with strategy.scope():
@@ -300,7 +299,7 @@ def train(config: Config, resume: bool = False) -> Path:
     summary = summarise(
         history,
         model=model,
-        class_names=dataset.class_names,
+        class_names=class_names,
         train=train_split,
         val=val_split,
         steps_per_epoch=steps,
@@ -309,6 +308,7 @@ def train(config: Config, resume: bool = False) -> Path:
     )
     summary["stopped_early"] = summary["epochs_run"] < config.epochs
     summary["replicas"] = int(strategy.num_replicas_in_sync)
+    summary["task"] = config.task
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     logger.info(
         "%s after epoch %d; %s holds epoch %d (highest %s %.4f)",

@@ -11,11 +11,13 @@ from helpers import flags, write_dataset
 
 @pytest.fixture
 def make_dataset(tmp_path):
-    """Returns `factory(patients=6, images_per_patient=2, seed=0)` writing `write_dataset`
-    under tmp_path/chest_xray and returning that folder."""
+    """Returns `factory(patients=6, images_per_patient=2, seed=0, subtypes=False)` writing
+    `write_dataset` under tmp_path/chest_xray and returning that folder."""
 
-    def factory(patients: int = 6, images_per_patient: int = 2, seed: int = 0) -> Path:
-        return write_dataset(tmp_path / "chest_xray", patients, images_per_patient, seed)
+    def factory(
+        patients: int = 6, images_per_patient: int = 2, seed: int = 0, subtypes: bool = False
+    ) -> Path:
+        return write_dataset(tmp_path / "chest_xray", patients, images_per_patient, seed, subtypes)
 
     return factory
 
@@ -43,6 +45,8 @@ def trained_run(tmp_path_factory) -> Path:
             base_filters=8,
             num_blocks=2,
             augment_strength=0,
+            intensity_strength=0,
+            mixup_alpha=0,
             seed=1,
             val_fraction=0.25,
         )
@@ -58,4 +62,47 @@ def exported_model(trained_run, tmp_path_factory) -> Path:
 
     output = tmp_path_factory.mktemp("exported")
     export.export(trained_run, output, calibration_images=40)
+    return output
+
+
+@pytest.fixture(scope="session")
+def subtype_run(tmp_path_factory) -> Path:
+    """A `--task subtype` run folder trained briefly on synthetic NORMAL / BACTERIAL / VIRAL
+    films (see `helpers.synthetic_xray`), 60 patients per folder."""
+    from pneumocnn import train
+
+    base = tmp_path_factory.mktemp("subtype")
+    root = write_dataset(
+        base / "chest_xray", patients=60, images_per_patient=2, seed=11, subtypes=True
+    )
+    run_dir = base / "run"
+    status = train.main(
+        flags(
+            task="subtype",
+            data_dir=root,
+            output_dir=run_dir,
+            image_size=32,
+            epochs=8,
+            batch_size=8,
+            base_filters=8,
+            num_blocks=2,
+            augment_strength=0,
+            intensity_strength=0,
+            mixup_alpha=0,
+            seed=1,
+            val_fraction=0.25,
+        )
+    )
+    assert status == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def subtype_model(subtype_run, tmp_path_factory) -> Path:
+    """A model folder with the subtype model exported from `subtype_run` under its default name
+    (`pneumocnn_subtype*`) beside the binary one's files."""
+    from pneumocnn import export
+
+    output = tmp_path_factory.mktemp("exported_subtype")
+    export.export(subtype_run, output, calibration_images=60)
     return output

@@ -20,13 +20,21 @@ requires_real_data = pytest.mark.skipif(
 )
 
 
-def synthetic_xray(rng: np.random.Generator, label: int, size: tuple[int, int]) -> np.ndarray:
-    """A gray 'film' whose class shows as a bright blotch (PNEUMONIA) or none (NORMAL)."""
+def synthetic_xray(
+    rng: np.random.Generator, label: int, size: tuple[int, int], subtype: str = "bacteria"
+) -> np.ndarray:
+    """A gray 'film' whose class shows as a bright blotch (PNEUMONIA), or none (NORMAL).
+
+    With `subtype="virus"` the PNEUMONIA film shows a bright horizontal band across the middle
+    instead of a blotch, so a three-class model can tell the subtypes apart.
+    """
     width, height = size
     image = rng.normal(90, 20, (height, width))
-    if label == 1:
+    yy, xx = np.mgrid[:height, :width]
+    if label == 1 and subtype == "virus":
+        image += 110 * np.exp(-((yy - height / 2) ** 2) / (2 * (height / 10) ** 2))
+    elif label == 1:
         y, x = rng.integers(height // 4, 3 * height // 4), rng.integers(width // 4, 3 * width // 4)
-        yy, xx = np.mgrid[:height, :width]
         image += 120 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * (min(size) / 6) ** 2))
     return np.clip(image, 0, 255).astype(np.uint8)
 
@@ -47,24 +55,31 @@ def write_image(path: Path, pixels: np.ndarray, mode: str = "L") -> Path:
 
 
 def write_dataset(
-    root: Path, patients: int = 6, images_per_patient: int = 2, seed: int = 0
+    root: Path,
+    patients: int = 6,
+    images_per_patient: int = 2,
+    seed: int = 0,
+    subtypes: bool = False,
 ) -> Path:
     """Writes a tiny Kaggle-layout data set `root/train/{NORMAL,PNEUMONIA}/` and returns `root`.
 
-    Kaggle-style names; a mix of JPEG and PNG, grayscale and RGB, and odd sizes.
+    Kaggle-style names; a mix of JPEG and PNG, grayscale and RGB, and odd sizes. PNEUMONIA
+    patients are all `person<N>_bacteria_<K>`, or with `subtypes` alternately bacteria and
+    virus, with films to match (see `synthetic_xray`).
     """
     rng = np.random.default_rng(seed)
     for label, name in enumerate(("NORMAL", "PNEUMONIA")):
         for patient in range(patients):
+            subtype = "virus" if subtypes and patient % 2 else "bacteria"
             for shot in range(images_per_patient):
                 if label == 0:
                     stem = f"IM-{patient:04d}-{shot + 1:04d}"
                 else:
-                    stem = f"person{patient}_bacteria_{shot + 1}"
+                    stem = f"person{patient}_{subtype}_{shot + 1}"
                 extension, mode = [(".jpeg", "L"), (".png", "RGB"), (".jpeg", "RGB")][
                     (patient + shot) % 3
                 ]
                 size = (int(rng.integers(40, 90)), int(rng.integers(40, 90)))
-                pixels = synthetic_xray(rng, label, size)
+                pixels = synthetic_xray(rng, label, size, subtype)
                 write_image(root / "train" / name / f"{stem}{extension}", pixels, mode)
     return root

@@ -66,6 +66,32 @@ def test_bad_upload_shows_a_message_and_the_other_files_still_work(app):
     assert table.loc[table["file"] == "good.png", "label"].item() in ("NORMAL", "PNEUMONIA")
 
 
+def test_app_offers_both_models_and_runs_the_subtype_one(
+    exported_model, subtype_model, tmp_path, monkeypatch
+):
+    both = tmp_path / "models"
+    both.mkdir()
+    for folder in (exported_model, subtype_model):
+        for path in folder.iterdir():
+            if path.is_file():
+                shutil.copy(path, both / path.name)
+    monkeypatch.setenv("PNEUMOCNN_MODEL_DIR", str(both))
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.sidebar.radio[0].options[0].startswith("pneumocnn:")
+    at.sidebar.radio[0].set_value("pneumocnn_subtype").run()
+    assert not at.exception, at.exception
+    assert "NORMAL, BACTERIAL or VIRAL" in at.title[0].value
+    at.file_uploader[0].set_value([("chest.png", _png(1), "image/png")])
+    at.run()
+    assert not at.exception, at.exception
+    labels = [m.value[4:] for m in at.markdown if m.value.startswith("### ")]
+    assert labels and labels[0] in ("NORMAL", "BACTERIAL", "VIRAL")
+    table = at.dataframe[0].value
+    assert {"P(NORMAL)", "P(BACTERIAL)", "P(VIRAL)"} <= set(table.columns)
+
+
 def test_missing_model_folder_shows_how_to_fix_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PNEUMOCNN_MODEL_DIR", str(tmp_path))
     at = AppTest.from_file(str(APP), default_timeout=60)

@@ -235,7 +235,9 @@ def test_limit_per_class_is_seeded_and_capped(make_dataset):
 
 
 def test_class_weights_travel_as_sample_weights(make_dataset):
-    config = Config(image_size=32, batch_size=64, val_fraction=0.25, augment_strength=0)
+    config = Config(
+        image_size=32, batch_size=64, val_fraction=0.25, augment_strength=0, mixup_alpha=0
+    )
     train, val = _loaded(make_dataset, config)
     keep = np.r_[np.flatnonzero(train.labels == 0)[:3], np.flatnonzero(train.labels == 1)]
     skewed = data.LoadedSplit(train.images[keep], train.labels[keep], [], [])
@@ -255,6 +257,8 @@ def _first_training_batch(make_dataset, **fields):
             "batch_size": 64,
             "val_fraction": 0.25,
             "augment_strength": 0,
+            "intensity_strength": 0,
+            "mixup_alpha": 0,
             "balance": "none",
             **fields,
         }

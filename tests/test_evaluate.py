@@ -113,3 +113,11 @@ def test_exported_int8_model_is_scored_on_a_test_folder_at_its_stored_threshold(
     assert report["images"] == 10 and report["split"] == "test"
     stored = load_metadata(exported_model / "pneumocnn.json")["threshold"]
     assert report["at_threshold"]["threshold"] == stored
+
+
+def test_a_model_with_one_output_for_every_film_still_gets_a_usable_threshold():
+    # The +inf point of the ROC curve (nothing positive) is never chosen: the threshold stays
+    # inside (0, 1), which the metadata requires.
+    labels = np.array([0, 1, 0, 1])
+    threshold = evaluate.choose_threshold(labels, np.full(4, 0.62))
+    assert threshold == pytest.approx(0.62)

@@ -78,7 +78,11 @@ def test_parity_check_fails_and_says_by_how_much():
     labels = np.array([0, 0, 1, 1])
     with pytest.raises(export.ParityError, match=r"agree on 50\.00%.*drop"):
         export.check_parity(
-            labels, np.array([0.1, 0.2, 0.8, 0.9]), np.array([0.6, 0.2, 0.4, 0.9]), 0.5
+            labels,
+            np.array([0.1, 0.2, 0.8, 0.9]),
+            np.array([0.6, 0.2, 0.4, 0.9]),
+            0.5,
+            ["NORMAL", "PNEUMONIA"],
         )
 
 

@@ -52,7 +52,7 @@ def test_missing_model_file_gives_a_clear_error(tmp_path):
 
 def test_model_without_metadata_gives_a_clear_error(exported_model, tmp_path):
     (tmp_path / INT8_FILE).write_bytes((exported_model / INT8_FILE).read_bytes())
-    with pytest.raises(MetadataError, match="No pneumocnn.json"):
+    with pytest.raises(MetadataError, match="No metadata file 'pneumocnn.json'"):
         LiteModel(tmp_path / INT8_FILE)
 
 
