@@ -42,6 +42,19 @@ def experiment_names() -> list[str]:
     return ORDER + [name for name in names if name not in ORDER]
 
 
+def changes_from_base(name: str) -> dict:
+    """The fields in which experiment `name` differs from `base` (all of base's for base).
+
+    Every file spells out the recipe fields it depends on (depth, augmentation, mixup, the
+    schedule), so a later change of a `Config` default cannot change what a row means.
+    """
+    base = json.loads((EXPERIMENTS / "base.json").read_text())
+    config = json.loads((EXPERIMENTS / f"{name}.json").read_text())
+    if name == "base":
+        return config
+    return {key: value for key, value in config.items() if base.get(key) != value}
+
+
 def run(command: list[str], log: Path) -> bool:
     with open(log, "a") as handle:
         handle.write(f"\n$ {' '.join(command)}\n")
@@ -58,7 +71,7 @@ def run_experiment(name: str, seed: int, data_dir: str) -> dict:
     log = run_dir.with_suffix(".log")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     python = sys.executable
-    row = {"experiment": name, "seed": seed, "changes": config_file.read_text().strip()}
+    row = {"experiment": name, "seed": seed, "changes": json.dumps(changes_from_base(name))}
     if not (run_dir / "summary.json").exists():
         resume = (
             ["--resume", str(run_dir)]
@@ -84,6 +97,10 @@ def run_experiment(name: str, seed: int, data_dir: str) -> dict:
     )
     summary = json.loads((run_dir / "summary.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
+    pinned = json.loads(config_file.read_text())
+    differs = {key: (value, config[key]) for key, value in pinned.items() if config[key] != value}
+    if differs:
+        return {**row, "status": f"run config differs from {config_file.name}: {differs}"}
     metrics = json.loads((run_dir / "eval" / "best-val" / "metrics.json").read_text())
     at = metrics["at_threshold"]
     int8 = run_dir / "export" / "pneumocnn_int8.tflite"
