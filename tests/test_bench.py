@@ -24,6 +24,8 @@ def test_quick_bench_measures_every_model_and_writes_json_and_markdown(exported_
         "pneumocnn_bfloat16_images_per_second",
         "tutorial_cnn_images_per_second",
         "input_pipeline_images_per_second",
+        "decode_each_epoch_images_per_second",
+        "decode_each_epoch_parallel_images_per_second",
     ):
         assert report["training"][key] > 0
     assert "| pneumocnn int8 |" in (tmp_path / "bench.md").read_text()
