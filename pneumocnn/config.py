@@ -87,7 +87,7 @@ class Config:
     mixup_alpha: float = _field(
         0.3,
         "Mixup: blend pairs of training films with Beta(alpha, alpha) weights; 0 is off. "
-        "0.3 softens overconfident outputs (a less extreme validation threshold).",
+        "A regulariser against memorising one hospital's films.",
     )
     label_smoothing: float = _field(
         0.0, "Pulls the 0/1 targets towards 0.5 by this much; discourages overconfidence."
