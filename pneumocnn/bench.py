@@ -274,7 +274,12 @@ def pipeline_speed(config, batches: int, repeats: int) -> float:
     labels = rng.integers(0, 2, count).astype(np.int32)
     loaded = data.LoadedSplit(images, labels, [], [])
     train_ds, _, _ = data.make_datasets(config, loaded, loaded)
-    iterator = iter(train_ds.repeat())
+    return _batches_per_second(iter(train_ds.repeat()), batches, repeats) * config.batch_size
+
+
+def _batches_per_second(iterator, batches: int, repeats: int) -> float:
+    """Median batches per second of drawing `batches` batches, over `repeats` timings, after
+    three warm-up batches."""
     for _ in range(3):
         next(iterator)
     speeds = []
@@ -282,7 +287,7 @@ def pipeline_speed(config, batches: int, repeats: int) -> float:
         started = time.perf_counter()
         for _ in range(batches):
             next(iterator)
-        speeds.append(batches * config.batch_size / (time.perf_counter() - started))
+        speeds.append(batches / (time.perf_counter() - started))
     return float(statistics.median(speeds))
 
 
@@ -322,16 +327,7 @@ def decode_each_epoch_speed(config, batches: int, repeats: int, parallel: bool) 
         )
         if parallel:
             dataset = dataset.prefetch(tf.data.AUTOTUNE)
-        iterator = iter(dataset)
-        for _ in range(3):
-            next(iterator)
-        speeds = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            for _ in range(batches):
-                next(iterator)
-            speeds.append(batches * config.batch_size / (time.perf_counter() - started))
-    return float(statistics.median(speeds))
+        return _batches_per_second(iter(dataset), batches, repeats) * config.batch_size
 
 
 # --------------------------------------------------------------------------------------------

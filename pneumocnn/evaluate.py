@@ -362,11 +362,16 @@ def write_plots(
 ) -> list[Path]:
     """Writes every plot as PNG into `output_dir` and returns their paths.
 
-    A subtype model gets its 3x3 confusion matrices (decision rule and argmax), one-vs-rest
-    ROC curves, and the pneumonia-vs-NORMAL plots of a binary model with a `pneumonia_` prefix.
+    A subtype model gets its 3x3 confusion matrices (decision rule and argmax) and one-vs-rest
+    ROC curves, plus a binary model's plots of its pneumonia-vs-NORMAL view, prefixed
+    `pneumonia_`.
     """
     threshold = report["at_threshold"]["threshold"]
     if report.get("task") == "subtype":
+        binary_labels, pneumonia = pneumonia_view(labels, probabilities)
+        binary = _binary_figures(
+            binary_labels, pneumonia, report["binary"], [class_names[0], "PNEUMONIA"], title
+        )
         figures = {
             "confusion_matrix.png": plot_confusion_matrix(
                 report["at_threshold"]["confusion_matrix"],
@@ -377,20 +382,24 @@ def write_plots(
                 report["argmax"]["confusion_matrix"], class_names, f"{title}\nargmax"
             ),
             "roc_one_vs_rest.png": plot_roc_one_vs_rest(labels, probabilities, class_names, title),
+            **{f"pneumonia_{name}": figure for name, figure in binary.items()},
         }
-        binary_labels, pneumonia = pneumonia_view(labels, probabilities)
-        binary = report["binary"]
-        if binary["roc_auc"] is not None:
-            figures["pneumonia_roc.png"] = plot_roc(binary_labels, pneumonia, threshold, title)
-        figures["pneumonia_confusion_matrix.png"] = plot_confusion_matrix(
-            binary["at_threshold"]["confusion_matrix"],
-            [class_names[0], "PNEUMONIA"],
-            f"{title}\nthreshold {threshold:.3f}",
-        )
-        figures["pneumonia_reliability.png"] = plot_reliability(binary_labels, pneumonia, title)
-        if history is not None:
-            figures["training_curves.png"] = plot_history(history)
-        return _save_figures(output_dir, figures)
+    else:
+        figures = _binary_figures(labels, probabilities, report, class_names, title)
+    if history is not None:
+        figures["training_curves.png"] = plot_history(history)
+    paths = []
+    for name, figure in figures.items():
+        figure.savefig(output_dir / name, dpi=120)
+        paths.append(output_dir / name)
+    return paths
+
+
+def _binary_figures(
+    labels, probabilities, report: dict[str, Any], class_names: list[str], title: str
+) -> dict[str, Figure]:
+    """The plots of a two-class report (see `compute_metrics`), by file name."""
+    threshold = report["at_threshold"]["threshold"]
     figures = {
         "confusion_matrix.png": plot_confusion_matrix(
             report["at_threshold"]["confusion_matrix"],
@@ -405,17 +414,7 @@ def write_plots(
         figures["roc.png"] = plot_roc(labels, probabilities, threshold, title)
         figures["precision_recall.png"] = plot_precision_recall(labels, probabilities, title)
     figures["reliability.png"] = plot_reliability(labels, probabilities, title)
-    if history is not None:
-        figures["training_curves.png"] = plot_history(history)
-    return _save_figures(output_dir, figures)
-
-
-def _save_figures(output_dir: Path, figures: dict[str, Figure]) -> list[Path]:
-    paths = []
-    for name, figure in figures.items():
-        figure.savefig(output_dir / name, dpi=120)
-        paths.append(output_dir / name)
-    return paths
+    return figures
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,6 +22,28 @@ def make_dataset(tmp_path):
     return factory
 
 
+# A tiny model, trained without augmentation or mixup: these fixtures test the pipeline and the
+# stages after it, not the recipe.
+TINY_RUN = dict(
+    image_size=32,
+    base_filters=8,
+    num_blocks=2,
+    augment_strength=0,
+    intensity_strength=0,
+    mixup_alpha=0,
+    seed=1,
+    val_fraction=0.25,
+)
+
+
+def _train_tiny(root: Path, run_dir: Path, **fields) -> Path:
+    """Trains `TINY_RUN` (with `fields` on top) on `root` into `run_dir` with the CLI."""
+    from pneumocnn import train
+
+    assert train.main(flags(data_dir=root, output_dir=run_dir, **{**TINY_RUN, **fields})) == 0
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A run folder trained briefly on an easy synthetic data set (32 px, 40 patients/class).
@@ -30,29 +52,9 @@ def trained_run(tmp_path_factory) -> Path:
     settle, so the saved model's outputs are spread out (a model whose outputs all sit near one
     value cannot pass the int8 parity check).
     """
-    from pneumocnn import train
-
     base = tmp_path_factory.mktemp("trained")
     root = write_dataset(base / "chest_xray", patients=40, images_per_patient=2, seed=7)
-    run_dir = base / "run"
-    status = train.main(
-        flags(
-            data_dir=root,
-            output_dir=run_dir,
-            image_size=32,
-            epochs=6,
-            batch_size=4,
-            base_filters=8,
-            num_blocks=2,
-            augment_strength=0,
-            intensity_strength=0,
-            mixup_alpha=0,
-            seed=1,
-            val_fraction=0.25,
-        )
-    )
-    assert status == 0
-    return run_dir
+    return _train_tiny(root, base / "run", epochs=6, batch_size=4)
 
 
 @pytest.fixture(scope="session")
@@ -69,38 +71,17 @@ def exported_model(trained_run, tmp_path_factory) -> Path:
 def subtype_run(tmp_path_factory) -> Path:
     """A `--task subtype` run folder trained briefly on synthetic NORMAL / BACTERIAL / VIRAL
     films (see `helpers.synthetic_xray`), 60 patients per folder."""
-    from pneumocnn import train
-
     base = tmp_path_factory.mktemp("subtype")
     root = write_dataset(
         base / "chest_xray", patients=60, images_per_patient=2, seed=11, subtypes=True
     )
-    run_dir = base / "run"
-    status = train.main(
-        flags(
-            task="subtype",
-            data_dir=root,
-            output_dir=run_dir,
-            image_size=32,
-            epochs=8,
-            batch_size=8,
-            base_filters=8,
-            num_blocks=2,
-            augment_strength=0,
-            intensity_strength=0,
-            mixup_alpha=0,
-            seed=1,
-            val_fraction=0.25,
-        )
-    )
-    assert status == 0
-    return run_dir
+    return _train_tiny(root, base / "run", task="subtype", epochs=8, batch_size=8)
 
 
 @pytest.fixture(scope="session")
 def subtype_model(subtype_run, tmp_path_factory) -> Path:
-    """A model folder with the subtype model exported from `subtype_run` under its default name
-    (`pneumocnn_subtype*`) beside the binary one's files."""
+    """A `saved_models`-style folder with the subtype model exported from `subtype_run` under
+    its default name (`pneumocnn_subtype*`)."""
     from pneumocnn import export
 
     output = tmp_path_factory.mktemp("exported_subtype")
