@@ -198,7 +198,9 @@ def render() -> None:
         image = to_model_input(gray, classifier.image_size)
         output = classifier.predict_proba(image[np.newaxis])[0]
         result = make_prediction(upload.name, output, classifier.threshold, class_names)
-        explanation = explain_image(cam, image, classifier.threshold, class_names)
+        explanation = explain_image(
+            cam, image, classifier.threshold, class_names, label=result.label
+        )
         left, right = st.columns([1, 2])
         with left:
             st.image(gray, caption=f"{gray.width}x{gray.height}", width="stretch")

@@ -131,12 +131,13 @@ def explain_image(
     image: np.ndarray,
     threshold: float | None = None,
     class_names: list[str] | None = None,
+    label: str | None = None,
 ) -> Explanation:
     """Explains the class the model decides for one image.
 
     A binary model explains PNEUMONIA (whatever the decision: the map shows what raised its
     score). A subtype model explains the class it decided with `threshold` (or, without one,
-    its likeliest class).
+    its likeliest class), or `label` when the decision was already made elsewhere.
 
     Args:
         cam: the Grad-CAM of the model.
@@ -144,6 +145,9 @@ def explain_image(
         threshold: the decision threshold from the metadata. Defaults to `None`.
         class_names: index = label. Defaults to `None`: NORMAL / PNEUMONIA, or NORMAL /
             BACTERIAL / VIRAL for a three-class model.
+        label: the decision to explain, when it was made by another model the user sees (the
+            app shows the int8 model's label; Grad-CAM needs the float one, which can decide a
+            near-tie the other way). Defaults to `None`: this model's own decision.
     """
     if class_names is None:
         class_names = (
@@ -151,11 +155,16 @@ def explain_image(
         )
     if cam.num_outputs == 1:
         heatmap, probability = cam.heatmap(image)
-        label = None if threshold is None else decide([probability], threshold, class_names)[0]
+        if label is None and threshold is not None:
+            label = decide([probability], threshold, class_names)[0]
         return Explanation(heatmap, probability, class_names[1], label)
-    outputs = cam.model(np.asarray(image, np.float32)[np.newaxis], training=False).numpy()[0]
-    label = None if threshold is None else decide([outputs], threshold, class_names)[0]
-    index = class_names.index(label) if label is not None else int(np.argmax(outputs))
+    if label is None:
+        outputs = cam.model(np.asarray(image, np.float32)[np.newaxis], training=False).numpy()[0]
+        if threshold is not None:
+            label = decide([outputs], threshold, class_names)[0]
+        index = class_names.index(label) if label is not None else int(np.argmax(outputs))
+    else:
+        index = class_names.index(label)
     heatmap, probability = cam.heatmap(image, index)
     return Explanation(heatmap, probability, class_names[index], label)
 

@@ -243,3 +243,11 @@ def test_real_file_names_give_the_documented_subtype_counts():
     labels = data.label_for_task(folders, dataset.class_names, "subtype")["label"]
     # ../shared/chest_xray/README.md: 1,341 NORMAL, 2,530 bacterial, 1,345 viral.
     assert np.bincount(labels).tolist() == [1341, 2530, 1345]
+
+
+def test_grad_cam_explains_a_decision_made_elsewhere(subtype_model, subtype_run):
+    # The app shows the int8 model's label; the float model's Grad-CAM must explain that class.
+    image = sorted((subtype_run.parent / "chest_xray" / "train" / "NORMAL").iterdir())[0]
+    cam = explain.GradCam(load_model(subtype_model / SUBTYPE_FILES["keras"]))
+    result = explain.explain_image(cam, load_image(image, 32), 0.5, SUBTYPES, label="VIRAL")
+    assert result.explained == result.label == "VIRAL"
