@@ -50,10 +50,11 @@ def film_statistics(image: np.ndarray) -> dict[str, float]:
         A dict: `mean` and `std` (overall exposure and contrast), `border_mean` (mean of the
         outer 10% band on every side), `centre_mean` (mean of the central half),
         `border_ratio` (border over centre), `side_mean` (mean of the outer 5% of columns
-        on the left and right: air beside a loosely framed chest is dark), `body_width` and `body_height` (share of columns
-        and rows whose mean is above 35% of the brightest one: how much of the frame the body
-        fills, larger is tighter), `sharpness` (mean absolute Laplacian, a focus measure),
-        `dark_share` and `bright_share` (pixels below 20 and above 235: clipping).
+        on the left and right: air beside a loosely framed chest is dark), `body_width` and
+        `body_height` (share of columns and rows whose mean is above 35% of the brightest one:
+        how much of the frame the body fills, larger is tighter), `sharpness` (mean absolute
+        Laplacian, a focus measure), `dark_share` and `bright_share` (pixels below 20 and
+        above 235: clipping).
 
     Raises:
         ValueError: if `image` is not one grayscale film.
