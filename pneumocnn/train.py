@@ -18,50 +18,35 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-import numpy as np
-import pandas as pd
-import tensorflow as tf
-
-from pneumocnn import data
+from pneumocnn import cli
 from pneumocnn.config import Config, add_config_arguments, config_from_args
-from pneumocnn.model import build_model, compile_model
+
+# The artefacts of a run folder, by role.
+from pneumocnn.runs import (
+    BACKUP_DIR,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+)
+
+# TensorFlow, Keras and the data pipeline are imported inside the functions that use them, so
+# `--help` and flag errors come at once and without TensorFlow's start-up messages.
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
+    import tensorflow as tf
+
+    from pneumocnn import data
 
 logger = logging.getLogger(__name__)
 
-# The artefacts of a run folder, by role.
-CONFIG_FILE = "config.json"
-SPLIT_FILE = "split.csv"
-HISTORY_FILE = "history.csv"
-MODEL_FILE = "best.keras"
-SUMMARY_FILE = "summary.json"
-BACKUP_DIR = "backup"
 # Checkpointing and early stopping select on ranking quality, which the threshold (chosen
 # later, on validation) does not change; the learning rate follows the smoother loss.
 SELECTION_METRIC = "val_auc"
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Adds `epoch_seconds` (training part of the epoch, without validation) to the logs.
-
-    Placed before `CSVLogger`, so the timing lands in `history.csv`.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-        self._train_seconds = None
-
-    def on_test_begin(self, logs=None):
-        # Validation runs at the end of each epoch: the training part ends here.
-        if getattr(self, "_start", None) is not None and self._train_seconds is None:
-            self._train_seconds = time.perf_counter() - self._start
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            seconds = self._train_seconds or (time.perf_counter() - self._start)
-            logs["epoch_seconds"] = seconds
 
 
 def default_run_dir() -> Path:
@@ -88,6 +73,10 @@ def make_callbacks(
         extra: more callbacks, run after selection and before the CSV log (so what they add
             to the logs lands in `history.csv`). Defaults to `None`.
     """
+    import keras
+
+    from pneumocnn.callbacks import EpochTimer
+
     # With weight averaging, validation, the checkpoint and early stopping see the averaged
     # weights: SwapEMAWeights swaps them in at each epoch's end, so it must come before them.
     averaging = (
@@ -142,7 +131,7 @@ def make_callbacks(
     ]
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(cli.CheckFailedError):
     """Raised when the loss became NaN or infinite and training was stopped."""
 
 
@@ -153,6 +142,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         name: "default" (one device), "mirrored" (every GPU of this machine, else every logical
             CPU device), or "multiworker" (several machines, described by `$TF_CONFIG`).
     """
+    import tensorflow as tf
+
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
@@ -185,6 +176,8 @@ def read_history(run_dir: Path) -> pd.DataFrame:
 
     An absent or empty file (training stopped before any epoch ended) gives an empty table.
     """
+    import pandas as pd
+
     path = run_dir / HISTORY_FILE
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=["epoch", "loss", SELECTION_METRIC, "epoch_seconds"])
@@ -204,6 +197,8 @@ def summarise(
     wall_seconds: float,
 ) -> dict[str, Any]:
     """Builds `summary.json`: the best epoch's validation metrics and the cost of the run."""
+    import numpy as np
+
     best = int(np.argmax(history[SELECTION_METRIC].to_numpy()))
     epoch_seconds = history["epoch_seconds"].dropna().to_numpy()
     images_seen = steps_per_epoch * batch_size * len(epoch_seconds)
@@ -255,6 +250,14 @@ def train(
             resuming, a finished run).
         TrainingDivergedError: if the loss became NaN or infinite.
     """
+    import keras
+    import numpy as np
+    import pandas as pd
+    import tensorflow as tf
+
+    from pneumocnn import data
+    from pneumocnn.model import build_model, compile_model
+
     start = time.perf_counter()
     # Fail on bad data or a taken folder before any long work.
     data_dir = data.resolve_data_dir(config.data_dir)
@@ -372,29 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point. Returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.resume:
-            extra = [
-                field.name
-                for field in dataclasses.fields(Config)
-                if getattr(args, field.name) is not None
-            ] + (["config"] if args.config else [])
-            if extra:
-                raise ValueError(
-                    "--resume continues a run with its own config.json; other flags would "
-                    f"change it midway. Received: --resume with {extra}. Drop those flags."
-                )
-            config = Config.load(Path(args.resume) / CONFIG_FILE)
-            run_dir = train(dataclasses.replace(config, output_dir=args.resume), resume=True)
-        else:
-            run_dir = train(config_from_args(args))
-    except (ValueError, FileNotFoundError, FileExistsError, TrainingDivergedError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def _command(args: argparse.Namespace) -> int:
+    if args.resume:
+        extra = [
+            field.name
+            for field in dataclasses.fields(Config)
+            if getattr(args, field.name) is not None
+        ] + (["config"] if args.config else [])
+        if extra:
+            raise cli.UsageError(
+                "--resume continues a run with its own config.json; other flags would "
+                f"change it midway. Received: --resume with {extra}. Drop those flags."
+            )
+        config = Config.load(Path(args.resume) / CONFIG_FILE)
+        run_dir = train(dataclasses.replace(config, output_dir=args.resume), resume=True)
+    else:
+        run_dir = train(config_from_args(args))
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     print(
         f"Run folder: {run_dir}\n"
@@ -405,7 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['parameters']:,} parameters; "
         f"{summary['seconds_per_epoch']:.1f} s/epoch, {summary['images_per_second']:.0f} images/s"
     )
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point. Returns the exit status (see `pneumocnn.cli`)."""
+    return cli.run(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":
