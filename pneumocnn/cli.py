@@ -7,10 +7,11 @@ which sets up logging, imports nothing heavy itself, and maps errors to exit cod
 - 0: all done.
 - 1: some inputs could not be processed (unreadable images, no image found); the rest were.
 - 2: usage or configuration error: a bad flag, a missing file or folder, a file that is not a
-  model, metadata that does not match. Nothing was done.
+  model, metadata that does not match, a configuration whose training diverged. Nothing was
+  done (or kept).
 - 3: the program itself failed: an unexpected error (a bug; the traceback is printed).
-- 4: the work ran, but a check refused its result (the int8 model strays from the float one,
-  training diverged). Nothing was written.
+- 4: the work ran, but a check refused its result (the int8 model strays from the float one).
+  Nothing was written.
 
 Every message names the received value and the fix.
 """

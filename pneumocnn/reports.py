@@ -27,6 +27,18 @@ from pneumocnn.task import (
 )
 
 
+def _square_plot():
+    """A square figure with one axes, for the curve plots."""
+    figure = Figure(figsize=(4.5, 4.5))
+    return figure, figure.subplots()
+
+
+def _titled(figure: Figure, ax, title: str) -> Figure:
+    ax.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
 def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str) -> Figure:
     """Heatmap of counts, annotated with the row percentage (recall of each true class)."""
     matrix = np.asarray(matrix)
@@ -60,8 +72,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str
 
 def plot_roc(labels, probabilities, threshold: float, title: str) -> Figure:
     """ROC curve with its AUC and the operating point at the threshold."""
-    figure = Figure(figsize=(4.5, 4.5))
-    ax = figure.subplots()
+    figure, ax = _square_plot()
     skm.RocCurveDisplay.from_predictions(
         labels, probabilities, ax=ax, name="model", plot_chance_level=True
     )
@@ -72,15 +83,12 @@ def plot_roc(labels, probabilities, threshold: float, title: str) -> Figure:
         false_positive_rate, sensitivity, "o", color="crimson", label=f"threshold {threshold:.3f}"
     )
     ax.legend(loc="lower right")
-    ax.set_title(title)
-    figure.tight_layout()
-    return figure
+    return _titled(figure, ax, title)
 
 
 def plot_roc_one_vs_rest(labels, probabilities, class_names: list[str], title: str) -> Figure:
     """One-vs-rest ROC curve of each class of a multi-class model, with its AUC."""
-    figure = Figure(figsize=(4.5, 4.5))
-    ax = figure.subplots()
+    figure, ax = _square_plot()
     for index, name in enumerate(class_names):
         if len(np.unique(labels == index)) == 2:
             skm.RocCurveDisplay.from_predictions(
@@ -88,32 +96,24 @@ def plot_roc_one_vs_rest(labels, probabilities, class_names: list[str], title: s
             )
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1)
     ax.legend(loc="lower right")
-    ax.set_title(title)
-    figure.tight_layout()
-    return figure
+    return _titled(figure, ax, title)
 
 
 def plot_precision_recall(labels, probabilities, title: str) -> Figure:
     """Precision-recall curve with its average precision."""
-    figure = Figure(figsize=(4.5, 4.5))
-    ax = figure.subplots()
+    figure, ax = _square_plot()
     skm.PrecisionRecallDisplay.from_predictions(
         labels, probabilities, ax=ax, name="model", plot_chance_level=True
     )
-    ax.set_title(title)
-    figure.tight_layout()
-    return figure
+    return _titled(figure, ax, title)
 
 
 def plot_reliability(labels, probabilities, title: str) -> Figure:
     """Reliability diagram (is a 0.9 really 90%?) with the expected calibration error."""
-    figure = Figure(figsize=(4.5, 4.5))
-    ax = figure.subplots()
+    figure, ax = _square_plot()
     CalibrationDisplay.from_predictions(labels, probabilities, n_bins=10, ax=ax, name="model")
     ece = expected_calibration_error(labels, probabilities)
-    ax.set_title(f"{title}\nexpected calibration error {ece:.3f}")
-    figure.tight_layout()
-    return figure
+    return _titled(figure, ax, f"{title}\nexpected calibration error {ece:.3f}")
 
 
 def plot_history(history: pd.DataFrame) -> Figure:
@@ -174,13 +174,17 @@ def write_plots(
     if subtype:
         threshold = report["at_threshold"]["threshold"]
         figures = {
-            "confusion_matrix.png": plot_confusion_matrix(
-                report["at_threshold"]["confusion_matrix"],
+            **_confusion_figures(
+                report,
                 class_names,
-                f"{title}\nP(pneumonia) threshold {threshold:.3f}, then likelier subtype",
-            ),
-            "confusion_matrix_argmax.png": plot_confusion_matrix(
-                report["argmax"]["confusion_matrix"], class_names, f"{title}\nargmax"
+                title,
+                {
+                    "confusion_matrix.png": (
+                        "at_threshold",
+                        f"P(pneumonia) threshold {threshold:.3f}, then likelier subtype",
+                    ),
+                    "confusion_matrix_argmax.png": ("argmax", "argmax"),
+                },
             ),
             "roc_one_vs_rest.png": plot_roc_one_vs_rest(labels, probabilities, class_names, title),
             **{f"pneumonia_{name}": figure for name, figure in binary.items()},
@@ -196,21 +200,35 @@ def write_plots(
     return paths
 
 
+def _confusion_figures(
+    report: dict[str, Any],
+    class_names: list[str],
+    title: str,
+    matrices: dict[str, tuple[str, str]],
+) -> dict[str, Figure]:
+    """Confusion-matrix plots by file name, from `{file: (report key, subtitle)}`."""
+    return {
+        name: plot_confusion_matrix(
+            report[key]["confusion_matrix"], class_names, f"{title}\n{subtitle}"
+        )
+        for name, (key, subtitle) in matrices.items()
+    }
+
+
 def _binary_figures(
     labels, probabilities, report: dict[str, Any], class_names: list[str], title: str
 ) -> dict[str, Figure]:
     """The plots of a two-class report (see `compute_metrics`), by file name."""
     threshold = report["at_threshold"]["threshold"]
-    figures = {
-        "confusion_matrix.png": plot_confusion_matrix(
-            report["at_threshold"]["confusion_matrix"],
-            class_names,
-            f"{title}\nthreshold {threshold:.3f}",
-        ),
-        "confusion_matrix_0.5.png": plot_confusion_matrix(
-            report["at_0.5"]["confusion_matrix"], class_names, f"{title}\nthreshold 0.5"
-        ),
-    }
+    figures = _confusion_figures(
+        report,
+        class_names,
+        title,
+        {
+            "confusion_matrix.png": ("at_threshold", f"threshold {threshold:.3f}"),
+            "confusion_matrix_0.5.png": ("at_0.5", "threshold 0.5"),
+        },
+    )
     if report["roc_auc"] is not None:
         figures["roc.png"] = plot_roc(labels, probabilities, threshold, title)
         figures["precision_recall.png"] = plot_precision_recall(labels, probabilities, title)

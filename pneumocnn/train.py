@@ -131,8 +131,9 @@ def make_callbacks(
     ]
 
 
-class TrainingDivergedError(cli.CheckFailedError):
-    """Raised when the loss became NaN or infinite and training was stopped."""
+class TrainingDivergedError(cli.UsageError):
+    """Raised when the loss became NaN or infinite and training was stopped: a configuration
+    error (the learning rate, most often; exit code 2)."""
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
