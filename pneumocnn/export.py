@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MIN_AGREEMENT = 0.99
+# Training films the input guard's out-of-distribution score is fitted on (seeded, stratified
+# by class): enough for a 256-dimensional thumbnail's leading components, and quick to decode.
+GUARD_FIT_IMAGES = 2000
 MAX_AUC_DROP = 0.005
 # The model files of an export, by role (see `pneumocnn.metadata.model_files`).
 MODEL_ROLES = ("int8", "fp16", "keras")
@@ -282,6 +285,30 @@ def file_metadata(
     }
 
 
+def guard_calibration(
+    split: pd.DataFrame,
+    root: Path,
+    config: Config,
+    val_images: np.ndarray,
+    fit_images: int = GUARD_FIT_IMAGES,
+) -> Any:
+    """Fits the input guard's out-of-distribution score (see `pneumocnn.guard.fit`) on a seeded,
+    class-stratified sample of up to `fit_images` training films, with its threshold on the
+    validation films.
+
+    Returns:
+        A `pneumocnn.guard.GuardCalibration`.
+    """
+    from pneumocnn import data, guard
+
+    train = split[split["subset"] == "train"]
+    per_class = max(1, fit_images // max(1, train["label"].nunique()))
+    sample = data.limit_per_class(train, per_class, config.seed)
+    logger.info("Fitting the input guard on %d training films", len(sample))
+    images = data.load_split(sample, "train", config.image_size, root).images
+    return guard.fit(images, val_images)
+
+
 def check_int8(
     prepared: Prepared, scratch: Path, files: dict[str, str], require_parity: bool
 ) -> tuple[dict[str, Any], np.ndarray]:
@@ -369,6 +396,7 @@ def describe(
             "float": figures(prepared.float_probabilities),
         },
         "parity": parity,
+        "guard": guard_calibration(prepared.split, prepared.root, config, val.images).to_dict(),
         "training": {
             key: summary[key]
             for key in ("best_epoch", "epochs_run", "parameters", "seconds_per_epoch")

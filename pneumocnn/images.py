@@ -22,6 +22,9 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 # The largest chest film in the Kaggle data is about 2,900 x 2,700 px (8 Mpx); anything far above
 # that is more likely a decompression bomb than an X-ray, and is refused before decoding.
 MAX_PIXELS = 64_000_000
+# Where `read_grayscale` records the colourfulness of the image it converted (see
+# `colourfulness`): the input guard refuses photographs, which the grayscale image hides.
+COLOURFULNESS_KEY = "pneumocnn_colourfulness"
 
 
 class ImageLoadError(ValueError):
@@ -59,6 +62,28 @@ def to_grayscale(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("L")
     return image.convert("RGB").convert("L") if image.mode == "CMYK" else image.convert("L")
+
+
+def colourfulness(image: Image.Image) -> float:
+    """Hasler and Suesstrunk's colourfulness of a decoded image: 0 for gray, about 15 for
+    "slightly", 33 for "moderately" and 60 or more for "highly" colourful.
+
+    Computed on a copy reduced to at most about 256 px a side, so a large photo stays cheap.
+
+    Args:
+        image: a Pillow image of any mode (a gray mode gives 0).
+
+    Returns:
+        `std(rg, yb) + 0.3 * mean(rg, yb)`, with `rg = R - G` and `yb = (R + G) / 2 - B`.
+    """
+    if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;"):
+        return 0.0
+    rgb = image.convert("RGB")
+    factor = max(1, max(rgb.size) // 256)
+    pixels = np.asarray(rgb.reduce(factor) if factor > 1 else rgb, np.float64)
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    rg, yb = red - green, 0.5 * (red + green) - blue
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
 def _check_size(name: str, width: int, height: int) -> None:
@@ -113,7 +138,8 @@ def read_grayscale(source: str | Path | BinaryIO, name: str | None = None) -> Im
             object's `name`.
 
     Returns:
-        A mode "L" Pillow image at the file's own size.
+        A mode "L" Pillow image at the file's own size; `image.info[COLOURFULNESS_KEY]` holds
+        the colourfulness of the decoded image before the conversion (see `colourfulness`).
 
     Raises:
         ImageLoadError: if the file is missing, empty, not an image, truncated, or larger than
@@ -127,7 +153,9 @@ def read_grayscale(source: str | Path | BinaryIO, name: str | None = None) -> Im
         with Image.open(source) as image:
             _check_size(name, *image.size)
             image.load()
-            return to_grayscale(image)
+            gray = to_grayscale(image)
+            gray.info[COLOURFULNESS_KEY] = colourfulness(image)
+            return gray
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:  # Pillow's own, larger limit, at open
