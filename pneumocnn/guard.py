@@ -288,7 +288,8 @@ def fit(
     Args:
         train_images: raw 0-255 model inputs `(n, side, side, 1)` of training films.
         val_images: the same of validation films (other patients).
-        components: leading principal components. Defaults to 16.
+        components: leading principal components (fewer with fewer than 18 training films).
+            Defaults to 16.
         quantile: the validation quantile that becomes score 1.0. Defaults to 0.99.
         thumbnail_size: the thumbnail's side. Defaults to 16.
 
@@ -296,16 +297,16 @@ def fit(
         The calibration (see `GuardCalibration.to_dict` for its metadata form).
 
     Raises:
-        ValueError: with fewer training films than components + 2, or no validation film.
+        ValueError: with fewer than three training films, or no validation film.
     """
     rows = thumbnails(train_images, thumbnail_size)
-    components = min(components, rows.shape[1] - 1)
-    if len(rows) < components + 2 or len(val_images) == 0:
+    # A small training set keeps fewer components (each needs films to estimate it).
+    components = min(components, rows.shape[1] - 1, len(rows) - 2)
+    if components < 1 or len(val_images) == 0:
         raise ValueError(
-            f"The input guard needs more training films than components + 1 and some "
-            f"validation films. Received: {len(rows)} training and {len(val_images)} "
-            f"validation films for components={components}. Use more films, or fewer "
-            "components."
+            "The input guard needs at least three training films and one validation film. "
+            f"Received: {len(rows)} training and {len(val_images)} validation films. Train "
+            "on more films."
         )
     mean = rows.mean(axis=0)
     _, singular, directions = np.linalg.svd(rows - mean, full_matrices=False)

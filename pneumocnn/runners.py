@@ -1,12 +1,13 @@
 """Running any saved form of a model: `.keras`, int8 or float16 `.tflite`, or a run folder.
 
 Every runner has one interface (`Classifier`): `image_size`, `class_names`, `threshold`,
-`task`, `predict_proba(images)` -> one probability per class `(n, classes)` (see
-`pneumocnn.task`), and `predict_file(path)` -> a `Prediction`. `open_model` picks the runner
-from the path: `LiteModel` (`pneumocnn.lite`, LiteRT, no TensorFlow) for a `.tflite`,
-`KerasModel` for a `.keras` file or a run folder. Evaluate, export's parity check, predict,
-explain, the app and the bench all run models through here. `default_model` is the one place
-that finds the shipped model.
+`guard` (the input guard's calibration, see `pneumocnn.guard`), `task`,
+`predict_proba(images)` -> one probability per class `(n, classes)` (see `pneumocnn.task`), and
+`predict_file(path, threshold=None)` -> a `Prediction` (guarded, see `pneumocnn.lite.classify`).
+`open_model` picks the runner from the path: `LiteModel` (`pneumocnn.lite`, LiteRT, no
+TensorFlow) for a `.tflite`, `KerasModel` for a `.keras` file or a run folder. Evaluate,
+export's parity check, predict, explain, the app and the bench all run models through here.
+`default_model` is the one place that finds the shipped model.
 
 Example:
 
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from pneumocnn.lite import LiteModel, Prediction, make_prediction
+from pneumocnn import guard
+from pneumocnn.lite import LiteModel, Prediction, classify
 from pneumocnn.metadata import DEFAULT_NAMES, find_metadata, load_metadata, model_files
 from pneumocnn.task import class_probabilities
 
@@ -64,13 +66,14 @@ class Classifier(Protocol):
     image_size: int
     class_names: list[str]
     threshold: float
+    guard: guard.GuardCalibration | None
 
     @property
     def task(self) -> str: ...
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray: ...
 
-    def predict_file(self, path: str | Path) -> Prediction: ...
+    def predict_file(self, path: str | Path, threshold: float | None = None) -> Prediction: ...
 
 
 def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
@@ -89,6 +92,8 @@ class KerasModel:
         threshold: the decision threshold on P(pneumonia).
         task: "binary" or "subtype". Defaults to `None`: from the number of classes.
         model_path: the file it came from, if any. Defaults to `None`.
+        calibration: the input guard's (see `pneumocnn.guard`). Defaults to `None`: refusal
+            checks only.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class KerasModel:
         threshold: float,
         task: str | None = None,
         model_path: str | Path | None = None,
+        calibration: guard.GuardCalibration | None = None,
     ):
         self.model = model
         self.image_size = int(model.input_shape[1])
@@ -105,6 +111,7 @@ class KerasModel:
         self.threshold = float(threshold)
         self._task = task or ("binary" if len(self.class_names) == 2 else "subtype")
         self.model_path = Path(model_path) if model_path is not None else None
+        self.guard = calibration
 
     @classmethod
     def open(cls, path: str | Path) -> KerasModel:
@@ -127,12 +134,20 @@ class KerasModel:
                 f"{source.run_dir} --split val` first; it chooses the threshold on validation "
                 "and stores it."
             )
+        # An exported .keras carries the input guard's calibration in its metadata; a run
+        # folder has none (the export fits it), so only the refusal checks run.
+        calibration = (
+            guard.calibration_of(load_metadata(find_metadata(source.model_path)))
+            if source.run_dir is None
+            else None
+        )
         return cls(
             load_model(source.model_path),
             source.class_names,
             source.threshold,
             source.config.task,
             source.model_path,
+            calibration,
         )
 
     @property
@@ -145,12 +160,12 @@ class KerasModel:
         `LiteModel.predict_proba`'s."""
         return keras_probabilities(self.model, images)
 
-    def predict_file(self, path: str | Path) -> Prediction:
-        """Loads an image file and classifies it (see `LiteModel.predict_file`)."""
-        from pneumocnn.images import load_image
+    def predict_file(self, path: str | Path, threshold: float | None = None) -> Prediction:
+        """Loads an image file, checks it with the input guard, and classifies it (see
+        `LiteModel.predict_file`)."""
+        from pneumocnn.images import read_grayscale
 
-        output = self.predict_proba(load_image(path, self.image_size)[np.newaxis])[0]
-        return make_prediction(path, output, self.threshold, self.class_names)
+        return classify(self, read_grayscale(path), path, threshold)
 
 
 def check_model_path(path: str | Path) -> Path:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import synthetic_xray
 from pneumocnn.images import ImageLoadError
 from pneumocnn.lite import LiteModel
 from pneumocnn.metadata import INT8_FILE, METADATA_FILE, MetadataError
@@ -13,12 +14,13 @@ from pneumocnn.metadata import INT8_FILE, METADATA_FILE, MetadataError
 
 def test_lite_runs_without_importing_tensorflow(exported_model, tmp_path):
     image = tmp_path / "x.png"
-    Image.fromarray(np.full((70, 50), 120, np.uint8)).save(image)
+    Image.fromarray(synthetic_xray(np.random.default_rng(0), 1, (50, 70))).save(image)
     script = (
         "import sys\n"
         "from pneumocnn.lite import LiteModel\n"
         f"result = LiteModel({str(exported_model / INT8_FILE)!r}).predict_file({str(image)!r})\n"
         "assert 0.0 <= result.probability <= 1.0, result\n"
+        "assert result.verdict.status in ('ok', 'flagged'), result\n"
         "print('tensorflow' in sys.modules)\n"
     )
     completed = subprocess.run(
@@ -29,7 +31,7 @@ def test_lite_runs_without_importing_tensorflow(exported_model, tmp_path):
 
 def test_label_follows_the_threshold_in_the_metadata(exported_model, tmp_path):
     image = tmp_path / "x.jpeg"
-    Image.fromarray(np.full((64, 64), 100, np.uint8)).save(image)
+    Image.fromarray(synthetic_xray(np.random.default_rng(1), 0, (64, 64))).save(image)
     probability = LiteModel(exported_model / INT8_FILE).predict_file(image).probability
     folder = tmp_path / "model"
     folder.mkdir()
