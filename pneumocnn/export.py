@@ -2,8 +2,10 @@
 
 From a run folder it writes, into `saved_models/` by default: `pneumocnn_int8.tflite` (full
 integer: uint8 input of raw pixels, int8 builtin ops only, uint8 output), `pneumocnn_fp16.tflite`,
-`pneumocnn.keras`, `pneumocnn_labels.txt`, and the metadata `pneumocnn.json` (see
-`pneumocnn.metadata`). A `--task subtype` run's files are named `pneumocnn_subtype*` instead.
+`pneumocnn.keras`, `pneumocnn_labels.txt`, the model card `MODEL_CARD.md` (see `pneumocnn.card`),
+and the metadata `pneumocnn.json` (see `pneumocnn.metadata`, which also holds the input guard's
+calibration, see `pneumocnn.guard`). A `--task subtype` run's files are named
+`pneumocnn_subtype*` instead (its card `pneumocnn_subtype_MODEL_CARD.md`).
 
 The int8 model is checked against the float model on the run's validation split before anything
 is written: its decisions must agree on at least 99% of images and its ROC AUC must be within
@@ -418,12 +420,15 @@ def describe(
 def write_family(
     scratch: Path, output_dir: Path, files: dict[str, str], metadata: dict[str, Any]
 ) -> None:
-    """Step 6: writes the metadata and renames every file into `output_dir`: models first,
-    metadata last, so the metadata never names a file that is not in place."""
+    """Step 6: writes the model card (see `pneumocnn.card`) and the metadata, and renames every
+    file into `output_dir`: models first, metadata last, so the metadata never names a file
+    that is not in place."""
+    from pneumocnn.card import model_card
     from pneumocnn.metadata import write_json_atomically
 
+    (scratch / files["card"]).write_text(model_card(metadata))
     write_json_atomically(scratch / files["metadata"], metadata)
-    for role in (*MODEL_ROLES, "labels", "metadata"):
+    for role in (*MODEL_ROLES, "labels", "card", "metadata"):
         (scratch / files[role]).replace(output_dir / files[role])
 
 
@@ -460,11 +465,12 @@ def export(
     Raises:
         ParityError: if the int8 model disagrees with the float model (nothing is written).
     """
+    from pneumocnn.card import card_file
     from pneumocnn.metadata import DEFAULT_NAMES, model_files, write_json_atomically
 
     prepared = prepare(run_dir, target_sensitivity)
     name = name or DEFAULT_NAMES[prepared.config.task]
-    files = model_files(name)
+    files = {**model_files(name), "card": card_file(name)}
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".export-") as scratch:
@@ -536,7 +542,7 @@ def _command(args: argparse.Namespace) -> int:
     print(
         f"Wrote {args.output_dir}: {files['int8']} ({sizes[files['int8']]:,} bytes), "
         f"{files['fp16']} ({sizes[files['fp16']]:,} bytes), {files['keras']}, "
-        f"{files['metadata']}, {files['labels']}\n"
+        f"{files['metadata']}, {files['labels']}, {files['card']}\n"
         f"int8 on validation at threshold {metadata['threshold']:.4f}: pneumonia AUC "
         f"{int8['roc_auc']:.4f}, accuracy {int8['accuracy']:.4f}, sensitivity "
         f"{int8['sensitivity']:.4f}, specificity {int8['specificity']:.4f}{subtype}; agreement "
