@@ -77,9 +77,9 @@ def sha256_of(path: str | Path) -> str:
 
 def model_name(model_path: str | Path) -> str:
     """The exported model's name from one of its files: `pneumocnn_subtype_int8.tflite` ->
-    `pneumocnn_subtype`; `pneumocnn.keras` -> `pneumocnn`."""
+    `pneumocnn_subtype`; `pneumocnn_rgb_int8.tflite` and `pneumocnn.keras` -> `pneumocnn`."""
     stem = Path(model_path).stem
-    for suffix in ("_int8", "_fp16"):
+    for suffix in ("_rgb_int8", "_int8", "_fp16"):
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
     return stem
