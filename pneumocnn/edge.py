@@ -31,8 +31,10 @@ from pneumocnn import __version__
 from pneumocnn.metadata import decide
 
 BATCH_SIZE = 1
-# Pillow's "L" conversion of RGB (ITU-R 601-2 luma), the weights `pneumocnn.images` applies.
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+# Pillow's "L" conversion of RGB (ITU-R 601-2 luma: 0.299, 0.587, 0.114), as weights that int8
+# holds exactly (65, 127 and 25 steps of 1/217): they sum to 1, so a gray film (R = G = B)
+# passes unchanged, and a colour pixel lands within half a gray level of Pillow's.
+LUMA_WEIGHTS = (65 / 217, 127 / 217, 25 / 217)
 AUTHOR = "The pneumocnn authors"
 LICENSE = (
     "Apache-2.0 (model and code). Trained on the Kaggle 'Chest X-Ray Images (Pneumonia)' data "
@@ -117,9 +119,11 @@ def rgb_classifier(keras_model, threshold: float):
     follow `operating_scores`, so the class with the highest score is the decision at
     `threshold`:
 
-    - binary: a two-unit softmax over the logit shifted by `-logit(threshold)`, split evenly
-      between the units (`softmax([-a/2, a/2]) = [1 - sigmoid(a), sigmoid(a)]`): one Dense and
-      one Softmax, which quantize to int8 cleanly.
+    - binary: the trained logit `z` (the `predictions` layer without its sigmoid), then a
+      two-unit softmax over `[-(z - c) / 2, (z - c) / 2]` with `c = logit(threshold)`, which is
+      `[1 - sigmoid(z - c), sigmoid(z - c)]`. The int8 network up to `z` is the grayscale
+      model's, so both make the same call except on a film whose quantized logit falls within
+      one step of `c`.
     - subtype: the trained softmax, then the odds shift and the subtype ratio of
       `operating_scores` (a few elementwise ops).
 
@@ -143,25 +147,27 @@ def rgb_classifier(keras_model, threshold: float):
     features = keras.Model(keras_model.inputs, head.input, name="features")
     image = keras.Input((*size, 3), batch_size=BATCH_SIZE, name="image")
     luma = keras.layers.Dense(1, use_bias=False, trainable=False, name="luma")
-    x = features(luma(image))
+    # The clip is an identity on 0-255 that stops the converter from folding the luma into the
+    # first convolution: the gray tensor stays the grayscale model's input, quantized the same.
+    gray = keras.layers.ReLU(max_value=255.0, name="gray")(luma(image))
+    x = features(gray)
     luma.set_weights([np.asarray(LUMA_WEIGHTS, np.float32).reshape(3, 1)])
     kernel, bias = head.get_weights()
-    shift = float(np.log(threshold / (1.0 - threshold)))
     if kernel.shape[1] == 1:
+        shift = float(np.log(threshold / (1.0 - threshold)))
+        logit = keras.layers.Dense(1, name="logit")
         scores = keras.layers.Dense(2, activation="softmax", name="scores")
-        outputs = scores(x)
+        outputs = scores(logit(x))
+        logit.set_weights([kernel, bias])
         scores.set_weights(
-            [
-                np.concatenate([-kernel / 2, kernel / 2], axis=1),
-                np.array([-(bias[0] - shift) / 2, (bias[0] - shift) / 2], np.float32),
-            ]
+            [np.array([[-0.5, 0.5]], np.float32), np.array([shift / 2, -shift / 2], np.float32)]
         )
         return keras.Model(image, outputs, name="pneumocnn_rgb")
-    logits = keras.layers.Dense(kernel.shape[1], activation="softmax", name="probabilities")
+    probabilities = keras.layers.Dense(kernel.shape[1], activation="softmax", name="probabilities")
     outputs = keras.layers.Lambda(
         lambda p: _subtype_scores(p, threshold), name="scores", output_shape=(kernel.shape[1],)
-    )(logits(x))
-    logits.set_weights([kernel, bias])
+    )(probabilities(x))
+    probabilities.set_weights([kernel, bias])
     return keras.Model(image, outputs, name="pneumocnn_rgb")
 
 
@@ -183,25 +189,44 @@ def check_rgb_parity(
     rgb_scores: np.ndarray,
     threshold: float,
     class_names: list[str],
+    step: float = 1 / 256,
 ) -> dict[str, float]:
     """How often the rgb variant's argmax names the class the grayscale model's decision names.
+
+    A film whose grayscale output lies within one output step of a decision boundary (P(pneumonia)
+    within `step` of the threshold, or, for a subtype call, the two subtypes within `step` of
+    each other) is a near-tie that two int8 models may round either way; the agreement on the
+    other films is reported apart.
 
     Args:
         gray_probabilities: the grayscale int8 model's outputs on some films.
         rgb_scores: the rgb variant's scores on the same films (as RGB).
         threshold: the operating threshold.
         class_names: index = label.
+        step: the int8 output's quantization step. Defaults to 1/256.
 
     Returns:
-        `images`, `agreement` (share of identical labels) and `max_abs_difference` between the
+        `images`, `agreement` (share of identical labels), `near_ties` (films within a step of a
+        boundary), `agreement_beyond_ties` (on the others), and `max_abs_difference` between the
         rgb scores and `operating_scores` of the grayscale outputs.
     """
-    gray_labels = decide(gray_probabilities, threshold, class_names)
-    rgb_labels = [class_names[int(index)] for index in np.argmax(rgb_scores, axis=1)]
+    gray_probabilities = np.asarray(gray_probabilities, np.float64)
+    gray_labels = np.array(decide(gray_probabilities, threshold, class_names))
+    rgb_labels = np.array([class_names[int(index)] for index in np.argmax(rgb_scores, axis=1)])
+    if gray_probabilities.ndim == 1:
+        near = np.abs(gray_probabilities - threshold) <= step
+    else:
+        subtypes = np.sort(gray_probabilities[:, 1:], axis=1)
+        near = (np.abs(1.0 - gray_probabilities[:, 0] - threshold) <= step) | (
+            subtypes[:, -1] - subtypes[:, -2] <= step
+        )
+    same = gray_labels == rgb_labels
     expected = operating_scores(gray_probabilities, threshold)
     return {
-        "images": len(gray_labels),
-        "agreement": float(np.mean(np.array(gray_labels) == np.array(rgb_labels))),
+        "images": int(len(same)),
+        "agreement": float(np.mean(same)),
+        "near_ties": int(np.sum(near)),
+        "agreement_beyond_ties": float(np.mean(same[~near])) if np.any(~near) else 1.0,
         "max_abs_difference": float(np.max(np.abs(expected - rgb_scores))),
     }
 
