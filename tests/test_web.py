@@ -33,7 +33,7 @@ from helpers import (
 from pneumocnn import web
 from pneumocnn.images import load_image, to_grayscale, to_model_input
 from pneumocnn.lite import LiteModel
-from pneumocnn.metadata import INT8_FILE, METADATA_FILE, SUBTYPE_FILES
+from pneumocnn.metadata import FP16_FILE, INT8_FILE, METADATA_FILE, SUBTYPE_FILES
 
 PROBABILITY_TOLERANCE = 1 / 256 + 1e-6
 FILMS_PER_CLASS = 20  # development-half films per class through the browser
@@ -141,6 +141,17 @@ def test_page_labels_films_as_pneumocnn_does(site, exported_model, tmp_path):
     metadata = model.metadata
     assert metadata["warning"] in text
     assert metadata["package_version"] in text and f"{metadata['threshold']:.4f}" in text
+
+
+@requires_chromium
+def test_page_runs_the_float16_model_too(exported_model, tmp_path):
+    _needs_litert_js()
+    site = web.build(tmp_path / "site", exported_model / FP16_FILE)
+    films = [_film(tmp_path / f"film{seed}.png", seed % 2, seed=seed) for seed in range(3)]
+    model = LiteModel(exported_model / FP16_FILE)
+    cards, _ = _run_page(site, films)
+    report = _compare(cards, model, films, {path: load_image(path, 32) for path in films})
+    assert report["max_difference"] <= 1e-5, report
 
 
 @requires_chromium

@@ -135,7 +135,9 @@ async function classify(model, metadata, tensors, file) {
     const film = await loadFilm(file, metadata.image_size);
     const ready = performance.now();
     const size = metadata.image_size;
-    const input = new Tensor(film.input, [1, size, size, metadata.channels]);
+    // The int8 model takes the uint8 pixels as they are; a float model the same values as float32.
+    const pixels = tensors.input.dtype === "float32" ? Float32Array.from(film.input) : film.input;
+    const input = new Tensor(pixels, [1, size, size, metadata.channels]);
     const outputs = await model.run(input);
     input.delete();
     const raw = outputs[0].toTypedArray().slice();
