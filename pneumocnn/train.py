@@ -18,50 +18,35 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-import numpy as np
-import pandas as pd
-import tensorflow as tf
-
-from pneumocnn import data
+from pneumocnn import cli
 from pneumocnn.config import Config, add_config_arguments, config_from_args
-from pneumocnn.model import build_model, compile_model
+
+# The artefacts of a run folder, by role.
+from pneumocnn.runs import (
+    BACKUP_DIR,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+)
+
+# TensorFlow, Keras and the data pipeline are imported inside the functions that use them, so
+# `--help` and flag errors come at once and without TensorFlow's start-up messages.
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
+    import tensorflow as tf
+
+    from pneumocnn import data
 
 logger = logging.getLogger(__name__)
 
-# The artefacts of a run folder, by role.
-CONFIG_FILE = "config.json"
-SPLIT_FILE = "split.csv"
-HISTORY_FILE = "history.csv"
-MODEL_FILE = "best.keras"
-SUMMARY_FILE = "summary.json"
-BACKUP_DIR = "backup"
 # Checkpointing and early stopping select on ranking quality, which the threshold (chosen
 # later, on validation) does not change; the learning rate follows the smoother loss.
 SELECTION_METRIC = "val_auc"
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Adds `epoch_seconds` (training part of the epoch, without validation) to the logs.
-
-    Placed before `CSVLogger`, so the timing lands in `history.csv`.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-        self._train_seconds = None
-
-    def on_test_begin(self, logs=None):
-        # Validation runs at the end of each epoch: the training part ends here.
-        if getattr(self, "_start", None) is not None and self._train_seconds is None:
-            self._train_seconds = time.perf_counter() - self._start
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            seconds = self._train_seconds or (time.perf_counter() - self._start)
-            logs["epoch_seconds"] = seconds
 
 
 def default_run_dir() -> Path:
@@ -70,7 +55,11 @@ def default_run_dir() -> Path:
 
 
 def make_callbacks(
-    config: Config, run_dir: Path, resume: bool = False, best_so_far: float | None = None
+    config: Config,
+    run_dir: Path,
+    resume: bool = False,
+    best_so_far: float | None = None,
+    extra: list[keras.callbacks.Callback] | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The training callbacks: timing, NaN guard, checkpoint, early stopping, LR schedule,
     CSV log, and a backup of the last finished epoch for `--resume`.
@@ -81,10 +70,39 @@ def make_callbacks(
         resume: append to `history.csv` instead of starting it. Defaults to False.
         best_so_far: when resuming, the best `val_auc` already checkpointed, so a worse epoch
             does not overwrite `best.keras`. Defaults to `None`.
+        extra: more callbacks, run after selection and before the CSV log (so what they add
+            to the logs lands in `history.csv`). Defaults to `None`.
     """
+    import keras
+
+    from pneumocnn.callbacks import EpochTimer
+
+    # With weight averaging, validation, the checkpoint and early stopping see the averaged
+    # weights: SwapEMAWeights swaps them in at each epoch's end, so it must come before them.
+    averaging = (
+        [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
+        if config.weight_averaging == "ema"
+        else []
+    )
+    # A cosine schedule owns the learning rate; plateau cuts would fight it.
+    plateau = (
+        [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                mode="min",
+                factor=config.reduce_lr_factor,
+                patience=config.reduce_lr_patience,
+                min_lr=1e-6,
+                verbose=1,
+            )
+        ]
+        if config.lr_schedule == "plateau"
+        else []
+    )
     return [
         EpochTimer(),
         keras.callbacks.TerminateOnNaN(),
+        *averaging,
         keras.callbacks.ModelCheckpoint(
             run_dir / MODEL_FILE,
             monitor=SELECTION_METRIC,
@@ -102,14 +120,8 @@ def make_callbacks(
             # the checkpoint's strict maximum in best.keras; `train` logs what was kept instead.
             verbose=0,
         ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss",
-            mode="min",
-            factor=config.reduce_lr_factor,
-            patience=config.reduce_lr_patience,
-            min_lr=1e-6,
-            verbose=1,
-        ),
+        *plateau,
+        *(extra or []),
         keras.callbacks.CSVLogger(run_dir / HISTORY_FILE, append=resume),
         # Last, so an epoch is backed up only after everything above has recorded it. A kill
         # while the backup is written leaves it corrupt: double_checkpoint keeps the one before.
@@ -119,8 +131,9 @@ def make_callbacks(
     ]
 
 
-class TrainingDivergedError(RuntimeError):
-    """Raised when the loss became NaN or infinite and training was stopped."""
+class TrainingDivergedError(cli.UsageError):
+    """Raised when the loss became NaN or infinite and training was stopped: a configuration
+    error (the learning rate, most often; exit code 2)."""
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -130,6 +143,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         name: "default" (one device), "mirrored" (every GPU of this machine, else every logical
             CPU device), or "multiworker" (several machines, described by `$TF_CONFIG`).
     """
+    import tensorflow as tf
+
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
@@ -162,6 +177,8 @@ def read_history(run_dir: Path) -> pd.DataFrame:
 
     An absent or empty file (training stopped before any epoch ended) gives an empty table.
     """
+    import pandas as pd
+
     path = run_dir / HISTORY_FILE
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=["epoch", "loss", SELECTION_METRIC, "epoch_seconds"])
@@ -181,6 +198,8 @@ def summarise(
     wall_seconds: float,
 ) -> dict[str, Any]:
     """Builds `summary.json`: the best epoch's validation metrics and the cost of the run."""
+    import numpy as np
+
     best = int(np.argmax(history[SELECTION_METRIC].to_numpy()))
     epoch_seconds = history["epoch_seconds"].dropna().to_numpy()
     images_seen = steps_per_epoch * batch_size * len(epoch_seconds)
@@ -209,13 +228,19 @@ def summarise(
     }
 
 
-def train(config: Config, resume: bool = False) -> Path:
+def train(
+    config: Config,
+    resume: bool = False,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> Path:
     """Trains a model as `config` says and writes the run folder.
 
     Args:
         config: the run's settings.
         resume: continue the interrupted run in `config.output_dir` from its last finished
             epoch (its `split.csv` and backup), instead of starting a new one. Defaults to False.
+        callbacks: more Keras callbacks (e.g. one that scores another folder each epoch and
+            adds the figure to the logs), placed before the CSV log. Defaults to `None`.
 
     Returns:
         The run folder.
@@ -226,6 +251,14 @@ def train(config: Config, resume: bool = False) -> Path:
             resuming, a finished run).
         TrainingDivergedError: if the loss became NaN or infinite.
     """
+    import keras
+    import numpy as np
+    import pandas as pd
+    import tensorflow as tf
+
+    from pneumocnn import data
+    from pneumocnn.model import build_model, compile_model
+
     start = time.perf_counter()
     # Fail on bad data or a taken folder before any long work.
     data_dir = data.resolve_data_dir(config.data_dir)
@@ -267,7 +300,7 @@ def train(config: Config, resume: bool = False) -> Path:
 
     strategy = make_strategy(config.strategy)
     with strategy.scope():
-        model = compile_model(build_model(config), config)
+        model = compile_model(build_model(config), config, steps)
     logger.info(
         "Model: %s parameters; balance=%s; %d replica(s) (%s)",
         f"{model.count_params():,}",
@@ -281,7 +314,7 @@ def train(config: Config, resume: bool = False) -> Path:
         epochs=config.epochs,
         steps_per_epoch=steps,
         shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=make_callbacks(config, run_dir, resume, best_so_far),
+        callbacks=make_callbacks(config, run_dir, resume, best_so_far, callbacks),
         verbose=1 if sys.stdout.isatty() else 2,
     )
     history = read_history(run_dir)
@@ -343,29 +376,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point. Returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.resume:
-            extra = [
-                field.name
-                for field in dataclasses.fields(Config)
-                if getattr(args, field.name) is not None
-            ] + (["config"] if args.config else [])
-            if extra:
-                raise ValueError(
-                    "--resume continues a run with its own config.json; other flags would "
-                    f"change it midway. Received: --resume with {extra}. Drop those flags."
-                )
-            config = Config.load(Path(args.resume) / CONFIG_FILE)
-            run_dir = train(dataclasses.replace(config, output_dir=args.resume), resume=True)
-        else:
-            run_dir = train(config_from_args(args))
-    except (ValueError, FileNotFoundError, FileExistsError, TrainingDivergedError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def _command(args: argparse.Namespace) -> int:
+    if args.resume:
+        extra = [
+            field.name
+            for field in dataclasses.fields(Config)
+            if getattr(args, field.name) is not None
+        ] + (["config"] if args.config else [])
+        if extra:
+            raise cli.UsageError(
+                "--resume continues a run with its own config.json; other flags would "
+                f"change it midway. Received: --resume with {extra}. Drop those flags."
+            )
+        config = Config.load(Path(args.resume) / CONFIG_FILE)
+        run_dir = train(dataclasses.replace(config, output_dir=args.resume), resume=True)
+    else:
+        run_dir = train(config_from_args(args))
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     print(
         f"Run folder: {run_dir}\n"
@@ -376,7 +402,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['parameters']:,} parameters; "
         f"{summary['seconds_per_epoch']:.1f} s/epoch, {summary['images_per_second']:.0f} images/s"
     )
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point. Returns the exit status (see `pneumocnn.cli`)."""
+    return cli.run(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":
