@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from pneumocnn import __version__
-from pneumocnn.metadata import decide
+from pneumocnn.task import class_probabilities, decide, pneumonia_probability
 
 BATCH_SIZE = 1
 # Pillow's "L" conversion of RGB (ITU-R 601-2 luma: 0.299, 0.587, 0.114), as weights that int8
@@ -44,17 +44,6 @@ WARNING = (
     "Research tool for paediatric chest X-rays (children aged one to five, frontal films). "
     "It is not a medical device and does not give a diagnosis: a clinician must read every film."
 )
-
-
-def edge_files(name: str) -> dict[str, str]:
-    """The edge variants' file names for the exported model `name`.
-
-    Example:
-
-    >>> edge_files("pneumocnn")["rgb_int8"]
-    'pneumocnn_rgb_int8.tflite'
-    """
-    return {"rgb_int8": f"{name}_rgb_int8.tflite"}
 
 
 def fixed_batch_saved_model(keras_model, path: str | Path) -> Path:
@@ -80,34 +69,29 @@ def fixed_batch_saved_model(keras_model, path: str | Path) -> Path:
 
 
 def operating_scores(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """Per-class scores whose argmax is the decision at `threshold` (`pneumocnn.metadata.decide`).
+    """Per-class scores whose argmax is the decision at `threshold` (`pneumocnn.task.decide`).
 
     The odds of pneumonia are divided by the threshold's odds, so the shifted
-    P'(pneumonia) = q (1 - t) / (q (1 - t) + (1 - q) t) is 0.5 exactly where q = t:
-
-    - binary (`(n,)` P(positive)): `[1 - P', P']`;
-    - subtype (`(n, 3)` softmax over NORMAL / BACTERIAL / VIRAL): NORMAL `1 - P'`, the likelier
-      subtype `P'`, the other `P'` times the ratio of the two subtypes' probabilities.
-
-    The rgb variant's head computes the same inside the model.
+    P'(pneumonia) = q (1 - t) / (q (1 - t) + (1 - q) t) is 0.5 exactly where q = t. NORMAL scores
+    `1 - P'`; the likeliest other class `P'`; any further class `P'` times the ratio of its
+    probability to the likeliest one's (binary: `[1 - P', P']`). The RGB variant's head computes
+    the same inside the model.
 
     Args:
-        probabilities: a model's outputs, as `LiteModel.predict_proba` returns them.
+        probabilities: a model's per-class probabilities `(n, classes)`, NORMAL first, or a
+            binary model's P(positive) `(n,)` (see `pneumocnn.task.class_probabilities`).
         threshold: the operating threshold on P(pneumonia), in (0, 1).
 
     Returns:
         float array `(n, classes)`.
     """
-    probabilities = np.asarray(probabilities, np.float64)
+    rows = class_probabilities(np.asarray(probabilities, np.float64))
+    pneumonia = pneumonia_probability(rows)
     odds = threshold / (1.0 - threshold)
-    if probabilities.ndim == 1:
-        pneumonia = probabilities
-        shifted = pneumonia / (pneumonia + odds * (1.0 - pneumonia) + 1e-12)
-        return np.stack([1.0 - shifted, shifted], axis=1)
-    pneumonia = 1.0 - probabilities[:, 0]
-    shifted = pneumonia / (pneumonia + odds * probabilities[:, 0] + 1e-12)
-    subtypes = probabilities[:, 1:]
-    relative = subtypes / (subtypes.max(axis=1, keepdims=True) + 1e-12)
+    shifted = pneumonia / (pneumonia + odds * (1.0 - pneumonia) + 1e-12)
+    others = rows[:, 1:]
+    relative = others / (others.max(axis=1, keepdims=True) + 1e-12)
+    relative[others.max(axis=1) == 0] = 1.0
     return np.concatenate([(1.0 - shifted)[:, None], shifted[:, None] * relative], axis=1)
 
 
@@ -210,18 +194,15 @@ def check_rgb_parity(
         boundary), `agreement_beyond_ties` (on the others), and `max_abs_difference` between the
         rgb scores and `operating_scores` of the grayscale outputs.
     """
-    gray_probabilities = np.asarray(gray_probabilities, np.float64)
-    gray_labels = np.array(decide(gray_probabilities, threshold, class_names))
+    rows = class_probabilities(np.asarray(gray_probabilities, np.float64))
+    gray_labels = np.array(decide(rows, threshold, class_names))
     rgb_labels = np.array([class_names[int(index)] for index in np.argmax(rgb_scores, axis=1)])
-    if gray_probabilities.ndim == 1:
-        near = np.abs(gray_probabilities - threshold) <= step
-    else:
-        subtypes = np.sort(gray_probabilities[:, 1:], axis=1)
-        near = (np.abs(1.0 - gray_probabilities[:, 0] - threshold) <= step) | (
-            subtypes[:, -1] - subtypes[:, -2] <= step
-        )
+    near = np.abs(pneumonia_probability(rows) - threshold) <= step
+    if rows.shape[1] > 2:  # a subtype call: the two likeliest subtypes within a step
+        subtypes = np.sort(rows[:, 1:], axis=1)
+        near |= subtypes[:, -1] - subtypes[:, -2] <= step
     same = gray_labels == rgb_labels
-    expected = operating_scores(gray_probabilities, threshold)
+    expected = operating_scores(rows, threshold)
     return {
         "images": int(len(same)),
         "agreement": float(np.mean(same)),

@@ -35,6 +35,8 @@ def model_files(name: str) -> dict[str, str]:
     return {
         "int8": f"{name}_int8.tflite",
         "fp16": f"{name}_fp16.tflite",
+        # For stock image classifiers: RGB in, one score per class (see pneumocnn.edge).
+        "rgb_int8": f"{name}_rgb_int8.tflite",
         "keras": f"{name}.keras",
         "labels": f"{name}_labels.txt",
         "metadata": f"{name}.json",

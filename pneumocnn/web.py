@@ -22,25 +22,35 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from pneumocnn.metadata import INT8_FILE, MetadataError, find_metadata, load_metadata, model_name
+from pneumocnn import cli
+from pneumocnn.metadata import MetadataError, find_metadata, load_metadata, model_name
+from pneumocnn.runners import default_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_DIR = ROOT / "web"
-MODEL_DIR_ENV_VAR = "PNEUMOCNN_MODEL_DIR"
 PAGE_FILES = ("index.html", "app.js", "preprocess.js", "style.css")
+# How the tests and docs/screenshot.py drive Debian's headless Chromium: as root in a closed
+# network, so no sandbox, and no background calls home.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 # LiteRT.js 2.5 handles float32, int32 and uint8 tensors (an int8 input or output is refused).
 LITERT_JS_DTYPES = ("uint8", "float32", "int32")
 
 
-class BuildError(RuntimeError):
-    """Raised when the site cannot be built; the message says what to fix."""
+class BuildError(cli.UsageError):
+    """Raised when the site cannot be built; the message says what to fix (exit code 2)."""
 
 
 def _sha256(path: Path) -> str:
@@ -134,19 +144,14 @@ def check_model(model: Path) -> dict[str, Any]:
     return metadata
 
 
-def default_model() -> Path:
-    """The shipped int8 model: in `$PNEUMOCNN_MODEL_DIR` if set (as for the app), else
-    `saved_models/`."""
-    return Path(os.environ.get(MODEL_DIR_ENV_VAR) or ROOT / "saved_models") / INT8_FILE
-
-
 def build(output_dir: str | Path, model: str | Path | None = None, web_dir: Path = WEB_DIR) -> Path:
     """Builds the static site into `output_dir`.
 
     Args:
         output_dir: the folder to write (created; files already there are overwritten).
         model: the exported `.tflite` to serve (its metadata and labels files must sit beside
-            it). Defaults to `None`: `default_model()`.
+            it). Defaults to `None`: the shipped int8 model (`pneumocnn.runners.default_model`:
+            `$PNEUMOCNN_MODEL_DIR`, else `saved_models/`).
         web_dir: the page's source folder. Defaults to the repository's `web/`.
 
     Returns:
@@ -184,7 +189,7 @@ def build(output_dir: str | Path, model: str | Path | None = None, web_dir: Path
     return output_dir
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pneumocnn.web",
         description="Build the static web page that runs the model in the browser (LiteRT.js).",
@@ -200,14 +205,18 @@ def main(argv: list[str] | None = None) -> int:
         help="the int8 .tflite to serve, its metadata beside it (default: "
         "$PNEUMOCNN_MODEL_DIR/pneumocnn_int8.tflite, else saved_models/pneumocnn_int8.tflite)",
     )
-    args = parser.parse_args(argv)
-    try:
-        site = build(args.output_dir, args.model)
-    except BuildError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def _command(args: argparse.Namespace) -> int:
+    site = build(args.output_dir, args.model)
     print(f"Wrote the site to {site}/. Serve it with: python -m http.server -d {site} 8000")
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; exit codes as in `pneumocnn.cli` (2: the site cannot be built)."""
+    return cli.run(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

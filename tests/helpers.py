@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pneumocnn import web
+
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "chest_xray"
 
 requires_real_data = pytest.mark.skipif(
@@ -92,15 +94,7 @@ def write_dataset(
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Headless Chromium as root in a closed network: no sandbox, and no background calls home.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+CHROMIUM_ARGS = web.CHROMIUM_ARGS
 requires_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="no chromium binary (apt-get install chromium)"
 )

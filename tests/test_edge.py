@@ -19,8 +19,9 @@ from pneumocnn.metadata import (
     model_files,
 )
 from pneumocnn.model import load_model
+from pneumocnn.runners import default_model_dir
 
-RGB_FILE = edge.edge_files("pneumocnn")["rgb_int8"]
+RGB_FILE = model_files("pneumocnn")["rgb_int8"]
 # Films whose int8 probability lies this close to the threshold may flip between two int8
 # models (one output step is 1/256); the stock-client comparisons on toy models skip them.
 MARGIN = 0.02
@@ -158,11 +159,9 @@ def test_stock_mediapipe_classifier_reads_the_labels_and_makes_the_call(exported
 
 
 def _shipped(name: str):
-    from pneumocnn.web import default_model
-
-    folder = default_model().parent
+    folder = default_model_dir()
     files = model_files(name)
-    rgb = folder / edge.edge_files(name)["rgb_int8"]
+    rgb = folder / files["rgb_int8"]
     if not rgb.is_file():
         pytest.skip(
             f"{rgb.name} is not in {folder}: re-export the model (python -m pneumocnn.export)"

@@ -34,6 +34,7 @@ from pneumocnn import web
 from pneumocnn.images import load_image, to_grayscale, to_model_input
 from pneumocnn.lite import LiteModel
 from pneumocnn.metadata import FP16_FILE, INT8_FILE, METADATA_FILE, SUBTYPE_FILES
+from pneumocnn.runners import default_model
 
 PROBABILITY_TOLERANCE = 1 / 256 + 1e-6
 FILMS_PER_CLASS = 20  # development-half films per class through the browser
@@ -219,6 +220,13 @@ def test_build_refuses_litert_js_files_that_differ_from_their_pins(tmp_path):
         web.vendor_files(tmp_path, install=False)
 
 
+def test_web_cli_says_what_to_fix_with_exit_code_2(tmp_path, capsys):
+    assert (
+        web.main(["build", str(tmp_path / "site"), "--model", str(tmp_path / "none.tflite")]) == 2
+    )
+    assert "none.tflite" in capsys.readouterr().err
+
+
 def test_web_cli_imports_no_tensorflow():
     code = "import sys, pneumocnn.web; print('tensorflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -226,7 +234,7 @@ def test_web_cli_imports_no_tensorflow():
 
 
 def _shipped_web_model() -> Path:
-    model = web.default_model()
+    model = default_model()
     try:
         web.check_model(model)
     except web.BuildError as error:
