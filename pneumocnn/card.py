@@ -245,7 +245,7 @@ def model_card(metadata: dict[str, Any]) -> str:
     if files:
         shipped = ", ".join(
             f"`{files[role]}` ({_number(sizes.get(files[role]))} bytes)"
-            for role in ("int8", "fp16", "keras")
+            for role in ("int8", "fp16", "rgb_int8", "keras")
             if role in files
         )
         lines.append(f"- Files: {shipped}.")
