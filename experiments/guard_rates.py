@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary(altered_verdicts)}"
     )
     for path, verdict in zip(films, film_verdicts, strict=True):
-        if caught(verdict):
+        if caught(verdict) and args.show:
             print(f"  film {verdict}: {path.name}")
     missed = [(n, v) for (n, _), v in zip(others, other_verdicts, strict=True) if not caught(v)]
     for name, verdict in missed[: args.show]:

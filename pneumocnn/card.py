@@ -17,7 +17,9 @@ True
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 CARD_FILE = "MODEL_CARD.md"
@@ -344,3 +346,22 @@ def model_card(metadata: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def write_card(metadata_path: str | Path) -> Path:
+    """Writes (or refreshes) the card beside a model's metadata file, e.g. after its threshold
+    was recalibrated for a site; the export writes it on its own.
+
+    Args:
+        metadata_path: the model's `<name>.json`.
+
+    Returns:
+        The card's path.
+    """
+    metadata_path = Path(metadata_path)
+    metadata = json.loads(metadata_path.read_text())
+    path = metadata_path.parent / card_file(metadata.get("name") or metadata_path.stem)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(model_card(metadata))
+    temporary.replace(path)
+    return path

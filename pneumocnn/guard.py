@@ -28,6 +28,8 @@ Example:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 from typing import Any
 
@@ -163,10 +165,23 @@ def thumbnails(images: np.ndarray, size: int = THUMBNAIL_SIZE) -> np.ndarray:
     return rows
 
 
-def _rounded(values: np.ndarray) -> list:
-    """Six significant digits: the metadata stays small, the score moves by far less than its
-    own noise."""
-    return np.vectorize(lambda value: float(f"{value:.6g}"), otypes=[float])(values).tolist()
+def _encode(values: np.ndarray) -> dict[str, Any]:
+    """An array as JSON: little-endian float32 in base64, one line in the metadata (thousands
+    of numbers, one a line, would bury the rest of it)."""
+    array = np.ascontiguousarray(values, dtype="<f4")
+    return {
+        "dtype": "float32",
+        "shape": list(array.shape),
+        "base64": base64.b64encode(array.tobytes()).decode("ascii"),
+    }
+
+
+def _decode(entry: dict[str, Any]) -> np.ndarray:
+    """The array `_encode` wrote (a plain list is read too)."""
+    if isinstance(entry, list):
+        return np.asarray(entry, np.float64)
+    raw = np.frombuffer(base64.b64decode(entry["base64"], validate=True), dtype="<f4")
+    return raw.reshape([int(side) for side in entry["shape"]]).astype(np.float64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,9 +241,9 @@ class GuardCalibration:
             "quantile": self.quantile,
             "distance_threshold": float(f"{self.distance_threshold:.6g}"),
             "residual_variance": float(f"{self.residual_variance:.6g}"),
-            "variances": _rounded(self.variances),
-            "mean": _rounded(self.mean),
-            "components": _rounded(self.components),
+            "variances": [float(f"{value:.6g}") for value in self.variances],
+            "mean": _encode(self.mean),
+            "components": _encode(self.components),
             "limits": {**DEFAULT_LIMITS, **(self.limits or {})},
             "fitted_on": self.fitted_on or {},
         }
@@ -244,8 +259,8 @@ class GuardCalibration:
             if int(entry["version"]) > GUARD_VERSION:
                 raise ValueError(f"version {entry['version']} is newer than {GUARD_VERSION}")
             size = int(entry["thumbnail_size"])
-            mean = np.asarray(entry["mean"], np.float64)
-            components = np.asarray(entry["components"], np.float64)
+            mean = _decode(entry["mean"])
+            components = _decode(entry["components"])
             variances = np.asarray(entry["variances"], np.float64)
             calibration = cls(
                 mean,
@@ -264,7 +279,7 @@ class GuardCalibration:
                 and calibration.distance_threshold > 0
             ):
                 raise ValueError("shapes or variances do not fit")
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, binascii.Error) as error:
             keys = sorted(entry) if isinstance(entry, dict) else entry
             raise ValueError(
                 f"The metadata's input-guard calibration is malformed ({type(error).__name__}: "

@@ -2,7 +2,7 @@
 
 import json
 
-from pneumocnn.card import NOT_MEASURED, card_file, model_card
+from pneumocnn.card import NOT_MEASURED, card_file, model_card, write_card
 from pneumocnn.metadata import METADATA_FILE
 
 BASE = {
@@ -95,3 +95,15 @@ def test_the_export_writes_the_card_from_the_metadata_it_writes(exported_model):
     assert metadata["files"]["card"] == "MODEL_CARD.md"
     assert (exported_model / "MODEL_CARD.md").read_text() == model_card(metadata)
     assert "Fitted on" in model_card(metadata)  # the guard's calibration is described
+
+
+def test_write_card_refreshes_the_card_from_changed_metadata(tmp_path):
+    metadata_path = tmp_path / "pneumocnn.json"
+    metadata_path.write_text(json.dumps(BASE))
+    path = write_card(metadata_path)
+    assert (
+        path == tmp_path / "MODEL_CARD.md"
+        and f"Site calibration: {NOT_MEASURED}" in path.read_text()
+    )
+    metadata_path.write_text(json.dumps({**BASE, "calibration": CALIBRATION}))
+    assert "calibrated for a site on `test`" in write_card(metadata_path).read_text()
