@@ -126,8 +126,9 @@ def check_parity(
         strict: raise when the check fails. Defaults to True.
 
     Returns:
-        `agreement` (share of identical decisions), `auc_float`, `auc_int8`, `auc_drop`,
-        `max_abs_difference` of the probabilities, and `passed`.
+        `images`, `agreement` (share of identical decisions), `auc_float`, `auc_int8`,
+        `auc_drop`, `max_abs_difference` of the probabilities, the bars (`min_agreement`,
+        `max_auc_drop`), and `passed`.
 
     Raises:
         ParityError: if agreement is below 99% or the AUC drops by more than 0.005, and
@@ -155,6 +156,7 @@ def check_parity(
         "auc_drop": auc_float - auc_int8,
         "max_abs_difference": float(np.max(np.abs(float_probabilities - int8_probabilities))),
     }
+    parity["min_agreement"], parity["max_auc_drop"] = MIN_AGREEMENT, MAX_AUC_DROP
     parity["passed"] = agreement >= MIN_AGREEMENT and auc_float - auc_int8 <= MAX_AUC_DROP
     if not parity["passed"] and strict:
         raise ParityError(
@@ -198,9 +200,11 @@ def export(
         target_sensitivity: choose the threshold for this sensitivity on validation instead of
             the stored one (or Youden's J when none is stored). Defaults to `None`.
         require_parity: refuse to write when the int8 model fails the parity check. Only a
-            smoke run (the notebooks' quick mode, a few images for two epochs) turns it off;
-            the parity is then still measured and recorded, with `parity["passed"]` false.
-            Defaults to True.
+            smoke run turns it off: the notebooks' quick mode and the test fixtures, whose toy
+            models (32-64 px, a few epochs, a few dozen validation images) can hold a film
+            within one quantization step of the threshold, so whether they pass is a near-tie
+            that flips between machines. The parity is then still measured and recorded in
+            full, with `parity["passed"]` telling whether it met the bars. Defaults to True.
         name: the model's name, the stem of its files. Defaults to `None`: "pneumocnn" for a
             binary run, "pneumocnn_subtype" for a subtype run.
 
@@ -267,22 +271,16 @@ def export(
         write_json_atomically(scratch / metadata_file, metadata)
         int8_model = LiteModel(scratch / int8_file)
         int8_probabilities = int8_model.predict_proba(val.images)
-        try:
-            parity = {
-                **check_parity(
-                    val.labels,
-                    float_probabilities,
-                    int8_probabilities,
-                    threshold,
-                    list(source.class_names),
-                ),
-                "passed": True,
-            }
-        except ParityError as error:
-            if require_parity:
-                raise
-            logger.warning("Writing despite failed parity (require_parity=False): %s", error)
-            parity = {"passed": False, "message": str(error)}
+        parity = check_parity(
+            val.labels,
+            float_probabilities,
+            int8_probabilities,
+            threshold,
+            list(source.class_names),
+            strict=require_parity,
+        )
+        if not parity["passed"]:
+            logger.warning("Writing despite failed int8 parity (require_parity=False)")
         logger.info("int8 parity on validation: %s", parity)
         fp16_model = LiteModel(scratch / fp16_file)
         summary = json.loads((source.run_dir / "summary.json").read_text())

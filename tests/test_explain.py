@@ -3,7 +3,7 @@ import pytest
 
 from pneumocnn import explain
 from pneumocnn.config import Config
-from pneumocnn.model import build_model, load_model
+from pneumocnn.model import LAST_CONV_LAYER, OUTPUT_LAYER, build_model, load_model
 
 
 def _blob_image(size, centre, background=90.0):
@@ -23,8 +23,27 @@ def test_heatmap_has_the_image_shape_is_finite_and_in_unit_range(trained_run):
     assert 0.0 <= probability <= 1.0
 
 
-def test_heatmap_peak_follows_a_bright_blob(trained_run):
-    cam = explain.GradCam(load_model(trained_run / "best.keras"))
+def _brightness_model(size=32):
+    """A hand-set model whose score rises with the mean brightness of its `last_conv` features,
+    which copy the image: Grad-CAM must then follow the bright pixels, by construction (a
+    trained toy model's features are whatever its few epochs made them)."""
+    import keras
+
+    inputs = keras.Input((size, size, 1))
+    features = keras.layers.Conv2D(1, 1, kernel_initializer="ones", name=LAST_CONV_LAYER)(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    outputs = keras.layers.Dense(
+        1,
+        activation="sigmoid",
+        kernel_initializer=keras.initializers.Constant(0.01),
+        bias_initializer=keras.initializers.Constant(-1.0),
+        name=OUTPUT_LAYER,
+    )(pooled)
+    return keras.Model(inputs, outputs)
+
+
+def test_heatmap_peak_follows_a_bright_blob():
+    cam = explain.GradCam(_brightness_model())
     peaks = []
     for centre in ((8, 8), (24, 24)):
         heatmap, _ = cam.heatmap(_blob_image(32, centre))
