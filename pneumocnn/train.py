@@ -116,6 +116,7 @@ def make_callbacks(
     run_dir: Path,
     resume: bool = False,
     best_so_far: float | None = None,
+    extra: list[keras.callbacks.Callback] | None = None,
     strategy: tf.distribute.Strategy | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The training callbacks: timing, NaN guard, checkpoint, early stopping, LR schedule,
@@ -127,14 +128,39 @@ def make_callbacks(
         resume: append to `history.csv` instead of starting it. Defaults to False.
         best_so_far: when resuming, the best `val_auc` already checkpointed, so a worse epoch
             does not overwrite `best.keras`. Defaults to `None`.
+        extra: more callbacks, run after selection and before the CSV log (so what they add
+            to the logs lands in `history.csv`). Defaults to `None`.
         strategy: the `tf.distribute` strategy; with several workers, the backup is a
             `MultiWorkerBackupAndRestore`. Defaults to `None` (one process).
     """
     backup_dir = str(run_dir / BACKUP_DIR)
     multi_worker = isinstance(strategy, KerasMultiWorkerStrategy)
+    # With weight averaging, validation, the checkpoint and early stopping see the averaged
+    # weights: SwapEMAWeights swaps them in at each epoch's end, so it must come before them.
+    averaging = (
+        [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
+        if config.weight_averaging == "ema"
+        else []
+    )
+    # A cosine schedule owns the learning rate; plateau cuts would fight it.
+    plateau = (
+        [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                mode="min",
+                factor=config.reduce_lr_factor,
+                patience=config.reduce_lr_patience,
+                min_lr=1e-6,
+                verbose=1,
+            )
+        ]
+        if config.lr_schedule == "plateau"
+        else []
+    )
     return [
         EpochTimer(),
         keras.callbacks.TerminateOnNaN(),
+        *averaging,
         keras.callbacks.ModelCheckpoint(
             run_dir / MODEL_FILE,
             monitor=SELECTION_METRIC,
@@ -152,14 +178,8 @@ def make_callbacks(
             # the checkpoint's strict maximum in best.keras; `train` logs what was kept instead.
             verbose=0,
         ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss",
-            mode="min",
-            factor=config.reduce_lr_factor,
-            patience=config.reduce_lr_patience,
-            min_lr=1e-6,
-            verbose=1,
-        ),
+        *plateau,
+        *(extra or []),
         keras.callbacks.CSVLogger(run_dir / HISTORY_FILE, append=resume),
         # Last, so an epoch is backed up only after everything above has recorded it. A kill
         # while the backup is written leaves it corrupt: double_checkpoint keeps the one before.
@@ -342,13 +362,19 @@ def summarise(
     }
 
 
-def train(config: Config, resume: bool = False) -> Path:
+def train(
+    config: Config,
+    resume: bool = False,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> Path:
     """Trains a model as `config` says and writes the run folder.
 
     Args:
         config: the run's settings.
         resume: continue the interrupted run in `config.output_dir` from its last finished
             epoch (its `split.csv` and backup), instead of starting a new one. Defaults to False.
+        callbacks: more Keras callbacks (e.g. one that scores another folder each epoch and
+            adds the figure to the logs), placed before the CSV log. Defaults to `None`.
 
     Returns:
         The run folder.
@@ -415,7 +441,7 @@ def train(config: Config, resume: bool = False) -> Path:
         )
         train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
     with strategy.scope():
-        model = compile_model(build_model(config), config)
+        model = compile_model(build_model(config), config, steps)
     logger.info(
         "Model: %s parameters; balance=%s; %d replica(s) (%s)",
         f"{model.count_params():,}",
@@ -429,7 +455,7 @@ def train(config: Config, resume: bool = False) -> Path:
         epochs=config.epochs,
         steps_per_epoch=steps,
         shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=make_callbacks(config, own_dir, resume, best_so_far, strategy),
+        callbacks=make_callbacks(config, own_dir, resume, best_so_far, callbacks, strategy),
         verbose=1 if sys.stdout.isatty() else 2,
     )
     history = read_history(own_dir)
