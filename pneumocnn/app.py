@@ -24,8 +24,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from pneumocnn.paths import shipped_model_dir
+
 MODEL_DIR_ENV_VAR = "PNEUMOCNN_MODEL_DIR"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "saved_models"
+DEFAULT_MODEL_DIR = shipped_model_dir()
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm"]
 # Headless Chromium as root in a closed network: no sandbox, and no background calls home.
 CHROMIUM_ARGS = [

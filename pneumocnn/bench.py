@@ -42,8 +42,9 @@ from typing import Any
 import numpy as np
 
 from pneumocnn.metadata import FP16_FILE, INT8_FILE, KERAS_FILE, METADATA_FILE
+from pneumocnn.paths import shipped_model_dir
 
-SAVED_MODELS = Path(__file__).resolve().parents[1] / "saved_models"
+SAVED_MODELS = shipped_model_dir()
 REFERENCE_MODELS = ("ResNet50", "DenseNet121", "MobileNetV2", "tutorial_cnn")
 
 

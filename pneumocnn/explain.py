@@ -28,10 +28,11 @@ from matplotlib.figure import Figure
 from pneumocnn.images import ImageLoadError, load_image
 from pneumocnn.metadata import decide, load_metadata, model_name
 from pneumocnn.model import LAST_CONV_LAYER, OUTPUT_LAYER, load_model
+from pneumocnn.paths import shipped_model_dir
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "saved_models" / "pneumocnn.keras"
+DEFAULT_MODEL = shipped_model_dir() / "pneumocnn.keras"
 
 
 def _last_conv_output(model: keras.Model) -> keras.KerasTensor:

@@ -24,8 +24,9 @@ import numpy as np
 from pneumocnn.images import ImageLoadError, is_image_file, load_image
 from pneumocnn.lite import LiteModel, Prediction, make_prediction
 from pneumocnn.metadata import INT8_FILE, MetadataError
+from pneumocnn.paths import shipped_model_dir
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "saved_models" / INT8_FILE
+DEFAULT_MODEL = shipped_model_dir() / INT8_FILE
 
 
 class KerasClassifier:
