@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import flags, write_dataset
+from helpers import TINY_RUN, flags, write_dataset
 
 
 @pytest.fixture
@@ -22,9 +22,6 @@ def make_dataset(tmp_path):
     return factory
 
 
-# A tiny model, trained without augmentation or mixup: these fixtures test the pipeline and the
-# stages after it, not the recipe.
-#
 # Every test on these toy models asserts what holds by construction (shapes, files, checksums,
 # the decision rule, stated tolerances on probabilities), never a toy model's exact decision: a
 # 32-px model trained for a few epochs can hold a film within one int8 quantization step of the
@@ -33,16 +30,6 @@ def make_dataset(tmp_path):
 # fixtures export with `require_parity=False`: the parity is measured and recorded, not required.
 # The parity check itself is tested on fixed numbers (test_export.py), and the shipped model's
 # parity strictly (test_saved_models.py).
-TINY_RUN = dict(
-    image_size=32,
-    base_filters=8,
-    num_blocks=2,
-    augment_strength=0,
-    intensity_strength=0,
-    mixup_alpha=0,
-    seed=1,
-    val_fraction=0.25,
-)
 
 
 def _train_tiny(root: Path, run_dir: Path, **fields) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 import pneumocnn
-from helpers import flags, write_dataset
+from helpers import TINY_RUN, flags, write_dataset
 
 EPOCHS = 4
 PROJECT_ROOT = Path(pneumocnn.__file__).resolve().parents[1]
@@ -95,18 +95,12 @@ def test_two_workers_survive_a_killed_worker_and_end_with_identical_weights(tmp_
     logs = tmp_path / "logs"
     logs.mkdir()
     argv = flags(
+        **TINY_RUN,
         strategy="multiworker",
         data_dir=root,
         output_dir=run_dir,
-        image_size=32,
-        base_filters=8,
-        num_blocks=2,
-        augment_strength=0,
-        intensity_strength=0,
-        mixup_alpha=0,
         epochs=EPOCHS,
         batch_size=8,
-        val_fraction=0.25,
         early_stopping_patience=EPOCHS,
     )
     workers = _start_workers(argv, logs, "first")
