@@ -24,6 +24,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from pneumocnn.config import Config
 from pneumocnn.images import is_image_file, load_images
+from pneumocnn.task import BINARY_CLASS_NAMES, SUBTYPE_CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ _PATIENT_PATTERNS = (
 )
 # The pneumonia subtype, from the same names: person<ID>_bacteria_<N> and person<ID>_virus_<N>.
 _SUBTYPE_PATTERN = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
-BINARY_CLASS_NAMES = ("NORMAL", "PNEUMONIA")
-SUBTYPE_CLASS_NAMES = ("NORMAL", "BACTERIAL", "VIRAL")
 _SUBTYPE_LABELS = {"bacteria": 1, "virus": 2}
 
 
@@ -164,7 +163,8 @@ def find_dataset(data_dir: str | Path) -> Dataset:
     if len(class_names) < 2:
         raise DataError(
             f"Data directory '{root}' has only the class folder {list(class_names)}; at least "
-            "two are needed (NORMAL/ and PNEUMONIA/). Received: data_dir='{data_dir}'."
+            f"two are needed (NORMAL/ and PNEUMONIA/). Received: data_dir='{data_dir}'. Add the "
+            "missing class folder, or point --data-dir at a Kaggle-style chest_xray/ folder."
         )
     dataset = Dataset(root, class_names, tuple(development), test)
     for name in class_names:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -21,94 +20,42 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-import numpy as np
-import pandas as pd
-import tensorflow as tf
-
-from pneumocnn import data
+from pneumocnn import cli
 from pneumocnn.config import Config, add_config_arguments, config_from_args
-from pneumocnn.model import build_model, compile_model
+
+# The artefacts of a run folder, by role.
+from pneumocnn.runs import (
+    BACKUP_DIR,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+    tf_config_task,
+    worker_dir,
+)
+
+# TensorFlow, Keras and the data pipeline are imported inside the functions that use them, so
+# `--help` and flag errors come at once and without TensorFlow's start-up messages.
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
+    import tensorflow as tf
+
+    from pneumocnn import data
 
 logger = logging.getLogger(__name__)
 
-# The artefacts of a run folder, by role.
-CONFIG_FILE = "config.json"
-SPLIT_FILE = "split.csv"
-HISTORY_FILE = "history.csv"
-MODEL_FILE = "best.keras"
-SUMMARY_FILE = "summary.json"
-BACKUP_DIR = "backup"
 # Checkpointing and early stopping select on ranking quality, which the threshold (chosen
 # later, on validation) does not change; the learning rate follows the smoother loss.
 SELECTION_METRIC = "val_auc"
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Adds `epoch_seconds` (training part of the epoch, without validation) to the logs.
-
-    Placed before `CSVLogger`, so the timing lands in `history.csv`.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-        self._train_seconds = None
-
-    def on_test_begin(self, logs=None):
-        # Validation runs at the end of each epoch: the training part ends here.
-        if getattr(self, "_start", None) is not None and self._train_seconds is None:
-            self._train_seconds = time.perf_counter() - self._start
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            seconds = self._train_seconds or (time.perf_counter() - self._start)
-            logs["epoch_seconds"] = seconds
-
-
 def default_run_dir() -> Path:
     """Returns `runs/<YYYYmmdd-HHMMSS>` under the current folder."""
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-class MultiWorkerBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` whose workers resume from the same epoch.
-
-    Each worker of a multi-worker run backs up its own copy at the end of every epoch (the
-    chief in the run folder, the others in theirs, see `worker_dir`). A worker lost between the
-    chief's backup and its own leaves the copies one epoch apart, and workers that resumed from
-    different epochs would wait on each other for ever. So at the start the workers gather
-    their epochs and all resume from the earliest; a worker one epoch ahead finds that epoch in
-    its previous copy (`double_checkpoint`).
-
-    Args:
-        backup_dir: this worker's backup folder.
-        strategy: the run's `tf.distribute` strategy.
-    """
-
-    def __init__(self, backup_dir: str, strategy: tf.distribute.Strategy):
-        super().__init__(backup_dir, double_checkpoint=True, delete_checkpoint=True)
-        self._strategy = strategy
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        epoch = int(self.model._initial_epoch or 0)
-        agreed = int(tf.reduce_min(self._strategy.gather(tf.constant([epoch]), axis=0)))
-        if agreed == epoch:
-            return
-        previous = json.loads(Path(f"{self._training_metadata_path}.bkp").read_text())
-        if previous["epoch"] != agreed:
-            raise RuntimeError(
-                f"The workers' backups are more than one epoch apart: this worker's is at epoch "
-                f"{epoch}, its previous one at {previous['epoch']}, another worker's at {agreed}. "
-                f"Received: backup_dir='{self.backup_dir}'. Start the run again."
-            )
-        logger.info("Resuming from epoch %d, the earliest backup of all workers", agreed)
-        # As Keras itself recovers from a corrupt backup: the previous copy becomes the latest.
-        shutil.copy(self._prev_weights_path, self._weights_path)
-        shutil.copy(f"{self._training_metadata_path}.bkp", self._training_metadata_path)
-        self._load_model()
 
 
 def make_callbacks(
@@ -131,10 +78,13 @@ def make_callbacks(
         extra: more callbacks, run after selection and before the CSV log (so what they add
             to the logs lands in `history.csv`). Defaults to `None`.
         strategy: the `tf.distribute` strategy; with several workers, the backup is a
-            `MultiWorkerBackupAndRestore`. Defaults to `None` (one process).
+            `pneumocnn.distribute.MultiWorkerBackupAndRestore`. Defaults to `None`.
     """
-    backup_dir = str(run_dir / BACKUP_DIR)
-    multi_worker = isinstance(strategy, KerasMultiWorkerStrategy)
+    import keras
+
+    from pneumocnn.callbacks import EpochTimer
+    from pneumocnn.distribute import MultiWorkerBackupAndRestore, is_multi_worker
+
     # With weight averaging, validation, the checkpoint and early stopping see the averaged
     # weights: SwapEMAWeights swaps them in at each epoch's end, so it must come before them.
     averaging = (
@@ -183,110 +133,17 @@ def make_callbacks(
         keras.callbacks.CSVLogger(run_dir / HISTORY_FILE, append=resume),
         # Last, so an epoch is backed up only after everything above has recorded it. A kill
         # while the backup is written leaves it corrupt: double_checkpoint keeps the one before.
-        MultiWorkerBackupAndRestore(backup_dir, strategy)
-        if multi_worker
+        MultiWorkerBackupAndRestore(str(run_dir / BACKUP_DIR), strategy)
+        if is_multi_worker(strategy)
         else keras.callbacks.BackupAndRestore(
-            backup_dir, double_checkpoint=True, delete_checkpoint=True
+            str(run_dir / BACKUP_DIR), double_checkpoint=True, delete_checkpoint=True
         ),
     ]
 
 
-class TrainingDivergedError(RuntimeError):
-    """Raised when the loss became NaN or infinite and training was stopped."""
-
-
-class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """`tf.distribute.MultiWorkerMirroredStrategy` whose `reduce` takes what Keras 3 passes it.
-
-    Keras 3's `fit` calls `reduce` with a nested structure of per-replica values (to build the
-    model from a first batch) and with `axis=0` on scalars (losses and metrics); with more than
-    one worker TensorFlow's collective reduce accepts neither (keras-team/keras#20585,
-    tensorflow/tensorflow#72388). This reduces each value on its own, over the replicas only
-    when it is a scalar.
-    """
-
-    def reduce(self, reduce_op, value, axis):
-        def reduce_one(one):
-            local = one.values[0] if isinstance(one, tf.distribute.DistributedValues) else one
-            rank = tf.convert_to_tensor(local).shape.rank
-            return super(KerasMultiWorkerStrategy, self).reduce(
-                reduce_op, one, axis if rank else None
-            )
-
-        return tf.nest.map_structure(reduce_one, value)
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy for `--strategy`.
-
-    "multiworker" must be made before TensorFlow runs any op in this process (it configures the
-    collective ops at startup), so `train` makes the strategy first.
-
-    Args:
-        name: "default" (one device), "mirrored" (every GPU of this machine, else every logical
-            CPU device), or "multiworker" (several machines, described by `$TF_CONFIG`).
-
-    Raises:
-        RuntimeError: for "multiworker", if TensorFlow has already started in this process.
-    """
-    if name == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([device.name for device in devices])
-    if name == "multiworker":
-        try:
-            return KerasMultiWorkerStrategy()
-        except RuntimeError as error:
-            raise RuntimeError(
-                f"{error}. Received: strategy='multiworker' in a process where TensorFlow had "
-                "already started. Start each worker as its own `python -m pneumocnn.train "
-                "--strategy multiworker ...` process, or call `train` before any other "
-                "TensorFlow work."
-            ) from error
-    return tf.distribute.get_strategy()
-
-
-def tf_config_task() -> tuple[str | None, int, bool]:
-    """This process's task in a multi-worker cluster, read from `$TF_CONFIG`.
-
-    Returns:
-        `(task_type, task_index, is_chief)`: `(None, 0, True)` without `$TF_CONFIG`. The chief
-        is the "chief" task, or worker 0 when the cluster has none (TensorFlow's rule).
-    """
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = tf_config.get("task", {})
-    task_type, index = task.get("type"), int(task.get("index", 0))
-    if task_type is None:
-        return None, 0, True
-    has_chief = "chief" in tf_config.get("cluster", {})
-    is_chief = task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief)
-    return task_type, index, is_chief
-
-
-def worker_dir(run_dir: Path, strategy: str) -> Path:
-    """The folder this process writes its run files to.
-
-    In a multi-worker run every worker saves what the callbacks save (Keras's multi-worker
-    pattern), but only the chief writes the run folder; another worker writes to
-    `.<run name>.<task>-<index>` beside it, which survives a crash (so a restarted worker
-    resumes from its own backup) and is removed when the run finishes.
-
-    Args:
-        run_dir: the run folder.
-        strategy: `Config.strategy`.
-    """
-    if strategy != "multiworker":
-        return run_dir
-    task_type, index, is_chief = tf_config_task()
-    return run_dir if is_chief else run_dir.parent / f".{run_dir.name}.{task_type}-{index}"
-
-
-def weights_digest(model: keras.Model) -> str:
-    """SHA-256 of every weight of `model` (trainable or not), in order: the same digest means
-    the same weights, so the workers of a multi-worker run can be compared."""
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
-    return digest.hexdigest()
+class TrainingDivergedError(cli.UsageError):
+    """Raised when the loss became NaN or infinite and training was stopped: a configuration
+    error (the learning rate, most often; exit code 2)."""
 
 
 def _prepare_run_dir(config: Config, resume: bool) -> tuple[Path, Path]:
@@ -315,6 +172,8 @@ def read_history(run_dir: Path) -> pd.DataFrame:
 
     An absent or empty file (training stopped before any epoch ended) gives an empty table.
     """
+    import pandas as pd
+
     path = run_dir / HISTORY_FILE
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=["epoch", "loss", SELECTION_METRIC, "epoch_seconds"])
@@ -334,6 +193,8 @@ def summarise(
     wall_seconds: float,
 ) -> dict[str, Any]:
     """Builds `summary.json`: the best epoch's validation metrics and the cost of the run."""
+    import numpy as np
+
     best = int(np.argmax(history[SELECTION_METRIC].to_numpy()))
     epoch_seconds = history["epoch_seconds"].dropna().to_numpy()
     images_seen = steps_per_epoch * batch_size * len(epoch_seconds)
@@ -385,16 +246,27 @@ def train(
             resuming, a finished run).
         TrainingDivergedError: if the loss became NaN or infinite.
     """
+    import keras
+    import numpy as np
+    import pandas as pd
+    import tensorflow as tf
+
     start = time.perf_counter()
     if config.strategy == "multiworker" and not config.output_dir:
-        raise ValueError(
+        raise cli.UsageError(
             "Multi-worker training needs --output-dir: every worker must name the same run "
             "folder (the chief writes it, and a restarted worker finds its backup by it). "
             f"Received: output_dir={config.output_dir!r}. Pass e.g. --output-dir runs/cluster-1."
         )
     # First, before TensorFlow runs any op: a multi-worker strategy configures the collective
     # ops at startup and cannot be made later in the process.
+    from pneumocnn.distribute import is_multi_worker, make_strategy, shard_by_data, weights_digest
+
     strategy = make_strategy(config.strategy)
+
+    from pneumocnn import data
+    from pneumocnn.model import build_model, compile_model
+
     # Fail on bad data or a taken folder before any long work.
     data_dir = data.resolve_data_dir(config.data_dir)
     dataset = data.find_dataset(data_dir)
@@ -433,13 +305,8 @@ def train(
         )
     train_ds, val_ds, steps = data.make_datasets(config, train_split, val_split, len(class_names))
 
-    if config.strategy == "multiworker":
-        # The pipelines hold arrays, not files: each worker takes its share of every batch.
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA
-        )
-        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
+    if is_multi_worker(strategy):
+        train_ds, val_ds = shard_by_data(train_ds, val_ds)
     with strategy.scope():
         model = compile_model(build_model(config), config, steps)
     logger.info(
@@ -500,7 +367,7 @@ def train(
             summary["unreadable_files"],
             own_dir / SUMMARY_FILE,
         )
-    if config.strategy == "multiworker":
+    if is_multi_worker(strategy):
         task_type, index, is_chief = tf_config_task()
         logger.info(
             "Multi-worker run: %s %d of %d replicas finished with weights SHA-256 %s",
@@ -529,47 +396,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point. Returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _train_or_explain_a_lost_worker(config: Config, resume: bool = False) -> Path:
+    """`train`, with a message that says how to go on when a worker of the run was lost."""
+    import tensorflow as tf
+
     try:
-        if args.resume:
-            extra = [
-                field.name
-                for field in dataclasses.fields(Config)
-                if getattr(args, field.name) is not None
-            ] + (["config"] if args.config else [])
-            if extra:
-                raise ValueError(
-                    "--resume continues a run with its own config.json; other flags would "
-                    f"change it midway. Received: --resume with {extra}. Drop those flags."
-                )
-            # A worker of a multi-worker run resumes from its own copy (see `worker_dir`).
-            own_dir = worker_dir(Path(args.resume), "multiworker")
-            config_dir = own_dir if (own_dir / CONFIG_FILE).exists() else Path(args.resume)
-            config = Config.load(config_dir / CONFIG_FILE)
-            run_dir = train(dataclasses.replace(config, output_dir=args.resume), resume=True)
-        else:
-            config = config_from_args(args)
-            run_dir = train(config)
-    except (ValueError, FileNotFoundError, FileExistsError, TrainingDivergedError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return train(config, resume=resume)
     except tf.errors.UnavailableError as error:
         # Raised on the survivors when a worker of a multi-worker run dies.
-        run = Path(args.resume or args.output_dir or "RUN_DIR")
-        print(
-            f"error: a worker of the multi-worker run was lost: {error.message.splitlines()[0]} "
+        raise cli.ResumableError(
+            f"A worker of the multi-worker run was lost: {error.message.splitlines()[0]} "
             f"Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}. Restart every worker with "
-            f"`python -m pneumocnn.train --resume {run}` and its own $TF_CONFIG: each resumes "
-            "from its last finished epoch.",
-            file=sys.stderr,
+            f"`python -m pneumocnn.train --resume {config.output_dir}` and its own $TF_CONFIG: "
+            "each resumes from its last finished epoch."
+        ) from error
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.resume:
+        extra = [
+            field.name
+            for field in dataclasses.fields(Config)
+            if getattr(args, field.name) is not None
+        ] + (["config"] if args.config else [])
+        if extra:
+            raise cli.UsageError(
+                "--resume continues a run with its own config.json; other flags would "
+                f"change it midway. Received: --resume with {extra}. Drop those flags."
+            )
+        # A worker of a multi-worker run resumes from its own copy (see `worker_dir`).
+        own_dir = worker_dir(Path(args.resume), "multiworker")
+        config_dir = own_dir if (own_dir / CONFIG_FILE).exists() else Path(args.resume)
+        config = Config.load(config_dir / CONFIG_FILE)
+        run_dir = _train_or_explain_a_lost_worker(
+            dataclasses.replace(config, output_dir=args.resume), resume=True
         )
-        return 1
+    else:
+        config = config_from_args(args)
+        run_dir = _train_or_explain_a_lost_worker(config)
     if worker_dir(run_dir, config.strategy) != run_dir:
         print(f"Worker finished; the chief wrote the run folder {run_dir}")
-        return 0
+        return cli.EXIT_OK
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     print(
         f"Run folder: {run_dir}\n"
@@ -580,7 +447,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['parameters']:,} parameters; "
         f"{summary['seconds_per_epoch']:.1f} s/epoch, {summary['images_per_second']:.0f} images/s"
     )
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point. Returns the exit status (see `pneumocnn.cli`)."""
+    return cli.run(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumocnn import paths
+from pneumocnn import runners
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # What a build needs from the checkout (no .git, no .venv, no run folders).
@@ -60,20 +60,20 @@ def test_wheel_carries_every_shipped_model_file_unchanged(wheel):
 def test_wheel_holds_the_package_and_no_top_level_saved_models(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    assert "pneumocnn/predict.py" in names and "pneumocnn/paths.py" in names
+    assert "pneumocnn/predict.py" in names and "pneumocnn/runners.py" in names
     assert not [name for name in names if name.startswith("saved_models/")]
 
 
 def test_shipped_model_dir_prefers_the_installed_copy(tmp_path, monkeypatch):
     package = tmp_path / "site-packages" / "pneumocnn"
     package.mkdir(parents=True)
-    monkeypatch.setattr(paths, "_PACKAGE", package)
+    monkeypatch.setattr(runners, "_PACKAGE", package)
     # A source checkout: saved_models/ beside the package.
-    assert paths.shipped_model_dir() == tmp_path / "site-packages" / "saved_models"
+    assert runners.shipped_model_dir() == tmp_path / "site-packages" / "saved_models"
     # An installed wheel: the copy inside the package.
     (package / "saved_models").mkdir()
-    assert paths.shipped_model_dir() == package / "saved_models"
+    assert runners.shipped_model_dir() == package / "saved_models"
 
 
 def test_in_this_checkout_the_shipped_models_are_found():
-    assert (paths.shipped_model_dir() / "pneumocnn.json").is_file()
+    assert (runners.shipped_model_dir() / "pneumocnn.json").is_file()
