@@ -230,6 +230,31 @@ def subtype_of(path: str | Path) -> str | None:
     return match.group(1).lower() if match else None
 
 
+def film_group(path: str | Path, is_pneumonia: bool) -> str:
+    """The group a film is reported in, from its file name: where errors fall.
+
+    NORMAL films are split by the two naming schemes of the Kaggle data (`IM-...` and
+    `NORMAL2-IM-...`, which come from different batches), pneumonia films by subtype.
+
+    `IM-0115-0001.jpeg` -> "NORMAL IM-"; `NORMAL2-IM-0135-0001.jpeg` -> "NORMAL NORMAL2-";
+    `person12_virus_3.jpeg` -> "PNEUMONIA viral"; `person7_bacteria_30.jpeg` ->
+    "PNEUMONIA bacterial"; a name with no scheme -> "NORMAL other" or "PNEUMONIA other".
+
+    Args:
+        path: the film's file.
+        is_pneumonia: its true class.
+    """
+    name = Path(path).name
+    if is_pneumonia:
+        subtype = subtype_of(name)
+        return {"bacteria": "PNEUMONIA bacterial", "virus": "PNEUMONIA viral"}.get(
+            subtype or "", "PNEUMONIA other"
+        )
+    if name.upper().startswith("NORMAL2-"):
+        return "NORMAL NORMAL2-"
+    return "NORMAL IM-" if name.upper().startswith("IM-") else "NORMAL other"
+
+
 def task_class_names(task: str, folder_names: tuple[str, ...]) -> tuple[str, ...]:
     """The class names a model of `task` predicts, index = label: the class folders for
     "binary", NORMAL / BACTERIAL / VIRAL for "subtype"."""

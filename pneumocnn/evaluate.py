@@ -14,13 +14,21 @@ stored threshold and at 0.5.
 Example:
 
     python -m pneumocnn.evaluate runs/20261122-003321 --split val
-    python -m pneumocnn.evaluate saved_models/pneumocnn_int8.tflite --data-dir chest_xray \\
-        --split test
+    python -m pneumocnn.evaluate saved_models/pneumocnn_int8.tflite \\
+        --data-dir ../shared/chest_xray --split test
+    python -m pneumocnn.evaluate runs/shipped --calibrate-on ../shared/chest_xray/test \\
+        --target-sensitivity 0.96
+
+Every report carries 95% bootstrap intervals (patients resampled, not films) of the
+pneumonia-vs-NORMAL figures and a per-group breakdown (NORMAL `IM-` / `NORMAL2-`, bacterial,
+viral). `--calibrate-on DIR` is the site calibration step: it chooses the threshold on a
+labelled folder of the site's films and records it (see `calibrate`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,7 +78,7 @@ def evaluate(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
     source = runs.resolve_source(model)
-    images, labels, skipped, root = runs.load_evaluation_images(source, split, data_dir)
+    images, labels, skipped, root, paths = runs.load_evaluation_images(source, split, data_dir)
     if len(labels) == 0:
         raise data.DataError(
             f"No readable images in the {split} split of '{root}'. Received: split='{split}', "
@@ -82,6 +90,7 @@ def evaluate(
         source, target_sensitivity, (labels, probabilities) if split == "val" else None
     )
     report = compute_metrics(labels, probabilities, threshold, source.class_names)
+    report["uncertainty"] = uncertainty_of(labels, probabilities, threshold, paths)
     report.update(
         model=str(source.model_path),
         split=split,
@@ -102,6 +111,142 @@ def evaluate(
         output_dir, labels, probabilities, report, source.class_names, history, title
     )
     return report, output_dir
+
+
+def uncertainty_of(labels, probabilities, threshold: float, paths: list[str]) -> dict[str, Any]:
+    """Patient-bootstrap intervals and the per-group breakdown (see
+    `pneumocnn.metrics.uncertainty`), patients and groups read from the file names."""
+    from pneumocnn import data
+    from pneumocnn.metrics import uncertainty
+    from pneumocnn.task import pneumonia_labels
+
+    positive = pneumonia_labels(labels)
+    return uncertainty(
+        labels,
+        probabilities,
+        threshold,
+        patients=[data.patient_id(path) for path in paths],
+        groups=[
+            data.film_group(path, bool(is_pneumonia))
+            for path, is_pneumonia in zip(paths, positive, strict=True)
+        ],
+    )
+
+
+def calibrate(
+    model: str | Path, folder: str | Path, target_sensitivity: float = 0.96
+) -> dict[str, Any]:
+    """Site calibration: chooses the operating threshold on a labelled folder from the site.
+
+    The threshold is the one of best specificity whose sensitivity on the folder reaches the
+    target. It is recorded, with the folder's name, its size, the achieved figures and their
+    95% patient-bootstrap intervals and the per-group breakdown, where the model's threshold
+    lives: a run folder's `threshold.json` (the export then copies it into the metadata and
+    every edge file), or an exported model's metadata `<name>.json`.
+
+    Args:
+        model: a run folder, or an exported `.tflite`/`.keras` with its metadata.
+        folder: a labelled folder of films from the site: one subfolder per class (NORMAL/,
+            PNEUMONIA/; for a subtype model the pneumonia films' names carry the subtype).
+        target_sensitivity: the sensitivity the threshold must reach on the folder. Defaults
+            to 0.96.
+
+    Returns:
+        The calibration record (also written, see above).
+
+    Raises:
+        ValueError: if the target is not in (0, 1], or the folder is a training-data folder
+            (it holds `train/`) or lacks a class.
+    """
+    import datetime
+
+    import numpy as np
+
+    from pneumocnn import data, runs
+    from pneumocnn.metadata import find_metadata, write_json_atomically
+    from pneumocnn.metrics import choose_pneumonia_threshold, pneumonia_figures
+    from pneumocnn.runners import predict_probabilities
+    from pneumocnn.task import pneumonia_labels
+
+    if not 0 < target_sensitivity <= 1:
+        raise cli.UsageError(
+            "--target-sensitivity must be in (0, 1]. "
+            f"Received: target_sensitivity={target_sensitivity}. Pass e.g. 0.96."
+        )
+    if (Path(folder) / "train").is_dir():
+        raise cli.UsageError(
+            f"'{folder}' holds train/: calibrate on films from the site, not on training data. "
+            f"Received: calibrate_on='{folder}'. Pass a folder of class subfolders (e.g. "
+            "chest_xray/test)."
+        )
+    source = runs.resolve_source(model)
+    images, labels, skipped, root, paths = runs.load_evaluation_images(source, "all", folder)
+    if len(np.unique(pneumonia_labels(labels))) < 2:
+        raise data.DataError(
+            f"Calibration needs NORMAL and pneumonia films; '{root}' has "
+            f"{np.bincount(labels, minlength=len(source.class_names)).tolist()} films per class "
+            f"{source.class_names}. Received: calibrate_on='{folder}'."
+        )
+    probabilities = predict_probabilities(source.model_path, images)
+    threshold = choose_pneumonia_threshold(labels, probabilities, target_sensitivity)
+    spread = uncertainty_of(labels, probabilities, threshold, paths)
+    record = {
+        "folder": Path(root).name,
+        "films": int(len(labels)),
+        "films_per_class": np.bincount(labels, minlength=len(source.class_names)).tolist(),
+        "patients": spread["patients"],
+        "unreadable_files": len(skipped),
+        "model": source.model_path.name,
+        "target_sensitivity": float(target_sensitivity),
+        "threshold": threshold,
+        "achieved": pneumonia_figures(labels, probabilities, threshold),
+        "intervals": spread["intervals"],
+        "groups": spread["groups"],
+        "note": "figures on the calibration folder itself, where the threshold was chosen: "
+        "optimistic for it; films from elsewhere may score lower",
+        "date": datetime.date.today().isoformat(),
+    }
+    rule = f"target_sensitivity={target_sensitivity} on {record['folder']}"
+    if source.run_dir is not None:
+        write_json_atomically(
+            source.run_dir / runs.THRESHOLD_FILE,
+            {
+                "threshold": threshold,
+                "rule": rule,
+                "chosen_on": record["folder"],
+                "images": record["films"],
+                "model": source.model_path.name,
+                "calibration": record,
+            },
+        )
+    else:
+        metadata_path = find_metadata(source.model_path)
+        metadata = json.loads(metadata_path.read_text())
+        metadata.update(threshold=threshold, threshold_rule=rule, calibration=record)
+        write_json_atomically(metadata_path, metadata)
+    return record
+
+
+def format_calibration(record: dict[str, Any]) -> str:
+    """A readable summary of a calibration record."""
+    achieved, intervals = record["achieved"], record["intervals"]
+    lines = [
+        f"Threshold {record['threshold']:.4f}: the best specificity reaching sensitivity "
+        f"{record['target_sensitivity']} on {record['folder']} ({record['films']} films "
+        f"{record['films_per_class']}, {record['patients']} patients)"
+    ]
+    for key in ("sensitivity", "specificity", "accuracy", "roc_auc"):
+        low, high = intervals[key]
+        lines.append(f"  {key:<12} {achieved[key]:.4f}  [95% {low:.4f}-{high:.4f}]")
+    lines.append(
+        "  by group: "
+        + ", ".join(
+            f"{name} {row['recall']:.3f} of {row['films']}"
+            for name, row in record["groups"].items()
+        )
+    )
+    lines.append(f"  ({record['note']})")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,12 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: maximise Youden's J).",
     )
     parser.add_argument("--output-dir", help="Where to write metrics.json and the plots.")
+    parser.add_argument(
+        "--calibrate-on",
+        metavar="DIR",
+        help="Site calibration: choose the threshold reaching --target-sensitivity (default "
+        "0.96) on this labelled folder of the site's films (NORMAL/, PNEUMONIA/) and record it, "
+        "with the folder, its size and the achieved figures' intervals, in the run's "
+        "threshold.json or the exported model's metadata.",
+    )
     return parser
 
 
 def _command(args: argparse.Namespace) -> int:
     from pneumocnn.reports import format_summary
 
+    if args.calibrate_on:
+        target = 0.96 if args.target_sensitivity is None else args.target_sensitivity
+        print(format_calibration(calibrate(args.model, args.calibrate_on, target)))
+        return cli.EXIT_OK
     report, output_dir = evaluate(
         args.model, args.split, args.data_dir, args.target_sensitivity, args.output_dir
     )

@@ -276,11 +276,21 @@ def file_metadata(
         "class_names": list(source.class_names),
         "positive_class": PNEUMONIA if config.task == "subtype" else source.class_names[1],
         "threshold": prepared.threshold,
-        "threshold_rule": json.loads((source.run_dir / THRESHOLD_FILE).read_text())["rule"],
+        **_threshold_record(source.run_dir / THRESHOLD_FILE),
         "preprocessing": PREPROCESSING,
         "sha256": {file: sha256_of(scratch / file) for file in model_names},
         "file_bytes": {file: (scratch / file).stat().st_size for file in model_names},
     }
+
+
+def _threshold_record(path: Path) -> dict[str, Any]:
+    """The threshold's rule, and its site calibration record when it came from
+    `python -m pneumocnn.evaluate RUN --calibrate-on DIR` (see `pneumocnn.evaluate.calibrate`)."""
+    stored = json.loads(path.read_text())
+    record = {"threshold_rule": stored["rule"]}
+    if "calibration" in stored:
+        record["calibration"] = stored["calibration"]
+    return record
 
 
 def check_int8(

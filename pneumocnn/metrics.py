@@ -7,6 +7,7 @@ headline figures an app shows. Every function takes true labels and per-class pr
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -201,6 +202,10 @@ def compute_metrics(
         for index, name in enumerate(class_names)
     }
     known = [value for value in ovr_auc.values() if value is not None]
+    # Among true pneumonia films, is the likelier subtype the right one? (The paper's
+    # bacterial-vs-viral figure, independent of the pneumonia threshold.)
+    pneumonia = labels > 0
+    likelier_subtype = np.argmax(probabilities[:, 1:], axis=1) + 1
     return {
         "task": "subtype",
         "images": int(len(labels)),
@@ -212,6 +217,11 @@ def compute_metrics(
             **subtype_metrics_at(labels, decided, class_names),
         },
         "argmax": subtype_metrics_at(labels, np.argmax(probabilities, axis=1), class_names),
+        "bacterial_vs_viral_accuracy": (
+            float(np.mean(likelier_subtype[pneumonia] == labels[pneumonia]))
+            if pneumonia.any()
+            else None
+        ),
         "binary": binary,
     }
 
@@ -246,6 +256,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
             subtype_macro_f1=decided["macro"]["f1-score"],
             subtype_recall={name: row["recall"] for name, row in decided["per_class"].items()},
             macro_ovr_auc=subtype["macro_ovr_auc"],
+            bacterial_vs_viral_accuracy=subtype.get("bacterial_vs_viral_accuracy"),
             ovr_auc=subtype["ovr_auc"],
         )
     return figures
@@ -292,4 +303,162 @@ def parity(
         "auc_int8": auc_int8,
         "auc_drop": auc_float - auc_int8,
         "max_abs_difference": float(np.max(np.abs(reference - candidate))),
+    }
+
+
+def specificity_at_sensitivity(
+    labels: np.ndarray, scores: np.ndarray, target_sensitivity: float
+) -> float:
+    """The best specificity of any threshold whose sensitivity reaches the target.
+
+    Args:
+        labels: 0/1 true labels.
+        scores: P(positive).
+        target_sensitivity: in (0, 1].
+
+    Returns:
+        The specificity at the ROC point of lowest false-positive rate with
+        `sensitivity >= target_sensitivity`.
+    """
+    fpr, tpr, _ = skm.roc_curve(labels, scores)
+    return float(1.0 - fpr[tpr >= target_sensitivity].min())
+
+
+def pneumonia_figures(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float
+) -> dict[str, float]:
+    """The pneumonia-vs-NORMAL headline figures of either task, cheaply (for resampling).
+
+    Args:
+        labels: true labels, index into the class names (NORMAL = 0).
+        probabilities: per-class probabilities (or a binary model's P(positive)).
+        threshold: the decision threshold on P(pneumonia).
+
+    Returns:
+        `roc_auc` (NaN when a resample holds one class only), `accuracy`, `sensitivity` and
+        `specificity` at the threshold.
+    """
+    positive = pneumonia_labels(np.asarray(labels)).astype(bool)
+    score = pneumonia_probability(class_probabilities(probabilities))
+    called = score >= threshold
+    both = positive.any() and (~positive).any()
+    return {
+        "roc_auc": float(skm.roc_auc_score(positive, score)) if both else float("nan"),
+        "accuracy": float(np.mean(called == positive)),
+        "sensitivity": float(np.mean(called[positive])) if positive.any() else float("nan"),
+        "specificity": float(np.mean(~called[~positive])) if (~positive).any() else float("nan"),
+    }
+
+
+def bootstrap_intervals(
+    statistic: Callable[[np.ndarray], dict[str, float]],
+    groups: Sequence[str],
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals, resampling whole groups (patients), not images.
+
+    One patient's films are alike, so resampling films would understate the spread; each
+    resample draws as many patients as there are, with replacement, and takes all their
+    films. (scipy's `bootstrap` resamples observations, not clusters.)
+
+    Args:
+        statistic: maps an index array (the films of one resample) to a dict of figures.
+        groups: the group (patient) of each film.
+        resamples: number of resamples. Defaults to 1000.
+        confidence: the interval's coverage. Defaults to 0.95.
+        seed: seeds the resampling. Defaults to 0.
+
+    Returns:
+        `{figure: [low, high]}` for every figure `statistic` returns (NaNs ignored).
+
+    Example:
+
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> intervals = bootstrap_intervals(
+    ...     lambda i: {"mean": float(labels[i].mean())}, ["a", "b", "c", "d"], resamples=200
+    ... )
+    >>> 0.0 <= intervals["mean"][0] <= 0.5 <= intervals["mean"][1] <= 1.0
+    True
+    """
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        picked = rng.integers(0, len(members), len(members))
+        index = np.concatenate([members[g] for g in picked])
+        for name, value in statistic(index).items():
+            samples.setdefault(name, []).append(value)
+    tail = (1.0 - confidence) / 2
+    return {
+        name: [float(np.nanquantile(values, tail)), float(np.nanquantile(values, 1 - tail))]
+        for name, values in samples.items()
+    }
+
+
+def group_recalls(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, groups: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """How many films of each group the decision gets right (pneumonia vs NORMAL).
+
+    Args:
+        labels: true labels (NORMAL = 0).
+        probabilities: per-class probabilities (or P(positive)).
+        threshold: the decision threshold on P(pneumonia).
+        groups: a group name per film (see `pneumocnn.data.film_group`).
+
+    Returns:
+        `{group: {"films": n, "recall": share called right}}`, in sorted group order.
+    """
+    positive = pneumonia_labels(np.asarray(labels)).astype(bool)
+    called = pneumonia_probability(class_probabilities(probabilities)) >= threshold
+    right = called == positive
+    groups = np.asarray(groups)
+    return {
+        name: {"films": int(np.sum(groups == name)), "recall": float(right[groups == name].mean())}
+        for name in sorted(set(groups.tolist()))
+    }
+
+
+def uncertainty(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float,
+    patients: Sequence[str],
+    groups: Sequence[str],
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Bootstrap intervals of the headline figures and the per-group breakdown.
+
+    Args:
+        labels: true labels (NORMAL = 0).
+        probabilities: per-class probabilities (or P(positive)).
+        threshold: the decision threshold on P(pneumonia).
+        patients: the patient of each film (resampled as a whole).
+        groups: a group name per film (see `pneumocnn.data.film_group`).
+        resamples: bootstrap resamples. Defaults to 1000.
+        seed: seeds the resampling. Defaults to 0.
+
+    Returns:
+        `{"intervals": {figure: [low, high]}, "confidence": 0.95, "resamples": n,
+        "patients": number of patients, "groups": group_recalls(...)}`; the figures are
+        those of `pneumonia_figures`.
+    """
+    labels = np.asarray(labels)
+    probabilities = class_probabilities(probabilities)
+    intervals = bootstrap_intervals(
+        lambda index: pneumonia_figures(labels[index], probabilities[index], threshold),
+        patients,
+        resamples=resamples,
+        seed=seed,
+    )
+    return {
+        "intervals": intervals,
+        "confidence": 0.95,
+        "resamples": resamples,
+        "patients": int(len(set(patients))),
+        "groups": group_recalls(labels, probabilities, threshold, groups),
     }

@@ -273,7 +273,12 @@ def format_subtype_summary(report: dict[str, Any]) -> str:
         f"sensitivity {binary['at_threshold']['sensitivity']:.4f}, "
         f"specificity {binary['at_threshold']['specificity']:.4f}",
     ]
-    return "\n".join(lines)
+    if report.get("bacterial_vs_viral_accuracy") is not None:
+        lines.append(
+            "  bacterial vs viral among the pneumonia films (the likelier subtype): accuracy "
+            f"{report['bacterial_vs_viral_accuracy']:.4f}"
+        )
+    return "\n".join(lines + format_uncertainty(report))
 
 
 def format_summary(report: dict[str, Any]) -> str:
@@ -294,4 +299,25 @@ def format_summary(report: dict[str, Any]) -> str:
             f"  {at['threshold']:>12.4f} {at['accuracy']:>9.4f} {at['sensitivity']:>12.4f} "
             f"{at['specificity']:>12.4f}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + format_uncertainty(report))
+
+
+def format_uncertainty(report: dict[str, Any]) -> list[str]:
+    """Lines for a report's bootstrap intervals and per-group breakdown, if it has them."""
+    spread = report.get("uncertainty")
+    if not spread:
+        return []
+    intervals = spread["intervals"]
+    lines = [
+        f"  95% intervals ({spread['resamples']} resamples of {spread['patients']} patients), "
+        "at the stored threshold:",
+        "    "
+        + "   ".join(
+            f"{key} [{intervals[key][0]:.3f}-{intervals[key][1]:.3f}]"
+            for key in ("roc_auc", "accuracy", "sensitivity", "specificity")
+        ),
+        "  right calls by group:",
+    ]
+    for name, row in spread["groups"].items():
+        lines.append(f"    {name:<22} {row['recall']:.3f} of {row['films']}")
+    return lines

@@ -149,7 +149,7 @@ def read_threshold(run_dir: str | Path) -> float | None:
 
 def load_evaluation_images(
     source: Source, split: str, data_dir: str | None
-) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]], Path]:
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]], Path, list[str]]:
     """Loads the images of `split` for `source`.
 
     Args:
@@ -159,7 +159,7 @@ def load_evaluation_images(
         data_dir: the data folder. `None`: the one the model was trained on.
 
     Returns:
-        `(images, labels, skipped, root)`.
+        `(images, labels, skipped, root, paths)`: `paths` names the file of each image.
 
     Raises:
         DataError: if the folder has no such split, or its classes differ from the model's.
@@ -185,7 +185,7 @@ def load_evaluation_images(
             else data.prepare_split(source.config, dataset)
         )
         loaded = data.load_split(table, "val", source.config.image_size, dataset.root)
-        return loaded.images, loaded.labels, loaded.skipped, dataset.root
+        return loaded.images, loaded.labels, loaded.skipped, dataset.root, loaded.paths
     if split == "test":
         if dataset.test is None:
             raise data.DataError(
@@ -201,7 +201,8 @@ def load_evaluation_images(
     )
     images, kept, skipped = load_images(table["path"].tolist(), source.config.image_size)
     labels = table["label"].to_numpy()[kept].astype(np.int32)
-    return images, labels, skipped, dataset.root
+    paths = table["path"].tolist()
+    return images, labels, skipped, dataset.root, [paths[i] for i in kept]
 
 
 def ensure_threshold(
@@ -237,7 +238,7 @@ def ensure_threshold(
     if val_predictions is None:
         from pneumocnn.runners import predict_probabilities
 
-        images, labels, _, _ = load_evaluation_images(source, "val", None)
+        images, labels, *_ = load_evaluation_images(source, "val", None)
         val_predictions = labels, predict_probabilities(source.model_path, images)
     labels, probabilities = val_predictions
     # For a subtype model, the threshold is on P(pneumonia) = 1 - P(NORMAL).

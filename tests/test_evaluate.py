@@ -75,3 +75,72 @@ def test_an_exported_model_without_its_data_folder_names_the_fix(exported_model,
     status = evaluate.main([str(exported_model / INT8_FILE), "--output-dir", str(tmp_path)])
     assert status == 2
     assert "--data-dir" in capsys.readouterr().err
+
+
+def _site_folder(root):
+    """A labelled site folder (class subfolders only) of tiny synthetic films."""
+    from helpers import write_dataset
+
+    data_root = write_dataset(root / "site_data", patients=8, images_per_patient=2, seed=21)
+    return data_root / "train"
+
+
+def test_every_report_has_patient_bootstrap_intervals_and_groups(trained_run, tmp_path):
+    output = tmp_path / "eval"
+    report, _ = evaluate.evaluate(trained_run, "val", output_dir=output)
+    spread = report["uncertainty"]
+    for key in ("roc_auc", "accuracy", "sensitivity", "specificity"):
+        low, high = spread["intervals"][key]
+        assert 0.0 <= low <= high <= 1.0
+    at = report["at_threshold"]
+    assert (
+        spread["intervals"]["accuracy"][0] <= at["accuracy"] <= spread["intervals"]["accuracy"][1]
+    )
+    assert sum(row["films"] for row in spread["groups"].values()) == report["images"]
+
+
+def test_site_calibration_of_a_run_reaches_the_target_and_feeds_the_export(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    site = _site_folder(tmp_path)
+    assert (
+        evaluate.main([str(run), "--calibrate-on", str(site), "--target-sensitivity", "0.9"]) == 0
+    )
+    stored = json.loads((run / "threshold.json").read_text())
+    record = stored["calibration"]
+    assert stored["threshold"] == record["threshold"] and stored["chosen_on"] == "train"
+    assert record["films"] == 32 and record["target_sensitivity"] == 0.9
+    assert record["achieved"]["sensitivity"] >= 0.9
+    low, high = record["intervals"]["sensitivity"]
+    assert low <= record["achieved"]["sensitivity"] <= high
+
+    from pneumocnn import export
+
+    metadata = export.export(
+        run, tmp_path / "exported", calibration_images=40, require_parity=False
+    )
+    assert metadata["threshold"] == stored["threshold"]
+    assert metadata["calibration"] == record
+
+
+def test_site_calibration_of_an_exported_model_rewrites_its_metadata(exported_model, tmp_path):
+    import shutil
+
+    from pneumocnn.metadata import INT8_FILE, METADATA_FILE
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported_model, folder)
+    record = evaluate.calibrate(folder / INT8_FILE, _site_folder(tmp_path), 1.0)
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    assert metadata["threshold"] == record["threshold"]
+    assert metadata["calibration"]["achieved"]["sensitivity"] == 1.0
+
+
+def test_calibrating_on_training_data_is_refused(trained_run, tmp_path, capsys):
+    from helpers import write_dataset
+
+    root = write_dataset(tmp_path / "chest_xray", patients=4, images_per_patient=1, seed=3)
+    assert evaluate.main([str(trained_run), "--calibrate-on", str(root)]) == 2
+    assert "calibrate on films from the site" in capsys.readouterr().err

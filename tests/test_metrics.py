@@ -106,3 +106,71 @@ def test_headline_of_a_subtype_report_gives_its_pneumonia_figures_and_three_clas
     figures = metrics.headline(report)
     assert figures["accuracy"] == report["binary"]["at_threshold"]["accuracy"] == 1.0
     assert figures["subtype_accuracy"] == 1.0
+
+
+def test_bootstrap_resamples_patients_not_films():
+    from pneumocnn.metrics import bootstrap_intervals
+
+    # Two patients, each with 50 identical films: resampling patients can only ever see the
+    # two patients' values, so the mean's interval spans them; resampling films would
+    # squeeze it towards 0.5.
+    values = np.r_[np.zeros(50), np.ones(50)]
+    patients = ["a"] * 50 + ["b"] * 50
+    low, high = bootstrap_intervals(
+        lambda index: {"mean": float(values[index].mean())}, patients, resamples=400
+    )["mean"]
+    assert low == 0.0 and high == 1.0
+
+
+def test_bootstrap_interval_holds_the_point_estimate_and_narrows_with_more_patients():
+    from pneumocnn.metrics import bootstrap_intervals, pneumonia_figures
+
+    rng = np.random.default_rng(0)
+
+    def width(n):
+        labels = rng.integers(0, 2, n)
+        scores = np.clip(labels * 0.3 + rng.uniform(0, 0.7, n), 0, 1)
+        point = pneumonia_figures(labels, scores, 0.5)["accuracy"]
+        low, high = bootstrap_intervals(
+            lambda i: pneumonia_figures(labels[i], scores[i], 0.5),
+            [str(i) for i in range(n)],
+            resamples=300,
+        )["accuracy"]
+        assert low <= point <= high
+        return high - low
+
+    assert width(2000) < width(50)
+
+
+def test_specificity_at_sensitivity_is_the_best_reaching_the_target():
+    from pneumocnn.metrics import specificity_at_sensitivity
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.4, 0.7, 0.9, 0.95])
+    assert specificity_at_sensitivity(labels, scores, 1.0) == 0.75  # threshold 0.4
+    # 0.75 sensitivity: threshold 0.7 keeps the NORMAL film at 0.8 positive (specificity
+    # 0.75); 0.9 would reach only 0.5 sensitivity.
+    assert specificity_at_sensitivity(labels, scores, 0.75) == 0.75
+    assert specificity_at_sensitivity(labels, scores, 0.5) == 1.0
+
+
+def test_groups_count_right_calls_per_group():
+    from pneumocnn.metrics import group_recalls
+
+    labels = np.array([0, 0, 1, 1])
+    scores = np.array([0.9, 0.1, 0.8, 0.2])
+    groups = ["NORMAL IM-", "NORMAL IM-", "PNEUMONIA viral", "PNEUMONIA viral"]
+    result = group_recalls(labels, scores, 0.5, groups)
+    assert result == {
+        "NORMAL IM-": {"films": 2, "recall": 0.5},
+        "PNEUMONIA viral": {"films": 2, "recall": 0.5},
+    }
+
+
+def test_bacterial_vs_viral_accuracy_ignores_normal_films_and_the_threshold():
+    from pneumocnn.metrics import compute_metrics
+
+    labels = np.array([0, 1, 2, 2])
+    probabilities = np.array([[0.1, 0.8, 0.1], [0.9, 0.07, 0.03], [0.2, 0.3, 0.5], [0.2, 0.5, 0.3]])
+    report = compute_metrics(labels, probabilities, 0.5, ["NORMAL", "BACTERIAL", "VIRAL"])
+    assert report["bacterial_vs_viral_accuracy"] == 2 / 3
