@@ -1,9 +1,10 @@
 """Export: `python -m pneumocnn.export RUN_DIR` writes the model users embed.
 
-From a run folder it writes, into `saved_models/` by default: `pneumocnn_int8.tflite` (full
+From a run folder it writes, into `RUN_DIR/export/` by default: `pneumocnn_int8.tflite` (full
 integer: uint8 input of raw pixels, int8 builtin ops only, uint8 output), `pneumocnn_fp16.tflite`,
 `pneumocnn.keras`, `pneumocnn_labels.txt`, and the metadata `pneumocnn.json` (see
 `pneumocnn.metadata`). A `--task subtype` run's files are named `pneumocnn_subtype*` instead.
+Replacing the shipped models is a choice made by name: `--output-dir saved_models`.
 
 The int8 model is checked against the float model on the run's validation split before anything
 is written: its decisions must agree on at least 99% of images and its ROC AUC must be within
@@ -16,7 +17,8 @@ the threshold), `convert_family` (int8, float16, `.keras`, labels), `check_int8`
 
 Example:
 
-    python -m pneumocnn.export runs/20261122-003321 --output-dir saved_models
+    python -m pneumocnn.export runs/20261122-003321                  # runs/20261122-003321/export
+    python -m pneumocnn.export runs/20261122-003321 --output-dir saved_models   # ship it
 """
 
 from __future__ import annotations
@@ -402,7 +404,7 @@ def write_family(
 
 def export(
     run_dir: str | Path,
-    output_dir: str | Path = "saved_models",
+    output_dir: str | Path | None = None,
     calibration_images: int = 300,
     target_sensitivity: float | None = None,
     require_parity: bool = True,
@@ -416,7 +418,8 @@ def export(
 
     Args:
         run_dir: a finished training run.
-        output_dir: where to write. Defaults to "saved_models".
+        output_dir: where to write; pass "saved_models" to replace the shipped models. Defaults
+            to `None`: the run's own `export/` folder.
         calibration_images: training images for int8 calibration. Defaults to 300.
         target_sensitivity: choose the threshold for this sensitivity on validation instead of
             the stored one (or Youden's J when none is stored). Defaults to `None`.
@@ -437,11 +440,12 @@ def export(
         ParityError: if the int8 model disagrees with the float model (nothing is written).
     """
     from pneumocnn.metadata import DEFAULT_NAMES, model_files, write_json_atomically
+    from pneumocnn.runs import EXPORT_DIR
 
     prepared = prepare(run_dir, target_sensitivity)
     name = name or DEFAULT_NAMES[prepared.config.task]
     files = model_files(name)
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir) if output_dir else prepared.source.run_dir / EXPORT_DIR
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".export-") as scratch:
         scratch = Path(scratch)
@@ -463,8 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", help="A finished training run folder.")
     parser.add_argument(
         "--output-dir",
-        default="saved_models",
-        help="Where to write the model files (default: saved_models).",
+        help="Where to write the model files (default: RUN_DIR/export). Pass --output-dir "
+        "saved_models to replace the shipped models.",
     )
     parser.add_argument(
         "--calibration-images",
@@ -493,9 +497,12 @@ def _command(args: argparse.Namespace) -> int:
             f"Received: calibration_images={args.calibration_images}. Pass a positive count "
             "(default 300)."
         )
+    from pneumocnn.runs import EXPORT_DIR
+
+    output_dir = Path(args.output_dir) if args.output_dir else Path(args.run_dir) / EXPORT_DIR
     metadata = export(
         args.run_dir,
-        args.output_dir,
+        output_dir,
         args.calibration_images,
         args.target_sensitivity,
         name=args.name,
@@ -510,7 +517,7 @@ def _command(args: argparse.Namespace) -> int:
         else ""
     )
     print(
-        f"Wrote {args.output_dir}: {files['int8']} ({sizes[files['int8']]:,} bytes), "
+        f"Wrote {output_dir}: {files['int8']} ({sizes[files['int8']]:,} bytes), "
         f"{files['fp16']} ({sizes[files['fp16']]:,} bytes), {files['keras']}, "
         f"{files['metadata']}, {files['labels']}\n"
         f"int8 on validation at threshold {metadata['threshold']:.4f}: pneumonia AUC "

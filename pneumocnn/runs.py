@@ -32,6 +32,9 @@ SUMMARY_FILE = "summary.json"
 BACKUP_DIR = "backup"
 THRESHOLD_FILE = "threshold.json"
 EVAL_DIR = "eval"
+# Where export writes by default: inside the run, so the shipped saved_models/ changes only when
+# asked for (`--output-dir saved_models`).
+EXPORT_DIR = "export"
 # What evaluate writes into its output folder.
 METRICS_FILE = "metrics.json"
 SPLITS = ("val", "test", "all")

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -178,3 +179,17 @@ def test_tampered_model_is_refused_by_its_metadata(exported_model, tmp_path):
         handle.write(b"\0")
     with pytest.raises(MetadataError, match="SHA-256"):
         LiteModel(copy / INT8_FILE)
+
+
+def test_export_writes_into_the_run_by_default_and_leaves_saved_models_alone(
+    trained_run, tmp_path, monkeypatch
+):
+    # Bars any model meets, so the toy model's near-tie cannot decide this test (conftest.py).
+    monkeypatch.setattr(export, "MIN_AGREEMENT", 0.0)
+    monkeypatch.setattr(export, "MAX_AUC_DROP", 1.0)
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)  # a relative saved_models/ would land here
+    assert export.main([str(run), "--calibration-images", "8"]) == 0
+    for name in (INT8_FILE, FP16_FILE, KERAS_FILE, LABELS_FILE, METADATA_FILE):
+        assert (run / "export" / name).is_file(), name
+    assert not (tmp_path / "saved_models").exists()
