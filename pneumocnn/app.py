@@ -27,15 +27,6 @@ from PIL import Image
 from pneumocnn.runners import MODEL_DIR_ENV_VAR, default_model_dir
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm"]
-# Headless Chromium as root in a closed network: no sandbox, and no background calls home.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 NOTICE = (
     "Research tool for paediatric chest X-rays (children aged one to five, frontal films). "
     "It is not a medical device and does not give a diagnosis: a clinician must read every film."

@@ -1,8 +1,8 @@
 """The skeleton every command shares: exit codes, error classes, logging, input expansion.
 
-Each command (`train`, `evaluate`, `export`, `predict`, `explain`) builds its `argparse` parser
-without importing TensorFlow (so `--help` is instant and quiet), then hands its work to `run`,
-which sets up logging, imports nothing heavy itself, and maps errors to exit codes:
+Each command (`train`, `evaluate`, `export`, `predict`, `explain`, `web`) builds its `argparse`
+parser without importing TensorFlow (so `--help` is instant and quiet), then hands its work to
+`run`, which sets up logging, imports nothing heavy itself, and maps errors to exit codes:
 
 - 0: all done.
 - 1: some inputs could not be processed (unreadable images, no image found); the rest were.

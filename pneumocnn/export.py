@@ -2,18 +2,23 @@
 
 From a run folder it writes, into `RUN_DIR/export/` by default: `pneumocnn_int8.tflite` (full
 integer: uint8 input of raw pixels, int8 builtin ops only, uint8 output), `pneumocnn_fp16.tflite`,
-`pneumocnn.keras`, `pneumocnn_labels.txt`, and the metadata `pneumocnn.json` (see
-`pneumocnn.metadata`). A `--task subtype` run's files are named `pneumocnn_subtype*` instead.
+`pneumocnn_rgb_int8.tflite` (for stock image classifiers: RGB in, one score per class whose argmax
+is the decision at the threshold), `pneumocnn.keras`, `pneumocnn_labels.txt`, and the metadata
+`pneumocnn.json` (see `pneumocnn.metadata`). A `--task subtype` run's files are named
+`pneumocnn_subtype*` instead. Every `.tflite` has a fixed batch of 1 and embedded TFLite metadata
+(see `pneumocnn.edge`).
 Replacing the shipped models is a choice made by name: `--output-dir saved_models`.
 
 The int8 model is checked against the float model on the run's validation split before anything
 is written: its decisions must agree on at least 99% of images and its ROC AUC must be within
-0.005. Each file is written under a temporary name and renamed, so an interrupted export leaves
-no half-written file.
+0.005; the RGB variant must name the int8 model's class on at least 99% of the films that are not
+near-ties. Each file is written under a temporary name and renamed, so an interrupted export
+leaves no half-written file.
 
 `export` is a list of named steps: `prepare` (the run, its validation split, the float model and
-the threshold), `convert_family` (int8, float16, `.keras`, labels), `check_int8` (parity),
-`describe` (the metadata) and `write_family` (rename into place).
+the threshold), `convert_family` (int8, float16, RGB int8, `.keras`, labels), `check_int8`
+(parity), `check_rgb` (the RGB variant's parity), `describe` (the metadata) and `write_family`
+(rename into place).
 
 Example:
 
@@ -49,7 +54,7 @@ logger = logging.getLogger(__name__)
 MIN_AGREEMENT = 0.99
 MAX_AUC_DROP = 0.005
 # The model files of an export, by role (see `pneumocnn.metadata.model_files`).
-MODEL_ROLES = ("int8", "fp16", "keras")
+MODEL_ROLES = ("int8", "fp16", "rgb_int8", "keras")
 
 
 class ParityError(cli.CheckFailedError):
@@ -225,20 +230,33 @@ def prepare(run_dir: str | Path, target_sensitivity: float | None = None) -> Pre
 
 
 def convert_family(
-    prepared: Prepared, scratch: Path, files: dict[str, str], calibration_images: int
+    prepared: Prepared, scratch: Path, files: dict[str, str], calibration_images: int, name: str
 ) -> None:
-    """Step 2: writes the int8 and float16 `.tflite`, the `.keras` and the labels into
-    `scratch`."""
+    """Step 2: writes the int8, float16 and RGB int8 `.tflite` (a batch of 1, TFLite metadata
+    embedded; see `pneumocnn.edge`), the `.keras` and the labels into `scratch`."""
+    from pneumocnn import edge
+
     config = prepared.config
     calibration = representative_images(
         prepared.split, prepared.root, config.image_size, calibration_images, config.seed
     )
-    saved_model = scratch / "saved_model"
-    prepared.keras_model.export(str(saved_model), format="tf_saved_model", verbose=False)
+    saved_model = edge.fixed_batch_saved_model(prepared.keras_model, scratch / "saved_model")
+    card = {
+        "name": name,
+        "task": config.task,
+        "class_names": list(prepared.source.class_names),
+        "threshold": prepared.threshold,
+        "image_size": config.image_size,
+    }
     logger.info("Converting to int8 with %d calibration images", len(calibration))
-    (scratch / files["int8"]).write_bytes(convert(saved_model, calibration))
+    int8 = convert(saved_model, calibration)
+    (scratch / files["int8"]).write_bytes(edge.embed_pneumocnn_metadata(int8, card, channels=1))
     logger.info("Converting to float16")
-    (scratch / files["fp16"]).write_bytes(convert(saved_model, None))
+    fp16 = convert(saved_model, None)
+    (scratch / files["fp16"]).write_bytes(edge.embed_pneumocnn_metadata(fp16, card, channels=1))
+    logger.info("Converting the RGB variant to int8")
+    rgb = edge.rgb_variant(prepared.keras_model, prepared.threshold, calibration, convert, scratch)
+    (scratch / files["rgb_int8"]).write_bytes(edge.embed_pneumocnn_metadata(rgb, card, channels=3))
     # Saved uncompiled: loading it needs plain Keras only, not pneumocnn's training metrics.
     prepared.keras_model.save(scratch / files["keras"])
     (scratch / files["labels"]).write_text("\n".join(prepared.source.class_names) + "\n")
@@ -324,6 +342,45 @@ def check_int8(
     return parity, int8_probabilities
 
 
+def check_rgb(
+    prepared: Prepared,
+    scratch: Path,
+    files: dict[str, str],
+    int8_probabilities: np.ndarray,
+    require_parity: bool,
+) -> dict[str, Any]:
+    """Step 5: runs the RGB variant on the validation split (as gray RGB) and checks that its
+    highest score names the int8 model's decision on at least 99% of the films that are not
+    near-ties (see `pneumocnn.edge.check_rgb_parity`).
+
+    Returns:
+        The parity figures.
+
+    Raises:
+        ParityError: if the check fails and `require_parity` is True.
+    """
+    import numpy as np
+
+    from pneumocnn.edge import check_rgb_parity
+    from pneumocnn.lite import LiteModel
+
+    rgb = LiteModel(scratch / files["rgb_int8"])
+    scores = rgb.predict_proba(np.repeat(prepared.val.images, 3, axis=-1))
+    parity = check_rgb_parity(
+        int8_probabilities, scores, prepared.threshold, list(prepared.source.class_names)
+    )
+    parity["passed"] = parity["agreement_beyond_ties"] >= MIN_AGREEMENT
+    logger.info("RGB variant against the int8 model on validation: %s", parity)
+    if not parity["passed"] and require_parity:
+        raise ParityError(
+            f"The RGB variant names the int8 model's class on only "
+            f"{parity['agreement_beyond_ties']:.2%} of the {parity['images']} validation images "
+            f"that are not near-ties ({parity['near_ties']} are; need >= {MIN_AGREEMENT:.0%}). "
+            "Nothing was written."
+        )
+    return parity
+
+
 def describe(
     prepared: Prepared,
     scratch: Path,
@@ -331,14 +388,17 @@ def describe(
     metadata: dict[str, Any],
     parity: dict[str, Any],
     int8_probabilities: np.ndarray,
+    rgb_parity: dict[str, Any],
 ) -> dict[str, Any]:
-    """Step 5: completes the metadata: tensors, output contract, training data, validation
-    metrics of the int8 and float models, the parity figures, training facts and the config."""
+    """Step 6: completes the metadata: tensors, output contract, training data, validation
+    metrics of the int8 and float models, the parity figures, the edge variants, the warning,
+    training facts and the config."""
+    from pneumocnn import edge
     from pneumocnn.lite import LiteModel
     from pneumocnn.metrics import compute_metrics, headline
 
     config, source, val = prepared.config, prepared.source, prepared.val
-    lite = {role: LiteModel(scratch / files[role]) for role in ("int8", "fp16")}
+    lite = {role: LiteModel(scratch / files[role]) for role in ("int8", "fp16", "rgb_int8")}
     summary = prepared.summary
     tensors = {
         files[role]: {
@@ -382,6 +442,19 @@ def describe(
             "float": figures(prepared.float_probabilities),
         },
         "parity": parity,
+        "warning": edge.WARNING,
+        "edge": {
+            "batch_size": edge.BATCH_SIZE,
+            "embedded_metadata": "Every .tflite carries TFLite metadata (name, description, "
+            "version, author, licence, input, labels), written with MediaPipe's writer.",
+            "rgb_variant": {
+                "file": files["rgb_int8"],
+                "output": "One score per class, in class_names order; the highest names the "
+                "decision at the threshold. For stock image classifiers (MediaPipe Tasks, "
+                "Android).",
+                "parity_with_int8": rgb_parity,
+            },
+        },
         "training": {
             key: summary[key]
             for key in ("best_epoch", "epochs_run", "parameters", "seconds_per_epoch")
@@ -393,7 +466,7 @@ def describe(
 def write_family(
     scratch: Path, output_dir: Path, files: dict[str, str], metadata: dict[str, Any]
 ) -> None:
-    """Step 6: writes the metadata and renames every file into `output_dir`: models first,
+    """Step 7: writes the metadata and renames every file into `output_dir`: models first,
     metadata last, so the metadata never names a file that is not in place."""
     from pneumocnn.metadata import write_json_atomically
 
@@ -449,12 +522,15 @@ def export(
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".export-") as scratch:
         scratch = Path(scratch)
-        convert_family(prepared, scratch, files, calibration_images)
+        convert_family(prepared, scratch, files, calibration_images, name)
         metadata = file_metadata(prepared, scratch, files, name)
         # Provisional metadata, so LiteModel can verify and run the new files.
         write_json_atomically(scratch / files["metadata"], metadata)
         parity, int8_probabilities = check_int8(prepared, scratch, files, require_parity)
-        metadata = describe(prepared, scratch, files, metadata, parity, int8_probabilities)
+        rgb_parity = check_rgb(prepared, scratch, files, int8_probabilities, require_parity)
+        metadata = describe(
+            prepared, scratch, files, metadata, parity, int8_probabilities, rgb_parity
+        )
         write_family(scratch, output_dir, files, metadata)
     return metadata
 

@@ -35,6 +35,8 @@ def model_files(name: str) -> dict[str, str]:
     return {
         "int8": f"{name}_int8.tflite",
         "fp16": f"{name}_fp16.tflite",
+        # For stock image classifiers: RGB in, one score per class (see pneumocnn.edge).
+        "rgb_int8": f"{name}_rgb_int8.tflite",
         "keras": f"{name}.keras",
         "labels": f"{name}_labels.txt",
         "metadata": f"{name}.json",
@@ -80,9 +82,9 @@ def sha256_of(path: str | Path) -> str:
 
 def model_name(model_path: str | Path) -> str:
     """The exported model's name from one of its files: `pneumocnn_subtype_int8.tflite` ->
-    `pneumocnn_subtype`; `pneumocnn.keras` -> `pneumocnn`."""
+    `pneumocnn_subtype`; `pneumocnn_rgb_int8.tflite` and `pneumocnn.keras` -> `pneumocnn`."""
     stem = Path(model_path).stem
-    for suffix in ("_int8", "_fp16"):
+    for suffix in ("_rgb_int8", "_int8", "_fp16"):
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
     return stem

@@ -12,7 +12,7 @@ from pneumocnn.images import ImageLoadError
 from pneumocnn.metadata import MetadataError
 from pneumocnn.train import TrainingDivergedError
 
-COMMANDS = ("train", "evaluate", "export", "predict", "explain")
+COMMANDS = ("train", "evaluate", "export", "predict", "explain", "web")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -87,7 +87,7 @@ def test_no_library_module_imports_a_command_module():
     from pathlib import Path
 
     package = Path(cli.__file__).parent
-    commands = {"train", "evaluate", "export", "predict", "explain", "bench", "app"}
+    commands = {"train", "evaluate", "export", "predict", "explain", "bench", "app", "web"}
     for path in package.glob("*.py"):
         if path.stem in commands:
             continue

@@ -30,6 +30,21 @@ def test_every_shipped_file_matches_its_recorded_checksum(name):
     assert metadata["class_names"] == ["NORMAL", "PNEUMONIA"]
 
 
+@pytest.mark.parametrize("metadata_file", [METADATA_FILE, SUBTYPE_FILES["metadata"]])
+def test_shipped_models_are_ready_for_stock_clients(metadata_file):
+    """Every shipped .tflite has a batch of 1 (LiteRT.js and MediaPipe refuse a dynamic one) and
+    the RGB variant for stock classifiers is there, intact. Fails until the models are
+    re-exported with `python -m pneumocnn.export` (issue 18)."""
+    metadata = load_metadata(SAVED / metadata_file)
+    rgb = metadata["files"].get("rgb_int8")
+    assert rgb, f"{metadata_file} names no RGB variant: re-export the model"
+    load_metadata(SAVED / metadata_file, SAVED / rgb)
+    for name, tensors in metadata["tensors"].items():
+        if name.endswith(".tflite"):
+            assert tensors["input"]["shape"][0] == 1, name
+    assert metadata["warning"]
+
+
 def test_shipped_int8_model_is_under_500_kb():
     assert (SAVED / INT8_FILE).stat().st_size < 500 * 1024
 
