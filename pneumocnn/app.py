@@ -115,7 +115,8 @@ def render() -> None:
         st.title("pneumocnn")
         st.error(
             f"No exported model in '{folder}'. Export one with "
-            f"`python -m pneumocnn.export RUN_DIR`, or set {MODEL_DIR_ENV_VAR} to its folder."
+            f"`python -m pneumocnn.export RUN_DIR --output-dir {folder}`, or set "
+            f"{MODEL_DIR_ENV_VAR} to a folder holding one (such as RUN_DIR/export)."
         )
         st.stop()
     titles = {name: f"{name}: {' / '.join(meta['class_names'])}" for name, meta in models.items()}
@@ -132,7 +133,8 @@ def render() -> None:
         st.title("pneumocnn")
         st.error(
             f"Cannot load the model from '{folder}': {error}\n\nExport one with "
-            f"`python -m pneumocnn.export RUN_DIR`, or set {MODEL_DIR_ENV_VAR} to its folder."
+            f"`python -m pneumocnn.export RUN_DIR --output-dir {folder}`, or set "
+            f"{MODEL_DIR_ENV_VAR} to a folder holding one (such as RUN_DIR/export)."
         )
         st.stop()
     class_names = list(metadata["class_names"])

@@ -32,16 +32,30 @@ from pneumocnn.task import class_probabilities
 if TYPE_CHECKING:
     import keras
 
-# The folder of the exported models: `$PNEUMOCNN_MODEL_DIR`, else the package's saved_models/.
+# The folder of the exported models: `$PNEUMOCNN_MODEL_DIR`, else the shipped models.
 MODEL_DIR_ENV_VAR = "PNEUMOCNN_MODEL_DIR"
-PACKAGE_MODEL_DIR = Path(__file__).resolve().parents[1] / "saved_models"
 MODEL_SUFFIXES = (".tflite", ".keras")
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def shipped_model_dir() -> Path:
+    """The folder holding the shipped models.
+
+    An installed wheel carries them inside the package (`pneumocnn/saved_models/`, copied there
+    by the build, see setup.py); a source checkout or an editable install has them in
+    `saved_models/` beside the package, their home in the repository.
+
+    Returns:
+        The installed copy when there is one, else the checkout's `saved_models/`.
+    """
+    installed = _PACKAGE / "saved_models"
+    return installed if installed.is_dir() else _PACKAGE.parent / "saved_models"
 
 
 def default_model_dir() -> Path:
-    """The folder holding the exported models: `$PNEUMOCNN_MODEL_DIR`, else `saved_models/`
-    beside the package."""
-    return Path(os.environ.get(MODEL_DIR_ENV_VAR) or PACKAGE_MODEL_DIR)
+    """The folder holding the exported models: `$PNEUMOCNN_MODEL_DIR`, else the shipped ones
+    (see `shipped_model_dir`)."""
+    return Path(os.environ.get(MODEL_DIR_ENV_VAR) or shipped_model_dir())
 
 
 def default_model(role: str = "int8", task: str = "binary") -> Path:

@@ -14,6 +14,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -31,6 +33,8 @@ from pneumocnn.runs import (
     MODEL_FILE,
     SPLIT_FILE,
     SUMMARY_FILE,
+    tf_config_task,
+    worker_dir,
 )
 
 # TensorFlow, Keras and the data pipeline are imported inside the functions that use them, so
@@ -60,6 +64,7 @@ def make_callbacks(
     resume: bool = False,
     best_so_far: float | None = None,
     extra: list[keras.callbacks.Callback] | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The training callbacks: timing, NaN guard, checkpoint, early stopping, LR schedule,
     CSV log, and a backup of the last finished epoch for `--resume`.
@@ -72,10 +77,13 @@ def make_callbacks(
             does not overwrite `best.keras`. Defaults to `None`.
         extra: more callbacks, run after selection and before the CSV log (so what they add
             to the logs lands in `history.csv`). Defaults to `None`.
+        strategy: the `tf.distribute` strategy; with several workers, the backup is a
+            `pneumocnn.distribute.MultiWorkerBackupAndRestore`. Defaults to `None`.
     """
     import keras
 
     from pneumocnn.callbacks import EpochTimer
+    from pneumocnn.distribute import MultiWorkerBackupAndRestore, is_multi_worker
 
     # With weight averaging, validation, the checkpoint and early stopping see the averaged
     # weights: SwapEMAWeights swaps them in at each epoch's end, so it must come before them.
@@ -125,7 +133,9 @@ def make_callbacks(
         keras.callbacks.CSVLogger(run_dir / HISTORY_FILE, append=resume),
         # Last, so an epoch is backed up only after everything above has recorded it. A kill
         # while the backup is written leaves it corrupt: double_checkpoint keeps the one before.
-        keras.callbacks.BackupAndRestore(
+        MultiWorkerBackupAndRestore(str(run_dir / BACKUP_DIR), strategy)
+        if is_multi_worker(strategy)
+        else keras.callbacks.BackupAndRestore(
             str(run_dir / BACKUP_DIR), double_checkpoint=True, delete_checkpoint=True
         ),
     ]
@@ -136,40 +146,25 @@ class TrainingDivergedError(cli.UsageError):
     error (the learning rate, most often; exit code 2)."""
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy for `--strategy`.
-
-    Args:
-        name: "default" (one device), "mirrored" (every GPU of this machine, else every logical
-            CPU device), or "multiworker" (several machines, described by `$TF_CONFIG`).
-    """
-    import tensorflow as tf
-
-    if name == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([device.name for device in devices])
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def _prepare_run_dir(config: Config, resume: bool) -> Path:
+def _prepare_run_dir(config: Config, resume: bool) -> tuple[Path, Path]:
+    """The run folder and the folder this process writes to (see `worker_dir`), checked."""
     run_dir = Path(config.output_dir) if config.output_dir else default_run_dir()
+    own_dir = worker_dir(run_dir, config.strategy)
     if resume:
-        if (run_dir / SUMMARY_FILE).exists():
+        if (own_dir / SUMMARY_FILE).exists():
             raise FileExistsError(
-                f"Run folder '{run_dir}' has already finished (it has {SUMMARY_FILE}); there is "
+                f"Run folder '{own_dir}' has already finished (it has {SUMMARY_FILE}); there is "
                 f"nothing to resume. Received: resume='{run_dir}'."
             )
-        return run_dir
-    if (run_dir / MODEL_FILE).exists():
+        return run_dir, own_dir
+    if (own_dir / MODEL_FILE).exists():
         raise FileExistsError(
-            f"Run folder '{run_dir}' already holds a trained model. Received: "
+            f"Run folder '{own_dir}' already holds a trained model. Received: "
             f"output_dir='{run_dir}'. Pass a new --output-dir so nothing is overwritten, or "
             f"--resume {run_dir} to continue an interrupted run."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    own_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, own_dir
 
 
 def read_history(run_dir: Path) -> pd.DataFrame:
@@ -256,14 +251,26 @@ def train(
     import pandas as pd
     import tensorflow as tf
 
+    start = time.perf_counter()
+    if config.strategy == "multiworker" and not config.output_dir:
+        raise cli.UsageError(
+            "Multi-worker training needs --output-dir: every worker must name the same run "
+            "folder (the chief writes it, and a restarted worker finds its backup by it). "
+            f"Received: output_dir={config.output_dir!r}. Pass e.g. --output-dir runs/cluster-1."
+        )
+    # First, before TensorFlow runs any op: a multi-worker strategy configures the collective
+    # ops at startup and cannot be made later in the process.
+    from pneumocnn.distribute import is_multi_worker, make_strategy, shard_by_data, weights_digest
+
+    strategy = make_strategy(config.strategy)
+
     from pneumocnn import data
     from pneumocnn.model import build_model, compile_model
 
-    start = time.perf_counter()
     # Fail on bad data or a taken folder before any long work.
     data_dir = data.resolve_data_dir(config.data_dir)
     dataset = data.find_dataset(data_dir)
-    run_dir = _prepare_run_dir(config, resume)
+    run_dir, own_dir = _prepare_run_dir(config, resume)
     config = dataclasses.replace(
         config, data_dir=str(dataset.root.resolve()), output_dir=str(run_dir)
     )
@@ -272,19 +279,19 @@ def train(
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     if resume:
-        if not (run_dir / SPLIT_FILE).exists():
+        if not (own_dir / SPLIT_FILE).exists():
             raise FileNotFoundError(
-                f"Run folder '{run_dir}' has no {SPLIT_FILE}: it stopped before training began, "
+                f"Run folder '{own_dir}' has no {SPLIT_FILE}: it stopped before training began, "
                 f"so there is nothing to resume. Received: resume='{run_dir}'. Start a new run."
             )
-        split = pd.read_csv(run_dir / SPLIT_FILE)
-        history_so_far = read_history(run_dir)
+        split = pd.read_csv(own_dir / SPLIT_FILE)
+        history_so_far = read_history(own_dir)
         best_so_far = float(history_so_far[SELECTION_METRIC].max()) if len(history_so_far) else None
         logger.info("Resuming %s after %d finished epochs", run_dir, len(history_so_far))
     else:
-        config.save(run_dir / CONFIG_FILE)
+        config.save(own_dir / CONFIG_FILE)
         split = data.prepare_split(config, dataset)
-        split.to_csv(run_dir / SPLIT_FILE, index=False)
+        split.to_csv(own_dir / SPLIT_FILE, index=False)
         best_so_far = None
     class_names = data.task_class_names(config.task, dataset.class_names)
     logger.info("Run folder: %s; task %s, classes: %s", run_dir, config.task, list(class_names))
@@ -298,7 +305,8 @@ def train(
         )
     train_ds, val_ds, steps = data.make_datasets(config, train_split, val_split, len(class_names))
 
-    strategy = make_strategy(config.strategy)
+    if is_multi_worker(strategy):
+        train_ds, val_ds = shard_by_data(train_ds, val_ds)
     with strategy.scope():
         model = compile_model(build_model(config), config, steps)
     logger.info(
@@ -314,18 +322,18 @@ def train(
         epochs=config.epochs,
         steps_per_epoch=steps,
         shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=make_callbacks(config, run_dir, resume, best_so_far, callbacks),
+        callbacks=make_callbacks(config, own_dir, resume, best_so_far, callbacks, strategy),
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    history = read_history(run_dir)
+    history = read_history(own_dir)
     if len(history) == 0 or not np.all(np.isfinite(history["loss"].to_numpy(float))):
         raise TrainingDivergedError(
             f"Training diverged: the loss became NaN or infinite in epoch {len(history)}, and "
             f"training stopped. Received: learning_rate={config.learning_rate}. Lower "
             "--learning-rate (e.g. by 10x), or check the input images. "
             + (
-                f"{run_dir / MODEL_FILE} holds the best epoch before that."
-                if (run_dir / MODEL_FILE).exists()
+                f"{own_dir / MODEL_FILE} holds the best epoch before that."
+                if (own_dir / MODEL_FILE).exists()
                 else "No model was saved."
             )
         )
@@ -342,12 +350,13 @@ def train(
     summary["stopped_early"] = summary["epochs_run"] < config.epochs
     summary["replicas"] = int(strategy.num_replicas_in_sync)
     summary["task"] = config.task
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    summary["weights_sha256"] = weights_digest(model)
+    (own_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     logger.info(
         "%s after epoch %d; %s holds epoch %d (highest %s %.4f)",
         "Early stopping" if summary["stopped_early"] else "Finished",
         summary["epochs_run"],
-        run_dir / MODEL_FILE,
+        own_dir / MODEL_FILE,
         summary["best_epoch"],
         SELECTION_METRIC,
         summary["val_auc"],
@@ -356,8 +365,19 @@ def train(
         logger.warning(
             "%d unreadable images were skipped (listed in %s)",
             summary["unreadable_files"],
-            run_dir / SUMMARY_FILE,
+            own_dir / SUMMARY_FILE,
         )
+    if is_multi_worker(strategy):
+        task_type, index, is_chief = tf_config_task()
+        logger.info(
+            "Multi-worker run: %s %d of %d replicas finished with weights SHA-256 %s",
+            task_type,
+            index,
+            strategy.num_replicas_in_sync,
+            summary["weights_sha256"],
+        )
+        if not is_chief:
+            shutil.rmtree(own_dir)
     return run_dir
 
 
@@ -376,6 +396,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_or_explain_a_lost_worker(config: Config, resume: bool = False) -> Path:
+    """`train`, with a message that says how to go on when a worker of the run was lost."""
+    import tensorflow as tf
+
+    try:
+        return train(config, resume=resume)
+    except tf.errors.UnavailableError as error:
+        # Raised on the survivors when a worker of a multi-worker run dies.
+        raise cli.ResumableError(
+            f"A worker of the multi-worker run was lost: {error.message.splitlines()[0]} "
+            f"Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}. Restart every worker with "
+            f"`python -m pneumocnn.train --resume {config.output_dir}` and its own $TF_CONFIG: "
+            "each resumes from its last finished epoch."
+        ) from error
+
+
 def _command(args: argparse.Namespace) -> int:
     if args.resume:
         extra = [
@@ -388,10 +424,19 @@ def _command(args: argparse.Namespace) -> int:
                 "--resume continues a run with its own config.json; other flags would "
                 f"change it midway. Received: --resume with {extra}. Drop those flags."
             )
-        config = Config.load(Path(args.resume) / CONFIG_FILE)
-        run_dir = train(dataclasses.replace(config, output_dir=args.resume), resume=True)
+        # A worker of a multi-worker run resumes from its own copy (see `worker_dir`).
+        own_dir = worker_dir(Path(args.resume), "multiworker")
+        config_dir = own_dir if (own_dir / CONFIG_FILE).exists() else Path(args.resume)
+        config = Config.load(config_dir / CONFIG_FILE)
+        run_dir = _train_or_explain_a_lost_worker(
+            dataclasses.replace(config, output_dir=args.resume), resume=True
+        )
     else:
-        run_dir = train(config_from_args(args))
+        config = config_from_args(args)
+        run_dir = _train_or_explain_a_lost_worker(config)
+    if worker_dir(run_dir, config.strategy) != run_dir:
+        print(f"Worker finished; the chief wrote the run folder {run_dir}")
+        return cli.EXIT_OK
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     print(
         f"Run folder: {run_dir}\n"
