@@ -100,7 +100,7 @@ class Config:
         "for both classes: the test films are framed tighter, and framing must not be a cue.",
     )
     gamma_strength: float = _field(
-        1.0,
+        0.0,
         "Random gamma per film, in [1/(1+0.5s), 1+0.5s]: exposure curves differ between "
         "batches of films; 0 is off.",
     )
@@ -118,7 +118,7 @@ class Config:
     )
     dropout_rate: float = _field(0.3, "Dropout before the head; the dataset is small.")
     input_normalization: Literal["none", "per_image"] = _field(
-        "per_image",
+        "none",
         "per_image: each film is standardised to zero mean and unit variance inside the model "
         "(LayerNormalization over the image), so overall exposure cannot be a cue.",
     )
