@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,6 +28,7 @@ import tensorflow as tf
 
 from pneumocnn import data
 from pneumocnn.config import Config, add_config_arguments, config_from_args
+from pneumocnn.files import atomic_path, write_text_atomic
 from pneumocnn.model import build_model, compile_model
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ HISTORY_FILE = "history.csv"
 MODEL_FILE = "best.keras"
 SUMMARY_FILE = "summary.json"
 BACKUP_DIR = "backup"
+BACKUP_STATE_FILE = "state.json"
 # Checkpointing and early stopping select on ranking quality, which the threshold (chosen
 # later, on validation) does not change; the learning rate follows the smoother loss.
 SELECTION_METRIC = "val_auc"
@@ -69,11 +72,196 @@ def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Saves the model to `path` each time `monitor` reaches a new maximum.
+
+    Like `keras.callbacks.ModelCheckpoint(save_best_only=True, mode="max")`, but the model is
+    written under a temporary name and renamed over `path`, so a kill while it is written leaves
+    the previous best model, never a 0-byte or half-written file.
+
+    Args:
+        path: the `.keras` file.
+        monitor: the metric to maximise. Defaults to `SELECTION_METRIC` ("val_auc").
+        initial_value_threshold: the best value already saved (when resuming), which a new
+            model must beat. Defaults to `None`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        monitor: str = SELECTION_METRIC,
+        initial_value_threshold: float | None = None,
+    ):
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.best = -np.inf if initial_value_threshold is None else initial_value_threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None or not np.isfinite(current) or current <= self.best:
+            return
+        self.best = float(current)
+        with atomic_path(self.path) as temporary:
+            self.model.save(temporary)
+
+
+class HistoryLogger(keras.callbacks.Callback):
+    """Writes `history.csv` after every epoch (epoch, then the logs by name), rewriting the
+    whole file under a temporary name and renaming it, so it is never half-written.
+
+    Args:
+        path: the CSV file.
+        append: keep the rows already in `path` (a resumed run). Defaults to False.
+    """
+
+    def __init__(self, path: str | Path, append: bool = False):
+        super().__init__()
+        self.path = Path(path)
+        self.append = append
+
+    def on_train_begin(self, logs=None):
+        exists = self.append and self.path.exists() and self.path.stat().st_size
+        self.rows = pd.read_csv(self.path).to_dict("records") if exists else []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.rows.append({"epoch": epoch, **{key: float(logs[key]) for key in sorted(logs)}})
+        with atomic_path(self.path) as temporary:
+            pd.DataFrame(self.rows).to_csv(temporary, index=False)
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Backs up the whole training state after each epoch, for `--resume`.
+
+    The state is every variable of the model (weights, BatchNormalization statistics, and the
+    random-seed state of its dropout) and of the optimizer, plus the counters of the early-stopping
+    and learning-rate callbacks. It goes to `backup/epoch-<N>.npz`, then `backup/state.json`
+    names it; both are written under temporary names and renamed, so a kill at any moment leaves
+    a complete backup of the last epoch that finished. `state.json` is restored into the
+    callbacks when training begins (after their own reset), and the folder is removed when
+    training ends.
+
+    Args:
+        folder: the backup folder.
+        watched: the callbacks whose counters travel with the backup (`EarlyStopping`,
+            `ReduceLROnPlateau`).
+        restore: a `state.json` to restore into `watched` at the start. Defaults to `None`.
+    """
+
+    COUNTERS = ("wait", "best", "best_epoch", "cooldown_counter")
+
+    def __init__(
+        self,
+        folder: str | Path,
+        watched: list[keras.callbacks.Callback],
+        restore: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.folder = Path(folder)
+        self.watched = watched
+        self.restore = restore
+
+    def on_train_begin(self, logs=None):
+        if self.restore is None:
+            return
+        for callback, counters in zip(self.watched, self.restore["callbacks"], strict=True):
+            for name, value in counters.items():
+                setattr(callback, name, value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state_file = f"epoch-{epoch + 1}.npz"
+        with atomic_path(self.folder / state_file) as temporary:
+            np.savez(temporary, *variable_values(self.model))
+        counters = [
+            {
+                name: (None if value is None else float(value) if name == "best" else int(value))
+                for name in self.COUNTERS
+                if hasattr(callback, name)
+                for value in [getattr(callback, name)]
+            }
+            for callback in self.watched
+        ]
+        state = {"epoch": epoch + 1, "state_file": state_file, "callbacks": counters}
+        write_text_atomic(self.folder / BACKUP_STATE_FILE, json.dumps(state, indent=2) + "\n")
+        for old in self.folder.glob("epoch-*.npz"):
+            if old.name != state_file:
+                old.unlink()
+
+    def on_train_end(self, logs=None):
+        for path in self.folder.glob("*"):
+            path.unlink()
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.folder.rmdir()
+
+
+def variable_values(model: keras.Model) -> list[np.ndarray]:
+    """Every variable of `model` and of its optimizer, in a fixed order (see `EpochBackup`)."""
+    return [np.asarray(variable) for variable in _state_variables(model)]
+
+
+def _state_variables(model: keras.Model) -> list:
+    # model.variables includes the SeedGenerator states (dropout's random stream), which
+    # model.weights and Keras's own weight files leave out.
+    return list(model.variables) + list(model.optimizer.variables)
+
+
+def read_backup(run_dir: Path) -> dict[str, Any] | None:
+    """The backup state of an interrupted run (see `EpochBackup`), or `None` if it has none."""
+    path = run_dir / BACKUP_DIR / BACKUP_STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def restore_backup(model: keras.Model, run_dir: Path, state: dict[str, Any]) -> None:
+    """Loads the variables an `EpochBackup` saved into `model` and its optimizer.
+
+    Raises:
+        ValueError: if the backup does not fit the model (another config).
+    """
+    model.optimizer.build(model.trainable_variables)
+    variables = _state_variables(model)
+    with np.load(run_dir / BACKUP_DIR / state["state_file"]) as saved:
+        values = [saved[f"arr_{index}"] for index in range(len(saved.files))]
+    shapes = [tuple(variable.shape) for variable in variables]
+    if [value.shape for value in values] != shapes:
+        raise ValueError(
+            f"The backup in '{run_dir / BACKUP_DIR}' does not fit the model built from "
+            f"'{run_dir / CONFIG_FILE}' ({len(values)} arrays saved, {len(shapes)} expected). "
+            "Start a new run."
+        )
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
+
+
+def fast_forward(dataset: tf.data.Dataset, epochs: int, steps: int) -> tf.data.Dataset:
+    """Advances the training pipeline's random state past `epochs` finished epochs.
+
+    Shuffling, augmentation and mixup draw from random state kept in the pipeline, so a resumed
+    run must draw exactly what the interrupted one drew. A finite dataset is read through once
+    per epoch (as `fit` reads it); an endless one (oversampling) continues `epochs x steps`
+    batches on.
+    """
+    if epochs <= 0:
+        return dataset
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        return dataset.skip(epochs * steps)
+    logger.info("Replaying the input pipeline of %d finished epochs", epochs)
+    for _ in range(epochs):
+        for _ in dataset:
+            pass
+    return dataset
+
+
 def make_callbacks(
-    config: Config, run_dir: Path, resume: bool = False, best_so_far: float | None = None
+    config: Config,
+    run_dir: Path,
+    resume: bool = False,
+    best_so_far: float | None = None,
+    backup: dict[str, Any] | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The training callbacks: timing, NaN guard, checkpoint, early stopping, LR schedule,
-    CSV log, and a backup of the last finished epoch for `--resume`.
+    history, and a backup of the last finished epoch for `--resume`.
 
     Args:
         config: the run's settings.
@@ -81,41 +269,36 @@ def make_callbacks(
         resume: append to `history.csv` instead of starting it. Defaults to False.
         best_so_far: when resuming, the best `val_auc` already checkpointed, so a worse epoch
             does not overwrite `best.keras`. Defaults to `None`.
+        backup: when resuming, the backup state (see `read_backup`) whose callback counters
+            are restored. Defaults to `None`.
     """
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor=SELECTION_METRIC,
+        mode="max",
+        patience=config.early_stopping_patience,
+        min_delta=config.early_stopping_min_delta,
+        restore_best_weights=True,
+        # Its own message names the epoch of its last min_delta gain, which may differ from
+        # the checkpoint's strict maximum in best.keras; `train` logs what was kept instead.
+        verbose=0,
+    )
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss",
+        mode="min",
+        factor=config.reduce_lr_factor,
+        patience=config.reduce_lr_patience,
+        min_lr=1e-6,
+        verbose=1,
+    )
     return [
         EpochTimer(),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(
-            run_dir / MODEL_FILE,
-            monitor=SELECTION_METRIC,
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=best_so_far,
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor=SELECTION_METRIC,
-            mode="max",
-            patience=config.early_stopping_patience,
-            min_delta=config.early_stopping_min_delta,
-            restore_best_weights=True,
-            # Its own message names the epoch of its last min_delta gain, which may differ from
-            # the checkpoint's strict maximum in best.keras; `train` logs what was kept instead.
-            verbose=0,
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss",
-            mode="min",
-            factor=config.reduce_lr_factor,
-            patience=config.reduce_lr_patience,
-            min_lr=1e-6,
-            verbose=1,
-        ),
-        keras.callbacks.CSVLogger(run_dir / HISTORY_FILE, append=resume),
-        # Last, so an epoch is backed up only after everything above has recorded it. A kill
-        # while the backup is written leaves it corrupt: double_checkpoint keeps the one before.
-        keras.callbacks.BackupAndRestore(
-            str(run_dir / BACKUP_DIR), double_checkpoint=True, delete_checkpoint=True
-        ),
+        BestModelCheckpoint(run_dir / MODEL_FILE, SELECTION_METRIC, best_so_far),
+        early_stopping,
+        reduce_lr,
+        HistoryLogger(run_dir / HISTORY_FILE, append=resume),
+        # Last, so an epoch is backed up only after everything above has recorded it.
+        EpochBackup(run_dir / BACKUP_DIR, [early_stopping, reduce_lr], restore=backup),
     ]
 
 
@@ -138,7 +321,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def _prepare_run_dir(config: Config, resume: bool) -> Path:
+def _check_run_dir(config: Config, resume: bool) -> Path:
+    """The run folder, refused if it is taken (or, resuming, finished); nothing is created."""
     run_dir = Path(config.output_dir) if config.output_dir else default_run_dir()
     if resume:
         if (run_dir / SUMMARY_FILE).exists():
@@ -153,8 +337,25 @@ def _prepare_run_dir(config: Config, resume: bool) -> Path:
             f"output_dir='{run_dir}'. Pass a new --output-dir so nothing is overwritten, or "
             f"--resume {run_dir} to continue an interrupted run."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+@contextlib.contextmanager
+def _new_run_dir(run_dir: Path) -> Any:
+    """Creates `run_dir` for a new run; if the block fails before training starts, removes what
+    it wrote (and the folder, if it created it), so no half-made run folder is left behind."""
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield run_dir
+    except BaseException:
+        for name in (CONFIG_FILE, SPLIT_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (run_dir / name).unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
 
 
 def read_history(run_dir: Path) -> pd.DataFrame:
@@ -227,10 +428,10 @@ def train(config: Config, resume: bool = False) -> Path:
         TrainingDivergedError: if the loss became NaN or infinite.
     """
     start = time.perf_counter()
-    # Fail on bad data or a taken folder before any long work.
+    # Fail on bad data or a taken folder before any long work, and before writing anything.
     data_dir = data.resolve_data_dir(config.data_dir)
     dataset = data.find_dataset(data_dir)
-    run_dir = _prepare_run_dir(config, resume)
+    run_dir = _check_run_dir(config, resume)
     config = dataclasses.replace(
         config, data_dir=str(dataset.root.resolve()), output_dir=str(run_dir)
     )
@@ -238,6 +439,7 @@ def train(config: Config, resume: bool = False) -> Path:
         # Same seed, same machine, same weights; some kernels get slower.
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
+    backup = None
     if resume:
         if not (run_dir / SPLIT_FILE).exists():
             raise FileNotFoundError(
@@ -247,27 +449,45 @@ def train(config: Config, resume: bool = False) -> Path:
         split = pd.read_csv(run_dir / SPLIT_FILE)
         history_so_far = read_history(run_dir)
         best_so_far = float(history_so_far[SELECTION_METRIC].max()) if len(history_so_far) else None
-        logger.info("Resuming %s after %d finished epochs", run_dir, len(history_so_far))
+        backup = read_backup(run_dir)
+        logger.info(
+            "Resuming %s after %d finished epochs",
+            run_dir,
+            backup["epoch"] if backup else 0,
+        )
+        guard = contextlib.nullcontext(run_dir)
     else:
-        config.save(run_dir / CONFIG_FILE)
         split = data.prepare_split(config, dataset)
-        split.to_csv(run_dir / SPLIT_FILE, index=False)
         best_so_far = None
+        guard = _new_run_dir(run_dir)
     class_names = data.task_class_names(config.task, dataset.class_names)
     logger.info("Run folder: %s; task %s, classes: %s", run_dir, config.task, list(class_names))
 
-    train_split = data.load_split(split, "train", config.image_size, dataset.root)
-    val_split = data.load_split(split, "val", config.image_size, dataset.root)
-    if len(train_split.labels) == 0 or len(val_split.labels) == 0:
-        raise data.DataError(
-            f"No readable images left in the {'train' if not len(train_split.labels) else 'val'} "
-            f"subset of '{dataset.root}'. Check the files listed in the warnings above."
+    with guard:
+        if not resume:
+            config.save(run_dir / CONFIG_FILE)
+            with atomic_path(run_dir / SPLIT_FILE) as temporary:
+                split.to_csv(temporary, index=False)
+        train_split = data.load_split(split, "train", config.image_size, dataset.root)
+        val_split = data.load_split(split, "val", config.image_size, dataset.root)
+        if len(train_split.labels) == 0 or len(val_split.labels) == 0:
+            subset = "train" if not len(train_split.labels) else "val"
+            raise data.DataError(
+                f"No readable images left in the {subset} subset of '{dataset.root}'. Check "
+                "the files listed in the warnings above."
+            )
+        train_ds, val_ds, steps = data.make_datasets(
+            config, train_split, val_split, len(class_names)
         )
-    train_ds, val_ds, steps = data.make_datasets(config, train_split, val_split, len(class_names))
 
-    strategy = make_strategy(config.strategy)
-    with strategy.scope():
-        model = compile_model(build_model(config), config)
+        strategy = make_strategy(config.strategy)
+        with strategy.scope():
+            model = compile_model(build_model(config), config)
+            initial_epoch = 0
+            if backup is not None:
+                restore_backup(model, run_dir, backup)
+                initial_epoch = int(backup["epoch"])
+        train_ds = fast_forward(train_ds, initial_epoch, steps)
     logger.info(
         "Model: %s parameters; balance=%s; %d replica(s) (%s)",
         f"{model.count_params():,}",
@@ -279,9 +499,10 @@ def train(config: Config, resume: bool = False) -> Path:
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
+        initial_epoch=initial_epoch,
         steps_per_epoch=steps,
         shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=make_callbacks(config, run_dir, resume, best_so_far),
+        callbacks=make_callbacks(config, run_dir, resume, best_so_far, backup),
         verbose=1 if sys.stdout.isatty() else 2,
     )
     history = read_history(run_dir)
@@ -309,7 +530,7 @@ def train(config: Config, resume: bool = False) -> Path:
     summary["stopped_early"] = summary["epochs_run"] < config.epochs
     summary["replicas"] = int(strategy.num_replicas_in_sync)
     summary["task"] = config.task
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     logger.info(
         "%s after epoch %d; %s holds epoch %d (highest %s %.4f)",
         "Early stopping" if summary["stopped_early"] else "Finished",

@@ -20,7 +20,7 @@ from PIL import Image
 
 from helpers import flags, synthetic_xray, write_dataset
 from pneumocnn import data, train
-from pneumocnn.images import MAX_PIXELS, ImageLoadError, load_image, load_images
+from pneumocnn.images import MAX_DECODED_BYTES, ImageLoadError, load_image, load_images
 from pneumocnn.metadata import METADATA_FILE, MetadataError, load_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_awkward_files_give_an_array_or_a_named_error(tmp_path):
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(_png_claiming(100_000, 100_000))
-    assert 100_000 * 100_000 > MAX_PIXELS
+    assert 100_000 * 100_000 > MAX_DECODED_BYTES
     started = time.perf_counter()
     with pytest.raises(ImageLoadError, match="above the limit"):
         load_image(path, 32)
