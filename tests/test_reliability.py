@@ -165,15 +165,15 @@ def test_symlink_loop_in_a_class_folder_is_not_followed(make_dataset):
 def test_unreadable_file_is_skipped_and_counted(make_dataset, monkeypatch):
     root = make_dataset(patients=4, images_per_patient=1)
     locked = sorted((root / "train" / "NORMAL").iterdir())[0]
-    real_open = Image.open
+    real_open = os.open
 
     def open_or_deny(source, *args, **kwargs):
         # Root reads any file whatever its mode, so the denial is simulated where it happens.
-        if Path(str(source)) == locked:
+        if Path(os.fsdecode(source)) == locked:
             raise PermissionError(13, "Permission denied", str(locked))
         return real_open(source, *args, **kwargs)
 
-    monkeypatch.setattr(Image, "open", open_or_deny)
+    monkeypatch.setattr(os, "open", open_or_deny)
     images, kept, skipped = load_images_of(root)
     assert [p for p, _ in skipped] == [str(locked)]
     assert "Permission denied" in skipped[0][1]
