@@ -21,6 +21,9 @@ from pneumocnn.files import write_text_atomic
 BALANCE_CHOICES = ("none", "class_weight", "oversample")
 STRATEGY_CHOICES = ("default", "mirrored", "multiworker")
 TASK_CHOICES = ("binary", "subtype")
+NORMALIZATION_CHOICES = ("none", "per_image")
+AVERAGING_CHOICES = ("none", "ema")
+SCHEDULE_CHOICES = ("plateau", "cosine")
 
 
 def _field(default: Any, help: str) -> Any:
@@ -91,6 +94,16 @@ class Config:
         "Mixup: blend pairs of training films with Beta(alpha, alpha) weights; 0 is off. "
         "A regulariser against memorising one hospital's films.",
     )
+    framing_strength: float = _field(
+        0.0,
+        "Random zoom-in crops (up to 25% x strength of the side) and shifts (8% x strength), "
+        "for both classes: the test films are framed tighter, and framing must not be a cue.",
+    )
+    gamma_strength: float = _field(
+        0.0,
+        "Random gamma per film, in [1/(1+0.5s), 1+0.5s]: exposure curves differ between "
+        "batches of films; 0 is off.",
+    )
     label_smoothing: float = _field(
         0.0, "Pulls the 0/1 targets towards 0.5 by this much; discourages overconfidence."
     )
@@ -104,6 +117,11 @@ class Config:
         5, "SeparableConv2D blocks, each halving the resolution; 5 keeps int8 under 200 KB."
     )
     dropout_rate: float = _field(0.3, "Dropout before the head; the dataset is small.")
+    input_normalization: Literal["none", "per_image"] = _field(
+        "none",
+        "per_image: each film is standardised to zero mean and unit variance inside the model "
+        "(LayerNormalization over the image), so overall exposure cannot be a cue.",
+    )
 
     # Optimisation.
     epochs: int = _field(30, "Upper bound; early stopping usually ends the run sooner.")
@@ -118,6 +136,15 @@ class Config:
         3, "Epochs without a lower val_loss before the learning rate is cut."
     )
     reduce_lr_factor: float = _field(0.3, "Multiplies the learning rate at each plateau.")
+    lr_schedule: Literal["plateau", "cosine"] = _field(
+        "plateau",
+        "plateau: cut the rate when val_loss stalls; cosine: decay to 1% over `epochs`.",
+    )
+    weight_averaging: Literal["none", "ema"] = _field(
+        "none",
+        "ema: validate, checkpoint and ship an exponential moving average of the weights "
+        "(momentum 0.99), which is smoother than the last step's weights.",
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -134,6 +161,19 @@ class Config:
             (self.intensity_strength >= 0, "intensity_strength", "a number of at least 0"),
             (self.normal_augment_strength >= 0, "normal_augment_strength", "at least 0"),
             (self.mixup_alpha >= 0, "mixup_alpha", "a number of at least 0"),
+            (self.framing_strength >= 0, "framing_strength", "a number of at least 0"),
+            (self.gamma_strength >= 0, "gamma_strength", "a number of at least 0"),
+            (
+                self.input_normalization in NORMALIZATION_CHOICES,
+                "input_normalization",
+                f"one of {NORMALIZATION_CHOICES}",
+            ),
+            (self.lr_schedule in SCHEDULE_CHOICES, "lr_schedule", f"one of {SCHEDULE_CHOICES}"),
+            (
+                self.weight_averaging in AVERAGING_CHOICES,
+                "weight_averaging",
+                f"one of {AVERAGING_CHOICES}",
+            ),
             (0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)"),
             (self.base_filters >= 1, "base_filters", "a positive integer"),
             (self.num_blocks >= 1, "num_blocks", "a positive integer"),

@@ -107,7 +107,8 @@ def build_model(config: Config) -> keras.Model:
     `task="subtype"`.
 
     Args:
-        config: uses `task`, `image_size`, `base_filters`, `num_blocks` and `dropout_rate`.
+        config: uses `task`, `image_size`, `base_filters`, `num_blocks`, `dropout_rate` and
+            `input_normalization`.
 
     Returns:
         A `keras.Model` named "pneumocnn".
@@ -123,6 +124,13 @@ def build_model(config: Config) -> keras.Model:
     # To [-1, 1]: zero-centred inputs give the stem's BatchNormalization statistics near its
     # initial ones, so early validation (inference mode) is already meaningful.
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)
+    if config.input_normalization == "per_image":
+        # Each film to zero mean and unit variance over its own pixels (LayerNormalization
+        # over height, width and channel, with no learnt scale or shift), so the overall
+        # exposure of a batch of films cannot be a cue; converts to int8 TFLite ops.
+        x = keras.layers.LayerNormalization(
+            axis=(1, 2, 3), center=False, scale=False, epsilon=1e-3, name="standardize"
+        )(x)
     x = _conv_bn_relu(
         x,
         keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem"),
@@ -150,7 +158,9 @@ def build_model(config: Config) -> keras.Model:
     return keras.Model(inputs, outputs, name="pneumocnn")
 
 
-def compile_model(model: keras.Model, config: Config) -> keras.Model:
+def compile_model(
+    model: keras.Model, config: Config, steps_per_epoch: int | None = None
+) -> keras.Model:
     """Compiles `model` with Adam, cross-entropy, and the metrics the reports use.
 
     Metrics: accuracy, ROC AUC (for three classes, over the flattened one-vs-rest outputs),
@@ -160,11 +170,24 @@ def compile_model(model: keras.Model, config: Config) -> keras.Model:
 
     Args:
         model: from `build_model`.
-        config: uses `task`, `learning_rate` and `label_smoothing`.
+        config: uses `task`, `learning_rate`, `label_smoothing`, `lr_schedule`, `epochs` and
+            `weight_averaging`.
+        steps_per_epoch: training steps an epoch, which `lr_schedule="cosine"` needs to span
+            `epochs`. Defaults to `None`.
 
     Returns:
         The same model, compiled.
     """
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "cosine":
+        if not steps_per_epoch:
+            raise ValueError(
+                "lr_schedule='cosine' decays over the whole run and needs its length. "
+                f"Received: steps_per_epoch={steps_per_epoch!r}. Pass the training steps an epoch."
+            )
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=config.epochs * steps_per_epoch, alpha=0.01
+        )
     if num_classes_of(config) > 2:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
         accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
@@ -172,7 +195,9 @@ def compile_model(model: keras.Model, config: Config) -> keras.Model:
         loss = keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing)
         accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(
+            learning_rate, use_ema=config.weight_averaging == "ema", ema_momentum=0.99
+        ),
         loss=loss,
         metrics=[accuracy, keras.metrics.AUC(name="auc"), Sensitivity(), Specificity()],
     )

@@ -49,7 +49,7 @@ SELECTION_METRIC = "val_auc"
 class EpochTimer(keras.callbacks.Callback):
     """Adds `epoch_seconds` (training part of the epoch, without validation) to the logs.
 
-    Placed before `CSVLogger`, so the timing lands in `history.csv`.
+    Placed before `HistoryLogger`, so the timing lands in `history.csv`.
     """
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -149,7 +149,10 @@ class EpochBackup(keras.callbacks.Callback):
         restore: a `state.json` to restore into `watched` at the start. Defaults to `None`.
     """
 
-    COUNTERS = ("wait", "best", "best_epoch", "cooldown_counter")
+    # EarlyStopping's and ReduceLROnPlateau's counters, and whether SwapEMAWeights has the
+    # averaged weights in the model (a private flag: without it a resumed run would train on
+    # the averaged weights as if they were the raw ones).
+    COUNTERS = ("wait", "best", "best_epoch", "cooldown_counter", "_ema_weights_in_model")
 
     def __init__(
         self,
@@ -176,10 +179,9 @@ class EpochBackup(keras.callbacks.Callback):
             np.savez(temporary, *variable_values(self.model))
         counters = [
             {
-                name: (None if value is None else float(value) if name == "best" else int(value))
+                name: _json_value(getattr(callback, name))
                 for name in self.COUNTERS
                 if hasattr(callback, name)
-                for value in [getattr(callback, name)]
             }
             for callback in self.watched
         ]
@@ -194,6 +196,14 @@ class EpochBackup(keras.callbacks.Callback):
             path.unlink()
         with contextlib.suppress(FileNotFoundError, OSError):
             self.folder.rmdir()
+
+
+def _json_value(value: Any) -> Any:
+    """A callback counter as JSON keeps it: None, bool, int, or float (exact, as JSON writes
+    the shortest repr that reads back to the same float)."""
+    if value is None or isinstance(value, bool | np.bool_):
+        return None if value is None else bool(value)
+    return int(value) if isinstance(value, int | np.integer) else float(value)
 
 
 def variable_values(model: keras.Model) -> list[np.ndarray]:
@@ -258,6 +268,7 @@ def make_callbacks(
     run_dir: Path,
     resume: bool = False,
     best_so_far: float | None = None,
+    extra: list[keras.callbacks.Callback] | None = None,
     backup: dict[str, Any] | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The training callbacks: timing, NaN guard, checkpoint, early stopping, LR schedule,
@@ -269,9 +280,18 @@ def make_callbacks(
         resume: append to `history.csv` instead of starting it. Defaults to False.
         best_so_far: when resuming, the best `val_auc` already checkpointed, so a worse epoch
             does not overwrite `best.keras`. Defaults to `None`.
+        extra: more callbacks, run after selection and before the history log (so what they
+            add to the logs lands in `history.csv`). Defaults to `None`.
         backup: when resuming, the backup state (see `read_backup`) whose callback counters
             are restored. Defaults to `None`.
     """
+    # With weight averaging, validation, the checkpoint and early stopping see the averaged
+    # weights: SwapEMAWeights swaps them in at each epoch's end, so it must come before them.
+    averaging = (
+        [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
+        if config.weight_averaging == "ema"
+        else []
+    )
     early_stopping = keras.callbacks.EarlyStopping(
         monitor=SELECTION_METRIC,
         mode="max",
@@ -282,23 +302,32 @@ def make_callbacks(
         # the checkpoint's strict maximum in best.keras; `train` logs what was kept instead.
         verbose=0,
     )
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(
-        monitor="val_loss",
-        mode="min",
-        factor=config.reduce_lr_factor,
-        patience=config.reduce_lr_patience,
-        min_lr=1e-6,
-        verbose=1,
+    # A cosine schedule owns the learning rate; plateau cuts would fight it.
+    plateau = (
+        [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                mode="min",
+                factor=config.reduce_lr_factor,
+                patience=config.reduce_lr_patience,
+                min_lr=1e-6,
+                verbose=1,
+            )
+        ]
+        if config.lr_schedule == "plateau"
+        else []
     )
     return [
         EpochTimer(),
         keras.callbacks.TerminateOnNaN(),
+        *averaging,
         BestModelCheckpoint(run_dir / MODEL_FILE, SELECTION_METRIC, best_so_far),
         early_stopping,
-        reduce_lr,
+        *plateau,
+        *(extra or []),
         HistoryLogger(run_dir / HISTORY_FILE, append=resume),
         # Last, so an epoch is backed up only after everything above has recorded it.
-        EpochBackup(run_dir / BACKUP_DIR, [early_stopping, reduce_lr], restore=backup),
+        EpochBackup(run_dir / BACKUP_DIR, [*averaging, early_stopping, *plateau], restore=backup),
     ]
 
 
@@ -410,13 +439,19 @@ def summarise(
     }
 
 
-def train(config: Config, resume: bool = False) -> Path:
+def train(
+    config: Config,
+    resume: bool = False,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> Path:
     """Trains a model as `config` says and writes the run folder.
 
     Args:
         config: the run's settings.
         resume: continue the interrupted run in `config.output_dir` from its last finished
             epoch (its `split.csv` and backup), instead of starting a new one. Defaults to False.
+        callbacks: more Keras callbacks (e.g. one that scores another folder each epoch and
+            adds the figure to the logs), placed before the CSV log. Defaults to `None`.
 
     Returns:
         The run folder.
@@ -482,7 +517,7 @@ def train(config: Config, resume: bool = False) -> Path:
 
         strategy = make_strategy(config.strategy)
         with strategy.scope():
-            model = compile_model(build_model(config), config)
+            model = compile_model(build_model(config), config, steps)
             initial_epoch = 0
             if backup is not None:
                 restore_backup(model, run_dir, backup)
@@ -502,7 +537,7 @@ def train(config: Config, resume: bool = False) -> Path:
         initial_epoch=initial_epoch,
         steps_per_epoch=steps,
         shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=make_callbacks(config, run_dir, resume, best_so_far, backup),
+        callbacks=make_callbacks(config, run_dir, resume, best_so_far, callbacks, backup),
         verbose=1 if sys.stdout.isatty() else 2,
     )
     history = read_history(run_dir)

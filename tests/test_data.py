@@ -289,3 +289,28 @@ def test_intensity_augmentation_changes_brightness_within_range(make_dataset):
     raw = {image.tobytes() for image in train.images.astype(np.float32)}
     assert not any(image.tobytes() in raw for image in images)
     assert images.min() >= 0 and images.max() <= 255
+
+
+def test_framing_augmentation_zooms_in_on_every_class(make_dataset):
+    # The framing shortcut (issue #15): a tight frame must not mean PNEUMONIA, so both classes
+    # get zoomed in; no film passes through unchanged.
+    train, images, labels, _ = _first_training_batch(make_dataset, framing_strength=1.0)
+    raw = {image.tobytes() for image in train.images.astype(np.float32)}
+    changed = np.array([image.tobytes() not in raw for image in images])
+    assert changed[labels == 0].all() and changed[labels == 1].all()
+    assert images.min() >= 0 and images.max() <= 255
+
+
+def test_gamma_augmentation_keeps_black_and_white_and_bends_the_midtones():
+    config = Config(
+        image_size=32, augment_strength=0, intensity_strength=0, mixup_alpha=0, gamma_strength=2.0
+    )
+    ramp = np.tile(np.linspace(0, 255, 32, dtype=np.float32), (32, 1))[np.newaxis, :, :, None]
+    films = np.repeat(ramp, 16, axis=0).astype(np.uint8)
+    loaded = data.LoadedSplit(films, np.array([0, 1] * 8), [], [])
+    train_ds, _, _ = data.make_datasets(config, loaded, loaded)
+    images = next(iter(train_ds))[0].numpy()
+    np.testing.assert_allclose(images[:, :, 0], 0.0, atol=1e-3)  # gamma fixes 0 ...
+    np.testing.assert_allclose(images[:, :, -1], 255.0, atol=1e-2)  # ... and 255
+    midtones = images[:, 0, 16, 0]
+    assert midtones.std() > 1.0  # each film drew its own gamma

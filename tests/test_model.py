@@ -1,5 +1,6 @@
 import keras
 import numpy as np
+import pytest
 
 from pneumocnn.config import Config
 from pneumocnn.model import LAST_CONV_LAYER, OUTPUT_LAYER, Specificity, build_model, compile_model
@@ -57,3 +58,44 @@ def test_specificity_is_recall_of_the_negative_class():
     metric = Specificity()
     metric.update_state(np.array([0, 0, 0, 0, 1]), np.array([0.1, 0.2, 0.9, 0.4, 0.9]))
     assert float(metric.result()) == 0.75
+
+
+def test_per_image_standardisation_ignores_a_films_overall_exposure():
+    # input_normalization="per_image": a film and the same film with its contrast halved and
+    # shifted brighter are the same input to the network after standardisation.
+    keras.utils.set_random_seed(2)
+    model = build_model(Config(image_size=48, input_normalization="per_image"))
+    film = np.random.default_rng(2).uniform(20, 200, (1, 48, 48, 1)).astype(np.float32)
+    brighter = film * 0.5 + 100
+    np.testing.assert_allclose(
+        model.predict(film, verbose=0), model.predict(brighter, verbose=0), atol=1e-4
+    )
+    plain = build_model(Config(image_size=48))
+    assert "standardize" not in [layer.name for layer in plain.layers]
+
+
+def test_cosine_schedule_needs_the_run_length():
+    config = Config(image_size=48, lr_schedule="cosine", epochs=4)
+    try:
+        compile_model(build_model(config), config)
+    except ValueError as error:
+        assert "steps_per_epoch" in str(error)
+    else:
+        raise AssertionError("a cosine schedule without steps_per_epoch was accepted")
+    model = compile_model(build_model(config), config, steps_per_epoch=10)
+    schedule = model.optimizer._learning_rate  # Keras keeps the schedule object here
+    assert float(schedule(0)) == pytest.approx(config.learning_rate)
+    assert float(schedule(4 * 10)) == pytest.approx(config.learning_rate * 0.01)
+
+
+def test_weight_averaging_swaps_averaged_weights_in_before_the_checkpoint(tmp_path):
+    from pneumocnn.train import make_callbacks
+
+    config = Config(image_size=48, weight_averaging="ema")
+    names = [type(c).__name__ for c in make_callbacks(config, tmp_path)]
+    assert names.index("SwapEMAWeights") < names.index("BestModelCheckpoint")
+    assert names.index("SwapEMAWeights") < names.index("EarlyStopping")
+    model = compile_model(build_model(config), config)
+    assert model.optimizer.use_ema
+    cosine = make_callbacks(Config(lr_schedule="cosine"), tmp_path)
+    assert "ReduceLROnPlateau" not in [type(c).__name__ for c in cosine]

@@ -1,0 +1,203 @@
+"""The shift study: which recipe holds up on another batch of films (the development half).
+
+Validation carved from `train/` is saturated (every recipe 0.99+ AUC) and blind to how the
+official test films differ, so recipes are compared here on the development half of the test
+split (`<data-dir>/test`, 313 films), over several seeds. Each row is a file
+`experiments/shift/<name>.json` that pins every recipe field it depends on. For each row and
+seed, one fresh process trains with the package's own `pneumocnn.train.train` (the same code the
+CLI runs) into `runs/shift/<name>-s<seed>/`, scores the development half after every epoch (a
+callback that only reads it: nothing is trained on it, and checkpoints are still selected on
+validation), then saves `experiments/shift/results/<name>-s<seed>.json`: the float model's
+probabilities for every validation film and every development-half film, per-epoch
+development-half probabilities, and the run's summary. A run killed half-way resumes from its
+backup; a finished row is skipped, so the study spans sittings. Tables are made from the saved
+results only:
+
+    python experiments/shift_study.py --data-dir ../shared/chest_xray            # every row
+    python experiments/shift_study.py --data-dir ../shared/chest_xray --only framing --seeds 1
+    python experiments/shift_study.py --table                                    # Markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ROWS = HERE / "shift"
+RESULTS = ROWS / "results"
+DEFAULT_SEEDS = (1, 2, 3)
+
+
+def row_names() -> list[str]:
+    """The study's rows, in the order of `order.txt` (then any others, sorted)."""
+    listed = (ROWS / "order.txt").read_text().split() if (ROWS / "order.txt").exists() else []
+    others = sorted(p.stem for p in ROWS.glob("*.json") if p.stem not in listed)
+    return [name for name in listed if (ROWS / f"{name}.json").exists()] + others
+
+
+def result_path(name: str, seed: int) -> Path:
+    return RESULTS / f"{name}-s{seed}.json"
+
+
+def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
+    """Trains row `name` with `seed` and saves its result file (in this process)."""
+    import keras
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from pneumocnn import data, train
+    from pneumocnn.config import Config
+    from pneumocnn.images import load_images
+    from pneumocnn.model import load_model
+
+    fields = json.loads((ROWS / f"{name}.json").read_text())
+    run_dir = runs_dir / f"{name}-s{seed}"
+    config = Config.from_dict(
+        {**fields, "seed": seed, "data_dir": data_dir, "output_dir": str(run_dir)}
+    )
+    dataset = data.find_dataset(data_dir)
+    if dataset.test is None:
+        raise SystemExit(f"No test/ folder under '{data_dir}': the study scores it.")
+    class_names = data.task_class_names(config.task, dataset.class_names)
+    dev_table = data.label_for_task(
+        data.list_images((dataset.test,), dataset.class_names), dataset.class_names, config.task
+    )
+    dev_images, kept, skipped = load_images(dev_table["path"].tolist(), config.image_size)
+    if skipped:
+        raise SystemExit(f"Unreadable development-half films: {skipped}")
+    dev_labels = dev_table["label"].to_numpy()[kept]
+    dev_names = [Path(p).name for p in dev_table["path"]]
+    epochs_dir = run_dir / "dev_epochs"
+
+    def pneumonia(outputs: np.ndarray) -> np.ndarray:
+        outputs = outputs.reshape(len(outputs), -1)
+        return outputs[:, 0] if outputs.shape[1] == 1 else 1.0 - outputs[:, 0]
+
+    class DevelopmentHalf(keras.callbacks.Callback):
+        """Scores the development half after each epoch (read only), saving its outputs."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            outputs = self.model.predict(dev_images.astype(np.float32), batch_size=64, verbose=0)
+            epochs_dir.mkdir(parents=True, exist_ok=True)
+            np.save(epochs_dir / f"epoch{epoch + 1:03d}.npy", outputs.astype(np.float32))
+            if logs is not None:
+                logs["dev_auc"] = float(roc_auc_score(dev_labels > 0, pneumonia(outputs)))
+
+    resume = (run_dir / "config.json").exists() and not (run_dir / "summary.json").exists()
+    if not (run_dir / "summary.json").exists():
+        train.train(config, resume=resume, callbacks=[DevelopmentHalf()])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    model = load_model(run_dir / "best.keras")
+    split = pd.read_csv(run_dir / "split.csv")
+    val = data.load_split(split, "val", config.image_size, dataset.root)
+    val_outputs = model.predict(val.images.astype(np.float32), batch_size=64, verbose=0)
+    dev_outputs = model.predict(dev_images.astype(np.float32), batch_size=64, verbose=0)
+    history = train.read_history(run_dir)
+    per_epoch = [
+        np.round(np.load(path).reshape(len(dev_labels), -1), 5).tolist()
+        for path in sorted(epochs_dir.glob("epoch*.npy"))
+    ]
+    result = {
+        "row": name,
+        "seed": seed,
+        "fields": fields,
+        "config": json.loads((run_dir / "config.json").read_text()),
+        "class_names": list(class_names),
+        "summary": {
+            key: summary[key]
+            for key in (
+                "best_epoch",
+                "epochs_run",
+                "val_auc",
+                "parameters",
+                "seconds_per_epoch",
+                "wall_seconds",
+            )
+        },
+        "history_dev_auc": history.get("dev_auc", pd.Series(dtype=float)).round(5).tolist(),
+        "history_val_auc": history["val_auc"].round(5).tolist(),
+        "val": {
+            "names": [Path(p).name for p in val.paths],
+            "labels": val.labels.tolist(),
+            "outputs": np.round(val_outputs.reshape(len(val.labels), -1), 5).tolist(),
+        },
+        "dev": {
+            "names": dev_names,
+            "labels": dev_labels.tolist(),
+            "outputs": np.round(dev_outputs.reshape(len(dev_labels), -1), 5).tolist(),
+            "per_epoch_outputs": per_epoch,
+        },
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    target = result_path(name, seed)
+    temporary = target.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(result) + "\n")
+    os.replace(temporary, target)
+
+
+def run_all(names: list[str], seeds: list[int], data_dir: str, runs_dir: Path) -> None:
+    """Runs every missing (row, seed), seeds in the outer loop so partial studies are even."""
+    for seed in seeds:
+        for name in names:
+            if result_path(name, seed).exists():
+                continue
+            log = runs_dir / f"{name}-s{seed}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            start = time.time()
+            print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed} ...", flush=True)
+            with open(log, "a") as handle:
+                code = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        name,
+                        str(seed),
+                        "--data-dir",
+                        data_dir,
+                        "--runs-dir",
+                        str(runs_dir),
+                    ],
+                    cwd=ROOT,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                ).returncode
+            status = "done" if code == 0 else f"FAILED (exit {code}, see {log})"
+            print(f"    {status} in {(time.time() - start) / 60:.1f} min", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default="../shared/chest_xray")
+    parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "shift"))
+    parser.add_argument("--only", nargs="+", help="rows to run (default: every row)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    parser.add_argument("--one", nargs=2, metavar=("ROW", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--table", action="store_true", help="print the tables and exit")
+    args = parser.parse_args(argv)
+    if args.table:
+        from shift_tables import print_tables
+
+        print_tables(RESULTS)
+        return 0
+    if args.one:
+        run_one(args.one[0], int(args.one[1]), args.data_dir, Path(args.runs_dir))
+        return 0
+    names = args.only or row_names()
+    unknown = [name for name in names if not (ROWS / f"{name}.json").exists()]
+    if unknown:
+        parser.error(f"no such row(s) {unknown}; rows: {row_names()}")
+    run_all(names, args.seeds, args.data_dir, Path(args.runs_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
