@@ -295,7 +295,9 @@ def test_best_keras_checkpoint_is_never_written_in_place(tmp_path):
     keras.saving.load_model(tmp_path / "best.keras")
 
 
-def _deterministic_run(root: Path, run_dir: Path, kill_after_epoch: int | None = None) -> None:
+def _deterministic_run(
+    root: Path, run_dir: Path, extra: list[str], kill_after_epoch: int | None = None
+) -> None:
     argv = flags(
         data_dir=root,
         output_dir=run_dir,
@@ -307,7 +309,7 @@ def _deterministic_run(root: Path, run_dir: Path, kill_after_epoch: int | None =
         val_fraction=0.25,
         early_stopping_patience=10,
         reduce_lr_patience=1,
-    ) + ["--deterministic"]
+    ) + ["--deterministic", *extra]
     prelude = ""
     if kill_after_epoch is not None:  # dies like a SIGKILL once that epoch is backed up
         prelude = (
@@ -326,12 +328,17 @@ def _deterministic_run(root: Path, run_dir: Path, kill_after_epoch: int | None =
     assert completed.returncode == expected, completed.stdout[-2000:] + completed.stderr[-3000:]
 
 
-def test_resumed_deterministic_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--weight-averaging", "ema", "--lr-schedule", "cosine"]],
+    ids=["plateau", "ema-cosine"],
+)
+def test_resumed_deterministic_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, extra):
     # The bug: --resume reset the seed and the input pipeline, so a resumed run drew other
     # shuffles, augmentations and dropout masks, and ended with other weights.
     root = write_dataset(tmp_path / "chest_xray", patients=12, images_per_patient=2, seed=5)
-    _deterministic_run(root, tmp_path / "whole")
-    _deterministic_run(root, tmp_path / "resumed", kill_after_epoch=1)
+    _deterministic_run(root, tmp_path / "whole", extra)
+    _deterministic_run(root, tmp_path / "resumed", extra, kill_after_epoch=1)
     assert json.loads((tmp_path / "resumed" / "backup" / "state.json").read_text())["epoch"] == 2
     assert train.main(["--resume", str(tmp_path / "resumed")]) == 0
     whole, resumed = (train.read_history(tmp_path / name) for name in ("whole", "resumed"))
