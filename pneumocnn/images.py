@@ -278,7 +278,8 @@ def _read_dicom(handle: BinaryIO, name: str) -> Image.Image:
     MONOCHROME1 inverted; colour converted to luminance. Patient data is never read.
     """
     try:
-        import pydicom  # noqa: F401
+        import pydicom
+        import pydicom.uid
         from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
     except ImportError as error:
         raise ImageLoadError(
@@ -296,7 +297,12 @@ def _read_dicom(handle: BinaryIO, name: str) -> Image.Image:
             "film is MONOCHROME1 or MONOCHROME2 (or RGB). Export it as a grayscale image."
         )
     handle.seek(0)
-    pixels = pixel_array(handle, index=0)  # decodes the first frame only
+    if transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        # pydicom reads a deflated file's pixels only from the inflated data set, which
+        # `_dicom_header` has checked fits the budget.
+        pixels = pixel_array(pydicom.dcmread(handle), index=0)
+    else:
+        pixels = pixel_array(handle, index=0)  # reads and decodes the first frame only
     notes = [f"DICOM {photometric}, {int(header.BitsAllocated)}-bit"]
     if frames > 1:
         notes.append(f"first of {frames} frames used")

@@ -77,6 +77,7 @@ def base_files(rng: np.random.Generator) -> dict[str, bytes]:
         "mono1.dcm": (4095 - wide, "MONOCHROME1", 12, {"window": (2048, 4096)}),
         "frames.dcm": (np.stack([film, film[::-1]]), "MONOCHROME2", 8, {}),
         "rle.dcm": (wide, "MONOCHROME2", 12, {"compress": RLELossless}),
+        "deflated.dcm": (wide, "MONOCHROME2", 12, {"compress": "1.2.840.10008.1.2.1.99"}),
     }
     for name, (pixels, photometric, bits, options) in dicoms.items():
         try:

@@ -152,7 +152,9 @@ def write_dicom(
         item.LUTDescriptor = voi_lut[0]
         item.add_new(0x00283006, "US", [int(value) for value in voi_lut[1]])  # LUTData
         dataset.VOILUTSequence = Sequence([item])
-    if compress is not None:
+    if compress == "1.2.840.10008.1.2.1.99":  # Deflated Explicit VR Little Endian
+        meta.TransferSyntaxUID = compress
+    elif compress is not None:
         dataset.compress(compress)
     path.parent.mkdir(parents=True, exist_ok=True)
     dataset.save_as(path, enforce_file_format=True)

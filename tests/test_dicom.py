@@ -26,7 +26,12 @@ from pneumocnn.images import (
 )
 
 pydicom = pytest.importorskip("pydicom", reason="the lite extra (pydicom) is not installed")
-from pydicom.uid import JPEGBaseline8Bit, JPEGLossless, RLELossless  # noqa: E402
+from pydicom.uid import (  # noqa: E402
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGLossless,
+    RLELossless,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_INT8 = ROOT / "saved_models" / "pneumocnn_int8.tflite"
@@ -83,6 +88,12 @@ CASES = {
         "MONOCHROME2",
         12,
         {"voi_lut": _lut_12_to_16_bits()},
+    ),
+    "12-bit deflated": (
+        lambda p: p.astype(np.uint16) * 16,
+        "MONOCHROME2",
+        12,
+        {"compress": DeflatedExplicitVRLittleEndian},
     ),
     "16-bit RLE Lossless compressed": (
         lambda p: p.astype(np.uint16) * 257,
