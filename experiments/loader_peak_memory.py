@@ -74,6 +74,13 @@ def build(folder: Path) -> dict[str, Path]:
     files[f"DICOM 12-bit {side}x{side}, no window (two passes)"] = write_dicom(
         folder / "auto.dcm", _gradient(side, side, np.uint16, 4095), "MONOCHROME2", 12
     )
+    side = _side(3)
+    ybr = np.full((side, side, 3), 128, np.uint8)
+    ybr[..., 0] = _gradient(side, side, np.uint8, 255)
+    files[f"DICOM YBR_FULL colour {side}x{side}"] = write_dicom(
+        folder / "ybr.dcm", ybr, "YBR_FULL", 8
+    )
+    del ybr
     frames, rows = 16, _side(2, 16)
     files[f"DICOM {frames} frames of {rows}x{rows} 16-bit"] = write_dicom(
         folder / "frames.dcm",

@@ -297,17 +297,27 @@ def _read_dicom(handle: BinaryIO, name: str) -> Image.Image:
             "film is MONOCHROME1 or MONOCHROME2 (or RGB). Export it as a grayscale image."
         )
     handle.seek(0)
+    # YBR data from native and RLE syntaxes is kept as stored (raw): its Y channel is the
+    # luminance, and pydicom's own YBR-to-RGB conversion works in float64, 8 bytes a sample,
+    # eight times the budget. JPEG-family decoders return RGB themselves.
+    encapsulated = pydicom.uid.UID(transfer_syntax).is_compressed
+    raw = not encapsulated or transfer_syntax == pydicom.uid.RLELossless
     if transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
         # pydicom reads a deflated file's pixels only from the inflated data set, which
         # `_dicom_header` has checked fits the budget.
-        pixels = pixel_array(pydicom.dcmread(handle), index=0)
+        pixels = pixel_array(pydicom.dcmread(handle), index=0, raw=raw)
     else:
-        pixels = pixel_array(handle, index=0)  # reads and decodes the first frame only
+        pixels = pixel_array(handle, index=0, raw=raw)  # reads and decodes the first frame only
     notes = [f"DICOM {photometric}, {int(header.BitsAllocated)}-bit"]
     if frames > 1:
         notes.append(f"first of {frames} frames used")
         logger.warning("'%s' has %d frames; only the first is used", name, frames)
-    if pixels.ndim == 3:  # colour, converted to RGB by pydicom: Pillow's luminance, as for a PNG
+    if pixels.ndim == 3 and raw and photometric.startswith("YBR"):
+        luminance = pixels[..., 0]  # Y: the luminance, as stored (colour is never windowed)
+        if luminance.dtype != np.uint8:
+            luminance = _to_uint8(luminance)
+        gray = Image.fromarray(np.ascontiguousarray(luminance), mode="L")
+    elif pixels.ndim == 3:  # RGB: Pillow's luminance, as for a colour PNG
         if pixels.dtype != np.uint8:
             pixels = _to_uint8(pixels.reshape(pixels.shape[0], -1)).reshape(pixels.shape)
         gray = Image.fromarray(np.ascontiguousarray(pixels[..., :3]), mode="RGB").convert("L")

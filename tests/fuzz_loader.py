@@ -192,7 +192,7 @@ def mutate(content: bytes, suffix: str, rng: np.random.Generator) -> tuple[str, 
     return kind, bytes(data[:at]) + noise + bytes(data[at + len(noise) :])
 
 
-def run(count: int, seed: int) -> dict:
+def run(count: int, seed: int, keep: int | None = None) -> dict:
     """Throws `count` mutated files at `load_image` and tallies the outcomes."""
     rng = np.random.default_rng(seed)
     bases = base_files(rng)
@@ -200,6 +200,7 @@ def run(count: int, seed: int) -> dict:
     outcomes: Counter = Counter()
     crashes: list[str] = []
     slowest = (0.0, "")
+    hungriest = (0.0, "")  # the input that raised the peak memory the most, and by how much
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         for index in range(count):
@@ -211,6 +212,7 @@ def run(count: int, seed: int) -> dict:
             path = Path(folder) / f"fuzz{index}{suffix}"
             path.write_bytes(content)
             began = time.perf_counter()
+            peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             try:
                 image = load_image(path, 32)
                 assert image.shape == (32, 32, 1) and image.dtype == np.uint8, image.shape
@@ -222,9 +224,14 @@ def run(count: int, seed: int) -> dict:
                 outcomes["crashed"] += 1
                 crashes.append(f"{name} {kind}: {traceback.format_exc(limit=3)}")
             seconds = time.perf_counter() - began
+            raised = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+            if raised > hungriest[0]:
+                hungriest = (raised, f"{name} {kind} (file {index}, {len(content):,} bytes)")
             if seconds > slowest[0]:
                 slowest = (seconds, f"{name} {kind}")
             outcomes[f"{name} {kind}"] += 0
+            if keep is not None and index == keep:
+                Path(f"fuzz{index}{suffix}").write_bytes(content)
             path.unlink()
     return {
         "tried": count,
@@ -234,6 +241,7 @@ def run(count: int, seed: int) -> dict:
         "hangs": int(slowest[0] > HANG_SECONDS),
         "slowest_seconds": round(slowest[0], 3),
         "slowest_input": slowest[1],
+        "hungriest_input": f"{hungriest[1]}: +{hungriest[0]:.0f} MB",
         "seconds": round(time.perf_counter() - started, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "bases": names,
@@ -247,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", type=int, help="write input number KEEP to the current folder")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.count, args.seed), indent=2))
+    print(json.dumps(run(args.count, args.seed, args.keep), indent=2))
     return 0
 
 

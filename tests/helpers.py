@@ -6,6 +6,11 @@ conftest.py of its own, and two modules named `conftest` cannot both be imported
 
 from __future__ import annotations
 
+import hashlib
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +145,12 @@ def write_dicom(
     dataset.Modality = "DX"
     dataset.PatientName, dataset.PatientID = patient
     bits = bits_stored or pixels.dtype.itemsize * 8
-    dataset.set_pixel_data(pixels, photometric, bits)
+    dataset.set_pixel_data(pixels, photometric, bits, generate_instance_uid=False)
+    # A UID from the pixels, so the same film always gives the same bytes (the fuzz test relies
+    # on it).
+    dataset.SOPInstanceUID = "2.25." + str(
+        int(hashlib.sha256(pixels.tobytes()).hexdigest()[:24], 16)
+    )
     meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
     if window is not None:
         dataset.WindowCenter, dataset.WindowWidth = window
@@ -159,3 +169,33 @@ def write_dicom(
     path.parent.mkdir(parents=True, exist_ok=True)
     dataset.save_as(path, enforce_file_format=True)
     return path
+
+
+def png_claiming(width: int, height: int, depth: int = 8, colour: int = 0) -> bytes:
+    """A PNG whose header claims `width` x `height` (bit depth, colour type) but holds almost no
+    data: a decompression bomb's header."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def train_in_subprocess(argv: list[str], prelude: str = "", returncode: int = 0) -> None:
+    """Runs `pneumocnn.train.main(argv)` in a fresh Python (after `prelude`, e.g. a patch), from
+    the project root, and checks its exit status."""
+    script = f"{prelude}\nimport sys\nfrom pneumocnn import train\nsys.exit(train.main({argv!r}))\n"
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == returncode, completed.stdout[-2000:] + completed.stderr[-3000:]

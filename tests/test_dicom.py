@@ -261,3 +261,42 @@ def test_a_folder_of_dicom_files_is_walked_by_predict(tmp_path, films):
     rows = [json.loads(line) for line in completed.stdout.splitlines()]
     assert [Path(row["path"]).name for row in rows] == ["a.dcm", "b.png"]
     assert all(row.get("label") for row in rows)
+
+
+def _tinted(film: np.ndarray) -> np.ndarray:
+    return np.stack([film, (film * 0.9).astype(np.uint8), film // 2], axis=-1)
+
+
+def test_colour_dicom_is_read_as_luminance_like_a_colour_png(tmp_path, films):
+    from pydicom.pixels import convert_color_space
+
+    rgb = _tinted(films[0])
+    Image.fromarray(rgb).save(tmp_path / "film.png")
+    expected = load_image(tmp_path / "film.png", 64).astype(int)
+    as_rgb = write_dicom(tmp_path / "rgb.dcm", rgb, "RGB", 8)
+    np.testing.assert_array_equal(load_image(as_rgb, 64), expected)
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    as_ybr = write_dicom(tmp_path / "ybr.dcm", ybr, "YBR_FULL", 8)
+    assert np.abs(load_image(as_ybr, 64).astype(int) - expected).max() <= 1  # Y is the luma
+
+
+def test_ybr_colour_dicom_at_the_budget_is_read_without_a_float_copy_of_every_sample(tmp_path):
+    # Found by the fuzz test: pydicom's own YBR-to-RGB conversion works in float64, so a YBR
+    # file within the 128 MB budget took about 1.3 GB.
+    side = int((MAX_DECODED_BYTES // 3) ** 0.5)
+    ybr = np.zeros((side, side, 3), np.uint8)
+    ybr[..., 0] = np.linspace(0, 255, side, dtype=np.uint8)
+    ybr[..., 1:] = 128
+    path = write_dicom(tmp_path / "ybr.dcm", ybr, "YBR_FULL", 8)
+    del ybr
+    script = (
+        "import resource, sys\n"
+        "from pneumocnn.images import load_image\n"
+        f"load_image({str(path)!r}, 32)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert int(completed.stdout.split()[-1]) < 600  # MB: the file, the array, one luminance

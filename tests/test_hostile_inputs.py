@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import flags, synthetic_xray, write_dataset
+from helpers import flags, png_claiming, synthetic_xray, train_in_subprocess, write_dataset
 from pneumocnn import data, train
 from pneumocnn.files import atomic_path, display_name
 from pneumocnn.images import (
@@ -91,22 +91,6 @@ def test_exif_rotated_film_gets_the_label_and_probability_of_the_upright_film(tm
 # One memory budget for every decoder
 
 
-def _png_claiming(width: int, height: int, depth: int = 8, colour: int = 0) -> bytes:
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-        + chunk(b"IEND", b"")
-    )
-
-
 def _jpeg_claiming(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (16, 16), 100).save(buffer, format="JPEG")
@@ -135,8 +119,8 @@ def _tiff_claiming(width: int, height: int) -> bytes:
     "name, content",
     [
         # 16-bit: 8,000 x 8,001 px is 64 Mpx, within the old pixel limit, but 128 MB decoded.
-        ("deep.png", _png_claiming(8000, 8001, depth=16)),
-        ("rgba.png", _png_claiming(6000, 6000, colour=6)),
+        ("deep.png", png_claiming(8000, 8001, depth=16)),
+        ("rgba.png", png_claiming(6000, 6000, colour=6)),
         ("wide.jpeg", _jpeg_claiming(60000, 3000)),
         ("tall.tiff", _tiff_claiming(12000, 12000)),
     ],
@@ -320,12 +304,7 @@ def _deterministic_run(
             "make = train.make_callbacks\n"
             "train.make_callbacks = lambda *a, **k: make(*a, **k) + [Kill()]\n"
         )
-    script = f"{prelude}import sys\nfrom pneumocnn import train\nsys.exit(train.main({argv!r}))\n"
-    completed = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True
-    )
-    expected = 9 if kill_after_epoch is not None else 0
-    assert completed.returncode == expected, completed.stdout[-2000:] + completed.stderr[-3000:]
+    train_in_subprocess(argv, prelude, returncode=9 if kill_after_epoch is not None else 0)
 
 
 @pytest.mark.parametrize(
