@@ -14,7 +14,6 @@ import argparse
 import io
 import json
 import logging
-import resource
 import struct
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import synthetic_xray, write_dicom  # noqa: E402
+from helpers import peak_memory_mb, synthetic_xray, write_dicom  # noqa: E402
 from pneumocnn.images import ImageLoadError, load_image  # noqa: E402
 
 HANG_SECONDS = 10.0
@@ -212,7 +211,7 @@ def run(count: int, seed: int, keep: int | None = None) -> dict:
             path = Path(folder) / f"fuzz{index}{suffix}"
             path.write_bytes(content)
             began = time.perf_counter()
-            peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            peak_before = peak_memory_mb()
             try:
                 image = load_image(path, 32)
                 assert image.shape == (32, 32, 1) and image.dtype == np.uint8, image.shape
@@ -224,7 +223,7 @@ def run(count: int, seed: int, keep: int | None = None) -> dict:
                 outcomes["crashed"] += 1
                 crashes.append(f"{name} {kind}: {traceback.format_exc(limit=3)}")
             seconds = time.perf_counter() - began
-            raised = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+            raised = peak_memory_mb() - peak_before
             if raised > hungriest[0]:
                 hungriest = (raised, f"{name} {kind} (file {index}, {len(content):,} bytes)")
             if seconds > slowest[0]:
@@ -243,7 +242,7 @@ def run(count: int, seed: int, keep: int | None = None) -> dict:
         "slowest_input": slowest[1],
         "hungriest_input": f"{hungriest[1]}: +{hungriest[0]:.0f} MB",
         "seconds": round(time.perf_counter() - started, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_memory_mb(), 1),
         "bases": names,
     }
 
