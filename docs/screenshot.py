@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 from playwright.sync_api import sync_playwright
 
-from pneumocnn.app import CHROMIUM_ARGS, serve
+from pneumocnn.app import serve
+from pneumocnn.web import CHROMIUM_ARGS
 
 DOCS = Path(__file__).resolve().parent
 

@@ -1,7 +1,9 @@
 """pneumocnn: a small from-scratch CNN for NORMAL vs PNEUMONIA chest X-rays, shipped as int8 TFLite.
 
-Importing the package does no work: each stage lives in its own module
-(`config`, `images`, `data`, `model`, `train`, `evaluate`, `export`, `lite`, `predict`).
+Importing the package does no work. Each job has its own module: the library (`config`,
+`images`, `data`, `model`, `callbacks`, `task`, `metrics`, `reports`, `metadata`, `lite`,
+`runners`, `runs`, `gradcam`, `cli`) and the commands (`train`, `evaluate`, `export`, `predict`,
+`explain`, `bench`, `app`); see the README's Layout section.
 """
 
 import os

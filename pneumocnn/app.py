@@ -24,27 +24,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-MODEL_DIR_ENV_VAR = "PNEUMOCNN_MODEL_DIR"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "saved_models"
+from pneumocnn.runners import MODEL_DIR_ENV_VAR, default_model_dir
+
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm"]
-# Headless Chromium as root in a closed network: no sandbox, and no background calls home.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 NOTICE = (
     "Research tool for paediatric chest X-rays (children aged one to five, frontal films). "
     "It is not a medical device and does not give a diagnosis: a clinician must read every film."
 )
-
-
-def model_dir() -> Path:
-    """The folder holding the exported model: `$PNEUMOCNN_MODEL_DIR`, else `saved_models/`."""
-    return Path(os.environ.get(MODEL_DIR_ENV_VAR) or DEFAULT_MODEL_DIR)
 
 
 def gauge_figure(probability: float, threshold: float, positive: str) -> Figure:
@@ -99,24 +85,24 @@ def render() -> None:
     import pandas as pd
     import streamlit as st
 
-    from pneumocnn.explain import GradCam, explain_image, overlay_figure
+    from pneumocnn.gradcam import GradCam, explain_image, overlay_figure
     from pneumocnn.images import ImageLoadError, read_grayscale, to_model_input
     from pneumocnn.lite import make_prediction
     from pneumocnn.metadata import MetadataError, load_metadata, model_files
     from pneumocnn.model import load_model
-    from pneumocnn.predict import load_classifier
+    from pneumocnn.runners import open_model
 
     st.set_page_config(page_title="pneumocnn", page_icon="🫁", layout="wide")
 
     @st.cache_resource(show_spinner="Loading the model...")
     def load(path: str) -> Any:
-        return load_classifier(path)
+        return open_model(path)
 
     @st.cache_resource(show_spinner="Loading Grad-CAM...")
     def load_cam(path: str) -> GradCam:
         return GradCam(load_model(path))
 
-    folder = model_dir()
+    folder = default_model_dir()
     models = find_models(folder)
     if not models:
         st.title("pneumocnn")
@@ -253,7 +239,8 @@ def serve(port: int, model_folder: str | Path | None = None, timeout: float = 60
 
     Args:
         port: a free local port.
-        model_folder: the exported model folder. Defaults to `None` (see `model_dir`).
+        model_folder: the exported model folder. Defaults to `None` (see
+            `pneumocnn.runners.default_model_dir`).
         timeout: seconds to wait for the server to answer. Defaults to 60.
 
     Yields:

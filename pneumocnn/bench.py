@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from pneumocnn.metadata import FP16_FILE, INT8_FILE, KERAS_FILE, METADATA_FILE
+from pneumocnn.metadata import DEFAULT_NAMES, model_files
+from pneumocnn.runners import default_model_dir
 
-SAVED_MODELS = Path(__file__).resolve().parents[1] / "saved_models"
 REFERENCE_MODELS = ("ResNet50", "DenseNet121", "MobileNetV2", "tutorial_cnn")
 
 
@@ -141,10 +141,9 @@ def _percentiles(times: list[float]) -> dict[str, float]:
 
 def measure_tflite(path: str, threads: int, warmup: int, runs: int) -> dict[str, Any]:
     """Times single-image inference of a `.tflite` with LiteRT."""
-    from pneumocnn.lite import _interpreter_class
+    from pneumocnn.lite import open_interpreter
 
-    interpreter = _interpreter_class()(model_path=path, num_threads=threads)
-    interpreter.allocate_tensors()
+    interpreter = open_interpreter(path, threads)
     details = interpreter.get_input_details()[0]
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, details["shape"]).astype(details["dtype"])
@@ -350,7 +349,8 @@ def run_benchmarks(
     from pneumocnn.metadata import load_metadata
     from pneumocnn.model import build_model
 
-    metadata = load_metadata(model_dir / METADATA_FILE)
+    files = model_files(DEFAULT_NAMES["binary"])
+    metadata = load_metadata(model_dir / files["metadata"])
     warmup, runs = (2, 5) if quick else (10, runs)
     all_threads = os.cpu_count() or 1
     references = ("tutorial_cnn",) if quick else REFERENCE_MODELS
@@ -359,9 +359,9 @@ def run_benchmarks(
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         candidates = [
-            ("pneumocnn int8", model_dir / INT8_FILE, metadata["training"]["parameters"]),
-            ("pneumocnn fp16", model_dir / FP16_FILE, metadata["training"]["parameters"]),
-            ("pneumocnn .keras", model_dir / KERAS_FILE, metadata["training"]["parameters"]),
+            ("pneumocnn int8", model_dir / files["int8"], metadata["training"]["parameters"]),
+            ("pneumocnn fp16", model_dir / files["fp16"], metadata["training"]["parameters"]),
+            ("pneumocnn .keras", model_dir / files["keras"], metadata["training"]["parameters"]),
         ]
         for name in references:
             path, parameters = export_reference(
@@ -475,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pneumocnn.bench", description=__doc__)
     parser.add_argument(
         "--model-dir",
-        default=str(SAVED_MODELS),
-        help="The exported pneumocnn model (default: saved_models).",
+        default=str(default_model_dir()),
+        help="The exported pneumocnn model (default: saved_models, or $PNEUMOCNN_MODEL_DIR).",
     )
     parser.add_argument("--output-dir", default="runs/bench")
     parser.add_argument("--runs", type=int, default=50, help="Timed runs per measurement.")

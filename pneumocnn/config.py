@@ -265,7 +265,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(Config)
     for field in dataclasses.fields(Config):
         converter, choices = _parser_type(hints[field.name])
-        help_text = f"{field.metadata['help']} (default: {field.default!r})"
+        # argparse expands %-formats in help: a literal "25%" must reach it as "25%%".
+        help_text = f"{field.metadata['help']} (default: {field.default!r})".replace("%", "%%")
         if converter is bool:
             parser.add_argument(
                 _flag(field.name),

@@ -24,6 +24,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from pneumocnn.config import Config
 from pneumocnn.images import FolderScan, load_images, scan_folder
+from pneumocnn.task import BINARY_CLASS_NAMES, SUBTYPE_CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ _PATIENT_PATTERNS = (
 )
 # The pneumonia subtype, from the same names: person<ID>_bacteria_<N> and person<ID>_virus_<N>.
 _SUBTYPE_PATTERN = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
-BINARY_CLASS_NAMES = ("NORMAL", "PNEUMONIA")
-SUBTYPE_CLASS_NAMES = ("NORMAL", "BACTERIAL", "VIRAL")
 _SUBTYPE_LABELS = {"bacteria": 1, "virus": 2}
 
 
@@ -164,7 +163,8 @@ def find_dataset(data_dir: str | Path) -> Dataset:
     if len(class_names) < 2:
         raise DataError(
             f"Data directory '{root}' has only the class folder {list(class_names)}; at least "
-            "two are needed (NORMAL/ and PNEUMONIA/). Received: data_dir='{data_dir}'."
+            f"two are needed (NORMAL/ and PNEUMONIA/). Received: data_dir='{data_dir}'. Add the "
+            "missing class folder, or point --data-dir at a Kaggle-style chest_xray/ folder."
         )
     dataset = Dataset(root, class_names, tuple(development), test)
     for name in class_names:
@@ -226,6 +226,31 @@ def subtype_of(path: str | Path) -> str | None:
     """
     match = _SUBTYPE_PATTERN.search(Path(path).name)
     return match.group(1).lower() if match else None
+
+
+def film_group(path: str | Path, is_pneumonia: bool) -> str:
+    """The group a film is reported in, from its file name: where errors fall.
+
+    NORMAL films are split by the two naming schemes of the Kaggle data (`IM-...` and
+    `NORMAL2-IM-...`, which come from different batches), pneumonia films by subtype.
+
+    `IM-0115-0001.jpeg` -> "NORMAL IM-"; `NORMAL2-IM-0135-0001.jpeg` -> "NORMAL NORMAL2-";
+    `person12_virus_3.jpeg` -> "PNEUMONIA viral"; `person7_bacteria_30.jpeg` ->
+    "PNEUMONIA bacterial"; a name with no scheme -> "NORMAL other" or "PNEUMONIA other".
+
+    Args:
+        path: the film's file.
+        is_pneumonia: its true class.
+    """
+    name = Path(path).name
+    if is_pneumonia:
+        subtype = subtype_of(name)
+        return {"bacteria": "PNEUMONIA bacterial", "virus": "PNEUMONIA viral"}.get(
+            subtype or "", "PNEUMONIA other"
+        )
+    if name.upper().startswith("NORMAL2-"):
+        return "NORMAL NORMAL2-"
+    return "NORMAL IM-" if name.upper().startswith("IM-") else "NORMAL other"
 
 
 def task_class_names(task: str, folder_names: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,11 +1,9 @@
-"""Grad-CAM: where the model looked. `python -m pneumocnn.explain IMAGE_OR_FOLDER... [--model M]`.
+"""Grad-CAM overlays: `python -m pneumocnn.explain IMAGE_OR_FOLDER... [--model M]`.
 
-Grad-CAM (Selvaraju et al., 2017) weights the last convolutional block's feature maps by the
-gradient of a class score and keeps the positive part: bright regions raised the score. A binary
-model explains its PNEUMONIA score; a subtype model explains the class it decided (NORMAL,
-BACTERIAL or VIRAL), or the one asked for.
-It runs on the float `.keras` model (an int8 `.tflite` has no gradients); the block is found by
-its name, `last_conv`, never by index.
+Writes one PNG per image: the X-ray in gray beside the same film with the Grad-CAM heatmap (see
+`pneumocnn.gradcam`) in colour, a colour bar, and the probability in the title. Grad-CAM needs
+the float `.keras` model (an int8 `.tflite` has no gradients): given a `.tflite`, the `.keras`
+of the same export is found beside it through the metadata.
 
 Example:
 
@@ -15,200 +13,14 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from pathlib import Path
 
-import keras
-import numpy as np
-import tensorflow as tf
-from matplotlib.figure import Figure
-
-from pneumocnn.images import ImageLoadError, load_image
-from pneumocnn.metadata import decide, load_metadata, model_name
-from pneumocnn.model import LAST_CONV_LAYER, OUTPUT_LAYER, load_model
+from pneumocnn import cli
+from pneumocnn.runners import default_model
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "saved_models" / "pneumocnn.keras"
-
-
-def _last_conv_output(model: keras.Model) -> keras.KerasTensor:
-    """The activated output of the last convolutional block, found by name."""
-    for name in (f"{LAST_CONV_LAYER}_relu", LAST_CONV_LAYER):
-        try:
-            return model.get_layer(name).output
-        except ValueError:
-            continue
-    raise ValueError(
-        f"Model '{model.name}' has no layer named '{LAST_CONV_LAYER}_relu' or "
-        f"'{LAST_CONV_LAYER}'. Received layers: {[layer.name for layer in model.layers]}. "
-        "Grad-CAM needs a model built by pneumocnn.model.build_model."
-    )
-
-
-class GradCam:
-    """Grad-CAM heatmaps for a pneumocnn `.keras` model.
-
-    Args:
-        model: a float Keras model from `build_model` (or `load_model`).
-
-    Example:
-
-    >>> cam = GradCam(load_model("saved_models/pneumocnn.keras"))  # doctest: +SKIP
-    >>> heatmap, probability = cam.heatmap(load_image("chest.jpeg", 160))  # doctest: +SKIP
-    """
-
-    def __init__(self, model: keras.Model):
-        self.model = model
-        self.image_size = int(model.input_shape[1])
-        self._model = keras.Model(
-            model.inputs, [_last_conv_output(model), model.get_layer(OUTPUT_LAYER).output]
-        )
-
-    @property
-    def num_outputs(self) -> int:
-        """1 for a binary (sigmoid) model, the number of classes for a subtype model."""
-        return int(self.model.output_shape[-1])
-
-    def heatmap(
-        self, image: np.ndarray, class_index: int | None = None
-    ) -> tuple[np.ndarray, float]:
-        """Computes the Grad-CAM heatmap of one image.
-
-        Args:
-            image: raw 0-255 pixels, `(image_size, image_size, 1)`, as `load_image` returns.
-            class_index: for a subtype model, the class to explain. Defaults to `None`: the
-                likeliest class. Ignored by a binary model, which explains PNEUMONIA.
-
-        Returns:
-            `(heatmap, probability)`: a float32 array `(image_size, image_size)` in [0, 1]
-            (all zeros when nothing raised the score), and the probability of the explained
-            class (P(PNEUMONIA) for a binary model).
-        """
-        batch = tf.convert_to_tensor(np.asarray(image, np.float32)[np.newaxis])
-        with tf.GradientTape() as tape:
-            features, outputs = self._model(batch, training=False)
-            if self.num_outputs == 1:
-                probability = outputs[:, 0]
-            else:
-                if class_index is None:
-                    class_index = int(tf.argmax(outputs[0]))
-                probability = outputs[:, class_index]
-            # The (one-vs-rest) logit's gradient does not vanish where the output saturates.
-            score = tf.math.log(probability + 1e-7) - tf.math.log(1 - probability + 1e-7)
-        gradients = tape.gradient(score, features)
-        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[0]
-        cam = tf.image.resize(cam[..., tf.newaxis], (self.image_size, self.image_size))[..., 0]
-        cam = cam.numpy()
-        peak = float(cam.max())
-        cam = cam / peak if peak > 0 else np.zeros_like(cam)
-        return np.clip(cam, 0.0, 1.0).astype(np.float32), float(probability.numpy().reshape(-1)[0])
-
-
-@dataclasses.dataclass(frozen=True)
-class Explanation:
-    """Grad-CAM of one image, for one class.
-
-    Args:
-        heatmap: float32 `(image_size, image_size)` in [0, 1].
-        probability: the explained class's probability.
-        explained: the explained class's name.
-        label: the model's decision (see `pneumocnn.metadata.decide`), or `None` without a
-            threshold.
-    """
-
-    heatmap: np.ndarray
-    probability: float
-    explained: str
-    label: str | None
-
-
-def explain_image(
-    cam: GradCam,
-    image: np.ndarray,
-    threshold: float | None = None,
-    class_names: list[str] | None = None,
-    label: str | None = None,
-) -> Explanation:
-    """Explains the class the model decides for one image.
-
-    A binary model explains PNEUMONIA (whatever the decision: the map shows what raised its
-    score). A subtype model explains the class it decided with `threshold` (or, without one,
-    its likeliest class), or `label` when the decision was already made elsewhere.
-
-    Args:
-        cam: the Grad-CAM of the model.
-        image: raw pixels `(image_size, image_size, 1)`.
-        threshold: the decision threshold from the metadata. Defaults to `None`.
-        class_names: index = label. Defaults to `None`: NORMAL / PNEUMONIA, or NORMAL /
-            BACTERIAL / VIRAL for a three-class model.
-        label: the decision to explain, when it was made by another model the user sees (the
-            app shows the int8 model's label; Grad-CAM needs the float one, which can decide a
-            near-tie the other way). Defaults to `None`: this model's own decision.
-    """
-    if class_names is None:
-        class_names = (
-            ["NORMAL", "PNEUMONIA"] if cam.num_outputs == 1 else ["NORMAL", "BACTERIAL", "VIRAL"]
-        )
-    if cam.num_outputs == 1:
-        heatmap, probability = cam.heatmap(image)
-        if label is None and threshold is not None:
-            label = decide([probability], threshold, class_names)[0]
-        return Explanation(heatmap, probability, class_names[1], label)
-    if label is None:
-        outputs = cam.model(np.asarray(image, np.float32)[np.newaxis], training=False).numpy()[0]
-        if threshold is not None:
-            label = decide([outputs], threshold, class_names)[0]
-        index = class_names.index(label) if label is not None else int(np.argmax(outputs))
-    else:
-        index = class_names.index(label)
-    heatmap, probability = cam.heatmap(image, index)
-    return Explanation(heatmap, probability, class_names[index], label)
-
-
-def overlay_figure(
-    image: np.ndarray,
-    heatmap: np.ndarray,
-    probability: float,
-    threshold: float | None,
-    title: str,
-    explained: str = "PNEUMONIA",
-    label: str | None = None,
-) -> Figure:
-    """The X-ray in gray beside the same X-ray with the heatmap in colour and a colour bar.
-
-    Args:
-        image: raw pixels `(size, size, 1)`.
-        heatmap: from `GradCam.heatmap`.
-        probability: the explained class's probability.
-        threshold: the decision threshold, shown with the verdict; `None` shows no verdict.
-        title: the figure's title (e.g. the file name).
-        explained: the class the heatmap explains. Defaults to "PNEUMONIA".
-        label: the verdict to show. Defaults to `None`: from `probability` and `threshold`
-            (binary models).
-    """
-    figure = Figure(figsize=(8, 4.3))
-    left, right = figure.subplots(1, 2)
-    pixels = np.asarray(image).squeeze()
-    left.imshow(pixels, cmap="gray", vmin=0, vmax=255)
-    left.set_title("X-ray")
-    right.imshow(pixels, cmap="gray", vmin=0, vmax=255)
-    shown = right.imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-    verdict = ""
-    if threshold is not None:
-        if label is None:
-            label = "PNEUMONIA" if probability >= threshold else "NORMAL"
-        verdict = f" -> {label} (threshold {threshold:.2f})"
-    right.set_title(f"Grad-CAM: P({explained}) = {probability:.3f}{verdict}", fontsize=9)
-    for ax in (left, right):
-        ax.axis("off")
-    figure.colorbar(shown, ax=right, fraction=0.046, pad=0.04, label=f"contribution to {explained}")
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    return figure
 
 
 def explain_files(
@@ -218,18 +30,30 @@ def explain_files(
     threshold: float | None = None,
     class_names: list[str] | None = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Writes one overlay PNG per image into `output_dir` (see `explain_image`).
+    """Writes one overlay PNG per image into `output_dir` (see `pneumocnn.gradcam`).
+
+    Args:
+        inputs: image files, or folders searched for images.
+        model_path: the float `.keras` model.
+        output_dir: where to write `<image>_gradcam.png`.
+        threshold: the decision threshold, shown with the verdict. Defaults to `None`.
+        class_names: index = label. Defaults to `None` (see `explain_image`).
 
     Returns:
         `(written, failed)`: the PNG paths, and `(path, reason)` for unreadable images.
-    """
-    from pneumocnn.predict import expand_inputs
 
+    Raises:
+        NoInputsError: if `inputs` hold no image file.
+    """
+    from pneumocnn.gradcam import GradCam, explain_image, overlay_figure
+    from pneumocnn.images import ImageLoadError, load_image
+    from pneumocnn.model import load_model
+
+    files = cli.require_inputs(inputs)
     cam = GradCam(load_model(model_path))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
-    files = list(expand_inputs([str(item) for item in inputs]))
     for index, path in enumerate(files, start=1):
         try:
             image = load_image(path, cam.image_size)
@@ -253,8 +77,7 @@ def explain_files(
     return written, failed
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point. Returns 0, or 1 if some images could not be read."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pneumocnn.explain",
         description="Write Grad-CAM overlays showing where the model looked.",
@@ -262,29 +85,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     parser.add_argument(
         "--model",
-        default=str(DEFAULT_MODEL),
-        help="A float .keras model (default: saved_models/pneumocnn.keras; the subtype model "
+        default=str(default_model("keras")),
+        help="A float .keras model, or a .tflite whose .keras sits beside it (default: "
+        "saved_models/pneumocnn.keras, or the one in $PNEUMOCNN_MODEL_DIR; the subtype model "
         "is saved_models/pneumocnn_subtype.keras).",
     )
     parser.add_argument("--output-dir", default="gradcam", help="Where to write the PNGs.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return parser
+
+
+def _command(args: argparse.Namespace) -> int:
+    from pneumocnn.metadata import load_metadata, model_name
+    from pneumocnn.runners import keras_beside
+
+    model_path = keras_beside(args.model)
+    if model_path != Path(args.model):
+        logger.info("Grad-CAM needs the float model: using %s", model_path)
     threshold, class_names = None, None
-    metadata_path = Path(args.model).parent / f"{model_name(args.model)}.json"
-    try:
-        if metadata_path.is_file():
-            metadata = load_metadata(metadata_path, args.model)
-            threshold, class_names = metadata["threshold"], metadata["class_names"]
-        written, failed = explain_files(
-            args.inputs, args.model, args.output_dir, threshold, class_names
-        )
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    metadata_path = model_path.parent / f"{model_name(model_path)}.json"
+    if metadata_path.is_file():
+        metadata = load_metadata(metadata_path, model_path)
+        threshold, class_names = metadata["threshold"], metadata["class_names"]
+    written, failed = explain_files(
+        args.inputs, model_path, args.output_dir, threshold, class_names
+    )
     print(f"Wrote {len(written)} Grad-CAM overlays to {args.output_dir}")
     for _, reason in failed:
         print(f"error: {reason}", file=sys.stderr)
-    return 1 if failed else 0
+    return cli.EXIT_SOME_INPUTS_FAILED if failed else cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point. Returns 0, 1 if some images could not be read (or none was
+    found), 2 for a usage error (see `pneumocnn.cli`)."""
+    return cli.run(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

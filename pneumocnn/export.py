@@ -2,13 +2,22 @@
 
 From a run folder it writes, into `saved_models/` by default: `pneumocnn_int8.tflite` (full
 integer: uint8 input of raw pixels, int8 builtin ops only, uint8 output), `pneumocnn_fp16.tflite`,
-`pneumocnn.keras`, `pneumocnn_labels.txt`, and the metadata `pneumocnn.json` (see
-`pneumocnn.metadata`). A `--task subtype` run's files are named `pneumocnn_subtype*` instead.
+`pneumocnn_rgb_int8.tflite` (for stock image classifiers: RGB in, one score per class whose argmax
+is the decision at the threshold), `pneumocnn.keras`, `pneumocnn_labels.txt`, and the metadata
+`pneumocnn.json` (see `pneumocnn.metadata`). A `--task subtype` run's files are named
+`pneumocnn_subtype*` instead. Every `.tflite` has a fixed batch of 1 and embedded TFLite metadata
+(see `pneumocnn.edge`).
 
 The int8 model is checked against the float model on the run's validation split before anything
 is written: its decisions must agree on at least 99% of images and its ROC AUC must be within
-0.005. Each file is written under a temporary name and renamed, so an interrupted export leaves
-no half-written file.
+0.005; the RGB variant must name the int8 model's class on at least 99% of the films that are not
+near-ties. Each file is written under a temporary name and renamed, so an interrupted export
+leaves no half-written file.
+
+`export` is a list of named steps: `prepare` (the run, its validation split, the float model and
+the threshold), `convert_family` (int8, float16, RGB int8, `.keras`, labels), `check_int8`
+(parity), `check_rgb` (the RGB variant's parity), `describe` (the metadata) and `write_family`
+(rename into place).
 
 Example:
 
@@ -18,45 +27,35 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-import tensorflow as tf
+from pneumocnn import cli
 
-from pneumocnn import __version__, data
-from pneumocnn.evaluate import (
-    compute_metrics,
-    ensure_threshold,
-    keras_probabilities,
-    pneumonia_view,
-    resolve_source,
-)
-from pneumocnn.lite import LiteModel
-from pneumocnn.metadata import (
-    DEFAULT_NAMES,
-    FORMAT_VERSION,
-    PREPROCESSING,
-    decide,
-    model_files,
-    sha256_of,
-    write_json_atomically,
-)
-from pneumocnn.model import load_model
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+    import pandas as pd
+
+    from pneumocnn.config import Config
+    from pneumocnn.data import LoadedSplit
+    from pneumocnn.runs import Source
 
 logger = logging.getLogger(__name__)
 
 MIN_AGREEMENT = 0.99
 MAX_AUC_DROP = 0.005
+# The model files of an export, by role (see `pneumocnn.metadata.model_files`).
+MODEL_ROLES = ("int8", "fp16", "rgb_int8", "keras")
 
 
-class ParityError(RuntimeError):
+class ParityError(cli.CheckFailedError):
     """Raised when the int8 model strays too far from the float model."""
 
 
@@ -64,6 +63,8 @@ def representative_images(
     split: pd.DataFrame, root: Path, image_size: int, count: int, seed: int
 ) -> np.ndarray:
     """A seeded, class-stratified sample of training images (raw 0-255) for calibration."""
+    from pneumocnn import data
+
     train = split[split["subset"] == "train"]
     sample = data.limit_per_class(train, max(1, count // 2), seed)
     images = data.load_split(sample, "train", image_size, root).images.copy()
@@ -86,6 +87,9 @@ def convert(saved_model: Path, calibration: np.ndarray | None) -> bytes:
     Returns:
         The `.tflite` flatbuffer.
     """
+    import numpy as np
+    import tensorflow as tf
+
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if calibration is None:
@@ -111,63 +115,47 @@ def check_parity(
     threshold: float,
     class_names: list[str],
     strict: bool = True,
-) -> dict[str, float]:
-    """Compares int8 and float predictions on validation images.
-
-    Decisions follow `pneumocnn.metadata.decide`, so for a subtype model (outputs `(n, 3)`)
-    they are the three-class labels; the AUC is that of pneumonia vs NORMAL for both tasks.
+) -> dict[str, Any]:
+    """Compares int8 and float predictions on validation images (see `pneumocnn.metrics.parity`).
 
     Args:
         labels: true labels.
-        float_probabilities: the float model's outputs.
-        int8_probabilities: the int8 model's outputs, same shape.
+        float_probabilities: the float model's per-class probabilities.
+        int8_probabilities: the int8 model's, same shape.
         threshold: the decision threshold on P(pneumonia).
         class_names: index = label.
         strict: raise when the check fails. Defaults to True.
 
     Returns:
-        `agreement` (share of identical decisions), `auc_float`, `auc_int8`, `auc_drop`,
-        `max_abs_difference` of the probabilities, and `passed`.
+        `images`, `agreement` (share of identical decisions), `auc_float`, `auc_int8`,
+        `auc_drop`, `max_abs_difference` of the probabilities, `passed`, and, when it failed,
+        `message`.
 
     Raises:
         ParityError: if agreement is below 99% or the AUC drops by more than 0.005, and
             `strict` (the default) is True.
     """
-    from sklearn.metrics import roc_auc_score
+    from pneumocnn.metrics import parity as measure_parity
 
-    float_probabilities = np.asarray(float_probabilities)
-    int8_probabilities = np.asarray(int8_probabilities)
-    agreement = float(
-        np.mean(
-            np.array(decide(float_probabilities, threshold, class_names))
-            == np.array(decide(int8_probabilities, threshold, class_names))
+    parity = measure_parity(labels, float_probabilities, int8_probabilities, threshold, class_names)
+    parity["passed"] = parity["agreement"] >= MIN_AGREEMENT and parity["auc_drop"] <= MAX_AUC_DROP
+    if not parity["passed"]:
+        parity["message"] = (
+            f"The int8 model strays too far from the float model on {parity['images']} "
+            f"validation images: decisions agree on {parity['agreement']:.2%} (need >= "
+            f"{MIN_AGREEMENT:.0%}), AUC {parity['auc_int8']:.4f} vs {parity['auc_float']:.4f} "
+            f"(drop {parity['auc_drop']:.4f}, allowed {MAX_AUC_DROP}). Nothing was written. "
+            "Try more --calibration-images."
         )
-    )
-    binary_labels, float_pneumonia = pneumonia_view(labels, float_probabilities)
-    _, int8_pneumonia = pneumonia_view(labels, int8_probabilities)
-    auc_float = float(roc_auc_score(binary_labels, float_pneumonia))
-    auc_int8 = float(roc_auc_score(binary_labels, int8_pneumonia))
-    parity = {
-        "images": int(len(labels)),
-        "agreement": agreement,
-        "auc_float": auc_float,
-        "auc_int8": auc_int8,
-        "auc_drop": auc_float - auc_int8,
-        "max_abs_difference": float(np.max(np.abs(float_probabilities - int8_probabilities))),
-    }
-    parity["passed"] = agreement >= MIN_AGREEMENT and auc_float - auc_int8 <= MAX_AUC_DROP
-    if not parity["passed"] and strict:
-        raise ParityError(
-            f"The int8 model strays too far from the float model on {len(labels)} validation "
-            f"images: decisions agree on {agreement:.2%} (need >= {MIN_AGREEMENT:.0%}), AUC "
-            f"{auc_int8:.4f} vs {auc_float:.4f} (drop {auc_float - auc_int8:.4f}, allowed "
-            f"{MAX_AUC_DROP}). Nothing was written. Try more --calibration-images."
-        )
+        if strict:
+            raise ParityError(parity["message"])
     return parity
 
 
 def tensor_description(details: dict[str, Any]) -> dict[str, Any]:
     """The dtype, shape and quantization of one TFLite tensor, JSON-ready."""
+    import numpy as np
+
     scale, zero_point = details["quantization"]
     return {
         "dtype": np.dtype(details["dtype"]).name,
@@ -175,6 +163,313 @@ def tensor_description(details: dict[str, Any]) -> dict[str, Any]:
         "scale": float(scale),
         "zero_point": int(zero_point),
     }
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What every export step needs from the run folder.
+
+    Args:
+        source: the run (see `pneumocnn.runs.resolve_source`).
+        root: the data folder.
+        split: the run's `split.csv`.
+        val: the loaded validation split.
+        keras_model: the float model.
+        float_probabilities: its per-class probabilities on `val`.
+        threshold: the decision threshold, chosen on validation.
+        summary: the run's `summary.json`.
+    """
+
+    source: Source
+    root: Path
+    split: pd.DataFrame
+    val: LoadedSplit
+    keras_model: keras.Model
+    float_probabilities: np.ndarray
+    threshold: float
+    summary: dict[str, Any]
+
+    @property
+    def config(self) -> Config:
+        return self.source.config
+
+
+def prepare(run_dir: str | Path, target_sensitivity: float | None = None) -> Prepared:
+    """Step 1: reads the run folder, loads its validation split and float model, runs it, and
+    reads (or chooses and stores) the threshold.
+
+    Raises:
+        ValueError: if `run_dir` is not a training run folder.
+    """
+    import pandas as pd
+
+    from pneumocnn import data, runs
+    from pneumocnn.model import load_model
+    from pneumocnn.runners import keras_probabilities
+
+    source = runs.resolve_source(run_dir)
+    if source.run_dir is None:
+        raise ValueError(
+            f"Export needs a training run folder (with config.json and split.csv). "
+            f"Received: run_dir='{run_dir}'. Pass the folder that `python -m pneumocnn.train` "
+            "wrote (runs/<timestamp>)."
+        )
+    dataset = data.find_dataset(data.resolve_data_dir(source.config.data_dir))
+    split = pd.read_csv(source.run_dir / runs.SPLIT_FILE)
+    val = data.load_split(split, "val", source.config.image_size, dataset.root)
+    keras_model = load_model(source.model_path)
+    float_probabilities = keras_probabilities(keras_model, val.images)
+    threshold = runs.ensure_threshold(source, target_sensitivity, (val.labels, float_probabilities))
+    summary = json.loads((source.run_dir / runs.SUMMARY_FILE).read_text())
+    return Prepared(
+        source, dataset.root, split, val, keras_model, float_probabilities, threshold, summary
+    )
+
+
+def convert_family(
+    prepared: Prepared, scratch: Path, files: dict[str, str], calibration_images: int, name: str
+) -> None:
+    """Step 2: writes the int8, float16 and RGB int8 `.tflite` (a batch of 1, TFLite metadata
+    embedded; see `pneumocnn.edge`), the `.keras` and the labels into `scratch`."""
+    from pneumocnn import edge
+
+    config = prepared.config
+    calibration = representative_images(
+        prepared.split, prepared.root, config.image_size, calibration_images, config.seed
+    )
+    saved_model = edge.fixed_batch_saved_model(prepared.keras_model, scratch / "saved_model")
+    card = {
+        "name": name,
+        "task": config.task,
+        "class_names": list(prepared.source.class_names),
+        "threshold": prepared.threshold,
+        "image_size": config.image_size,
+    }
+    logger.info("Converting to int8 with %d calibration images", len(calibration))
+    int8 = convert(saved_model, calibration)
+    (scratch / files["int8"]).write_bytes(edge.embed_pneumocnn_metadata(int8, card, channels=1))
+    logger.info("Converting to float16")
+    fp16 = convert(saved_model, None)
+    (scratch / files["fp16"]).write_bytes(edge.embed_pneumocnn_metadata(fp16, card, channels=1))
+    logger.info("Converting the RGB variant to int8")
+    rgb = edge.rgb_variant(prepared.keras_model, prepared.threshold, calibration, convert, scratch)
+    (scratch / files["rgb_int8"]).write_bytes(edge.embed_pneumocnn_metadata(rgb, card, channels=3))
+    # Saved uncompiled: loading it needs plain Keras only, not pneumocnn's training metrics.
+    prepared.keras_model.save(scratch / files["keras"])
+    (scratch / files["labels"]).write_text("\n".join(prepared.source.class_names) + "\n")
+
+
+def _portable_config(config: Config) -> dict[str, Any]:
+    """The config as recorded in shipped metadata: folders by their name only, so no path of
+    the exporting machine travels with the model."""
+    values = config.to_dict()
+    for key in ("data_dir", "output_dir"):
+        if values.get(key):
+            values[key] = Path(values[key]).name
+    return values
+
+
+def file_metadata(
+    prepared: Prepared, scratch: Path, files: dict[str, str], name: str
+) -> dict[str, Any]:
+    """Step 3: the metadata of the files in `scratch` (what `LiteModel` needs to verify and run
+    them), before any check."""
+    from pneumocnn import __version__
+    from pneumocnn.metadata import FORMAT_VERSION, PREPROCESSING, sha256_of
+    from pneumocnn.runs import THRESHOLD_FILE
+    from pneumocnn.task import PNEUMONIA
+
+    config, source = prepared.config, prepared.source
+    model_names = [files[role] for role in MODEL_ROLES]
+    return {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "task": config.task,
+        "name": name,
+        "files": files,
+        "image_size": config.image_size,
+        "channels": 1,
+        "class_names": list(source.class_names),
+        "positive_class": PNEUMONIA if config.task == "subtype" else source.class_names[1],
+        "threshold": prepared.threshold,
+        **_threshold_record(source.run_dir / THRESHOLD_FILE),
+        "preprocessing": PREPROCESSING,
+        "sha256": {file: sha256_of(scratch / file) for file in model_names},
+        "file_bytes": {file: (scratch / file).stat().st_size for file in model_names},
+    }
+
+
+def _threshold_record(path: Path) -> dict[str, Any]:
+    """The threshold's rule, and its site calibration record when it came from
+    `python -m pneumocnn.evaluate RUN --calibrate-on DIR` (see `pneumocnn.evaluate.calibrate`)."""
+    stored = json.loads(path.read_text())
+    record = {"threshold_rule": stored["rule"]}
+    if "calibration" in stored:
+        record["calibration"] = stored["calibration"]
+    return record
+
+
+def check_int8(
+    prepared: Prepared, scratch: Path, files: dict[str, str], require_parity: bool
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Step 4: runs the int8 model in `scratch` on the validation split and checks it against
+    the float model (see `check_parity`).
+
+    Returns:
+        `(parity, int8_probabilities)`.
+
+    Raises:
+        ParityError: if the check fails and `require_parity` is True.
+    """
+    from pneumocnn.lite import LiteModel
+
+    int8_probabilities = LiteModel(scratch / files["int8"]).predict_proba(prepared.val.images)
+    parity = check_parity(
+        prepared.val.labels,
+        prepared.float_probabilities,
+        int8_probabilities,
+        prepared.threshold,
+        list(prepared.source.class_names),
+        strict=require_parity,
+    )
+    if not parity["passed"]:
+        logger.warning("Writing despite failed parity (require_parity=False): %s", parity)
+    logger.info("int8 parity on validation: %s", parity)
+    return parity, int8_probabilities
+
+
+def check_rgb(
+    prepared: Prepared,
+    scratch: Path,
+    files: dict[str, str],
+    int8_probabilities: np.ndarray,
+    require_parity: bool,
+) -> dict[str, Any]:
+    """Step 5: runs the RGB variant on the validation split (as gray RGB) and checks that its
+    highest score names the int8 model's decision on at least 99% of the films that are not
+    near-ties (see `pneumocnn.edge.check_rgb_parity`).
+
+    Returns:
+        The parity figures.
+
+    Raises:
+        ParityError: if the check fails and `require_parity` is True.
+    """
+    import numpy as np
+
+    from pneumocnn.edge import check_rgb_parity
+    from pneumocnn.lite import LiteModel
+
+    rgb = LiteModel(scratch / files["rgb_int8"])
+    scores = rgb.predict_proba(np.repeat(prepared.val.images, 3, axis=-1))
+    parity = check_rgb_parity(
+        int8_probabilities, scores, prepared.threshold, list(prepared.source.class_names)
+    )
+    parity["passed"] = parity["agreement_beyond_ties"] >= MIN_AGREEMENT
+    logger.info("RGB variant against the int8 model on validation: %s", parity)
+    if not parity["passed"] and require_parity:
+        raise ParityError(
+            f"The RGB variant names the int8 model's class on only "
+            f"{parity['agreement_beyond_ties']:.2%} of the {parity['images']} validation images "
+            f"that are not near-ties ({parity['near_ties']} are; need >= {MIN_AGREEMENT:.0%}). "
+            "Nothing was written."
+        )
+    return parity
+
+
+def describe(
+    prepared: Prepared,
+    scratch: Path,
+    files: dict[str, str],
+    metadata: dict[str, Any],
+    parity: dict[str, Any],
+    int8_probabilities: np.ndarray,
+    rgb_parity: dict[str, Any],
+) -> dict[str, Any]:
+    """Step 6: completes the metadata: tensors, output contract, training data, validation
+    metrics of the int8 and float models, the parity figures, the edge variants, the warning,
+    training facts and the config."""
+    from pneumocnn import edge
+    from pneumocnn.lite import LiteModel
+    from pneumocnn.metrics import compute_metrics, headline
+
+    config, source, val = prepared.config, prepared.source, prepared.val
+    lite = {role: LiteModel(scratch / files[role]) for role in ("int8", "fp16", "rgb_int8")}
+    summary = prepared.summary
+    tensors = {
+        files[role]: {
+            "input": tensor_description(model.input),
+            "output": tensor_description(model.output),
+        }
+        for role, model in lite.items()
+    }
+    tensors[files["keras"]] = {
+        "input": {"dtype": "float32", "shape": [-1, config.image_size, config.image_size, 1]},
+        "output": {"dtype": "float32", "shape": [-1, int(prepared.keras_model.output_shape[-1])]},
+    }
+
+    def figures(probabilities):
+        return headline(
+            compute_metrics(val.labels, probabilities, prepared.threshold, source.class_names)
+        )
+
+    return {
+        **metadata,
+        "tensors": tensors,
+        "output": (
+            "Softmax over class_names (NORMAL first). P(pneumonia) = 1 - P(NORMAL); "
+            "decision: pneumonia when P(pneumonia) >= threshold, then the likelier of the "
+            "other classes; else NORMAL."
+            if config.task == "subtype"
+            else "P(positive_class): a probability in [0, 1]; positive when >= threshold."
+        ),
+        "training_data": {
+            "source": "Kaggle 'Chest X-Ray Images (Pneumonia)' (Kermany et al., 2018, "
+            "CC BY 4.0), train/ split",
+            "data_dir": Path(config.data_dir).name if config.data_dir else None,
+            "split": f"patient-grouped, class-stratified, val_fraction={config.val_fraction}, "
+            f"seed={config.seed}",
+            "train_images": summary["train_images"],
+            "val_images": summary["val_images"],
+            "unreadable_files": summary["unreadable_files"],
+        },
+        "validation_metrics": {
+            "int8": figures(int8_probabilities),
+            "float": figures(prepared.float_probabilities),
+        },
+        "parity": parity,
+        "warning": edge.WARNING,
+        "edge": {
+            "batch_size": edge.BATCH_SIZE,
+            "embedded_metadata": "Every .tflite carries TFLite metadata (name, description, "
+            "version, author, licence, input, labels), written with MediaPipe's writer.",
+            "rgb_variant": {
+                "file": files["rgb_int8"],
+                "output": "One score per class, in class_names order; the highest names the "
+                "decision at the threshold. For stock image classifiers (MediaPipe Tasks, "
+                "Android).",
+                "parity_with_int8": rgb_parity,
+            },
+        },
+        "training": {
+            key: summary[key]
+            for key in ("best_epoch", "epochs_run", "parameters", "seconds_per_epoch")
+        },
+        "config": _portable_config(config),
+    }
+
+
+def write_family(
+    scratch: Path, output_dir: Path, files: dict[str, str], metadata: dict[str, Any]
+) -> None:
+    """Step 7: writes the metadata and renames every file into `output_dir`: models first,
+    metadata last, so the metadata never names a file that is not in place."""
+    from pneumocnn.metadata import write_json_atomically
+
+    write_json_atomically(scratch / files["metadata"], metadata)
+    for role in (*MODEL_ROLES, "labels", "metadata"):
+        (scratch / files[role]).replace(output_dir / files[role])
 
 
 def export(
@@ -199,8 +494,8 @@ def export(
             the stored one (or Youden's J when none is stored). Defaults to `None`.
         require_parity: refuse to write when the int8 model fails the parity check. Only a
             smoke run (the notebooks' quick mode, a few images for two epochs) turns it off;
-            the parity is then still measured and recorded, with `parity["passed"]` false.
-            Defaults to True.
+            the parity figures are then still measured and recorded, with `parity["passed"]`
+            false. Defaults to True.
         name: the model's name, the stem of its files. Defaults to `None`: "pneumocnn" for a
             binary run, "pneumocnn_subtype" for a subtype run.
 
@@ -210,172 +505,26 @@ def export(
     Raises:
         ParityError: if the int8 model disagrees with the float model (nothing is written).
     """
-    source = resolve_source(run_dir)
-    if source.run_dir is None:
-        raise ValueError(
-            f"Export needs a training run folder (with config.json and split.csv). "
-            f"Received: run_dir='{run_dir}'."
-        )
-    config = source.config
-    dataset = data.find_dataset(data.resolve_data_dir(config.data_dir))
-    split = pd.read_csv(source.run_dir / "split.csv")
-    val = data.load_split(split, "val", config.image_size, dataset.root)
-    keras_model = load_model(source.model_path)
-    float_probabilities = keras_probabilities(keras_model, val.images)
-    name = name or DEFAULT_NAMES[config.task]
-    files = model_files(name)
-    int8_file, fp16_file, keras_file = files["int8"], files["fp16"], files["keras"]
-    metadata_file = files["metadata"]
-    threshold = ensure_threshold(source, target_sensitivity, (val.labels, float_probabilities))
+    from pneumocnn.metadata import DEFAULT_NAMES, model_files, write_json_atomically
 
+    prepared = prepare(run_dir, target_sensitivity)
+    name = name or DEFAULT_NAMES[prepared.config.task]
+    files = model_files(name)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".export-") as scratch:
         scratch = Path(scratch)
-        calibration = representative_images(
-            split, dataset.root, config.image_size, calibration_images, config.seed
+        convert_family(prepared, scratch, files, calibration_images, name)
+        metadata = file_metadata(prepared, scratch, files, name)
+        # Provisional metadata, so LiteModel can verify and run the new files.
+        write_json_atomically(scratch / files["metadata"], metadata)
+        parity, int8_probabilities = check_int8(prepared, scratch, files, require_parity)
+        rgb_parity = check_rgb(prepared, scratch, files, int8_probabilities, require_parity)
+        metadata = describe(
+            prepared, scratch, files, metadata, parity, int8_probabilities, rgb_parity
         )
-        saved_model = scratch / "saved_model"
-        keras_model.export(str(saved_model), format="tf_saved_model", verbose=False)
-        logger.info("Converting to int8 with %d calibration images", len(calibration))
-        (scratch / int8_file).write_bytes(convert(saved_model, calibration))
-        logger.info("Converting to float16")
-        (scratch / fp16_file).write_bytes(convert(saved_model, None))
-        # Saved uncompiled: loading it needs plain Keras only, not pneumocnn's training metrics.
-        keras_model.save(scratch / keras_file)
-        (scratch / files["labels"]).write_text("\n".join(source.class_names) + "\n")
-
-        model_names = (int8_file, fp16_file, keras_file)
-        metadata: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "package_version": __version__,
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "task": config.task,
-            "name": name,
-            "files": files,
-            "image_size": config.image_size,
-            "channels": 1,
-            "class_names": list(source.class_names),
-            "positive_class": "PNEUMONIA" if config.task == "subtype" else source.class_names[1],
-            "threshold": threshold,
-            "threshold_rule": json.loads((source.run_dir / "threshold.json").read_text())["rule"],
-            "preprocessing": PREPROCESSING,
-            "sha256": {file: sha256_of(scratch / file) for file in model_names},
-            "file_bytes": {file: (scratch / file).stat().st_size for file in model_names},
-        }
-        # Write provisional metadata so LiteModel can verify and run the new files.
-        write_json_atomically(scratch / metadata_file, metadata)
-        int8_model = LiteModel(scratch / int8_file)
-        int8_probabilities = int8_model.predict_proba(val.images)
-        try:
-            parity = {
-                **check_parity(
-                    val.labels,
-                    float_probabilities,
-                    int8_probabilities,
-                    threshold,
-                    list(source.class_names),
-                ),
-                "passed": True,
-            }
-        except ParityError as error:
-            if require_parity:
-                raise
-            logger.warning("Writing despite failed parity (require_parity=False): %s", error)
-            parity = {"passed": False, "message": str(error)}
-        logger.info("int8 parity on validation: %s", parity)
-        fp16_model = LiteModel(scratch / fp16_file)
-        summary = json.loads((source.run_dir / "summary.json").read_text())
-        metadata.update(
-            tensors={
-                int8_file: {
-                    "input": tensor_description(int8_model.input),
-                    "output": tensor_description(int8_model.output),
-                },
-                fp16_file: {
-                    "input": tensor_description(fp16_model.input),
-                    "output": tensor_description(fp16_model.output),
-                },
-                keras_file: {
-                    "input": {
-                        "dtype": "float32",
-                        "shape": [-1, config.image_size, config.image_size, 1],
-                    },
-                    "output": {
-                        "dtype": "float32",
-                        "shape": [-1, int(keras_model.output_shape[-1])],
-                    },
-                },
-            },
-            output=(
-                "Softmax over class_names (NORMAL first). P(pneumonia) = 1 - P(NORMAL); "
-                "decision: pneumonia when P(pneumonia) >= threshold, then the likelier of the "
-                "other classes; else NORMAL."
-                if config.task == "subtype"
-                else "P(positive_class): a probability in [0, 1]; positive when >= threshold."
-            ),
-            training_data={
-                "source": "Kaggle 'Chest X-Ray Images (Pneumonia)' (Kermany et al., 2018, "
-                "CC BY 4.0), train/ split",
-                "data_dir": config.data_dir,
-                "split": f"patient-grouped, class-stratified, val_fraction={config.val_fraction}, "
-                f"seed={config.seed}",
-                "train_images": summary["train_images"],
-                "val_images": summary["val_images"],
-                "unreadable_files": summary["unreadable_files"],
-            },
-            validation_metrics={
-                "int8": _headline(
-                    compute_metrics(val.labels, int8_probabilities, threshold, source.class_names)
-                ),
-                "float": _headline(
-                    compute_metrics(val.labels, float_probabilities, threshold, source.class_names)
-                ),
-            },
-            parity=parity,
-            training={
-                key: summary[key]
-                for key in ("best_epoch", "epochs_run", "parameters", "seconds_per_epoch")
-            },
-            config=config.to_dict(),
-        )
-        write_json_atomically(scratch / metadata_file, metadata)
-        # Models first, metadata last: the metadata never names a file that is not in place.
-        for file in (*model_names, files["labels"], metadata_file):
-            (scratch / file).replace(output_dir / file)
+        write_family(scratch, output_dir, files, metadata)
     return metadata
-
-
-def _headline(report: dict[str, Any]) -> dict[str, Any]:
-    """The metrics an app shows. For a subtype model, `roc_auc`, `accuracy`, `sensitivity` and
-    `specificity` are its pneumonia-vs-NORMAL ones (comparable with a binary model's), and the
-    three-class ones are added."""
-    subtype = report if report.get("task") == "subtype" else None
-    if subtype is not None:
-        report = subtype["binary"]
-    at = report["at_threshold"]
-    headline = {
-        "images": report["images"],
-        "roc_auc": report["roc_auc"],
-        "average_precision": report["average_precision"],
-        "accuracy": at["accuracy"],
-        "sensitivity": at["sensitivity"],
-        "specificity": at["specificity"],
-        "threshold": at["threshold"],
-        "accuracy_at_0.5": report["at_0.5"]["accuracy"],
-        "ece": report["ece"],
-    }
-    if subtype is not None:
-        decided = subtype["at_threshold"]
-        headline.update(
-            subtype_accuracy=decided["accuracy"],
-            subtype_balanced_accuracy=decided["balanced_accuracy"],
-            subtype_macro_f1=decided["macro"]["f1-score"],
-            subtype_recall={name: row["recall"] for name, row in decided["per_class"].items()},
-            macro_ovr_auc=subtype["macro_ovr_auc"],
-            ovr_auc=subtype["ovr_auc"],
-        )
-    return headline
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,27 +558,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point. Returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _command(args: argparse.Namespace) -> int:
     if args.calibration_images < 1:
-        print(
-            f"error: --calibration-images must be at least 1. Received: {args.calibration_images}",
-            file=sys.stderr,
+        raise cli.UsageError(
+            "--calibration-images must be at least 1. "
+            f"Received: calibration_images={args.calibration_images}. Pass a positive count "
+            "(default 300)."
         )
-        return 2
-    try:
-        metadata = export(
-            args.run_dir,
-            args.output_dir,
-            args.calibration_images,
-            args.target_sensitivity,
-            name=args.name,
-        )
-    except (ValueError, FileNotFoundError, ParityError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    metadata = export(
+        args.run_dir,
+        args.output_dir,
+        args.calibration_images,
+        args.target_sensitivity,
+        name=args.name,
+    )
     int8 = metadata["validation_metrics"]["int8"]
     files = metadata["files"]
     sizes = metadata["file_bytes"]
@@ -448,7 +590,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{int8['sensitivity']:.4f}, specificity {int8['specificity']:.4f}{subtype}; agreement "
         f"with float {metadata['parity']['agreement']:.2%}"
     )
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point. Returns the exit status (see `pneumocnn.cli`)."""
+    return cli.run(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from pneumocnn.images import load_image
-from pneumocnn.metadata import decide, find_metadata, load_metadata
+from pneumocnn.metadata import find_metadata, load_metadata
+from pneumocnn.task import class_probabilities, decide, pneumonia_probability
 
 
 def _interpreter_class():
@@ -30,6 +31,19 @@ def _interpreter_class():
 
         return tf.lite.Interpreter
     return Interpreter
+
+
+def open_interpreter(model_path: str | Path, num_threads: int | None = None):
+    """A LiteRT interpreter for a `.tflite` file, tensors allocated: what `LiteModel` runs, and
+    what the bench times for every model (with or without pneumocnn metadata).
+
+    Args:
+        model_path: the `.tflite` file.
+        num_threads: interpreter threads. Defaults to `None` (LiteRT's choice).
+    """
+    interpreter = _interpreter_class()(model_path=str(model_path), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,27 +66,18 @@ class Prediction:
     probabilities: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def pneumonia_probability(probabilities: np.ndarray) -> np.ndarray:
-    """P(pneumonia) from model outputs: `(n,)` sigmoid outputs unchanged, `(n, k)` softmax
-    outputs as 1 - P(NORMAL) (NORMAL is class 0)."""
-    probabilities = np.asarray(probabilities)
-    return probabilities if probabilities.ndim == 1 else 1.0 - probabilities[:, 0]
-
-
 def make_prediction(
-    path: str | Path, output: np.ndarray, threshold: float, class_names: list[str]
+    path: str | Path, probabilities: np.ndarray, threshold: float, class_names: list[str]
 ) -> Prediction:
-    """A `Prediction` from one image's model output (a probability, or one per class)."""
-    output = np.asarray(output, np.float64)
-    label = decide([output if output.ndim else float(output)], threshold, class_names)[0]
-    if output.ndim == 0:
-        per_class = [1.0 - float(output), float(output)]
-        probability = float(output)
-    else:
-        per_class = [float(value) for value in output]
-        probability = 1.0 - per_class[0]
+    """A `Prediction` from one image's per-class probabilities (see `pneumocnn.task`)."""
+    row = class_probabilities(np.asarray(probabilities, np.float64).reshape(1, -1))
+    per_class = [float(value) for value in row[0]]
     return Prediction(
-        str(path), label, probability, threshold, dict(zip(class_names, per_class, strict=True))
+        str(path),
+        decide(row, threshold, class_names)[0],
+        float(pneumonia_probability(row)[0]),
+        threshold,
+        dict(zip(class_names, per_class, strict=True)),
     )
 
 
@@ -95,7 +100,10 @@ def dequantize(values: np.ndarray, details: dict[str, Any]) -> np.ndarray:
 
 
 class LiteModel:
-    """A `.tflite` classifier with its metadata: preprocess, quantize, run, dequantize.
+    """A `.tflite` classifier (int8 or float16) with its metadata: quantize, run, dequantize.
+
+    One of the runners of `pneumocnn.runners` (same interface as `KerasModel`), and the only
+    one an edge device needs.
 
     Args:
         model_path: the `.tflite` file.
@@ -124,10 +132,7 @@ class LiteModel:
         self.image_size = int(self.metadata["image_size"])
         self.class_names = list(self.metadata["class_names"])
         self.threshold = float(self.metadata["threshold"])
-        self.interpreter = _interpreter_class()(
-            model_path=str(self.model_path), num_threads=num_threads
-        )
-        self.interpreter.allocate_tensors()
+        self.interpreter = open_interpreter(self.model_path, num_threads)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 
@@ -144,8 +149,9 @@ class LiteModel:
                 as `pneumocnn.images.load_image` returns.
 
         Returns:
-            float32 array `(n,)` of P(positive class) for a binary model, `(n, classes)` for a
-            subtype model (see `pneumonia_probability` for P(pneumonia)).
+            `(n, classes)`, one probability per class (a binary model's as `[1 - p, p]`, see
+            `pneumocnn.task.class_probabilities`; `pneumocnn.task.pneumonia_probability` gives
+            P(pneumonia)).
         """
         outputs = []
         for image in images:
@@ -156,7 +162,7 @@ class LiteModel:
             outputs.append(dequantize(output, self.output).reshape(-1))
         width = int(self.output["shape"][-1])
         probabilities = np.clip(np.asarray(outputs, np.float32).reshape(-1, width), 0.0, 1.0)
-        return probabilities[:, 0] if width == 1 else probabilities
+        return class_probabilities(probabilities)
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Loads an image file (any JPEG or PNG) and classifies it.

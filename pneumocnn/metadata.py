@@ -3,8 +3,8 @@ model.
 
 It is the contract between the exporter and every consumer (predict, LiteRT on a device, the
 app): task, image size, channels, class names, threshold, tensor types, preprocessing, and the
-SHA-256 of each model file; `decide` is the decision rule they share. Needs only the standard
-library, so the edge install can read it.
+SHA-256 of each model file. Needs only the standard library and numpy, so the edge install can
+read it. `decide` (from `pneumocnn.task`) is the decision rule they share.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pneumocnn.task import TASKS, decide
+
+__all__ = ["decide"]  # re-exported: the decision rule every consumer of the metadata shares
+
 FORMAT_VERSION = 1
-TASKS = ("binary", "subtype")
 # Every exported model is a family of files named after it: <name>_int8.tflite,
 # <name>_fp16.tflite, <name>.keras, <name>_labels.txt and its metadata <name>.json.
 DEFAULT_NAMES = {"binary": "pneumocnn", "subtype": "pneumocnn_subtype"}
@@ -32,6 +35,8 @@ def model_files(name: str) -> dict[str, str]:
     return {
         "int8": f"{name}_int8.tflite",
         "fp16": f"{name}_fp16.tflite",
+        # For stock image classifiers: RGB in, one score per class (see pneumocnn.edge).
+        "rgb_int8": f"{name}_rgb_int8.tflite",
         "keras": f"{name}.keras",
         "labels": f"{name}_labels.txt",
         "metadata": f"{name}.json",
@@ -77,9 +82,9 @@ def sha256_of(path: str | Path) -> str:
 
 def model_name(model_path: str | Path) -> str:
     """The exported model's name from one of its files: `pneumocnn_subtype_int8.tflite` ->
-    `pneumocnn_subtype`; `pneumocnn.keras` -> `pneumocnn`."""
+    `pneumocnn_subtype`; `pneumocnn_rgb_int8.tflite` and `pneumocnn.keras` -> `pneumocnn`."""
     stem = Path(model_path).stem
-    for suffix in ("_int8", "_fp16"):
+    for suffix in ("_rgb_int8", "_int8", "_fp16"):
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
     return stem
@@ -101,37 +106,6 @@ def find_metadata(model_path: str | Path) -> Path:
             "<name>.keras; keep the files together and keep their names."
         )
     return path
-
-
-def decide(probabilities, threshold: float, class_names: list[str]) -> list[str]:
-    """The label of each prediction, by the rule every consumer shares.
-
-    Binary (probabilities of shape `(n,)`, P(positive class)): the positive class when the
-    probability is at least `threshold`. Subtype (shape `(n, 3)`, softmax over NORMAL /
-    BACTERIAL / VIRAL): pneumonia when P(pneumonia) = 1 - P(NORMAL) is at least `threshold`,
-    then the likelier subtype; else NORMAL. So both tasks make the pneumonia call the same way,
-    at a threshold chosen on validation.
-
-    Args:
-        probabilities: a sequence (or array) of floats, or of per-class rows.
-        threshold: the decision threshold on P(pneumonia).
-        class_names: index = label.
-
-    Returns:
-        One class name per prediction.
-    """
-    labels = []
-    for row in probabilities:
-        if isinstance(row, (int, float)) or getattr(row, "ndim", 1) == 0:
-            labels.append(class_names[int(float(row) >= threshold)])
-            continue
-        row = [float(value) for value in row]
-        if 1.0 - row[0] >= threshold:
-            best = max(range(1, len(row)), key=lambda index: row[index])
-            labels.append(class_names[best])
-        else:
-            labels.append(class_names[0])
-    return labels
 
 
 def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dict[str, Any]:

@@ -19,248 +19,41 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-import numpy as np
-import pandas as pd
-import tensorflow as tf
-
-from pneumocnn import data
+from pneumocnn import cli
 from pneumocnn.config import Config, add_config_arguments, config_from_args
 from pneumocnn.files import atomic_path, write_text_atomic
-from pneumocnn.model import build_model, compile_model
+
+# The artefacts of a run folder, by role.
+from pneumocnn.runs import (
+    BACKUP_DIR,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+)
+
+# TensorFlow, Keras and the data pipeline are imported inside the functions that use them, so
+# `--help` and flag errors come at once and without TensorFlow's start-up messages.
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
+    import tensorflow as tf
+
+    from pneumocnn import data
 
 logger = logging.getLogger(__name__)
 
-# The artefacts of a run folder, by role.
-CONFIG_FILE = "config.json"
-SPLIT_FILE = "split.csv"
-HISTORY_FILE = "history.csv"
-MODEL_FILE = "best.keras"
-SUMMARY_FILE = "summary.json"
-BACKUP_DIR = "backup"
-BACKUP_STATE_FILE = "state.json"
 # Checkpointing and early stopping select on ranking quality, which the threshold (chosen
 # later, on validation) does not change; the learning rate follows the smoother loss.
 SELECTION_METRIC = "val_auc"
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Adds `epoch_seconds` (training part of the epoch, without validation) to the logs.
-
-    Placed before `HistoryLogger`, so the timing lands in `history.csv`.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-        self._train_seconds = None
-
-    def on_test_begin(self, logs=None):
-        # Validation runs at the end of each epoch: the training part ends here.
-        if getattr(self, "_start", None) is not None and self._train_seconds is None:
-            self._train_seconds = time.perf_counter() - self._start
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            seconds = self._train_seconds or (time.perf_counter() - self._start)
-            logs["epoch_seconds"] = seconds
-
-
 def default_run_dir() -> Path:
     """Returns `runs/<YYYYmmdd-HHMMSS>` under the current folder."""
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Saves the model to `path` each time `monitor` reaches a new maximum.
-
-    Like `keras.callbacks.ModelCheckpoint(save_best_only=True, mode="max")`, but the model is
-    written under a temporary name and renamed over `path`, so a kill while it is written leaves
-    the previous best model, never a 0-byte or half-written file.
-
-    Args:
-        path: the `.keras` file.
-        monitor: the metric to maximise. Defaults to `SELECTION_METRIC` ("val_auc").
-        initial_value_threshold: the best value already saved (when resuming), which a new
-            model must beat. Defaults to `None`.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        monitor: str = SELECTION_METRIC,
-        initial_value_threshold: float | None = None,
-    ):
-        super().__init__()
-        self.path = Path(path)
-        self.monitor = monitor
-        self.best = -np.inf if initial_value_threshold is None else initial_value_threshold
-
-    def on_epoch_end(self, epoch, logs=None):
-        current = (logs or {}).get(self.monitor)
-        if current is None or not np.isfinite(current) or current <= self.best:
-            return
-        self.best = float(current)
-        with atomic_path(self.path) as temporary:
-            self.model.save(temporary)
-
-
-class HistoryLogger(keras.callbacks.Callback):
-    """Writes `history.csv` after every epoch (epoch, then the logs by name), rewriting the
-    whole file under a temporary name and renaming it, so it is never half-written.
-
-    Args:
-        path: the CSV file.
-        append: keep the rows already in `path` (a resumed run). Defaults to False.
-    """
-
-    def __init__(self, path: str | Path, append: bool = False):
-        super().__init__()
-        self.path = Path(path)
-        self.append = append
-
-    def on_train_begin(self, logs=None):
-        exists = self.append and self.path.exists() and self.path.stat().st_size
-        self.rows = pd.read_csv(self.path).to_dict("records") if exists else []
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        self.rows.append({"epoch": epoch, **{key: float(logs[key]) for key in sorted(logs)}})
-        with atomic_path(self.path) as temporary:
-            pd.DataFrame(self.rows).to_csv(temporary, index=False)
-
-
-class EpochBackup(keras.callbacks.Callback):
-    """Backs up the whole training state after each epoch, for `--resume`.
-
-    The state is every variable of the model (weights, BatchNormalization statistics, and the
-    random-seed state of its dropout) and of the optimizer, plus the counters of the early-stopping
-    and learning-rate callbacks. It goes to `backup/epoch-<N>.npz`, then `backup/state.json`
-    names it; both are written under temporary names and renamed, so a kill at any moment leaves
-    a complete backup of the last epoch that finished. `state.json` is restored into the
-    callbacks when training begins (after their own reset), and the folder is removed when
-    training ends.
-
-    Args:
-        folder: the backup folder.
-        watched: the callbacks whose counters travel with the backup (`EarlyStopping`,
-            `ReduceLROnPlateau`).
-        restore: a `state.json` to restore into `watched` at the start. Defaults to `None`.
-    """
-
-    # EarlyStopping's and ReduceLROnPlateau's counters, and whether SwapEMAWeights has the
-    # averaged weights in the model (a private flag: without it a resumed run would train on
-    # the averaged weights as if they were the raw ones).
-    COUNTERS = ("wait", "best", "best_epoch", "cooldown_counter", "_ema_weights_in_model")
-
-    def __init__(
-        self,
-        folder: str | Path,
-        watched: list[keras.callbacks.Callback],
-        restore: dict[str, Any] | None = None,
-    ):
-        super().__init__()
-        self.folder = Path(folder)
-        self.watched = watched
-        self.restore = restore
-
-    def on_train_begin(self, logs=None):
-        if self.restore is None:
-            return
-        for callback, counters in zip(self.watched, self.restore["callbacks"], strict=True):
-            for name, value in counters.items():
-                setattr(callback, name, value)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        state_file = f"epoch-{epoch + 1}.npz"
-        with atomic_path(self.folder / state_file) as temporary:
-            np.savez(temporary, *variable_values(self.model))
-        counters = [
-            {
-                name: _json_value(getattr(callback, name))
-                for name in self.COUNTERS
-                if hasattr(callback, name)
-            }
-            for callback in self.watched
-        ]
-        state = {"epoch": epoch + 1, "state_file": state_file, "callbacks": counters}
-        write_text_atomic(self.folder / BACKUP_STATE_FILE, json.dumps(state, indent=2) + "\n")
-        for old in self.folder.glob("epoch-*.npz"):
-            if old.name != state_file:
-                old.unlink()
-
-    def on_train_end(self, logs=None):
-        for path in self.folder.glob("*"):
-            path.unlink()
-        with contextlib.suppress(FileNotFoundError, OSError):
-            self.folder.rmdir()
-
-
-def _json_value(value: Any) -> Any:
-    """A callback counter as JSON keeps it: None, bool, int, or float (exact, as JSON writes
-    the shortest repr that reads back to the same float)."""
-    if value is None or isinstance(value, bool | np.bool_):
-        return None if value is None else bool(value)
-    return int(value) if isinstance(value, int | np.integer) else float(value)
-
-
-def variable_values(model: keras.Model) -> list[np.ndarray]:
-    """Every variable of `model` and of its optimizer, in a fixed order (see `EpochBackup`)."""
-    return [np.asarray(variable) for variable in _state_variables(model)]
-
-
-def _state_variables(model: keras.Model) -> list:
-    # model.variables includes the SeedGenerator states (dropout's random stream), which
-    # model.weights and Keras's own weight files leave out.
-    return list(model.variables) + list(model.optimizer.variables)
-
-
-def read_backup(run_dir: Path) -> dict[str, Any] | None:
-    """The backup state of an interrupted run (see `EpochBackup`), or `None` if it has none."""
-    path = run_dir / BACKUP_DIR / BACKUP_STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def restore_backup(model: keras.Model, run_dir: Path, state: dict[str, Any]) -> None:
-    """Loads the variables an `EpochBackup` saved into `model` and its optimizer.
-
-    Raises:
-        ValueError: if the backup does not fit the model (another config).
-    """
-    model.optimizer.build(model.trainable_variables)
-    variables = _state_variables(model)
-    with np.load(run_dir / BACKUP_DIR / state["state_file"]) as saved:
-        values = [saved[f"arr_{index}"] for index in range(len(saved.files))]
-    shapes = [tuple(variable.shape) for variable in variables]
-    if [value.shape for value in values] != shapes:
-        raise ValueError(
-            f"The backup in '{run_dir / BACKUP_DIR}' does not fit the model built from "
-            f"'{run_dir / CONFIG_FILE}' ({len(values)} arrays saved, {len(shapes)} expected). "
-            "Start a new run."
-        )
-    for variable, value in zip(variables, values, strict=True):
-        variable.assign(value)
-
-
-def fast_forward(dataset: tf.data.Dataset, epochs: int, steps: int) -> tf.data.Dataset:
-    """Advances the training pipeline's random state past `epochs` finished epochs.
-
-    Shuffling, augmentation and mixup draw from random state kept in the pipeline, so a resumed
-    run must draw exactly what the interrupted one drew. A finite dataset is read through once
-    per epoch (as `fit` reads it); an endless one (oversampling) continues `epochs x steps`
-    batches on.
-    """
-    if epochs <= 0:
-        return dataset
-    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
-        return dataset.skip(epochs * steps)
-    logger.info("Replaying the input pipeline of %d finished epochs", epochs)
-    for _ in range(epochs):
-        for _ in dataset:
-            pass
-    return dataset
 
 
 def make_callbacks(
@@ -285,6 +78,10 @@ def make_callbacks(
         backup: when resuming, the backup state (see `read_backup`) whose callback counters
             are restored. Defaults to `None`.
     """
+    import keras
+
+    from pneumocnn.callbacks import BestModelCheckpoint, EpochBackup, EpochTimer, HistoryLogger
+
     # With weight averaging, validation, the checkpoint and early stopping see the averaged
     # weights: SwapEMAWeights swaps them in at each epoch's end, so it must come before them.
     averaging = (
@@ -331,8 +128,9 @@ def make_callbacks(
     ]
 
 
-class TrainingDivergedError(RuntimeError):
-    """Raised when the loss became NaN or infinite and training was stopped."""
+class TrainingDivergedError(cli.UsageError):
+    """Raised when the loss became NaN or infinite and training was stopped: a configuration
+    error (the learning rate, most often; exit code 2)."""
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -342,6 +140,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         name: "default" (one device), "mirrored" (every GPU of this machine, else every logical
             CPU device), or "multiworker" (several machines, described by `$TF_CONFIG`).
     """
+    import tensorflow as tf
+
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
@@ -392,6 +192,8 @@ def read_history(run_dir: Path) -> pd.DataFrame:
 
     An absent or empty file (training stopped before any epoch ended) gives an empty table.
     """
+    import pandas as pd
+
     path = run_dir / HISTORY_FILE
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=["epoch", "loss", SELECTION_METRIC, "epoch_seconds"])
@@ -411,6 +213,8 @@ def summarise(
     wall_seconds: float,
 ) -> dict[str, Any]:
     """Builds `summary.json`: the best epoch's validation metrics and the cost of the run."""
+    import numpy as np
+
     best = int(np.argmax(history[SELECTION_METRIC].to_numpy()))
     epoch_seconds = history["epoch_seconds"].dropna().to_numpy()
     images_seen = steps_per_epoch * batch_size * len(epoch_seconds)
@@ -462,6 +266,15 @@ def train(
             resuming, a finished run).
         TrainingDivergedError: if the loss became NaN or infinite.
     """
+    import keras
+    import numpy as np
+    import pandas as pd
+    import tensorflow as tf
+
+    from pneumocnn import data
+    from pneumocnn.callbacks import fast_forward, read_backup, restore_backup
+    from pneumocnn.model import build_model, compile_model
+
     start = time.perf_counter()
     # Fail on bad data or a taken folder before any long work, and before writing anything.
     data_dir = data.resolve_data_dir(config.data_dir)
@@ -599,29 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point. Returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.resume:
-            extra = [
-                field.name
-                for field in dataclasses.fields(Config)
-                if getattr(args, field.name) is not None
-            ] + (["config"] if args.config else [])
-            if extra:
-                raise ValueError(
-                    "--resume continues a run with its own config.json; other flags would "
-                    f"change it midway. Received: --resume with {extra}. Drop those flags."
-                )
-            config = Config.load(Path(args.resume) / CONFIG_FILE)
-            run_dir = train(dataclasses.replace(config, output_dir=args.resume), resume=True)
-        else:
-            run_dir = train(config_from_args(args))
-    except (ValueError, FileNotFoundError, FileExistsError, TrainingDivergedError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def _command(args: argparse.Namespace) -> int:
+    if args.resume:
+        extra = [
+            field.name
+            for field in dataclasses.fields(Config)
+            if getattr(args, field.name) is not None
+        ] + (["config"] if args.config else [])
+        if extra:
+            raise cli.UsageError(
+                "--resume continues a run with its own config.json; other flags would "
+                f"change it midway. Received: --resume with {extra}. Drop those flags."
+            )
+        config = Config.load(Path(args.resume) / CONFIG_FILE)
+        run_dir = train(dataclasses.replace(config, output_dir=args.resume), resume=True)
+    else:
+        run_dir = train(config_from_args(args))
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     print(
         f"Run folder: {run_dir}\n"
@@ -632,7 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['parameters']:,} parameters; "
         f"{summary['seconds_per_epoch']:.1f} s/epoch, {summary['images_per_second']:.0f} images/s"
     )
-    return 0
+    return cli.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point. Returns the exit status (see `pneumocnn.cli`)."""
+    return cli.run(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

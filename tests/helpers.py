@@ -6,16 +6,24 @@ conftest.py of its own, and two modules named `conftest` cannot both be imported
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import http.server
+import shutil
 import struct
 import subprocess
 import sys
+import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from pneumocnn import web
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "chest_xray"
 
@@ -216,3 +224,30 @@ def peak_memory_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = web.CHROMIUM_ARGS
+requires_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="no chromium binary (apt-get install chromium)"
+)
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """Serves `folder` over HTTP on 127.0.0.1 (a free port) for the duration of a block, as any
+    static host would; yields its URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output clean
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()

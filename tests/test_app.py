@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import synthetic_xray
+from helpers import CHROMIUM, CHROMIUM_ARGS, requires_chromium, synthetic_xray
 
 pytest.importorskip("streamlit", reason="the app extra is not installed")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from pneumocnn.app import CHROMIUM_ARGS, serve  # noqa: E402
+from pneumocnn.app import serve  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "pneumocnn" / "app.py"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def _png(label=1, size=(120, 90), mode="L") -> bytes:
@@ -105,9 +104,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="no chromium binary (apt-get install chromium)"
-)
+@requires_chromium
 def test_real_browser_uploads_an_image_and_sees_the_result(exported_model, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     image = tmp_path / "chest.png"

@@ -314,3 +314,11 @@ def test_gamma_augmentation_keeps_black_and_white_and_bends_the_midtones():
     np.testing.assert_allclose(images[:, :, -1], 255.0, atol=1e-2)  # ... and 255
     midtones = images[:, 0, 16, 0]
     assert midtones.std() > 1.0  # each film drew its own gamma
+
+
+def test_film_group_reads_the_naming_scheme():
+    assert data.film_group("x/IM-0115-0001.jpeg", False) == "NORMAL IM-"
+    assert data.film_group("NORMAL2-IM-0135-0001.jpeg", False) == "NORMAL NORMAL2-"
+    assert data.film_group("person12_virus_3.jpeg", True) == "PNEUMONIA viral"
+    assert data.film_group("person7_bacteria_30.jpeg", True) == "PNEUMONIA bacterial"
+    assert data.film_group("film.png", True) == "PNEUMONIA other"

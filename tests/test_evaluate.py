@@ -1,53 +1,6 @@
 import json
 
-import numpy as np
-import pytest
-
 from pneumocnn import evaluate
-
-
-def test_youden_threshold_separates_cleanly_separable_scores():
-    labels = np.array([0, 0, 0, 1, 1, 1])
-    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
-    threshold = evaluate.choose_threshold(labels, scores)
-    assert 0.3 < threshold <= 0.6
-    at = evaluate.metrics_at(labels, scores, threshold, ["NORMAL", "PNEUMONIA"])
-    assert at["sensitivity"] == at["specificity"] == 1.0
-
-
-def test_target_sensitivity_gives_best_specificity_reaching_the_target():
-    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    scores = np.array([0.1, 0.2, 0.5, 0.7, 0.3, 0.6, 0.8, 0.9])
-    threshold = evaluate.choose_threshold(labels, scores, target_sensitivity=1.0)
-    assert threshold == pytest.approx(0.3)  # the highest threshold keeping every positive
-    threshold = evaluate.choose_threshold(labels, scores, target_sensitivity=0.75)
-    assert threshold == pytest.approx(0.6)
-
-
-def test_threshold_needs_both_classes():
-    with pytest.raises(ValueError, match="both classes"):
-        evaluate.choose_threshold(np.array([1, 1]), np.array([0.2, 0.9]))
-
-
-def test_expected_calibration_error_is_zero_when_calibrated_and_large_when_overconfident():
-    rng = np.random.default_rng(0)
-    probabilities = rng.uniform(size=20000)
-    labels = (rng.uniform(size=20000) < probabilities).astype(int)
-    assert evaluate.expected_calibration_error(labels, probabilities) < 0.02
-    overconfident = np.where(probabilities > 0.5, 0.99, 0.01)
-    assert evaluate.expected_calibration_error(labels, overconfident) > 0.2
-
-
-def test_metrics_agree_with_the_confusion_matrix():
-    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
-    scores = np.array([0.1, 0.2, 0.6, 0.3, 0.9, 0.8, 0.4, 0.7, 0.95, 0.85])
-    report = evaluate.compute_metrics(labels, scores, 0.5, ["NORMAL", "PNEUMONIA"])
-    (tn, fp), (fn, tp) = report["at_threshold"]["confusion_matrix"]
-    assert (tn, fp, fn, tp) == (3, 1, 1, 5)
-    assert report["at_threshold"]["sensitivity"] == tp / (tp + fn)
-    assert report["at_threshold"]["specificity"] == tn / (tn + fp)
-    assert report["at_threshold"]["per_class"]["PNEUMONIA"]["recall"] == tp / (tp + fn)
-    assert report["images_per_class"] == [4, 6]
 
 
 def test_evaluating_a_run_on_val_stores_the_threshold_and_writes_metrics_and_plots(
@@ -115,9 +68,79 @@ def test_exported_int8_model_is_scored_on_a_test_folder_at_its_stored_threshold(
     assert report["at_threshold"]["threshold"] == stored
 
 
-def test_a_model_with_one_output_for_every_film_still_gets_a_usable_threshold():
-    # The +inf point of the ROC curve (nothing positive) is never chosen: the threshold stays
-    # inside (0, 1), which the metadata requires.
-    labels = np.array([0, 1, 0, 1])
-    threshold = evaluate.choose_threshold(labels, np.full(4, 0.62))
-    assert threshold == pytest.approx(0.62)
+def test_an_exported_model_without_its_data_folder_names_the_fix(exported_model, tmp_path, capsys):
+    # Metadata records the training folder's name only, not a path of the exporting machine.
+    from pneumocnn.metadata import INT8_FILE
+
+    status = evaluate.main([str(exported_model / INT8_FILE), "--output-dir", str(tmp_path)])
+    assert status == 2
+    assert "--data-dir" in capsys.readouterr().err
+
+
+def _site_folder(root):
+    """A labelled site folder (class subfolders only) of tiny synthetic films."""
+    from helpers import write_dataset
+
+    data_root = write_dataset(root / "site_data", patients=8, images_per_patient=2, seed=21)
+    return data_root / "train"
+
+
+def test_every_report_has_patient_bootstrap_intervals_and_groups(trained_run, tmp_path):
+    output = tmp_path / "eval"
+    report, _ = evaluate.evaluate(trained_run, "val", output_dir=output)
+    spread = report["uncertainty"]
+    for key in ("roc_auc", "accuracy", "sensitivity", "specificity"):
+        low, high = spread["intervals"][key]
+        assert 0.0 <= low <= high <= 1.0
+    at = report["at_threshold"]
+    assert (
+        spread["intervals"]["accuracy"][0] <= at["accuracy"] <= spread["intervals"]["accuracy"][1]
+    )
+    assert sum(row["films"] for row in spread["groups"].values()) == report["images"]
+
+
+def test_site_calibration_of_a_run_reaches_the_target_and_feeds_the_export(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    site = _site_folder(tmp_path)
+    assert (
+        evaluate.main([str(run), "--calibrate-on", str(site), "--target-sensitivity", "0.9"]) == 0
+    )
+    stored = json.loads((run / "threshold.json").read_text())
+    record = stored["calibration"]
+    assert stored["threshold"] == record["threshold"] and stored["chosen_on"] == "train"
+    assert record["films"] == 32 and record["target_sensitivity"] == 0.9
+    assert record["achieved"]["sensitivity"] >= 0.9
+    low, high = record["intervals"]["sensitivity"]
+    assert low <= record["achieved"]["sensitivity"] <= high
+
+    from pneumocnn import export
+
+    metadata = export.export(
+        run, tmp_path / "exported", calibration_images=40, require_parity=False
+    )
+    assert metadata["threshold"] == stored["threshold"]
+    assert metadata["calibration"] == record
+
+
+def test_site_calibration_of_an_exported_model_rewrites_its_metadata(exported_model, tmp_path):
+    import shutil
+
+    from pneumocnn.metadata import INT8_FILE, METADATA_FILE
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported_model, folder)
+    record = evaluate.calibrate(folder / INT8_FILE, _site_folder(tmp_path), 1.0)
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    assert metadata["threshold"] == record["threshold"]
+    assert metadata["calibration"]["achieved"]["sensitivity"] == 1.0
+
+
+def test_calibrating_on_training_data_is_refused(trained_run, tmp_path, capsys):
+    from helpers import write_dataset
+
+    root = write_dataset(tmp_path / "chest_xray", patients=4, images_per_patient=1, seed=3)
+    assert evaluate.main([str(trained_run), "--calibrate-on", str(root)]) == 2
+    assert "calibrate on films from the site" in capsys.readouterr().err

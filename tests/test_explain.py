@@ -1,9 +1,8 @@
 import numpy as np
-import pytest
+from PIL import Image
 
 from pneumocnn import explain
-from pneumocnn.config import Config
-from pneumocnn.model import build_model, load_model
+from pneumocnn.metadata import INT8_FILE
 
 
 def _blob_image(size, centre, background=90.0):
@@ -14,44 +13,7 @@ def _blob_image(size, centre, background=90.0):
     return np.clip(image, 0, 255).astype(np.uint8)[..., np.newaxis]
 
 
-def test_heatmap_has_the_image_shape_is_finite_and_in_unit_range(trained_run):
-    cam = explain.GradCam(load_model(trained_run / "best.keras"))
-    heatmap, probability = cam.heatmap(_blob_image(32, (10, 20)))
-    assert heatmap.shape == (32, 32)
-    assert np.isfinite(heatmap).all()
-    assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
-    assert 0.0 <= probability <= 1.0
-
-
-def test_heatmap_peak_follows_a_bright_blob(trained_run):
-    cam = explain.GradCam(load_model(trained_run / "best.keras"))
-    peaks = []
-    for centre in ((8, 8), (24, 24)):
-        heatmap, _ = cam.heatmap(_blob_image(32, centre))
-        peaks.append(np.unravel_index(np.argmax(heatmap), heatmap.shape))
-    (y1, x1), (y2, x2) = peaks
-    assert y1 < 16 <= y2 and x1 < 16 <= x2, peaks
-
-
-def test_model_without_last_conv_block_is_refused():
-    import keras
-
-    model = build_model(Config(image_size=32))
-    plain = keras.Sequential(
-        [
-            keras.Input((32, 32, 1)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(1, activation="sigmoid", name="predictions"),
-        ]
-    )
-    explain.GradCam(model)  # a pneumocnn model works
-    with pytest.raises(ValueError, match="last_conv"):
-        explain.GradCam(plain)
-
-
 def test_cli_writes_one_overlay_per_image_and_reports_bad_files(trained_run, tmp_path, capsys):
-    from PIL import Image
-
     folder = tmp_path / "xrays"
     folder.mkdir()
     Image.fromarray(_blob_image(64, (20, 40))[..., 0]).save(folder / "one.png")
@@ -64,3 +26,34 @@ def test_cli_writes_one_overlay_per_image_and_reports_bad_files(trained_run, tmp
     assert status == 1
     assert sorted(p.name for p in output.iterdir()) == ["one_gradcam.png", "two_gradcam.png"]
     assert "three.jpeg" in capsys.readouterr().err
+
+
+def test_given_a_tflite_it_explains_the_keras_model_beside_it(exported_model, tmp_path):
+    Image.fromarray(_blob_image(40, (20, 20))[..., 0]).save(tmp_path / "one.png")
+    output = tmp_path / "cams"
+    status = explain.main(
+        [
+            str(tmp_path / "one.png"),
+            "--model",
+            str(exported_model / INT8_FILE),
+            "--output-dir",
+            str(output),
+        ]
+    )
+    assert status == 0
+    assert [p.name for p in output.iterdir()] == ["one_gradcam.png"]
+
+
+def test_a_tflite_without_its_keras_says_that_grad_cam_needs_it(exported_model, tmp_path, capsys):
+    for name in (INT8_FILE, "pneumocnn.json"):
+        (tmp_path / name).write_bytes((exported_model / name).read_bytes())
+    status = explain.main([str(tmp_path), "--model", str(tmp_path / INT8_FILE)])
+    assert status == 2
+    assert "needs the float .keras" in capsys.readouterr().err
+
+
+def test_an_empty_folder_is_an_error_not_a_silent_success(trained_run, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    status = explain.main([str(tmp_path / "empty"), "--model", str(trained_run / "best.keras")])
+    assert status == 1
+    assert "No JPEG or PNG images found" in capsys.readouterr().err

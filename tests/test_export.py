@@ -16,6 +16,7 @@ from pneumocnn.metadata import (
     load_metadata,
 )
 from pneumocnn.model import load_model
+from pneumocnn.runners import keras_probabilities as keras_model_probabilities
 
 
 def test_export_writes_every_file_with_matching_checksums(exported_model):
@@ -48,10 +49,8 @@ def test_int8_and_float_models_agree_on_validation_images(trained_run, exported_
     config = json.loads((trained_run / "config.json").read_text())
     split = pd.read_csv(trained_run / "split.csv")
     val = data.load_split(split, "val", config["image_size"], config["data_dir"])
-    keras_probabilities = (
-        load_model(exported_model / KERAS_FILE)
-        .predict(val.images.astype(np.float32), verbose=0)
-        .reshape(-1)
+    keras_probabilities = keras_model_probabilities(
+        load_model(exported_model / KERAS_FILE), val.images
     )
     int8_probabilities = LiteModel(exported_model / INT8_FILE).predict_proba(val.images)
     fp16_probabilities = LiteModel(exported_model / FP16_FILE).predict_proba(val.images)
@@ -72,6 +71,29 @@ def test_metadata_records_threshold_training_data_and_validation_metrics(
     assert metadata["training_data"]["train_images"] > 0
     assert 0 <= metadata["validation_metrics"]["int8"]["roc_auc"] <= 1
     assert metadata["config"]["image_size"] == 32
+    parity = metadata["parity"]
+    assert {"agreement", "auc_drop", "auc_int8", "auc_float", "images"} <= set(parity)
+
+
+def test_metadata_records_no_absolute_path_of_the_exporting_machine(trained_run, exported_model):
+    text = (exported_model / METADATA_FILE).read_text()
+    root = json.loads((trained_run / "config.json").read_text())["data_dir"]
+    assert root not in text and str(trained_run) not in text
+    metadata = json.loads(text)
+    assert metadata["training_data"]["data_dir"] == "chest_xray"
+
+
+def test_a_failed_parity_check_written_anyway_records_its_figures(
+    trained_run, tmp_path, monkeypatch
+):
+    # require_parity=False (the notebooks' quick mode) still measures and records the figures.
+    monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)
+    metadata = export.export(
+        trained_run, tmp_path / "out", calibration_images=8, require_parity=False
+    )
+    assert metadata["parity"]["passed"] is False
+    assert 0 <= metadata["parity"]["agreement"] <= 1 and "auc_drop" in metadata["parity"]
+    assert "strays too far" in metadata["parity"]["message"]
 
 
 def test_parity_check_fails_and_says_by_how_much():
@@ -84,6 +106,29 @@ def test_parity_check_fails_and_says_by_how_much():
             0.5,
             ["NORMAL", "PNEUMONIA"],
         )
+
+
+def test_parity_check_can_report_without_raising():
+    parity = export.check_parity(
+        np.array([0, 0, 1, 1]),
+        np.array([0.1, 0.2, 0.8, 0.9]),
+        np.array([0.6, 0.2, 0.4, 0.9]),
+        0.5,
+        ["NORMAL", "PNEUMONIA"],
+        strict=False,
+    )
+    assert parity["passed"] is False and parity["agreement"] == 0.5
+
+
+def test_failed_parity_writes_nothing_and_exits_4(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)
+    output = tmp_path / "cli"
+    assert (
+        export.main([str(trained_run), "--output-dir", str(output), "--calibration-images", "8"])
+        == 4
+    )
+    assert "strays too far" in capsys.readouterr().err
+    assert not list(output.glob("*.tflite"))
 
 
 def test_failed_parity_writes_nothing(trained_run, tmp_path, monkeypatch):

@@ -71,3 +71,34 @@ def test_missing_model_gives_a_clear_error_and_exit_2(tmp_path, capsys):
     status = predict.main([str(tmp_path), "--model", str(tmp_path / "none.tflite")])
     assert status == 2
     assert "Model not found" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_model_is_named_as_such(exported_model, tmp_path, capsys):
+    # Regression: `--model x.json` blamed a SHA-256 mismatch.
+    status = predict.main([str(tmp_path), "--model", str(exported_model / "pneumocnn.json")])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "Expected a model file (.tflite or .keras)" in err and "SHA-256" not in err
+
+
+def test_a_run_folder_without_a_threshold_is_refused_and_left_untouched(
+    trained_run, tmp_path, capsys
+):
+    # Regression: predict chose a threshold and wrote threshold.json into the run folder.
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("threshold.json", "eval"))
+    before = sorted(p.name for p in run.iterdir())
+    _images(tmp_path / "xrays")
+    status = predict.main([str(tmp_path / "xrays"), "--model", str(run)])
+    assert status == 2
+    assert "pneumocnn.evaluate" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_an_empty_folder_exits_1_with_a_message(exported_model, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    status = predict.main([str(tmp_path / "empty"), "--model", str(exported_model / INT8_FILE)])
+    assert status == 1
+    assert "No JPEG or PNG images found" in capsys.readouterr().err

@@ -7,12 +7,13 @@ import pandas as pd
 import pytest
 
 from helpers import REAL_DATA, requires_real_data
-from pneumocnn import data, evaluate, explain, predict
+from pneumocnn import data, evaluate, explain, gradcam, metrics, predict, reports
 from pneumocnn.config import Config
 from pneumocnn.images import load_image
 from pneumocnn.lite import LiteModel
 from pneumocnn.metadata import SUBTYPE_FILES, decide, find_metadata, load_metadata
 from pneumocnn.model import Sensitivity, Specificity, build_model, load_model
+from pneumocnn.runners import open_model
 
 SUBTYPES = ["NORMAL", "BACTERIAL", "VIRAL"]
 
@@ -129,7 +130,7 @@ def test_subtype_metrics_give_the_matrix_per_class_macro_ovr_auc_and_the_binary_
             [0.7, 0.1, 0.2],  # VIRAL missed: NORMAL
         ]
     )
-    report = evaluate.compute_metrics(labels, probabilities, 0.5, SUBTYPES)
+    report = metrics.compute_metrics(labels, probabilities, 0.5, SUBTYPES)
     at = report["at_threshold"]
     assert at["confusion_matrix"] == [[1, 1, 0], [0, 1, 1], [1, 0, 1]]
     assert at["accuracy"] == pytest.approx(3 / 6)
@@ -141,7 +142,7 @@ def test_subtype_metrics_give_the_matrix_per_class_macro_ovr_auc_and_the_binary_
     assert binary["confusion_matrix"] == [[1, 1], [1, 3]]
     assert binary["sensitivity"] == pytest.approx(3 / 4)
     assert binary["specificity"] == pytest.approx(1 / 2)
-    assert "BACTERIAL" in evaluate.format_summary(
+    assert "BACTERIAL" in reports.format_summary(
         {**report, "model": "m", "split": "val", "unreadable_files": 0}
     )
 
@@ -186,7 +187,7 @@ def test_lite_and_keras_classifiers_give_three_probabilities(subtype_model, subt
     config = Config.load(subtype_run / "config.json")
     val = data.load_split(split, "val", config.image_size, config.data_dir)
     lite = LiteModel(subtype_model / SUBTYPE_FILES["int8"])
-    keras_model = predict.load_classifier(subtype_model / SUBTYPE_FILES["keras"])
+    keras_model = open_model(subtype_model / SUBTYPE_FILES["keras"])
     int8, float_ = lite.predict_proba(val.images), keras_model.predict_proba(val.images)
     assert int8.shape == float_.shape == (len(val.labels), 3)
     assert lite.task == keras_model.task == "subtype"
@@ -226,8 +227,8 @@ def test_grad_cam_explains_the_decided_subtype(subtype_model, subtype_run, tmp_p
     assert status == 0
     assert (tmp_path / f"{image.stem}_gradcam.png").stat().st_size > 5000
     metadata = load_metadata(subtype_model / SUBTYPE_FILES["metadata"])
-    cam = explain.GradCam(load_model(subtype_model / SUBTYPE_FILES["keras"]))
-    result = explain.explain_image(
+    cam = gradcam.GradCam(load_model(subtype_model / SUBTYPE_FILES["keras"]))
+    result = gradcam.explain_image(
         cam, load_image(image, 32), metadata["threshold"], metadata["class_names"]
     )
     assert result.explained == result.label and result.label in SUBTYPES
@@ -248,6 +249,6 @@ def test_real_file_names_give_the_documented_subtype_counts():
 def test_grad_cam_explains_a_decision_made_elsewhere(subtype_model, subtype_run):
     # The app shows the int8 model's label; the float model's Grad-CAM must explain that class.
     image = sorted((subtype_run.parent / "chest_xray" / "train" / "NORMAL").iterdir())[0]
-    cam = explain.GradCam(load_model(subtype_model / SUBTYPE_FILES["keras"]))
-    result = explain.explain_image(cam, load_image(image, 32), 0.5, SUBTYPES, label="VIRAL")
+    cam = gradcam.GradCam(load_model(subtype_model / SUBTYPE_FILES["keras"]))
+    result = gradcam.explain_image(cam, load_image(image, 32), 0.5, SUBTYPES, label="VIRAL")
     assert result.explained == result.label == "VIRAL"

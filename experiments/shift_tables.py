@@ -1,0 +1,148 @@
+"""Tables of the shift study, made from its saved results only (`experiments/shift/results`).
+
+For every row: the mean and standard deviation over seeds, and a 95% bootstrap interval of the
+seed mean (patients of the development half resampled, every seed scored on the same resample),
+of:
+
+- `dev_auc`: ROC AUC on the development half;
+- `dev_acc`, `dev_sens`, `dev_spec`: at the threshold chosen on validation (Youden's J), the
+  protocol that chose the old shipped model's threshold;
+- `spec@96`: the best specificity at a threshold reaching 96% sensitivity, chosen on the
+  development half itself (what site calibration on that half gives: optimistic for it);
+- `normal_IM`, `normal_N2`: NORMAL recall of the `IM-` and `NORMAL2-` films at the validation
+  threshold;
+- `best_dev_epoch_auc`: the development-half AUC of the epoch that scored best there (checkpoint
+  selection on the development half; optimistic for it), beside `val_auc`, the validation AUC of
+  the checkpoint selected on validation.
+
+Example:
+
+    python experiments/shift_study.py --table
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pneumocnn import metrics
+from pneumocnn.data import patient_id
+
+TARGET_SENSITIVITY = 0.96
+
+
+def load_results(folder: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+
+
+def pneumonia_scores(outputs) -> np.ndarray:
+    outputs = np.asarray(outputs, dtype=np.float64)
+    outputs = outputs.reshape(len(outputs), -1)
+    return outputs[:, 0] if outputs.shape[1] == 1 else 1.0 - outputs[:, 0]
+
+
+def film_group(name: str, label: int) -> str:
+    """`normal_IM`, `normal_N2`, `bacterial` or `viral` from a development-half file name."""
+    if label == 0:
+        return "normal_N2" if name.startswith("NORMAL2") else "normal_IM"
+    return "viral" if "virus" in name else "bacterial"
+
+
+def scores_of(result: dict) -> dict:
+    """Per-film arrays of one result: the development half and validation."""
+    dev, val = result["dev"], result["val"]
+    return {
+        "dev_labels": (np.asarray(dev["labels"]) > 0).astype(int),
+        "dev_scores": pneumonia_scores(dev["outputs"]),
+        "dev_epochs": [pneumonia_scores(outputs) for outputs in dev["per_epoch_outputs"]],
+        "val_labels": (np.asarray(val["labels"]) > 0).astype(int),
+        "val_scores": pneumonia_scores(val["outputs"]),
+        "names": dev["names"],
+    }
+
+
+def figures(labels, scores, groups, val_threshold, epoch_scores) -> dict[str, float]:
+    """The table's development-half figures for one model (see the module docstring)."""
+    at_val = metrics.pneumonia_figures(labels, scores, val_threshold)
+    out = {
+        "dev_auc": at_val["roc_auc"],
+        "dev_acc": at_val["accuracy"],
+        "dev_sens": at_val["sensitivity"],
+        "dev_spec": at_val["specificity"],
+        "spec@96": metrics.specificity_at_sensitivity(labels, scores, TARGET_SENSITIVITY)
+        if 0 < labels.sum() < len(labels)
+        else np.nan,
+    }
+    predicted = scores >= val_threshold
+    for group in ("normal_IM", "normal_N2"):
+        mask = groups == group
+        out[group] = float(np.mean(~predicted[mask])) if mask.any() else np.nan
+    if epoch_scores:
+        out["best_dev_epoch_auc"] = max(
+            metrics.pneumonia_figures(labels, s, 0.5)["roc_auc"] for s in epoch_scores
+        )
+    return out
+
+
+def row_table(results: list[dict], resamples: int = 500, seed: int = 0) -> pd.DataFrame:
+    """One line per row: mean ± sd over seeds and a bootstrap interval of the seed mean."""
+    by_row: dict[str, list[dict]] = defaultdict(list)
+    for result in results:
+        by_row[result["row"]].append(result)
+    lines = []
+    for row, runs in by_row.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        parts = [scores_of(run) for run in runs]
+        names = parts[0]["names"]
+        labels = parts[0]["dev_labels"]
+        groups = np.array([film_group(n, y) for n, y in zip(names, labels, strict=True)])
+        patients = np.array([patient_id(name) for name in names])
+        thresholds = [metrics.choose_threshold(p["val_labels"], p["val_scores"]) for p in parts]
+        per_seed = [
+            figures(labels, p["dev_scores"], groups, t, p["dev_epochs"])
+            for p, t in zip(parts, thresholds, strict=True)
+        ]
+
+        def seed_mean(index, parts=parts, thresholds=thresholds, labels=labels, groups=groups):
+            values = [
+                figures(labels[index], p["dev_scores"][index], groups[index], t, [])
+                for p, t in zip(parts, thresholds, strict=True)
+            ]
+            return {key: float(np.mean([v[key] for v in values])) for key in values[0]}
+
+        intervals = metrics.bootstrap_intervals(seed_mean, patients, resamples=resamples, seed=seed)
+        line = {"row": row, "seeds": ",".join(str(r["seed"]) for r in runs)}
+        line["val_auc"] = _mean_sd([r["summary"]["val_auc"] for r in runs])
+        for key in per_seed[0]:
+            values = [figures_[key] for figures_ in per_seed]
+            text = _mean_sd(values)
+            if key in intervals:
+                low, high = intervals[key]
+                text += f" [{low:.3f}-{high:.3f}]"
+            line[key] = text
+        line["minutes"] = f"{np.mean([r['summary']['wall_seconds'] for r in runs]) / 60:.1f}"
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def _mean_sd(values) -> str:
+    values = np.asarray(values, dtype=float)
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def print_tables(folder: Path) -> None:
+    results = load_results(folder)
+    if not results:
+        print(f"No results in {folder} yet.")
+        return
+    table = row_table(results)
+    print("| " + " | ".join(table.columns) + " |")
+    print("|" + "---|" * len(table.columns))
+    for values in table.itertuples(index=False):
+        print("| " + " | ".join(str(value) for value in values) + " |")

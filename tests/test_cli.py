@@ -1,0 +1,102 @@
+"""The CLI skeleton: quiet, instant `--help`, and documented exit codes for every command."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pneumocnn import cli
+from pneumocnn.data import DataError
+from pneumocnn.export import ParityError
+from pneumocnn.images import ImageLoadError
+from pneumocnn.metadata import MetadataError
+from pneumocnn.train import TrainingDivergedError
+
+COMMANDS = ("train", "evaluate", "export", "predict", "explain", "web")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_building_the_parser_imports_no_tensorflow(command):
+    # `--help` must come at once and without TensorFlow's start-up log lines: the command
+    # modules import TensorFlow only inside the functions that run after parsing.
+    script = (
+        "import sys\n"
+        f"import pneumocnn.{command} as command\n"
+        "command.build_parser()\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_exits_0_and_prints_the_usage_only(command):
+    done = subprocess.run(
+        [sys.executable, "-m", f"pneumocnn.{command}", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith(f"usage: python -m pneumocnn.{command}")
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (cli.NoInputsError("none"), cli.EXIT_SOME_INPUTS_FAILED),
+        (cli.UsageError("bad flag"), cli.EXIT_USAGE),
+        (FileNotFoundError("gone"), cli.EXIT_USAGE),
+        (DataError("no class folders"), cli.EXIT_USAGE),
+        (MetadataError("bad sha"), cli.EXIT_USAGE),
+        (ImageLoadError("broken"), cli.EXIT_USAGE),
+        (ParityError("strays"), cli.EXIT_CHECK_FAILED),
+        (TrainingDivergedError("nan"), cli.EXIT_USAGE),
+        (ZeroDivisionError("a bug"), cli.EXIT_INTERNAL),
+    ],
+)
+def test_each_error_class_maps_to_its_documented_exit_code(error, code):
+    assert cli.exit_code_of(error) == code
+
+
+def test_an_unexpected_error_prints_the_traceback_and_exits_3(capsys):
+    import argparse
+
+    def broken(args):
+        raise ZeroDivisionError("division by zero")
+
+    assert cli.run(argparse.ArgumentParser(prog="demo"), broken, []) == cli.EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "bug in demo" in err
+
+
+def test_a_bad_flag_exits_2_before_any_work():
+    done = subprocess.run(
+        [sys.executable, "-m", "pneumocnn.predict", "x.jpeg", "--no-such-flag"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "--no-such-flag" in done.stderr
+
+
+def test_no_library_module_imports_a_command_module():
+    # Imports run one way: the command modules use the library, never the reverse.
+    import ast
+    from pathlib import Path
+
+    package = Path(cli.__file__).parent
+    commands = {"train", "evaluate", "export", "predict", "explain", "bench", "app", "web"}
+    for path in package.glob("*.py"):
+        if path.stem in commands:
+            continue
+        tree = ast.parse(path.read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[-1])
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[-1] for alias in node.names)
+        assert not imported & commands, (path.name, imported & commands)
