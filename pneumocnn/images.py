@@ -536,6 +536,11 @@ def load_images(
 # Folder walks
 
 
+NOT_AN_IMAGE = "not a JPEG, PNG or DICOM file name"
+_LINK_TO_FOLDER = "link to a folder (not followed)"
+_NOT_INPUTS = frozenset({"hidden", NOT_AN_IMAGE, _LINK_TO_FOLDER, "ignored folder"})
+
+
 @dataclasses.dataclass(frozen=True)
 class FolderScan:
     """What a folder walk found.
@@ -549,6 +554,13 @@ class FolderScan:
     files: list[str]
     skipped: list[tuple[str, str]]
 
+    @property
+    def refused(self) -> list[tuple[str, str]]:
+        """The skipped entries that are inputs gone wrong (unreadable folders, dangling links,
+        link loops, FIFOs and devices, names that are not UTF-8), as opposed to entries that are
+        simply not images (hidden or other files, links to folders, ignored folders)."""
+        return [(name, reason) for name, reason in self.skipped if reason not in _NOT_INPUTS]
+
     def log_skipped(self, log: logging.Logger = logger) -> None:
         """Logs one warning per reason: how many entries, and the first few names."""
         by_reason: dict[str, list[str]] = {}
@@ -557,9 +569,6 @@ class FolderScan:
         for reason, entries in by_reason.items():
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
             log.warning("Skipped %d entries: %s (%s)", len(entries), reason, shown)
-
-
-NOT_AN_IMAGE = "not a JPEG, PNG or DICOM file name"
 
 
 def scan_folder(folder: str | Path, ignored_dirs: frozenset[str] = frozenset()) -> FolderScan:
@@ -615,7 +624,7 @@ def scan_folder(folder: str | Path, ignored_dirs: frozenset[str] = frozenset()) 
                 continue
             if stat.S_ISDIR(target.st_mode):
                 if is_link:
-                    skip(path, "link to a folder (not followed)")
+                    skip(path, _LINK_TO_FOLDER)
                 elif entry.name in ignored_dirs:
                     skip(path, "ignored folder")
                 else:
