@@ -35,45 +35,54 @@ def explain_files(
     Args:
         inputs: image files, or folders searched for images.
         model_path: the float `.keras` model.
-        output_dir: where to write `<image>_gradcam.png`.
+        output_dir: where to write `<image>_gradcam.png` (named by
+            `pneumocnn.files.output_names`: unique, at most 255 bytes).
         threshold: the decision threshold, shown with the verdict. Defaults to `None`.
         class_names: index = label. Defaults to `None` (see `explain_image`).
 
     Returns:
-        `(written, failed)`: the PNG paths, and `(path, reason)` for unreadable images.
+        `(written, failed)`: the PNG paths, and `(name, reason)` for unreadable images and
+        folder entries that could not be read.
 
     Raises:
         NoInputsError: if `inputs` hold no image file.
     """
+    from pneumocnn.files import atomic_path, display_name, output_names
     from pneumocnn.gradcam import GradCam, explain_image, overlay_figure
     from pneumocnn.images import ImageLoadError, load_image
     from pneumocnn.model import load_model
 
-    files = cli.require_inputs(inputs)
+    files, refused = cli.collect_inputs(inputs)
+    if not files and not refused:
+        cli.require_inputs(inputs)  # raises NoInputsError, naming the inputs
     cam = GradCam(load_model(model_path))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    written, failed = [], []
-    for index, path in enumerate(files, start=1):
+    written, failed = [], list(refused)
+    # Unique and short enough: a/x.jpeg and b/x.jpeg must not overwrite each other.
+    names = output_names(files, "_gradcam.png")
+    for index, (path, name) in enumerate(zip(files, names, strict=True), start=1):
         try:
             image = load_image(path, cam.image_size)
         except ImageLoadError as error:
-            failed.append((str(path), str(error)))
+            failed.append((display_name(path), str(error)))
             logger.warning("%s", error)
             continue
         result = explain_image(cam, image, threshold, class_names)
-        target = output_dir / f"{Path(path).stem}_gradcam.png"
-        overlay_figure(
+        target = output_dir / name
+        figure = overlay_figure(
             image,
             result.heatmap,
             result.probability,
             threshold,
-            Path(path).name,
+            display_name(Path(path).name),
             explained=result.explained,
             label=result.label,
-        ).savefig(target, dpi=110)
+        )
+        with atomic_path(target) as temporary:
+            figure.savefig(temporary, dpi=110)
         written.append(target)
-        logger.info("[%d/%d] %s -> %s", index, len(files), path, target)
+        logger.info("[%d/%d] %s -> %s", index, len(files), display_name(path), target)
     return written, failed
 
 
@@ -110,8 +119,11 @@ def _command(args: argparse.Namespace) -> int:
         args.inputs, model_path, args.output_dir, threshold, class_names
     )
     print(f"Wrote {len(written)} Grad-CAM overlays to {args.output_dir}")
-    for _, reason in failed:
-        print(f"error: {reason}", file=sys.stderr)
+    for name, reason in failed:
+        print(
+            f"error: {name}: {reason}" if name not in reason else f"error: {reason}",
+            file=sys.stderr,
+        )
     return cli.EXIT_SOME_INPUTS_FAILED if failed else cli.EXIT_OK
 
 

@@ -11,15 +11,19 @@ No TensorFlow here: the edge runtime uses it too.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 # A hidden prefix: a folder walk (which skips hidden files) never mistakes a temporary file for
 # an input, and `.partial` says what it is to a person who finds one after a power cut.
 _TEMP_PREFIX = ".partial-"
 _NEW_FILE_MODE = 0o644
+# The longest file name most file systems take (ext4, APFS, NTFS), in bytes.
+MAX_NAME_BYTES = 255
 
 
 @contextlib.contextmanager
@@ -104,3 +108,32 @@ def is_utf8_name(path: str | Path) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def output_names(paths: Sequence[str | Path], suffix: str) -> list[str]:
+    """One output file name per input, `<stem><suffix>`, unique among `paths` and short enough.
+
+    When inputs share a stem (`a/x.jpeg` and `b/x.jpeg`), or a name would pass
+    `MAX_NAME_BYTES`, the stem (cut to fit) gets the first 8 hex digits of the SHA-256 of the
+    input's absolute path: `x-1a2b3c4d_gradcam.png`. Stems are escaped (see `display_name`), so
+    no name holds a newline, an escape code or a byte that is not UTF-8.
+
+    Args:
+        paths: the inputs.
+        suffix: what follows the stem, e.g. "_gradcam.png".
+
+    Returns:
+        The names, in the order of `paths`.
+    """
+    stems = [display_name(Path(path).stem) for path in paths]
+    counts = Counter(stems)
+    names = []
+    for path, stem in zip(paths, stems, strict=True):
+        name = stem + suffix
+        if counts[stem] > 1 or len(name.encode("utf-8")) > MAX_NAME_BYTES:
+            digest = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:8]
+            room = MAX_NAME_BYTES - len(f"-{digest}{suffix}".encode())
+            cut = stem.encode("utf-8")[:room].decode("utf-8", "ignore")
+            name = f"{cut}-{digest}{suffix}"
+        names.append(name)
+    return names

@@ -178,8 +178,7 @@ def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dic
 
 
 def write_json_atomically(path: str | Path, payload: Any) -> None:
-    """Writes JSON to a temporary name, then renames it into place."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    temporary.replace(path)
+    """Writes JSON to a temporary name, then renames it into place (see `pneumocnn.files`)."""
+    from pneumocnn.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
