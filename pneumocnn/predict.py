@@ -94,7 +94,7 @@ def _command(args: argparse.Namespace) -> int:
             )
     if failures:
         total = len(files) + len(refused)
-        print(f"{len(failures)} of {total} inputs could not be read.", file=sys.stderr)
+        print(f"{len(failures)} of {total} files could not be read.", file=sys.stderr)
         return cli.EXIT_SOME_INPUTS_FAILED
     return cli.EXIT_OK
 

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from pneumocnn.lite import LiteModel, Prediction, make_prediction
-from pneumocnn.metadata import DEFAULT_NAMES, find_metadata, load_metadata, model_files
+from pneumocnn.metadata import (
+    DEFAULT_NAMES,
+    check_model_io,
+    find_metadata,
+    load_metadata,
+    model_files,
+)
 from pneumocnn.task import class_probabilities
 
 if TYPE_CHECKING:
@@ -102,6 +108,13 @@ class KerasModel:
         self.model = model
         self.image_size = int(model.input_shape[1])
         self.class_names = list(class_names)
+        check_model_io(
+            model_path or model.name,
+            self.image_size,
+            self.class_names,
+            tuple(model.input_shape),
+            int(model.output_shape[-1]),
+        )
         self.threshold = float(threshold)
         self._task = task or ("binary" if len(self.class_names) == 2 else "subtype")
         self.model_path = Path(model_path) if model_path is not None else None
@@ -127,8 +140,17 @@ class KerasModel:
                 f"{source.run_dir} --split val` first; it chooses the threshold on validation "
                 "and stores it."
             )
+        model = load_model(source.model_path)
+        # The run's or the metadata's image size, against the model's own input.
+        check_model_io(
+            source.model_path,
+            source.config.image_size,
+            list(source.class_names),
+            tuple(model.input_shape),
+            int(model.output_shape[-1]),
+        )
         return cls(
-            load_model(source.model_path),
+            model,
             source.class_names,
             source.threshold,
             source.config.task,
