@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
 
 from pneumocnn.runners import MODEL_DIR_ENV_VAR, default_model_dir
 
@@ -86,7 +85,7 @@ def render() -> None:
     import streamlit as st
 
     from pneumocnn.gradcam import GradCam, explain_image, overlay_figure
-    from pneumocnn.images import ImageLoadError, read_grayscale, to_model_input
+    from pneumocnn.images import NOTES_KEY, ImageLoadError, read_grayscale, to_model_input
     from pneumocnn.lite import make_prediction
     from pneumocnn.metadata import MetadataError, load_metadata, model_files
     from pneumocnn.model import load_model
@@ -177,10 +176,10 @@ def render() -> None:
                 {"file": upload.name, "label": "", "probability": None, "error": str(error)}
             )
             continue
-        if upload.name.lower().endswith(".png"):
-            with Image.open(io.BytesIO(data)) as header:
-                if header.mode.startswith("I"):
-                    st.warning("16-bit image: stretched from its darkest to brightest pixel.")
+        # What the loader did (EXIF turn, 16-bit stretch, DICOM window, first frame): from the
+        # one decode above, so a DICOM named .png can no longer stop the batch here.
+        for note in gray.info.get(NOTES_KEY, []):
+            st.caption(f"Read as: {note}.")
         image = to_model_input(gray, classifier.image_size)
         output = classifier.predict_proba(image[np.newaxis])[0]
         result = make_prediction(upload.name, output, classifier.threshold, class_names)
