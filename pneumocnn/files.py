@@ -46,8 +46,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ...     model.save(temporary)
     """
     path = Path(path)
+    # The stem, cut so the temporary name stays within MAX_NAME_BYTES even for a long target.
+    stem = os.fsencode(path.stem)[:100].decode("utf-8", "ignore")
     handle, name = tempfile.mkstemp(
-        prefix=_TEMP_PREFIX + path.stem + "-", suffix=path.suffix, dir=path.parent
+        prefix=_TEMP_PREFIX + stem + "-", suffix=path.suffix, dir=path.parent
     )
     os.close(handle)
     temporary = Path(name)

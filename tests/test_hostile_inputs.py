@@ -341,3 +341,200 @@ def test_listing_skips_and_logs_a_symlinked_folder_inside_a_class(make_dataset, 
         images = data.list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
     assert len(images) == 4
     assert "link to a folder (not followed)" in caplog.text and "elsewhere" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata that contradicts itself or its model
+
+
+def _copied_model(exported_model: Path, folder: Path, change) -> Path:
+    """A copy of the exported binary model whose metadata `change(metadata)` edits."""
+    import shutil
+
+    from pneumocnn.metadata import METADATA_FILE
+
+    folder.mkdir()
+    for path in exported_model.iterdir():
+        if path.is_file():
+            shutil.copy(path, folder / path.name)
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    change(metadata)
+    (folder / METADATA_FILE).write_text(json.dumps(metadata))
+    return folder
+
+
+def _swap_class_names(metadata):
+    metadata["class_names"] = metadata["class_names"][::-1]
+
+
+def _threshold_1e_300(metadata):
+    metadata["threshold"] = 1e-300
+
+
+def _drop_config(metadata):
+    del metadata["config"]
+
+
+def _image_size_64(metadata):
+    metadata["image_size"] = metadata["config"]["image_size"] = 64
+
+
+def _three_class_names(metadata):
+    metadata["class_names"] = ["NORMAL", "PNEUMONIA", "OTHER"]
+
+
+def _labels_swapped(metadata):
+    pass  # the labels file is edited instead, below
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_swap_class_names, "positive_class='PNEUMONIA'.*class_names=\\['PNEUMONIA', 'NORMAL'\\]"),
+        (_threshold_1e_300, "threshold=1e-300"),
+        (_drop_config, "`config`"),
+        (_image_size_64, "input_shape=\\(1, 32, 32, 1\\), image_size=64"),
+        (_three_class_names, "class_names=\\['NORMAL', 'PNEUMONIA', 'OTHER'\\]"),
+        (
+            _labels_swapped,
+            "labels=\\['PNEUMONIA', 'NORMAL'\\].*class_names=\\['NORMAL', 'PNEUMONIA'\\]",
+        ),
+    ],
+    ids=[
+        "swapped-class-names",
+        "threshold-1e-300",
+        "no-config",
+        "image-size",
+        "three-classes",
+        "labels-file",
+    ],
+)
+def test_metadata_contradicting_itself_or_the_model_is_refused_naming_both_values(
+    exported_model, tmp_path, capsys, change, message
+):
+    # The bug: swapped class_names inverted every label silently; a threshold of 1e-300 was
+    # accepted; a wrong image_size, three class names or a missing config ended in tracebacks.
+    from pneumocnn import predict
+    from pneumocnn.lite import LiteModel
+    from pneumocnn.metadata import INT8_FILE, LABELS_FILE, MetadataError
+
+    folder = _copied_model(exported_model, tmp_path / "model", change)
+    if change is _labels_swapped:
+        (folder / LABELS_FILE).write_text("PNEUMONIA\nNORMAL\n")
+    if change is _three_class_names:
+        (folder / LABELS_FILE).unlink()  # else the labels file disagrees first
+    with pytest.raises(MetadataError, match=message):
+        LiteModel(folder / INT8_FILE)
+    Image.fromarray(synthetic_xray(np.random.default_rng(0), 1, (40, 40))).save(tmp_path / "a.png")
+    assert predict.main([str(tmp_path / "a.png"), "--model", str(folder / INT8_FILE)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands: explain names, folder problems in predict, stale export folders
+
+
+def test_explain_writes_one_overlay_per_input_even_when_file_names_repeat_or_are_long(
+    exported_model, tmp_path
+):
+    # The bug: a/x.jpeg and b/x.jpeg wrote the same PNG while explain printed "Wrote 3", and a
+    # legal 255-byte file name crashed it.
+    from pneumocnn import explain
+    from pneumocnn.metadata import KERAS_FILE
+
+    rng = np.random.default_rng(0)
+    inputs = [tmp_path / "in" / "a" / "x.jpeg", tmp_path / "in" / "b" / "x.jpeg"]
+    inputs.append(tmp_path / "in" / ("y" * 250 + ".jpeg"))  # 255 bytes
+    for path in inputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(synthetic_xray(rng, 1, (40, 40))).save(path)
+    output = tmp_path / "out"
+    status = explain.main(
+        [
+            str(tmp_path / "in"),
+            "--model",
+            str(exported_model / KERAS_FILE),
+            "--output-dir",
+            str(output),
+        ]
+    )
+    assert status == 0
+    written = sorted(path.name for path in output.iterdir())
+    assert len(written) == 3 and all(len(name.encode()) <= 255 for name in written)
+    assert all(name.endswith("_gradcam.png") for name in written)
+
+
+def test_predict_reports_folder_entries_it_cannot_read_and_exits_1(
+    exported_model, tmp_path, capsys, monkeypatch
+):
+    # The bug: a FIFO named .jpeg hung predict; loops, dangling links and unreadable subfolders
+    # were skipped unreported (an unreadable subfolder even exited 0); names printed raw.
+    from pneumocnn import predict
+    from pneumocnn.metadata import INT8_FILE
+
+    root = tmp_path / "films"
+    (root / "locked").mkdir(parents=True)
+    Image.fromarray(synthetic_xray(np.random.default_rng(0), 1, (40, 40))).save(
+        root / "line\nbreak\x1b[31m.png"
+    )
+    os.mkfifo(root / "pipe.jpeg")
+    os.symlink(root / "gone.png", root / "dangling.png")
+    real_scandir = os.scandir
+    monkeypatch.setattr(
+        os,
+        "scandir",
+        lambda path: (
+            (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+            if Path(path) == root / "locked"
+            else real_scandir(path)
+        ),
+    )
+    status = predict.main([str(root), "--model", str(exported_model / INT8_FILE)])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "\x1b" not in out and "line\\nbreak\\x1b[31m.png" in out
+    for name, reason in (
+        ("pipe.jpeg", "not a regular file"),
+        ("dangling.png", "dangling link"),
+        ("locked", "unreadable folder"),
+    ):
+        assert any(name in line and reason in line and "ERROR" in line for line in out.splitlines())
+
+
+def test_fifo_named_as_an_input_file_gets_an_error_line_not_a_hang(exported_model, tmp_path):
+    fifo = tmp_path / "film.jpeg"
+    os.mkfifo(fifo)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumocnn.predict",
+            str(fifo),
+            "--model",
+            str(exported_model / "pneumocnn_int8.tflite"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1
+    assert "not a regular file" in completed.stdout
+
+
+def test_scratch_folders_of_killed_exports_are_removed_and_live_ones_kept(tmp_path):
+    # The bug: killed exports left hidden .export-* folders behind, forever.
+    from pneumocnn.export import SCRATCH_OWNER, remove_stale_scratch
+
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(finished.stdout)
+    for name, pid in (("dead", dead_pid), ("live", os.getpid())):
+        folder = tmp_path / f".export-{name}"
+        folder.mkdir()
+        (folder / SCRATCH_OWNER).write_text(f"{pid}\n")
+        (folder / "pneumocnn_int8.tflite").write_bytes(b"half")
+    removed = remove_stale_scratch(tmp_path)
+    assert [path.name for path in removed] == [".export-dead"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".export-live"]
