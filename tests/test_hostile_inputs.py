@@ -18,6 +18,7 @@ from PIL import Image
 
 from helpers import flags, png_claiming, synthetic_xray, train_in_subprocess, write_dataset
 from pneumocnn import data, train
+from pneumocnn.callbacks import BestModelCheckpoint
 from pneumocnn.files import atomic_path, display_name
 from pneumocnn.images import (
     MAX_DECODED_BYTES,
@@ -265,7 +266,7 @@ def test_best_keras_checkpoint_is_never_written_in_place(tmp_path):
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
-    checkpoint = train.BestModelCheckpoint(tmp_path / "best.keras")
+    checkpoint = BestModelCheckpoint(tmp_path / "best.keras", "val_auc")
     checkpoint.set_model(model)
     written = []
     real_save = model.save
