@@ -13,15 +13,19 @@ Three things stand between the exported model and those clients, and each has a 
   where argmax puts it (`operating_scores` is the same rule in numpy).
 - **Embedded TFLite metadata** (name, description, version, author, licence, input description,
   labels as an associated file), written with MediaPipe's maintained metadata writer
-  (`embed_metadata`).
+  (`embed_metadata`; embedding again replaces it, which a site recalibration does when the
+  threshold in the description changes) and read back with `read_embedded_metadata`.
 
 Needs TensorFlow (the `train` extra) for the conversions, and `mediapipe` for the metadata.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import sys
 import types
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -315,10 +319,11 @@ def embed_metadata(
     Written with MediaPipe's metadata writer: general information (name, description, version,
     author, licence), the image input (colour space, no normalisation: the model takes raw
     0-255 pixels), and the classification output with the labels as an associated file
-    (`labels.txt`, one class a line, in output order).
+    (`labels.txt`, one class a line, in output order). A model that already carries metadata
+    gets the new metadata instead (the same bytes as embedding into the bare model).
 
     Args:
-        model: the `.tflite` flatbuffer.
+        model: the `.tflite` flatbuffer, with or without metadata.
         class_names: one label per output score, in order.
         name: the model's name.
         description: what the model does (and must not be used for).
@@ -331,7 +336,7 @@ def embed_metadata(
     """
     metadata_writer, metadata_info = _mediapipe_metadata_writer()
     color_space = metadata_writer.MetadataWriter.color_space_types
-    writer = metadata_writer.MetadataWriter.create(bytearray(model))
+    writer = metadata_writer.MetadataWriter.create(bytearray(without_packed_files(model)))
     writer.add_general_info(name, description)
     # The writer's add_general_info takes a name and a description only; the schema's GeneralMd
     # carries version, author and licence too.
@@ -355,13 +360,34 @@ def embed_metadata(
     return bytes(content)
 
 
+def without_packed_files(model: bytes) -> bytes:
+    """The `.tflite` flatbuffer without the zip archive of associated files that MediaPipe's
+    writer appends to it (the writer refuses to pack a file twice); the model unchanged when it
+    has none. The metadata buffer inside the flatbuffer stays: the writer replaces it."""
+    if not zipfile.is_zipfile(io.BytesIO(model)):
+        return model
+    with zipfile.ZipFile(io.BytesIO(model)) as archive:
+        # Offsets count from the start of the file, so the first member's marks the archive's.
+        return model[: min(info.header_offset for info in archive.infolist())]
+
+
 def read_embedded_labels(model: bytes) -> list[str]:
     """The labels packed in a `.tflite` by `embed_metadata` (for tests and checks)."""
-    import io
-    import zipfile
-
     with zipfile.ZipFile(io.BytesIO(model)) as archive:
         return archive.read("labels.txt").decode().split()
+
+
+def read_embedded_metadata(model: bytes) -> dict[str, Any] | None:
+    """The TFLite metadata embedded in a `.tflite` (name, description, version, author, licence,
+    tensors), as MediaPipe's metadata displayer reads it; `None` when the model has none."""
+    _mediapipe_metadata_writer()  # the displayer's module imports what the writer's does
+    from mediapipe.tasks.python.metadata.metadata import MetadataDisplayer
+
+    try:
+        displayer = MetadataDisplayer.with_model_buffer(bytearray(model))
+    except ValueError:  # "The model does not have metadata."
+        return None
+    return json.loads(displayer.get_metadata_json())
 
 
 def embed_pneumocnn_metadata(model: bytes, metadata: dict[str, Any], channels: int) -> bytes:

@@ -28,7 +28,6 @@ labelled folder of the site's films and records it (see `calibrate`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -142,7 +141,12 @@ def calibrate(
     target. It is recorded, with the folder's name, its size, the achieved figures and their
     95% patient-bootstrap intervals and the per-group breakdown, where the model's threshold
     lives: a run folder's `threshold.json` (the export then copies it into the metadata and
-    every edge file), or an exported model's metadata `<name>.json`.
+    every edge file), or an exported model's whole file family (see
+    `pneumocnn.export.recalibrate`): its RGB variant is rebuilt from the family's `.keras`
+    with the threshold in its scores (int8 ranges from the folder's films) and checked against
+    the int8 model on them, the TFLite metadata embedded in each `.tflite` names the new
+    threshold, and the metadata `<name>.json` records it with the new checksums; all written
+    atomically, metadata last.
 
     Args:
         model: a run folder, or an exported `.tflite`/`.keras` with its metadata.
@@ -155,15 +159,17 @@ def calibrate(
         The calibration record (also written, see above).
 
     Raises:
-        ValueError: if the target is not in (0, 1], or the folder is a training-data folder
-            (it holds `train/`) or lacks a class.
+        ValueError: if the target is not in (0, 1], the folder is a training-data folder
+            (it holds `train/`) or lacks a class, or an exported family has no `.keras`.
+        ParityError: if an exported model's rebuilt RGB variant fails its check against the
+            int8 model on the folder's films (nothing is written).
     """
     import datetime
 
     import numpy as np
 
     from pneumocnn import data, runs
-    from pneumocnn.metadata import find_metadata, write_json_atomically
+    from pneumocnn.metadata import write_json_atomically
     from pneumocnn.metrics import choose_pneumonia_threshold, pneumonia_figures
     from pneumocnn.runners import predict_probabilities
     from pneumocnn.task import pneumonia_labels
@@ -179,6 +185,13 @@ def calibrate(
             f"Received: calibrate_on='{folder}'. Pass a folder of class subfolders (e.g. "
             "chest_xray/test)."
         )
+    family = None
+    if Path(model).is_file() and not runs.is_run_dir(Path(model).parent):
+        from pneumocnn import export
+
+        # Before anything is run: it completes an interrupted recalibration and refuses a
+        # family without the .keras the RGB variant is rebuilt from.
+        family = export.read_family(model)
     source = runs.resolve_source(model)
     images, labels, skipped, root, paths = runs.load_evaluation_images(source, "all", folder)
     if len(np.unique(pneumonia_labels(labels))) < 2:
@@ -220,10 +233,15 @@ def calibrate(
             },
         )
     else:
-        metadata_path = find_metadata(source.model_path)
-        metadata = json.loads(metadata_path.read_text())
-        metadata.update(threshold=threshold, threshold_rule=rule, calibration=record)
-        write_json_atomically(metadata_path, metadata)
+        from pneumocnn import export
+
+        export.recalibrate(
+            family,
+            {"threshold": threshold, "threshold_rule": rule, "calibration": record},
+            images,
+            probabilities if source.model_path.name == family.files["int8"] else None,
+            films=record["folder"],
+        )
     return record
 
 
@@ -282,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Site calibration: choose the threshold reaching --target-sensitivity (default "
         "0.96) on this labelled folder of the site's films (NORMAL/, PNEUMONIA/) and record it, "
         "with the folder, its size and the achieved figures' intervals, in the run's "
-        "threshold.json or the exported model's metadata.",
+        "threshold.json, or in an exported model's files (RGB variant rebuilt from its .keras, "
+        "embedded TFLite metadata and pneumocnn.json rewritten).",
     )
     return parser
 

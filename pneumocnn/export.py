@@ -19,6 +19,10 @@ the threshold), `convert_family` (int8, float16, RGB int8, `.keras`, labels), `c
 (parity), `check_rgb` (the RGB variant's parity), `describe` (the metadata) and `write_family`
 (rename into place).
 
+`recalibrate` gives an exported family a new threshold (a site calibration, see
+`pneumocnn.evaluate.calibrate`) with the same pieces: `read_family`, `rebuild_rgb`, `reembed`
+(the embedded descriptions name the threshold), `check_recalibrated` and `write_family`.
+
 Example:
 
     python -m pneumocnn.export runs/20261122-003321 --output-dir saved_models
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
 
     from pneumocnn.config import Config
     from pneumocnn.data import LoadedSplit
+    from pneumocnn.lite import LiteModel
     from pneumocnn.runs import Source
 
 logger = logging.getLogger(__name__)
@@ -70,9 +75,16 @@ def representative_images(
 
     train = split[split["subset"] == "train"]
     sample = data.limit_per_class(train, max(1, count // 2), seed)
-    images = data.load_split(sample, "train", image_size, root).images.copy()
-    # Pin the observed input range to exactly 0-255 (two pixels of one image), so the uint8
-    # input gets scale 1 and zero point 0: an app feeds raw pixels unchanged.
+    return pin_input_range(data.load_split(sample, "train", image_size, root).images)
+
+
+def pin_input_range(images: np.ndarray) -> np.ndarray:
+    """A copy of calibration images whose observed range is exactly 0-255 (two pixels of the
+    first image set to 0 and 255), so the uint8 input gets scale 1 and zero point 0: an app
+    feeds raw pixels unchanged."""
+    import numpy as np
+
+    images = np.array(images, copy=True)
     images[0, 0, 0, 0], images[0, 0, 1, 0] = 0, 255
     return images
 
@@ -352,7 +364,7 @@ def check_rgb(
 ) -> dict[str, Any]:
     """Step 5: runs the RGB variant on the validation split (as gray RGB) and checks that its
     highest score names the int8 model's decision on at least 99% of the films that are not
-    near-ties (see `pneumocnn.edge.check_rgb_parity`).
+    near-ties (see `rgb_parity`).
 
     Returns:
         The parity figures.
@@ -360,22 +372,58 @@ def check_rgb(
     Raises:
         ParityError: if the check fails and `require_parity` is True.
     """
+    from pneumocnn.lite import LiteModel
+
+    return rgb_parity(
+        LiteModel(scratch / files["rgb_int8"]),
+        prepared.val.images,
+        int8_probabilities,
+        prepared.threshold,
+        list(prepared.source.class_names),
+        require_parity,
+    )
+
+
+def rgb_parity(
+    rgb: LiteModel,
+    images: np.ndarray,
+    int8_probabilities: np.ndarray,
+    threshold: float,
+    class_names: list[str],
+    require_parity: bool,
+    films: str = "validation",
+) -> dict[str, Any]:
+    """Runs the RGB variant on grayscale films (repeated to gray RGB) and checks that its highest
+    score names the int8 model's decision at `threshold` on at least 99% of the films that are
+    not near-ties (see `pneumocnn.edge.check_rgb_parity`).
+
+    Args:
+        rgb: the RGB variant.
+        images: raw 0-255 grayscale films `(n, H, W, 1)`.
+        int8_probabilities: the int8 model's probabilities on them.
+        threshold: the operating threshold baked into `rgb`.
+        class_names: index = label.
+        require_parity: raise when the check fails.
+        films: what the films are, for the messages. Defaults to "validation".
+
+    Returns:
+        The parity figures, with `passed`.
+
+    Raises:
+        ParityError: if the check fails and `require_parity` is True.
+    """
     import numpy as np
 
     from pneumocnn.edge import check_rgb_parity
-    from pneumocnn.lite import LiteModel
 
-    rgb = LiteModel(scratch / files["rgb_int8"])
-    scores = rgb.predict_proba(np.repeat(prepared.val.images, 3, axis=-1))
-    parity = check_rgb_parity(
-        int8_probabilities, scores, prepared.threshold, list(prepared.source.class_names)
-    )
+    scores = rgb.predict_proba(np.repeat(images, 3, axis=-1))
+    parity = check_rgb_parity(int8_probabilities, scores, threshold, class_names)
     parity["passed"] = parity["agreement_beyond_ties"] >= MIN_AGREEMENT
-    logger.info("RGB variant against the int8 model on validation: %s", parity)
+    logger.info("RGB variant against the int8 model on %s films: %s", films, parity)
     if not parity["passed"] and require_parity:
         raise ParityError(
             f"The RGB variant names the int8 model's class on only "
-            f"{parity['agreement_beyond_ties']:.2%} of the {parity['images']} validation images "
+            f"{parity['agreement_beyond_ties']:.2%} of the {parity['images']} {films} films "
             f"that are not near-ties ({parity['near_ties']} are; need >= {MIN_AGREEMENT:.0%}). "
             "Nothing was written."
         )
@@ -465,15 +513,22 @@ def describe(
 
 
 def write_family(
-    scratch: Path, output_dir: Path, files: dict[str, str], metadata: dict[str, Any]
+    scratch: Path,
+    output_dir: Path,
+    files: dict[str, str],
+    metadata: dict[str, Any],
+    roles: tuple[str, ...] = (*MODEL_ROLES, "labels"),
 ) -> None:
     """Step 7: writes the metadata and renames every file into `output_dir`: models first,
-    metadata last, so the metadata never names a file that is not in place."""
+    metadata last, so the metadata never names a file that is not in place. A recalibration
+    passes the `roles` it rewrote; a name no longer in `scratch` was moved already (by a run
+    that was interrupted after writing the metadata, see `finish_recalibration`)."""
     from pneumocnn.metadata import write_json_atomically
 
     write_json_atomically(scratch / files["metadata"], metadata)
-    for role in (*MODEL_ROLES, "labels", "metadata"):
-        (scratch / files[role]).replace(output_dir / files[role])
+    for role in (*roles, "metadata"):
+        if (scratch / files[role]).exists():
+            (scratch / files[role]).replace(output_dir / files[role])
 
 
 def export(
@@ -573,6 +628,263 @@ def _process_exists(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+# Site recalibration of an exported model: a new threshold for a whole file family.
+
+# A seeded sample of the site's films, at most this many, calibrates the rebuilt RGB variant's
+# int8 ranges (the export calibrates on 300 training films).
+RECALIBRATION_IMAGES = 300
+# The recalibration's scratch folder, beside the family: `.recalibrate-<name>`. A fixed name, so
+# the next run finds one that a kill interrupted.
+RECALIBRATION_PREFIX = ".recalibrate-"
+_PROVISIONAL = "provisional.json"
+
+
+@dataclasses.dataclass
+class Family:
+    """An exported model's files, as its metadata lists them.
+
+    Args:
+        folder: the folder holding them.
+        metadata: the metadata `<name>.json`, verified.
+    """
+
+    folder: Path
+    metadata: dict[str, Any]
+
+    @property
+    def files(self) -> dict[str, str]:
+        return self.metadata["files"]
+
+    @property
+    def scratch(self) -> Path:
+        return self.folder / f"{RECALIBRATION_PREFIX}{self.metadata['name']}"
+
+
+def finish_recalibration(metadata_path: Path) -> bool:
+    """Completes a recalibration of the family of `metadata_path` that a kill interrupted.
+
+    Its scratch folder holds the new metadata only once every new file is written and checked
+    (the commit point): then the files still there are moved into place, metadata last. Without
+    the metadata, the run never committed and its scratch is removed: the family in place is
+    the previous one, untouched.
+
+    Returns:
+        True if an interrupted recalibration was completed.
+    """
+    import shutil
+
+    from pneumocnn.metadata import model_name
+
+    scratch = metadata_path.parent / f"{RECALIBRATION_PREFIX}{model_name(metadata_path)}"
+    if not scratch.is_dir():
+        return False
+    committed = scratch / metadata_path.name
+    if not committed.is_file():
+        shutil.rmtree(scratch)
+        return False
+    metadata = json.loads(committed.read_text())
+    logger.warning("Completing the interrupted recalibration in '%s'", scratch)
+    write_family(scratch, metadata_path.parent, metadata["files"], metadata)
+    shutil.rmtree(scratch)
+    return True
+
+
+def read_family(model_path: str | Path) -> Family:
+    """Recalibration step 1: finds the family of an exported model file, completes an
+    interrupted recalibration of it (see `finish_recalibration`), and verifies it: every model
+    file it lists matches its SHA-256, and it has the `.keras` the RGB variant is rebuilt from.
+
+    Args:
+        model_path: any file of the family (`<name>_int8.tflite`, `<name>.keras`, ...).
+
+    Raises:
+        MetadataError: if the metadata is missing, or a file does not match it.
+        UsageError: if the family has no `.keras`.
+    """
+    from pneumocnn.metadata import find_metadata, load_metadata
+
+    metadata_path = find_metadata(model_path)
+    finish_recalibration(metadata_path)
+    metadata = load_metadata(metadata_path)
+    files = metadata.get("files", {})
+    keras_file = files.get("keras")
+    if not keras_file or not (metadata_path.parent / keras_file).is_file():
+        raise cli.UsageError(
+            f"Recalibrating an exported model rebuilds its RGB variant from the family's .keras, "
+            f"and '{metadata_path.parent}' has none. Received: model='{model_path}'. Calibrate "
+            "the run folder instead (python -m pneumocnn.evaluate RUN_DIR --calibrate-on DIR) "
+            "and re-export it (python -m pneumocnn.export RUN_DIR)."
+        )
+    for role in MODEL_ROLES:
+        if role in files:
+            load_metadata(metadata_path, metadata_path.parent / files[role])
+    return Family(metadata_path.parent, metadata)
+
+
+def rebuild_rgb(
+    family: Family, metadata: dict[str, Any], images: np.ndarray, count: int, seed: int
+) -> list[str]:
+    """Recalibration step 2: converts the RGB variant of the family's `.keras` at the new
+    threshold into the scratch folder, its int8 ranges calibrated on a seeded sample of up to
+    `count` of the site's films `images`, with TFLite metadata embedded (see `convert_family`).
+
+    Returns:
+        The roles written: `["rgb_int8"]`, or `[]` for a family exported without one.
+    """
+    import numpy as np
+
+    from pneumocnn import edge
+    from pneumocnn.model import load_model
+
+    if "rgb_int8" not in family.files:
+        return []
+    keras_model = load_model(family.folder / family.files["keras"])
+    sample = np.random.default_rng(seed).permutation(len(images))[:count]
+    calibration = pin_input_range(images[np.sort(sample)])
+    logger.info("Converting the RGB variant to int8 with %d site films", len(calibration))
+    rgb = edge.rgb_variant(keras_model, metadata["threshold"], calibration, convert, family.scratch)
+    (family.scratch / family.files["rgb_int8"]).write_bytes(
+        edge.embed_pneumocnn_metadata(rgb, metadata, channels=3)
+    )
+    return ["rgb_int8"]
+
+
+def reembed(family: Family, metadata: dict[str, Any]) -> list[str]:
+    """Recalibration step 3: embeds the TFLite metadata again, with the new threshold in its
+    description, into each grayscale `.tflite` that carries embedded metadata (see
+    `pneumocnn.edge.embed_pneumocnn_metadata`); a file whose bytes would not change, or that
+    was exported without embedded metadata, is left alone.
+
+    Returns:
+        The roles written into the scratch folder.
+    """
+    from pneumocnn import edge
+
+    written = []
+    for role in ("int8", "fp16"):
+        if role not in family.files:
+            continue
+        content = (family.folder / family.files[role]).read_bytes()
+        if edge.read_embedded_metadata(content) is None:
+            continue
+        embedded = edge.embed_pneumocnn_metadata(content, metadata, channels=1)
+        if embedded != content:
+            (family.scratch / family.files[role]).write_bytes(embedded)
+            written.append(role)
+    return written
+
+
+def check_recalibrated(
+    family: Family,
+    metadata: dict[str, Any],
+    roles: list[str],
+    images: np.ndarray,
+    int8_probabilities: np.ndarray | None,
+    films: str,
+) -> dict[str, Any]:
+    """Recalibration step 4: records the new files' SHA-256, sizes and tensors, and checks the
+    rebuilt RGB variant against the int8 model on the site's films (see `rgb_parity`).
+
+    Returns:
+        The new metadata.
+
+    Raises:
+        ParityError: if the RGB variant fails the check (nothing is written).
+    """
+    from pneumocnn.lite import LiteModel
+    from pneumocnn.metadata import sha256_of, write_json_atomically
+
+    scratch, files = family.scratch, family.files
+    metadata = json.loads(json.dumps(metadata))  # a deep copy: the family's stays as read
+    for role in roles:
+        metadata["sha256"][files[role]] = sha256_of(scratch / files[role])
+        metadata["file_bytes"][files[role]] = (scratch / files[role]).stat().st_size
+    if "rgb_int8" not in roles:
+        return metadata
+    # Provisional metadata under another name: the metadata's own name is the commit mark.
+    write_json_atomically(scratch / _PROVISIONAL, metadata)
+    rgb = LiteModel(scratch / files["rgb_int8"], scratch / _PROVISIONAL)
+    if int8_probabilities is None:
+        int8_probabilities = LiteModel(family.folder / files["int8"]).predict_proba(images)
+    parity = rgb_parity(
+        rgb,
+        images,
+        int8_probabilities,
+        metadata["threshold"],
+        list(metadata["class_names"]),
+        require_parity=True,
+        films=films,
+    )
+    (scratch / _PROVISIONAL).unlink()
+    metadata.setdefault("tensors", {})[files["rgb_int8"]] = {
+        "input": tensor_description(rgb.input),
+        "output": tensor_description(rgb.output),
+    }
+    edge_record = metadata.setdefault("edge", {}).setdefault("rgb_variant", {})
+    edge_record["parity_with_int8"] = {**parity, "films": films}
+    return metadata
+
+
+def recalibrate(
+    family: Family,
+    updates: dict[str, Any],
+    images: np.ndarray,
+    int8_probabilities: np.ndarray | None = None,
+    films: str = "calibration",
+    calibration_images: int = RECALIBRATION_IMAGES,
+) -> dict[str, Any]:
+    """Gives an exported family a new threshold, keeping every file consistent with it.
+
+    The steps: `read_family` (the caller's, before long work), `rebuild_rgb` (the RGB variant
+    bakes the threshold into its scores), `reembed` (the grayscale models' embedded
+    descriptions name it), `check_recalibrated` (checksums, and the RGB variant against the
+    int8 model on the site's films), then `write_family` with the changed files only. Every
+    new file is written into the scratch folder `.recalibrate-<name>` beside the family; the
+    new metadata is written there last (the commit point), then the files are renamed into
+    place, metadata last. A kill before the commit leaves the previous family untouched; one
+    after it leaves the rest of the renames to the next recalibration of the family (see
+    `finish_recalibration`), which completes them before anything else. The int8 and float16
+    models compute what they did: only their embedded description changes.
+
+    Args:
+        family: the family (see `read_family`).
+        updates: the metadata fields to set: `threshold`, and `threshold_rule` and
+            `calibration` (see `pneumocnn.evaluate.calibrate`).
+        images: the site's films, raw 0-255 `(n, H, W, 1)`: a sample calibrates the RGB
+            variant's int8 ranges, and all of them check it.
+        int8_probabilities: the int8 model's probabilities on `images`, if already computed.
+            Defaults to `None`: computed here.
+        films: the films' folder name, for the record and the messages. Defaults to
+            "calibration".
+        calibration_images: the most site films the RGB variant is calibrated on. Defaults to
+            300.
+
+    Returns:
+        The new metadata.
+
+    Raises:
+        ParityError: if the rebuilt RGB variant fails its check (nothing is written).
+    """
+    import shutil
+
+    metadata = {**family.metadata, **updates}
+    seed = int(metadata.get("config", {}).get("seed", 0))
+    family.scratch.mkdir()
+    try:
+        roles = rebuild_rgb(family, metadata, images, calibration_images, seed)
+        roles += reembed(family, metadata)
+        metadata = check_recalibrated(family, metadata, roles, images, int8_probabilities, films)
+        for leftover in family.scratch.iterdir():  # the SavedModel the conversion read
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+    except BaseException:
+        shutil.rmtree(family.scratch, ignore_errors=True)
+        raise
+    write_family(family.scratch, family.folder, family.files, metadata, tuple(roles))
+    family.scratch.rmdir()
+    return metadata
 
 
 def build_parser() -> argparse.ArgumentParser:

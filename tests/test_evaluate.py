@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from pneumocnn import evaluate
 
 
@@ -125,17 +127,136 @@ def test_site_calibration_of_a_run_reaches_the_target_and_feeds_the_export(train
     assert metadata["calibration"] == record
 
 
-def test_site_calibration_of_an_exported_model_rewrites_its_metadata(exported_model, tmp_path):
+def _exported_copy(exported_model, tmp_path):
+    """A copy of the shared exported fixture, to calibrate."""
     import shutil
-
-    from pneumocnn.metadata import INT8_FILE, METADATA_FILE
 
     folder = tmp_path / "model"
     shutil.copytree(exported_model, folder)
-    record = evaluate.calibrate(folder / INT8_FILE, _site_folder(tmp_path), 1.0)
-    metadata = json.loads((folder / METADATA_FILE).read_text())
-    assert metadata["threshold"] == record["threshold"]
-    assert metadata["calibration"]["achieved"]["sensitivity"] == 1.0
+    return folder
+
+
+def _site_films(site, image_size):
+    """The site folder's films, as calibrate loads them (sorted by class, then name)."""
+    from pneumocnn.images import load_images
+
+    paths = [
+        str(path) for name in ("NORMAL", "PNEUMONIA") for path in sorted((site / name).iterdir())
+    ]
+    images, _, skipped = load_images(paths, image_size)
+    assert not skipped
+    return images
+
+
+def test_site_calibration_of_an_exported_model_keeps_its_whole_family_consistent(
+    exported_model, tmp_path
+):
+    import numpy as np
+
+    from pneumocnn import edge
+    from pneumocnn.lite import LiteModel
+    from pneumocnn.metadata import METADATA_FILE, decide, load_metadata, model_files
+    from pneumocnn.task import class_probabilities, pneumonia_probability
+
+    folder = _exported_copy(exported_model, tmp_path)
+    files = model_files("pneumocnn")
+    site = _site_folder(tmp_path)
+    record = evaluate.calibrate(folder / files["int8"], site, 1.0)
+    threshold = record["threshold"]
+    for role in ("int8", "fp16", "rgb_int8", "keras"):  # every checksum matches its file
+        metadata = load_metadata(folder / METADATA_FILE, folder / files[role])
+    assert metadata["threshold"] == threshold and metadata["calibration"] == record
+    assert metadata["edge"]["rgb_variant"]["parity_with_int8"]["films"] == site.name
+    assert not list(folder.glob(".recalibrate-*"))
+
+    int8 = LiteModel(folder / files["int8"])
+    assert int8.threshold == threshold
+    images = _site_films(site, int8.image_size)
+    rows = class_probabilities(int8.predict_proba(images))
+    scores = LiteModel(folder / files["rgb_int8"]).predict_proba(np.repeat(images, 3, axis=-1))
+    clear = np.abs(pneumonia_probability(rows) - threshold) > 1 / 256  # one output step
+    names = np.array(int8.class_names)
+    expected = np.array(decide(rows, threshold, int8.class_names))
+    assert clear.sum() >= len(images) // 2
+    np.testing.assert_array_equal(names[scores.argmax(axis=1)][clear], expected[clear])
+
+    for role, labels in (
+        ("int8", ["PNEUMONIA"]),
+        ("fp16", ["PNEUMONIA"]),
+        ("rgb_int8", list(names)),
+    ):
+        content = (folder / files[role]).read_bytes()
+        assert edge.read_embedded_labels(content) == labels, role
+        description = edge.read_embedded_metadata(content)["description"]
+        assert f"{threshold:.4f}" in description and "not a medical device" in description
+
+
+def test_recalibrating_an_exported_model_without_its_keras_names_the_fix(
+    exported_model, tmp_path, capsys
+):
+    from pneumocnn.metadata import KERAS_FILE, METADATA_FILE
+
+    folder = _exported_copy(exported_model, tmp_path)
+    (folder / KERAS_FILE).unlink()
+    before = (folder / METADATA_FILE).read_bytes()
+    status = evaluate.main([str(folder / "pneumocnn_int8.tflite"), "--calibrate-on", str(tmp_path)])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "has none" in error and "--calibrate-on" in error and "pneumocnn.export RUN_DIR" in error
+    assert (folder / METADATA_FILE).read_bytes() == before
+
+
+def test_an_uncommitted_recalibration_leaves_the_previous_family(exported_model, tmp_path):
+    """A kill before the new metadata is written (the commit point) leaves half-written files in
+    the scratch folder only; the next recalibration removes them and finds the family intact."""
+    from pneumocnn import export
+
+    folder = _exported_copy(exported_model, tmp_path)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    scratch = folder / ".recalibrate-pneumocnn"
+    scratch.mkdir()
+    (scratch / "pneumocnn_rgb_int8.tflite").write_bytes(b"half a model")
+    family = export.read_family(folder / "pneumocnn_int8.tflite")
+    assert not scratch.exists()
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    assert family.metadata["threshold"] == json.loads(before["pneumocnn.json"])["threshold"]
+
+
+def test_a_recalibration_killed_after_its_commit_is_completed_by_the_next(
+    exported_model, tmp_path, monkeypatch
+):
+    """A kill between the renames (after the new metadata is in the scratch folder) leaves a
+    family whose files disagree; the next recalibration of it completes the renames first."""
+    from pneumocnn import export
+    from pneumocnn.metadata import (
+        MetadataError,
+        load_metadata,
+        model_files,
+        write_json_atomically,
+    )
+
+    folder = _exported_copy(exported_model, tmp_path)
+    files = model_files("pneumocnn")
+    site = _site_folder(tmp_path)
+    write_family = export.write_family
+
+    def killed_after_the_first_rename(scratch, output_dir, files, metadata, roles):
+        # write_family's steps, up to a kill after its first rename.
+        write_json_atomically(scratch / files["metadata"], metadata)
+        (scratch / files[roles[0]]).replace(output_dir / files[roles[0]])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "write_family", killed_after_the_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.calibrate(folder / files["int8"], site, 1.0)
+    with pytest.raises(MetadataError):  # the old metadata does not match the renamed file
+        load_metadata(folder / files["metadata"], folder / files["rgb_int8"])
+    monkeypatch.setattr(export, "write_family", write_family)
+    family = export.read_family(folder / files["int8"])
+    assert not (folder / ".recalibrate-pneumocnn").exists()
+    for role in ("int8", "fp16", "rgb_int8", "keras"):
+        load_metadata(folder / files["metadata"], folder / files[role])
+    assert family.metadata["calibration"]["folder"] == site.name
 
 
 def test_calibrating_on_training_data_is_refused(trained_run, tmp_path, capsys):
