@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import peak_memory_mb, synthetic_xray, write_dicom  # noqa: E402
+from helpers import synthetic_xray, write_dicom  # noqa: E402
+from pneumocnn.bench import peak_memory_mb  # noqa: E402
 from pneumocnn.images import ImageLoadError, load_image  # noqa: E402
 
 HANG_SECONDS = 10.0

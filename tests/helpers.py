@@ -209,23 +209,6 @@ def train_in_subprocess(argv: list[str], prelude: str = "", returncode: int = 0)
     assert completed.returncode == returncode, completed.stdout[-2000:] + completed.stderr[-3000:]
 
 
-def peak_memory_mb() -> float:
-    """This process's peak resident memory in MB since it started its program.
-
-    `VmHWM` from /proc, not `ru_maxrss`: Linux carries `ru_maxrss` over from the parent through
-    fork and exec, so a child of a large test process would report the parent's peak.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = web.CHROMIUM_ARGS
 requires_chromium = pytest.mark.skipif(

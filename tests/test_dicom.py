@@ -291,7 +291,7 @@ def test_ybr_colour_dicom_at_the_budget_is_read_without_a_float_copy_of_every_sa
     path = write_dicom(tmp_path / "ybr.dcm", ybr, "YBR_FULL", 8)
     del ybr
     script = (
-        "from helpers import peak_memory_mb\n"
+        "from pneumocnn.bench import peak_memory_mb\n"
         "from pneumocnn.images import load_image\n"
         f"load_image({str(path)!r}, 32)\n"
         "print(round(peak_memory_mb()))\n"
