@@ -5,8 +5,7 @@ For each `experiments/ablation/<name>.json` (and each `--seeds`), it runs
     python -m pneumocnn.train --config experiments/ablation/<name>.json --seed S \\
         --data-dir DATA --output-dir runs/ablation/<name>-s<S>
     python -m pneumocnn.evaluate runs/ablation/<name>-s<S> --split val
-    python -m pneumocnn.export runs/ablation/<name>-s<S> \\
-        --output-dir runs/ablation/<name>-s<S>/export
+    python -m pneumocnn.export runs/ablation/<name>-s<S>   # into the run's export/ folder
 
 and appends one row to `experiments/ablation_results.csv`: validation AUC, and accuracy,
 sensitivity and specificity at the threshold chosen on validation, parameters, int8 `.tflite`
@@ -91,10 +90,8 @@ def run_experiment(name: str, seed: int, data_dir: str) -> dict:
             return {**row, "status": f"training failed (see {log.relative_to(ROOT)})"}
     if not run([python, "-m", "pneumocnn.evaluate", str(run_dir), "--split", "val"], log):
         return {**row, "status": "evaluation failed"}
-    exported = run(
-        [python, "-m", "pneumocnn.export", str(run_dir), "--output-dir", str(run_dir / "export")],
-        log,
-    )
+    # export writes into the run's own export/ folder by default.
+    exported = run([python, "-m", "pneumocnn.export", str(run_dir)], log)
     summary = json.loads((run_dir / "summary.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     pinned = json.loads(config_file.read_text())

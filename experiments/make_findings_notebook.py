@@ -293,7 +293,10 @@ show_gradcam(
     "current model: the NORMAL films the previous model called PNEUMONIA",
 );""",
     ),
-    ("md", "## What we learned\n\n(written from the outputs above; see the README's results section)"),
+    (
+        "md",
+        "## What we learned\n\n(written from the outputs above; see the README's results section)",
+    ),
 ]
 
 

@@ -1,5 +1,11 @@
 """The Streamlit app: drop in chest X-rays; see the label, the probability, where the model looked.
 
+Every upload goes through the input guard first (`pneumocnn.guard`): a refused image is not
+classified and says why; a flagged one is classified with a warning and its out-of-distribution
+score. The model card (`pneumocnn.card`, rendered from the metadata) opens under the title, and
+the notice that this is not a medical device sits in the page itself, not only in the sidebar
+(which a phone hides).
+
 Run it with `streamlit run pneumocnn/app.py` or `pneumocnn-app`. It uses `saved_models/` (or the
 folder in `$PNEUMOCNN_MODEL_DIR`); the sidebar picks the model (binary NORMAL / PNEUMONIA, or the
 subtype model NORMAL / BACTERIAL / VIRAL, from their metadata) and the int8 `.tflite` or the
@@ -20,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from matplotlib.figure import Figure
 
 from pneumocnn.runners import MODEL_DIR_ENV_VAR, default_model_dir
@@ -84,9 +89,11 @@ def render() -> None:
     import pandas as pd
     import streamlit as st
 
+    from pneumocnn import guard
+    from pneumocnn.card import model_card
     from pneumocnn.gradcam import GradCam, explain_image, overlay_figure
     from pneumocnn.images import NOTES_KEY, ImageLoadError, read_grayscale, to_model_input
-    from pneumocnn.lite import make_prediction
+    from pneumocnn.lite import classify
     from pneumocnn.metadata import MetadataError, load_metadata, model_files
     from pneumocnn.model import load_model
     from pneumocnn.runners import open_model
@@ -107,7 +114,8 @@ def render() -> None:
         st.title("pneumocnn")
         st.error(
             f"No exported model in '{folder}'. Export one with "
-            f"`python -m pneumocnn.export RUN_DIR`, or set {MODEL_DIR_ENV_VAR} to its folder."
+            f"`python -m pneumocnn.export RUN_DIR --output-dir {folder}`, or set "
+            f"{MODEL_DIR_ENV_VAR} to a folder holding one (such as RUN_DIR/export)."
         )
         st.stop()
     titles = {name: f"{name}: {' / '.join(meta['class_names'])}" for name, meta in models.items()}
@@ -124,12 +132,17 @@ def render() -> None:
         st.title("pneumocnn")
         st.error(
             f"Cannot load the model from '{folder}': {error}\n\nExport one with "
-            f"`python -m pneumocnn.export RUN_DIR`, or set {MODEL_DIR_ENV_VAR} to its folder."
+            f"`python -m pneumocnn.export RUN_DIR --output-dir {folder}`, or set "
+            f"{MODEL_DIR_ENV_VAR} to a folder holding one (such as RUN_DIR/export)."
         )
         st.stop()
     class_names = list(metadata["class_names"])
     subtype = metadata.get("task", "binary") == "subtype"
     st.title(f"pneumocnn: {', '.join(class_names[:-1])} or {class_names[-1]}?")
+    # In the page, not the sidebar: a phone's browser hides the sidebar.
+    st.warning(NOTICE)
+    with st.expander("Model card: intended use, data, figures, known failures and limits"):
+        st.markdown(model_card(metadata))
 
     st.sidebar.markdown(f"**{model_path.name}**: {model_path.stat().st_size / 1024:.0f} KB")
     validation = metadata.get("validation_metrics", {}).get(
@@ -155,7 +168,14 @@ def render() -> None:
     training = metadata.get("training_data", {})
     if training:
         st.sidebar.caption(f"Trained on: {training.get('source', '')}")
-    st.sidebar.warning(NOTICE)
+    st.sidebar.caption(
+        "Input check: "
+        + (
+            "refusals and an out-of-distribution score calibrated on the validation films."
+            if classifier.guard is not None
+            else "refusals only (this model carries no out-of-distribution calibration)."
+        )
+    )
 
     uploads = st.file_uploader(
         "Chest X-rays (JPEG, PNG, or DICOM)", type=UPLOAD_TYPES, accept_multiple_files=True
@@ -172,55 +192,70 @@ def render() -> None:
             gray = read_grayscale(io.BytesIO(data), name=upload.name)
         except ImageLoadError as error:
             st.error(f"Could not use this file: {error}")
-            rows.append(
-                {"file": upload.name, "label": "", "probability": None, "error": str(error)}
-            )
+            rows.append({"file": upload.name, "verdict": "unreadable", "reason": str(error)})
             continue
         # What the loader did (EXIF turn, 16-bit stretch, DICOM window, first frame): from the
         # one decode above, so a DICOM named .png can no longer stop the batch here.
         for note in gray.info.get(NOTES_KEY, []):
             st.caption(f"Read as: {note}.")
-        image = to_model_input(gray, classifier.image_size)
-        output = classifier.predict_proba(image[np.newaxis])[0]
-        result = make_prediction(upload.name, output, classifier.threshold, class_names)
-        explanation = explain_image(
-            cam, image, classifier.threshold, class_names, label=result.label
-        )
+        result = classify(classifier, gray, upload.name)
+        verdict = result.verdict
+        row = result.as_row()
+        row = {"file": row.pop("path"), **row}
+        if not subtype:  # P(PNEUMONIA) is the probability column already
+            row = {key: value for key, value in row.items() if not key.startswith("P(")}
+        rows.append(row)
         left, right = st.columns([1, 2])
         with left:
             st.image(gray, caption=f"{gray.width}x{gray.height}", width="stretch")
         with right:
+            if verdict.status == guard.REFUSED:
+                st.markdown("### Not classified")
+                st.error(f"The input check refused this image: {verdict.reason}.")
+                continue
             st.markdown(f"### {result.label}")
-            st.pyplot(gauge_figure(result.probability, classifier.threshold, "pneumonia"))
+            score = "" if verdict.score is None else f"OOD score {verdict.score:.2f}; "
+            if verdict.status == guard.FLAGGED:
+                st.warning(
+                    f"Read this result with care: {verdict.reason}. The model was trained on "
+                    "frontal chest films of children aged one to five from one hospital."
+                )
+            else:
+                st.caption(
+                    f"Input check: ok ({score}1.0 is the 99th percentile of the validation films)."
+                    if score
+                    else "Input check: ok."
+                )
+            st.pyplot(gauge_figure(result.probability, result.threshold, "pneumonia"))
             if subtype:
                 st.pyplot(probabilities_figure(result.probabilities))
+            image = to_model_input(gray, classifier.image_size)
+            explanation = explain_image(
+                cam, image, result.threshold, class_names, result.label, result.probabilities
+            )
             st.pyplot(
                 overlay_figure(
                     image,
                     explanation.heatmap,
                     explanation.probability,
-                    classifier.threshold,
+                    result.threshold,
                     upload.name,
                     explained=explanation.explained,
                     label=explanation.label,
                 )
             )
             st.caption(
-                f"Grad-CAM from the float model: warm colours raised the {explanation.explained} "
-                "score."
+                f"Grad-CAM ({explanation.layer}) of the float model, for the label and "
+                f"probability of {model_path.name}. Colour: evidence for "
+                f"{explanation.explained} on a fixed 0-1 scale, the map relative to its "
+                f"strongest cell times P({explanation.explained}); a faint map is weak evidence. "
+                "It shows what raised the score, not where a lesion is."
             )
-        row = {
-            "file": upload.name,
-            "label": result.label,
-            "probability": round(result.probability, 4),
-        }
-        if subtype:
-            row.update({f"P({k})": round(v, 4) for k, v in result.probabilities.items()})
-        rows.append({**row, "error": ""})
 
     st.subheader("All results")
     table = pd.DataFrame(rows)
     table["threshold"] = round(classifier.threshold, 4)
+    table = table.fillna({"label": "", "reason": ""})
     st.dataframe(table, width="stretch")
     st.download_button(
         "Download CSV",

@@ -12,6 +12,8 @@ parser without importing TensorFlow (so `--help` is instant and quiet), then han
 - 3: the program itself failed: an unexpected error (a bug; the traceback is printed).
 - 4: the work ran, but a check refused its result (the int8 model strays from the float one).
   Nothing was written.
+- 5: the work stopped before the end and can be resumed (a worker of a multi-worker run was
+  lost); the message says how.
 
 Every message names the received value and the fix.
 """
@@ -33,6 +35,7 @@ EXIT_SOME_INPUTS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_CHECK_FAILED = 4
+EXIT_RESUMABLE = 5
 
 
 class UsageError(ValueError):
@@ -47,12 +50,18 @@ class CheckFailedError(RuntimeError):
     """The work ran, but a check refused its result; nothing was written (exit code 4)."""
 
 
+class ResumableError(RuntimeError):
+    """The work stopped before the end and can be resumed (exit code 5)."""
+
+
 def exit_code_of(error: BaseException) -> int:
     """The exit code of an error (see the table in this module's docstring)."""
     if isinstance(error, NoInputsError):
         return EXIT_SOME_INPUTS_FAILED
     if isinstance(error, CheckFailedError):
         return EXIT_CHECK_FAILED
+    if isinstance(error, ResumableError):
+        return EXIT_RESUMABLE
     # ValueError covers UsageError, DataError, MetadataError and ImageLoadError.
     if isinstance(error, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)):
         return EXIT_USAGE

@@ -1,9 +1,12 @@
 """Grad-CAM overlays: `python -m pneumocnn.explain IMAGE_OR_FOLDER... [--model M]`.
 
-Writes one PNG per image: the X-ray in gray beside the same film with the Grad-CAM heatmap (see
-`pneumocnn.gradcam`) in colour, a colour bar, and the probability in the title. Grad-CAM needs
-the float `.keras` model (an int8 `.tflite` has no gradients): given a `.tflite`, the `.keras`
-of the same export is found beside it through the metadata.
+Writes one PNG per image: the film with its Grad-CAM evidence over it (see `pneumocnn.gradcam`:
+at least 10x10 cells, on a fixed 0-1 scale), a colour bar, and the label, probability and
+threshold in the title. Grad-CAM needs the float `.keras` model (an int8 `.tflite` has no
+gradients): given a `.tflite`, the `.keras` of the same export is found beside it through the
+metadata, and the label and probability shown are the `.tflite` model's own, the ones `predict`
+gives. Every image goes through the input guard first (`pneumocnn.guard`): a refused image gets
+no overlay (its reason is reported), a flagged one says so under the title.
 
 Example:
 
@@ -16,8 +19,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from pneumocnn import cli
+from pneumocnn.lite import classify
 from pneumocnn.runners import default_model
 
 logger = logging.getLogger(__name__)
@@ -29,6 +34,8 @@ def explain_files(
     output_dir: str | Path,
     threshold: float | None = None,
     class_names: list[str] | None = None,
+    classifier: Any = None,
+    calibration: Any = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Writes one overlay PNG per image into `output_dir` (see `pneumocnn.gradcam`).
 
@@ -39,17 +46,22 @@ def explain_files(
             `pneumocnn.files.output_names`: unique, at most 255 bytes).
         threshold: the decision threshold, shown with the verdict. Defaults to `None`.
         class_names: index = label. Defaults to `None` (see `explain_image`).
+        classifier: the runner whose label and probability are shown (e.g. the int8
+            `LiteModel`), with its input guard. Defaults to `None`: the float model's own.
+        calibration: the input guard's calibration when there is no `classifier` (see
+            `pneumocnn.guard.calibration_of`). Defaults to `None`: refusal checks only.
 
     Returns:
-        `(written, failed)`: the PNG paths, and `(name, reason)` for unreadable images and
-        folder entries that could not be read.
+        `(written, failed)`: the PNG paths, and `(name, reason)` for unreadable or refused
+        images and folder entries that could not be read.
 
     Raises:
         NoInputsError: if `inputs` hold no image file.
     """
+    from pneumocnn import guard
     from pneumocnn.files import atomic_path, display_name, output_names
     from pneumocnn.gradcam import GradCam, explain_image, overlay_figure
-    from pneumocnn.images import ImageLoadError, load_image
+    from pneumocnn.images import ImageLoadError, read_grayscale, to_model_input
     from pneumocnn.model import load_model
 
     files, refused = cli.collect_inputs(inputs)
@@ -63,13 +75,26 @@ def explain_files(
     names = output_names(files, "_gradcam.png")
     for index, (path, name) in enumerate(zip(files, names, strict=True), start=1):
         try:
-            image = load_image(path, cam.image_size)
+            gray = read_grayscale(path)
         except ImageLoadError as error:
             failed.append((display_name(path), str(error)))
             logger.warning("%s", error)
             continue
-        result = explain_image(cam, image, threshold, class_names)
+        image = to_model_input(gray, cam.image_size)
+        label, probabilities = None, None
+        if classifier is not None:
+            result = classify(classifier, gray, path, threshold)
+            verdict, label, probabilities = result.verdict, result.label, result.probabilities
+        else:
+            verdict = guard.judge(gray, image, calibration, cam.image_size)
+        if verdict.status == guard.REFUSED:
+            shown = display_name(path)
+            failed.append((shown, f"'{shown}' was refused by the input guard: {verdict.reason}"))
+            logger.warning("Refused %s: %s", shown, verdict.reason)
+            continue
+        result = explain_image(cam, image, threshold, class_names, label, probabilities)
         target = output_dir / name
+        note = f"flagged: {verdict.reason}" if verdict.status == guard.FLAGGED else ""
         figure = overlay_figure(
             image,
             result.heatmap,
@@ -78,6 +103,7 @@ def explain_files(
             display_name(Path(path).name),
             explained=result.explained,
             label=result.label,
+            note=note,
         )
         with atomic_path(target) as temporary:
             figure.savefig(temporary, dpi=110)
@@ -104,19 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(args: argparse.Namespace) -> int:
+    from pneumocnn import guard
     from pneumocnn.metadata import load_metadata, model_name
-    from pneumocnn.runners import keras_beside
+    from pneumocnn.runners import keras_beside, open_model
 
     model_path = keras_beside(args.model)
+    # The label and probability shown are those of the model asked for (the int8 one, given a
+    # .tflite), with its input guard; Grad-CAM runs on the float model beside it.
+    classifier = open_model(args.model) if Path(args.model).suffix == ".tflite" else None
     if model_path != Path(args.model):
         logger.info("Grad-CAM needs the float model: using %s", model_path)
-    threshold, class_names = None, None
+    threshold, class_names, calibration = None, None, None
     metadata_path = model_path.parent / f"{model_name(model_path)}.json"
     if metadata_path.is_file():
         metadata = load_metadata(metadata_path, model_path)
         threshold, class_names = metadata["threshold"], metadata["class_names"]
+        calibration = guard.calibration_of(metadata)
     written, failed = explain_files(
-        args.inputs, model_path, args.output_dir, threshold, class_names
+        args.inputs, model_path, args.output_dir, threshold, class_names, classifier, calibration
     )
     print(f"Wrote {len(written)} Grad-CAM overlays to {args.output_dir}")
     for name, reason in failed:

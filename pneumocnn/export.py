@@ -1,12 +1,15 @@
 """Export: `python -m pneumocnn.export RUN_DIR` writes the model users embed.
 
-From a run folder it writes, into `saved_models/` by default: `pneumocnn_int8.tflite` (full
+From a run folder it writes, into `RUN_DIR/export/` by default: `pneumocnn_int8.tflite` (full
 integer: uint8 input of raw pixels, int8 builtin ops only, uint8 output), `pneumocnn_fp16.tflite`,
 `pneumocnn_rgb_int8.tflite` (for stock image classifiers: RGB in, one score per class whose argmax
-is the decision at the threshold), `pneumocnn.keras`, `pneumocnn_labels.txt`, and the metadata
-`pneumocnn.json` (see `pneumocnn.metadata`). A `--task subtype` run's files are named
-`pneumocnn_subtype*` instead. Every `.tflite` has a fixed batch of 1 and embedded TFLite metadata
-(see `pneumocnn.edge`).
+is the decision at the threshold), `pneumocnn.keras`, `pneumocnn_labels.txt`, the model card
+`MODEL_CARD.md` (see `pneumocnn.card`), and the metadata `pneumocnn.json` (see
+`pneumocnn.metadata`, which also holds the input guard's calibration, see `pneumocnn.guard`). A
+`--task subtype` run's files are named `pneumocnn_subtype*` instead (its card
+`pneumocnn_subtype_MODEL_CARD.md`). Every `.tflite` has a fixed batch of 1 and embedded TFLite
+metadata (see `pneumocnn.edge`). Replacing the shipped models is a choice made by name:
+`--output-dir saved_models`.
 
 The int8 model is checked against the float model on the run's validation split before anything
 is written: its decisions must agree on at least 99% of images and its ROC AUC must be within
@@ -25,7 +28,8 @@ the threshold), `convert_family` (int8, float16, RGB int8, `.keras`, labels), `c
 
 Example:
 
-    python -m pneumocnn.export runs/20261122-003321 --output-dir saved_models
+    python -m pneumocnn.export runs/20261122-003321                  # runs/20261122-003321/export
+    python -m pneumocnn.export runs/20261122-003321 --output-dir saved_models   # ship it
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MIN_AGREEMENT = 0.99
+# Training films the input guard's out-of-distribution score is fitted on (seeded, stratified
+# by class): enough for a 256-dimensional thumbnail's leading components, and quick to decode.
+GUARD_FIT_IMAGES = 2000
 MAX_AUC_DROP = 0.005
 # The model files of an export, by role (see `pneumocnn.metadata.model_files`).
 MODEL_ROLES = ("int8", "fp16", "rgb_int8", "keras")
@@ -143,8 +150,8 @@ def check_parity(
 
     Returns:
         `images`, `agreement` (share of identical decisions), `auc_float`, `auc_int8`,
-        `auc_drop`, `max_abs_difference` of the probabilities, `passed`, and, when it failed,
-        `message`.
+        `auc_drop`, `max_abs_difference` of the probabilities, the bars (`min_agreement`,
+        `max_auc_drop`), `passed`, and, when it failed, `message`.
 
     Raises:
         ParityError: if agreement is below 99% or the AUC drops by more than 0.005, and
@@ -153,6 +160,7 @@ def check_parity(
     from pneumocnn.metrics import parity as measure_parity
 
     parity = measure_parity(labels, float_probabilities, int8_probabilities, threshold, class_names)
+    parity["min_agreement"], parity["max_auc_drop"] = MIN_AGREEMENT, MAX_AUC_DROP
     parity["passed"] = parity["agreement"] >= MIN_AGREEMENT and parity["auc_drop"] <= MAX_AUC_DROP
     if not parity["passed"]:
         parity["message"] = (
@@ -326,6 +334,30 @@ def _threshold_record(path: Path) -> dict[str, Any]:
     return record
 
 
+def guard_calibration(
+    split: pd.DataFrame,
+    root: Path,
+    config: Config,
+    val_images: np.ndarray,
+    fit_images: int = GUARD_FIT_IMAGES,
+) -> Any:
+    """Fits the input guard's out-of-distribution score (see `pneumocnn.guard.fit`) on a seeded,
+    class-stratified sample of up to `fit_images` training films, with its threshold on the
+    validation films.
+
+    Returns:
+        A `pneumocnn.guard.GuardCalibration`.
+    """
+    from pneumocnn import data, guard
+
+    train = split[split["subset"] == "train"]
+    per_class = max(1, fit_images // max(1, train["label"].nunique()))
+    sample = data.limit_per_class(train, per_class, config.seed)
+    logger.info("Fitting the input guard on %d training films", len(sample))
+    images = data.load_split(sample, "train", config.image_size, root).images
+    return guard.fit(images, val_images)
+
+
 def check_int8(
     prepared: Prepared, scratch: Path, files: dict[str, str], require_parity: bool
 ) -> tuple[dict[str, Any], np.ndarray]:
@@ -491,6 +523,7 @@ def describe(
             "float": figures(prepared.float_probabilities),
         },
         "parity": parity,
+        "guard": guard_calibration(prepared.split, prepared.root, config, val.images).to_dict(),
         "warning": edge.WARNING,
         "edge": {
             "batch_size": edge.BATCH_SIZE,
@@ -519,21 +552,26 @@ def write_family(
     metadata: dict[str, Any],
     roles: tuple[str, ...] = (*MODEL_ROLES, "labels"),
 ) -> None:
-    """Step 7: writes the metadata and renames every file into `output_dir`: models first,
-    metadata last, so the metadata never names a file that is not in place. A recalibration
-    passes the `roles` it rewrote; a name no longer in `scratch` was moved already (by a run
-    that was interrupted after writing the metadata, see `finish_recalibration`)."""
+    """Step 7: writes the model card (see `pneumocnn.card`) and the metadata, and renames every
+    file into `output_dir`: models first, metadata last, so the metadata never names a file
+    that is not in place. A recalibration passes the `roles` it rewrote; a name no longer in
+    `scratch` was moved already (by a run that was interrupted after writing the metadata, see
+    `finish_recalibration`). The card is written every time, so it always tells what the
+    metadata holds (a recalibrated threshold included)."""
+    from pneumocnn.card import card_file, model_card
     from pneumocnn.metadata import write_json_atomically
 
+    card = files.get("card") or card_file(Path(files["metadata"]).stem)
+    (scratch / card).write_text(model_card(metadata))
     write_json_atomically(scratch / files["metadata"], metadata)
-    for role in (*roles, "metadata"):
-        if (scratch / files[role]).exists():
-            (scratch / files[role]).replace(output_dir / files[role])
+    for name in (*(files[role] for role in roles), card, files["metadata"]):
+        if (scratch / name).exists():
+            (scratch / name).replace(output_dir / name)
 
 
 def export(
     run_dir: str | Path,
-    output_dir: str | Path = "saved_models",
+    output_dir: str | Path | None = None,
     calibration_images: int = 300,
     target_sensitivity: float | None = None,
     require_parity: bool = True,
@@ -547,14 +585,18 @@ def export(
 
     Args:
         run_dir: a finished training run.
-        output_dir: where to write. Defaults to "saved_models".
+        output_dir: where to write; pass "saved_models" to replace the shipped models. Defaults
+            to `None`: the run's own `export/` folder.
         calibration_images: training images for int8 calibration. Defaults to 300.
         target_sensitivity: choose the threshold for this sensitivity on validation instead of
             the stored one (or Youden's J when none is stored). Defaults to `None`.
         require_parity: refuse to write when the int8 model fails the parity check. Only a
-            smoke run (the notebooks' quick mode, a few images for two epochs) turns it off;
-            the parity figures are then still measured and recorded, with `parity["passed"]`
-            false. Defaults to True.
+            smoke run turns it off: the notebooks' quick mode and the test fixtures, whose toy
+            models (32-64 px, a few epochs, a few dozen validation images) can hold a film
+            within one quantization step of the threshold, so whether they pass is a near-tie
+            that flips between machines. The parity figures are then still measured and
+            recorded, with `parity["passed"]` telling whether they met the bars. Defaults to
+            True.
         name: the model's name, the stem of its files. Defaults to `None`: "pneumocnn" for a
             binary run, "pneumocnn_subtype" for a subtype run.
 
@@ -564,12 +606,14 @@ def export(
     Raises:
         ParityError: if the int8 model disagrees with the float model (nothing is written).
     """
+    from pneumocnn.card import card_file
     from pneumocnn.metadata import DEFAULT_NAMES, model_files, write_json_atomically
+    from pneumocnn.runs import EXPORT_DIR
 
     prepared = prepare(run_dir, target_sensitivity)
     name = name or DEFAULT_NAMES[prepared.config.task]
-    files = model_files(name)
-    output_dir = Path(output_dir)
+    files = {**model_files(name), "card": card_file(name)}
+    output_dir = Path(output_dir) if output_dir else prepared.source.run_dir / EXPORT_DIR
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(output_dir)
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=SCRATCH_PREFIX) as scratch:
@@ -895,8 +939,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", help="A finished training run folder.")
     parser.add_argument(
         "--output-dir",
-        default="saved_models",
-        help="Where to write the model files (default: saved_models).",
+        help="Where to write the model files (default: RUN_DIR/export). Pass --output-dir "
+        "saved_models to replace the shipped models.",
     )
     parser.add_argument(
         "--calibration-images",
@@ -925,9 +969,12 @@ def _command(args: argparse.Namespace) -> int:
             f"Received: calibration_images={args.calibration_images}. Pass a positive count "
             "(default 300)."
         )
+    from pneumocnn.runs import EXPORT_DIR
+
+    output_dir = Path(args.output_dir) if args.output_dir else Path(args.run_dir) / EXPORT_DIR
     metadata = export(
         args.run_dir,
-        args.output_dir,
+        output_dir,
         args.calibration_images,
         args.target_sensitivity,
         name=args.name,
@@ -942,9 +989,9 @@ def _command(args: argparse.Namespace) -> int:
         else ""
     )
     print(
-        f"Wrote {args.output_dir}: {files['int8']} ({sizes[files['int8']]:,} bytes), "
+        f"Wrote {output_dir}: {files['int8']} ({sizes[files['int8']]:,} bytes), "
         f"{files['fp16']} ({sizes[files['fp16']]:,} bytes), {files['keras']}, "
-        f"{files['metadata']}, {files['labels']}\n"
+        f"{files['metadata']}, {files['labels']}, {files['card']}\n"
         f"int8 on validation at threshold {metadata['threshold']:.4f}: pneumonia AUC "
         f"{int8['roc_auc']:.4f}, accuracy {int8['accuracy']:.4f}, sensitivity "
         f"{int8['sensitivity']:.4f}, specificity {int8['specificity']:.4f}{subtype}; agreement "

@@ -47,6 +47,9 @@ _DICOM_DEFER_BYTES = 1 << 16
 # A deflated DICOM data set is inflated whole before its header can be read; this much beyond
 # the budget is allowed for the elements around the pixel data.
 _DEFLATE_SLACK_BYTES = 16 << 20
+# Where `read_grayscale` records the colourfulness of the image it converted (see
+# `colourfulness`): the input guard refuses photographs, which the grayscale image hides.
+COLOURFULNESS_KEY = "pneumocnn_colourfulness"
 
 
 class ImageLoadError(ValueError):
@@ -154,6 +157,28 @@ def to_grayscale(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("L")
     return image.convert("RGB").convert("L") if image.mode == "CMYK" else image.convert("L")
+
+
+def colourfulness(image: Image.Image) -> float:
+    """Hasler and Suesstrunk's colourfulness of a decoded image: 0 for gray, about 15 for
+    "slightly", 33 for "moderately" and 60 or more for "highly" colourful.
+
+    Computed on a copy reduced to at most about 256 px a side, so a large photo stays cheap.
+
+    Args:
+        image: a Pillow image of any mode (a gray mode gives 0).
+
+    Returns:
+        `std(rg, yb) + 0.3 * mean(rg, yb)`, with `rg = R - G` and `yb = (R + G) / 2 - B`.
+    """
+    if image.mode in ("1", "L", "LA", "I", "F") or image.mode.startswith("I;"):
+        return 0.0
+    rgb = image.convert("RGB")
+    factor = max(1, max(rgb.size) // 256)
+    pixels = np.asarray(rgb.reduce(factor) if factor > 1 else rgb, np.float64)
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    rg, yb = red - green, 0.5 * (red + green) - blue
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,10 +391,12 @@ def _read_pillow(handle: BinaryIO, name: str) -> Image.Image:
             upright = image
         if image.mode in ("I", "F") or image.mode.startswith("I;16"):
             notes.append(f"{image.mode} image: stretched from its darkest to brightest pixel")
+        colour = colourfulness(upright)
         gray = to_grayscale(upright)
         if gray is image:  # still tied to the file, which is about to close
             gray = gray.copy()
     gray.info[NOTES_KEY] = notes
+    gray.info[COLOURFULNESS_KEY] = colour
     return gray
 
 
@@ -407,7 +434,9 @@ def read_grayscale(source: str | Path | BinaryIO, name: str | None = None) -> Im
             object's `name`. It is escaped for printing (see `pneumocnn.files.display_name`).
 
     Returns:
-        A mode "L" Pillow image at the file's own size (turned upright).
+        A mode "L" Pillow image at the file's own size (turned upright);
+        `image.info[COLOURFULNESS_KEY]` holds the colourfulness of the decoded image before the
+        conversion (see `colourfulness`).
 
     Raises:
         ImageLoadError: if the file is missing, not a regular file, empty, not an image,

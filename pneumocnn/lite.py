@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pneumocnn.images import load_image
+from pneumocnn import guard
+from pneumocnn.images import read_grayscale, to_model_input
 from pneumocnn.metadata import check_model_io, find_metadata, load_metadata
 from pneumocnn.task import class_probabilities, decide, pneumonia_probability
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def _interpreter_class():
@@ -52,24 +56,50 @@ class Prediction:
 
     Args:
         path: the image file.
-        label: the predicted class name.
+        label: the predicted class name; `None` when the input guard refused the image.
         probability: P(pneumonia): P(positive class) for a binary model, 1 - P(NORMAL) for a
-            subtype model.
-        threshold: the decision threshold on `probability`, from the metadata.
-        probabilities: P(class) for each class name (for a binary model, the two classes).
+            subtype model; `None` when refused.
+        threshold: the decision threshold on `probability` (the metadata's, unless one was
+            given for this run).
+        probabilities: P(class) for each class name (for a binary model, the two classes);
+            empty when refused.
+        verdict: the input guard's verdict (see `pneumocnn.guard`): "ok", "flagged" (unlike
+            the training films: read the label with care) or "refused" (not classified),
+            with the reasons and the out-of-distribution score. Defaults to "ok".
     """
 
     path: str
-    label: str
-    probability: float
+    label: str | None
+    probability: float | None
     threshold: float
     probabilities: dict[str, float] = dataclasses.field(default_factory=dict)
+    verdict: guard.Verdict = dataclasses.field(default_factory=lambda: guard.Verdict(guard.OK))
+
+    def as_row(self) -> dict[str, Any]:
+        """The flat record that predict's JSON and CSV and the app's table show: `path`,
+        `label`, `probability`, `threshold`, `verdict`, `ood_score`, `reason`, and
+        `P(<class>)` for each class (empty when refused)."""
+        return {
+            "path": self.path,
+            "label": self.label or "",
+            "probability": None if self.probability is None else round(self.probability, 6),
+            "threshold": round(self.threshold, 6),
+            "verdict": self.verdict.status,
+            "ood_score": None if self.verdict.score is None else round(self.verdict.score, 4),
+            "reason": self.verdict.reason,
+            **{f"P({name})": round(value, 6) for name, value in self.probabilities.items()},
+        }
 
 
 def make_prediction(
-    path: str | Path, probabilities: np.ndarray, threshold: float, class_names: list[str]
+    path: str | Path,
+    probabilities: np.ndarray,
+    threshold: float,
+    class_names: list[str],
+    verdict: guard.Verdict | None = None,
 ) -> Prediction:
-    """A `Prediction` from one image's per-class probabilities (see `pneumocnn.task`)."""
+    """A `Prediction` from one image's per-class probabilities (see `pneumocnn.task`), with
+    the input guard's verdict (defaults to `None`: "ok")."""
     row = class_probabilities(np.asarray(probabilities, np.float64).reshape(1, -1))
     per_class = [float(value) for value in row[0]]
     return Prediction(
@@ -78,7 +108,37 @@ def make_prediction(
         float(pneumonia_probability(row)[0]),
         threshold,
         dict(zip(class_names, per_class, strict=True)),
+        verdict or guard.Verdict(guard.OK),
     )
+
+
+def classify(
+    model: Any, gray: Image.Image, path: str | Path, threshold: float | None = None
+) -> Prediction:
+    """Guards and classifies one decoded image: the one path of `predict_file`, `predict`
+    and the app.
+
+    The input guard (see `pneumocnn.guard.judge`) runs first, with the model's calibration
+    (`model.guard`, from its metadata; refusal checks only without one): a refused image is
+    not classified; a flagged one is, with the verdict attached.
+
+    Args:
+        model: a runner (`LiteModel`, `pneumocnn.runners.KerasModel`).
+        gray: the decoded grayscale image at its own size (see
+            `pneumocnn.images.read_grayscale`, which records its colourfulness).
+        path: the file it came from, for the result.
+        threshold: the decision threshold for this call. Defaults to `None`: the model's.
+
+    Returns:
+        A `Prediction` (label and probability `None` when refused).
+    """
+    threshold = model.threshold if threshold is None else float(threshold)
+    image = to_model_input(gray, model.image_size)
+    verdict = guard.judge(gray, image, getattr(model, "guard", None), model.image_size)
+    if verdict.status == guard.REFUSED:
+        return Prediction(str(path), None, None, threshold, {}, verdict)
+    output = model.predict_proba(image[np.newaxis])[0]
+    return make_prediction(path, output, threshold, model.class_names, verdict)
 
 
 def quantize(values: np.ndarray, details: dict[str, Any]) -> np.ndarray:
@@ -113,6 +173,7 @@ class LiteModel:
     Raises:
         FileNotFoundError: if the model file does not exist.
         MetadataError: if the metadata is missing, malformed, or does not match the model.
+        ValueError: if the metadata's input-guard calibration is malformed.
     """
 
     def __init__(
@@ -132,6 +193,7 @@ class LiteModel:
         self.image_size = int(self.metadata["image_size"])
         self.class_names = list(self.metadata["class_names"])
         self.threshold = float(self.metadata["threshold"])
+        self.guard = guard.calibration_of(self.metadata)
         self.interpreter = open_interpreter(self.model_path, num_threads)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -171,11 +233,16 @@ class LiteModel:
         probabilities = np.clip(np.asarray(outputs, np.float32).reshape(-1, width), 0.0, 1.0)
         return class_probabilities(probabilities)
 
-    def predict_file(self, path: str | Path) -> Prediction:
-        """Loads an image file (any JPEG or PNG) and classifies it.
+    def predict_file(self, path: str | Path, threshold: float | None = None) -> Prediction:
+        """Loads an image file (JPEG, PNG, DICOM), checks it with the input guard, and
+        classifies it (see `classify`).
+
+        Args:
+            path: the image file.
+            threshold: the decision threshold for this call. Defaults to `None`: the
+                metadata's.
 
         Raises:
             ImageLoadError: if the file is not a readable image.
         """
-        output = self.predict_proba(load_image(path, self.image_size)[np.newaxis])[0]
-        return make_prediction(path, output, self.threshold, self.class_names)
+        return classify(self, read_grayscale(path), path, threshold)

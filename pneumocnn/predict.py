@@ -1,33 +1,68 @@
-"""Prediction: `python -m pneumocnn.predict FILE_OR_FOLDER... [--model M] [--json]`.
+"""Prediction: `python -m pneumocnn.predict FILE_OR_FOLDER... [--model M] [--format F]`.
 
-Classifies JPEG, PNG or DICOM chest X-rays with the shipped int8 model (default), another
+Classifies chest X-rays (JPEG, PNG, DICOM) with the shipped int8 model (default), another
 `.tflite` (e.g. the subtype model, NORMAL / BACTERIAL / VIRAL), a `.keras` file, or a run
-folder; the task and classes come from the model's metadata. Prints a table, or one JSON
-object per line with `--json`. A bad file, or a folder entry that cannot be read (an
-unreadable folder, a dangling link, a FIFO), gets an error line and exit status 1; the other
+folder; the task and classes come from the model's metadata. Every image first goes through the
+input guard (`pneumocnn.guard`): a blank image, a colour photograph, an icon or a strip is
+refused with the reason; an image unlike the training films is classified but flagged, with
+its out-of-distribution score. `--format` prints a table (default), one JSON object per line
+(`--json` is the same as `--format json`), or CSV with one row per file, refused and unreadable
+files included. `--threshold` sets the decision threshold for this run; every row records the
+threshold used and where it came from. A bad file, or a folder entry that cannot be read (an
+unreadable folder, a dangling link, a FIFO), gets an error row and exit status 1; the other
 files are still classified. File names are printed escaped (`pneumocnn.files.display_name`).
 
 Example:
 
-    python -m pneumocnn.predict xrays/ --json
+    python -m pneumocnn.predict xrays/ --format csv --threshold 0.5 > results.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
+from typing import Any
 
 from pneumocnn import cli
 from pneumocnn.metadata import INT8_FILE
 from pneumocnn.runners import default_model
 
+FORMATS = ("table", "json", "csv")
+# The CSV's leading columns; a subtype model adds P(<class>) for each class after them.
+COLUMNS = (
+    "path",
+    "label",
+    "probability",
+    "threshold",
+    "threshold_source",
+    "verdict",
+    "ood_score",
+    "reason",
+)
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"the threshold is a probability strictly between 0 and 1. Received: {text!r}. "
+            "Pass e.g. --threshold 0.5."
+        )
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pneumocnn.predict",
-        description="Classify chest X-rays (JPEG, PNG or DICOM) as NORMAL or PNEUMONIA, or with a "
-        "subtype model (saved_models/pneumocnn_subtype_int8.tflite) as NORMAL, BACTERIAL or VIRAL.",
+        description="Classify chest X-rays (JPEG, PNG or DICOM) as NORMAL or PNEUMONIA, or with "
+        "a subtype model (saved_models/pneumocnn_subtype_int8.tflite) as NORMAL, BACTERIAL or "
+        "VIRAL. The input guard refuses images that are clearly not chest films and flags those "
+        "unlike the training films.",
     )
     parser.add_argument(
         "inputs",
@@ -41,8 +76,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="A .tflite, .keras, or run folder (default: the shipped int8 model, "
         f"saved_models/{INT8_FILE}, or the one in $PNEUMOCNN_MODEL_DIR).",
     )
-    parser.add_argument("--json", action="store_true", help="Print one JSON object per line.")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="table (default), json (one object per line) or csv (one row per file, with a "
+        "header).",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="Same as --format json (kept for old scripts)."
+    )
+    parser.add_argument(
+        "--threshold",
+        type=_threshold,
+        help="Decision threshold on P(pneumonia) for this run (default: the model's, chosen on "
+        "validation). Recorded in every output row.",
+    )
     return parser
+
+
+def _row(result: Any, source: str) -> dict[str, Any]:
+    row = result.as_row()
+    return {**{key: row.get(key) for key in COLUMNS}, "threshold_source": source, **row}
+
+
+def _error_row(path: Any, error: Exception | str, threshold: float, source: str) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "label": "",
+        "probability": None,
+        "threshold": round(threshold, 6),
+        "threshold_source": source,
+        "verdict": "unreadable",
+        "ood_score": None,
+        "reason": str(error),
+    }
+
+
+def _table_line(row: dict[str, Any]) -> str:
+    probability = "" if row["probability"] is None else f"{row['probability']:.4f}"
+    score = "" if row["ood_score"] is None else f"{row['ood_score']:.2f}"
+    label = row["label"] or ("ERROR" if row["verdict"] == "unreadable" else "-")
+    note = f": {row['reason']}" if row["reason"] else ""
+    return (
+        f"{label:<10} {probability:>12} {row['threshold']:>9.4f}  {row['verdict']:<10} "
+        f"{score:>5}  {row['path']}{note}"
+    )
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -50,48 +129,62 @@ def _command(args: argparse.Namespace) -> int:
     from pneumocnn.images import ImageLoadError
     from pneumocnn.runners import open_model
 
+    output_format = "json" if args.json else (args.format or "table")
+    if args.json and args.format not in (None, "json"):
+        raise cli.UsageError(
+            f"--json asks for JSON, and --format for {args.format}. Received: --json --format "
+            f"{args.format}. Pass one of them."
+        )
     classifier = open_model(args.model)
     files, refused = cli.collect_inputs(args.inputs)
     if not files and not refused:
         cli.require_inputs(args.inputs)  # raises NoInputsError, naming the inputs
-    failures = [(name, reason) for name, reason in refused]
-    if not args.json:
-        print(f"{'label':<10} {'P(pneumonia)':>14} {'threshold':>9}  file")
+    source = "command line" if args.threshold is not None else "model"
+    threshold = classifier.threshold if args.threshold is None else args.threshold
+    writer = None
+    if output_format == "csv":
+        # Every column is known before the first row: the model's classes are fixed.
+        columns = [*COLUMNS, *(f"P({name})" for name in classifier.class_names)]
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+    elif output_format == "table":
+        print(
+            f"{'label':<10} {'P(pneumonia)':>12} {'threshold':>9}  {'verdict':<10} {'OOD':>5}  file"
+        )
 
-    def report_failure(name: str, reason: str) -> None:
-        if args.json:
-            print(json.dumps({"path": name, "error": reason}))
+    def report(row: dict[str, Any]) -> None:
+        if writer is not None:
+            writer.writerow(row)
+        elif output_format == "json":
+            if row["verdict"] == "unreadable":
+                row["error"] = row["reason"]
+            else:
+                row["probabilities"] = {
+                    name: row.pop(f"P({name})")
+                    for name in classifier.class_names
+                    if f"P({name})" in row
+                }
+            print(json.dumps(row))
         else:
-            print(f"{'ERROR':<10} {'':>14} {'':>9}  {name}: {reason}")
+            print(_table_line(row))
 
-    for name, reason in refused:  # entries of a folder walk that are inputs gone wrong
-        report_failure(name, reason)
+    # Entries of a folder walk that are inputs gone wrong: an error row each, first.
+    failures = [(name, reason) for name, reason in refused]
+    for name, reason in refused:
+        report(_error_row(name, reason, threshold, source))
     for path in files:
         name = display_name(path)  # never a raw newline, escape code or undecodable byte
         try:
-            result = classifier.predict_file(path)
+            row = {**_row(classifier.predict_file(path, args.threshold), source), "path": name}
         except ImageLoadError as error:
             failures.append((name, str(error)))
-            report_failure(name, str(error))
-            continue
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "path": name,
-                        "label": result.label,
-                        "probability": round(result.probability, 6),
-                        "threshold": result.threshold,
-                        "probabilities": {
-                            name: round(value, 6) for name, value in result.probabilities.items()
-                        },
-                    }
-                )
-            )
-        else:
-            print(
-                f"{result.label:<10} {result.probability:>14.4f} {result.threshold:>9.4f}  {name}"
-            )
+            row = _error_row(name, error, threshold, source)
+        report(row)
+    if output_format == "table" and args.threshold is not None:
+        print(
+            f"Threshold {threshold:.4f} set on the command line (the model's: "
+            f"{classifier.threshold:.4f})."
+        )
     if failures:
         total = len(files) + len(refused)
         print(f"{len(failures)} of {total} files could not be read.", file=sys.stderr)
@@ -100,8 +193,9 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point. Returns 0 when every file was classified, 1 when some could
-    not be read (the others still are), 2 for a usage error (see `pneumocnn.cli`)."""
+    """Command-line entry point. Returns 0 when every file was read (refused and flagged
+    images included: they got a verdict), 1 when some could not be read (the others still
+    are), 2 for a usage error (see `pneumocnn.cli`)."""
     return cli.run(build_parser(), _command, argv)
 
 

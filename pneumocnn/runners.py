@@ -1,12 +1,13 @@
 """Running any saved form of a model: `.keras`, int8 or float16 `.tflite`, or a run folder.
 
 Every runner has one interface (`Classifier`): `image_size`, `class_names`, `threshold`,
-`task`, `predict_proba(images)` -> one probability per class `(n, classes)` (see
-`pneumocnn.task`), and `predict_file(path)` -> a `Prediction`. `open_model` picks the runner
-from the path: `LiteModel` (`pneumocnn.lite`, LiteRT, no TensorFlow) for a `.tflite`,
-`KerasModel` for a `.keras` file or a run folder. Evaluate, export's parity check, predict,
-explain, the app and the bench all run models through here. `default_model` is the one place
-that finds the shipped model.
+`guard` (the input guard's calibration, see `pneumocnn.guard`), `task`,
+`predict_proba(images)` -> one probability per class `(n, classes)` (see `pneumocnn.task`), and
+`predict_file(path, threshold=None)` -> a `Prediction` (guarded, see `pneumocnn.lite.classify`).
+`open_model` picks the runner from the path: `LiteModel` (`pneumocnn.lite`, LiteRT, no
+TensorFlow) for a `.tflite`, `KerasModel` for a `.keras` file or a run folder. Evaluate,
+export's parity check, predict, explain, the app and the bench all run models through here.
+`default_model` is the one place that finds the shipped model.
 
 Example:
 
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from pneumocnn.lite import LiteModel, Prediction, make_prediction
+from pneumocnn import guard
+from pneumocnn.lite import LiteModel, Prediction, classify
 from pneumocnn.metadata import (
     DEFAULT_NAMES,
     check_model_io,
@@ -36,16 +38,30 @@ from pneumocnn.task import class_probabilities
 if TYPE_CHECKING:
     import keras
 
-# The folder of the exported models: `$PNEUMOCNN_MODEL_DIR`, else the package's saved_models/.
+# The folder of the exported models: `$PNEUMOCNN_MODEL_DIR`, else the shipped models.
 MODEL_DIR_ENV_VAR = "PNEUMOCNN_MODEL_DIR"
-PACKAGE_MODEL_DIR = Path(__file__).resolve().parents[1] / "saved_models"
 MODEL_SUFFIXES = (".tflite", ".keras")
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def shipped_model_dir() -> Path:
+    """The folder holding the shipped models.
+
+    An installed wheel carries them inside the package (`pneumocnn/saved_models/`, copied there
+    by the build, see setup.py); a source checkout or an editable install has them in
+    `saved_models/` beside the package, their home in the repository.
+
+    Returns:
+        The installed copy when there is one, else the checkout's `saved_models/`.
+    """
+    installed = _PACKAGE / "saved_models"
+    return installed if installed.is_dir() else _PACKAGE.parent / "saved_models"
 
 
 def default_model_dir() -> Path:
-    """The folder holding the exported models: `$PNEUMOCNN_MODEL_DIR`, else `saved_models/`
-    beside the package."""
-    return Path(os.environ.get(MODEL_DIR_ENV_VAR) or PACKAGE_MODEL_DIR)
+    """The folder holding the exported models: `$PNEUMOCNN_MODEL_DIR`, else the shipped ones
+    (see `shipped_model_dir`)."""
+    return Path(os.environ.get(MODEL_DIR_ENV_VAR) or shipped_model_dir())
 
 
 def default_model(role: str = "int8", task: str = "binary") -> Path:
@@ -70,13 +86,14 @@ class Classifier(Protocol):
     image_size: int
     class_names: list[str]
     threshold: float
+    guard: guard.GuardCalibration | None
 
     @property
     def task(self) -> str: ...
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray: ...
 
-    def predict_file(self, path: str | Path) -> Prediction: ...
+    def predict_file(self, path: str | Path, threshold: float | None = None) -> Prediction: ...
 
 
 def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
@@ -95,6 +112,8 @@ class KerasModel:
         threshold: the decision threshold on P(pneumonia).
         task: "binary" or "subtype". Defaults to `None`: from the number of classes.
         model_path: the file it came from, if any. Defaults to `None`.
+        calibration: the input guard's (see `pneumocnn.guard`). Defaults to `None`: refusal
+            checks only.
     """
 
     def __init__(
@@ -104,6 +123,7 @@ class KerasModel:
         threshold: float,
         task: str | None = None,
         model_path: str | Path | None = None,
+        calibration: guard.GuardCalibration | None = None,
     ):
         self.model = model
         self.image_size = int(model.input_shape[1])
@@ -118,6 +138,7 @@ class KerasModel:
         self.threshold = float(threshold)
         self._task = task or ("binary" if len(self.class_names) == 2 else "subtype")
         self.model_path = Path(model_path) if model_path is not None else None
+        self.guard = calibration
 
     @classmethod
     def open(cls, path: str | Path) -> KerasModel:
@@ -149,12 +170,20 @@ class KerasModel:
             tuple(model.input_shape),
             int(model.output_shape[-1]),
         )
+        # An exported .keras carries the input guard's calibration in its metadata; a run
+        # folder has none (the export fits it), so only the refusal checks run.
+        calibration = (
+            guard.calibration_of(load_metadata(find_metadata(source.model_path)))
+            if source.run_dir is None
+            else None
+        )
         return cls(
             model,
             source.class_names,
             source.threshold,
             source.config.task,
             source.model_path,
+            calibration,
         )
 
     @property
@@ -167,12 +196,12 @@ class KerasModel:
         `LiteModel.predict_proba`'s."""
         return keras_probabilities(self.model, images)
 
-    def predict_file(self, path: str | Path) -> Prediction:
-        """Loads an image file and classifies it (see `LiteModel.predict_file`)."""
-        from pneumocnn.images import load_image
+    def predict_file(self, path: str | Path, threshold: float | None = None) -> Prediction:
+        """Loads an image file, checks it with the input guard, and classifies it (see
+        `LiteModel.predict_file`)."""
+        from pneumocnn.images import read_grayscale
 
-        output = self.predict_proba(load_image(path, self.image_size)[np.newaxis])[0]
-        return make_prediction(path, output, self.threshold, self.class_names)
+        return classify(self, read_grayscale(path), path, threshold)
 
 
 def check_model_path(path: str | Path) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,47 @@ BACKUP_DIR = "backup"
 BACKUP_STATE_FILE = "state.json"
 THRESHOLD_FILE = "threshold.json"
 EVAL_DIR = "eval"
+# Where export writes by default: inside the run, so the shipped saved_models/ changes only when
+# asked for (`--output-dir saved_models`).
+EXPORT_DIR = "export"
 # What evaluate writes into its output folder.
 METRICS_FILE = "metrics.json"
 SPLITS = ("val", "test", "all")
+
+
+def tf_config_task() -> tuple[str | None, int, bool]:
+    """This process's task in a multi-worker cluster, read from `$TF_CONFIG`.
+
+    Returns:
+        `(task_type, task_index, is_chief)`: `(None, 0, True)` without `$TF_CONFIG`. The chief
+        is the "chief" task, or worker 0 when the cluster has none (TensorFlow's rule).
+    """
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task", {})
+    task_type, index = task.get("type"), int(task.get("index", 0))
+    if task_type is None:
+        return None, 0, True
+    has_chief = "chief" in tf_config.get("cluster", {})
+    is_chief = task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief)
+    return task_type, index, is_chief
+
+
+def worker_dir(run_dir: Path, strategy: str) -> Path:
+    """The folder this process writes its run files to.
+
+    In a multi-worker run every worker saves what the callbacks save (Keras's multi-worker
+    pattern), but only the chief writes the run folder; another worker writes to
+    `.<run name>.<task>-<index>` beside it, which survives a crash (so a restarted worker
+    resumes from its own backup) and is removed when the run finishes.
+
+    Args:
+        run_dir: the run folder.
+        strategy: `Config.strategy`.
+    """
+    if strategy != "multiworker":
+        return run_dir
+    task_type, index, is_chief = tf_config_task()
+    return run_dir if is_chief else run_dir.parent / f".{run_dir.name}.{task_type}-{index}"
 
 
 def is_run_dir(path: str | Path) -> bool:

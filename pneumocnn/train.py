@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -33,6 +35,8 @@ from pneumocnn.runs import (
     MODEL_FILE,
     SPLIT_FILE,
     SUMMARY_FILE,
+    tf_config_task,
+    worker_dir,
 )
 
 # TensorFlow, Keras and the data pipeline are imported inside the functions that use them, so
@@ -63,6 +67,7 @@ def make_callbacks(
     best_so_far: float | None = None,
     extra: list[keras.callbacks.Callback] | None = None,
     backup: dict[str, Any] | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The training callbacks: timing, NaN guard, checkpoint, early stopping, LR schedule,
     history, and a backup of the last finished epoch for `--resume`.
@@ -77,10 +82,13 @@ def make_callbacks(
             add to the logs lands in `history.csv`). Defaults to `None`.
         backup: when resuming, the backup state (see `read_backup`) whose callback counters
             are restored. Defaults to `None`.
+        strategy: the `tf.distribute` strategy; with several workers, the backup is a
+            `pneumocnn.distribute.MultiWorkerBackupAndRestore`. Defaults to `None`.
     """
     import keras
 
     from pneumocnn.callbacks import BestModelCheckpoint, EpochBackup, EpochTimer, HistoryLogger
+    from pneumocnn.distribute import MultiWorkerBackupAndRestore, is_multi_worker
 
     # With weight averaging, validation, the checkpoint and early stopping see the averaged
     # weights: SwapEMAWeights swaps them in at each epoch's end, so it must come before them.
@@ -123,8 +131,13 @@ def make_callbacks(
         *plateau,
         *(extra or []),
         HistoryLogger(run_dir / HISTORY_FILE, append=resume),
-        # Last, so an epoch is backed up only after everything above has recorded it.
-        EpochBackup(run_dir / BACKUP_DIR, [*averaging, early_stopping, *plateau], restore=backup),
+        # Last, so an epoch is backed up only after everything above has recorded it. With
+        # several workers, Keras's backup (the workers agree on the epoch to resume from).
+        MultiWorkerBackupAndRestore(str(run_dir / BACKUP_DIR), strategy)
+        if is_multi_worker(strategy)
+        else EpochBackup(
+            run_dir / BACKUP_DIR, [*averaging, early_stopping, *plateau], restore=backup
+        ),
     ]
 
 
@@ -133,40 +146,25 @@ class TrainingDivergedError(cli.UsageError):
     error (the learning rate, most often; exit code 2)."""
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy for `--strategy`.
-
-    Args:
-        name: "default" (one device), "mirrored" (every GPU of this machine, else every logical
-            CPU device), or "multiworker" (several machines, described by `$TF_CONFIG`).
-    """
-    import tensorflow as tf
-
-    if name == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([device.name for device in devices])
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def _check_run_dir(config: Config, resume: bool) -> Path:
-    """The run folder, refused if it is taken (or, resuming, finished); nothing is created."""
+def _check_run_dir(config: Config, resume: bool) -> tuple[Path, Path]:
+    """The run folder and the folder this process writes to (see `worker_dir`), refused if it
+    is taken (or, resuming, finished); nothing is created."""
     run_dir = Path(config.output_dir) if config.output_dir else default_run_dir()
+    own_dir = worker_dir(run_dir, config.strategy)
     if resume:
-        if (run_dir / SUMMARY_FILE).exists():
+        if (own_dir / SUMMARY_FILE).exists():
             raise FileExistsError(
-                f"Run folder '{run_dir}' has already finished (it has {SUMMARY_FILE}); there is "
+                f"Run folder '{own_dir}' has already finished (it has {SUMMARY_FILE}); there is "
                 f"nothing to resume. Received: resume='{run_dir}'."
             )
-        return run_dir
-    if (run_dir / MODEL_FILE).exists():
+        return run_dir, own_dir
+    if (own_dir / MODEL_FILE).exists():
         raise FileExistsError(
-            f"Run folder '{run_dir}' already holds a trained model. Received: "
+            f"Run folder '{own_dir}' already holds a trained model. Received: "
             f"output_dir='{run_dir}'. Pass a new --output-dir so nothing is overwritten, or "
             f"--resume {run_dir} to continue an interrupted run."
         )
-    return run_dir
+    return run_dir, own_dir
 
 
 @contextlib.contextmanager
@@ -271,15 +269,27 @@ def train(
     import pandas as pd
     import tensorflow as tf
 
+    start = time.perf_counter()
+    if config.strategy == "multiworker" and not config.output_dir:
+        raise cli.UsageError(
+            "Multi-worker training needs --output-dir: every worker must name the same run "
+            "folder (the chief writes it, and a restarted worker finds its backup by it). "
+            f"Received: output_dir={config.output_dir!r}. Pass e.g. --output-dir runs/cluster-1."
+        )
+    # First, before TensorFlow runs any op: a multi-worker strategy configures the collective
+    # ops at startup and cannot be made later in the process.
+    from pneumocnn.distribute import is_multi_worker, make_strategy, shard_by_data, weights_digest
+
+    strategy = make_strategy(config.strategy)
+
     from pneumocnn import data
     from pneumocnn.callbacks import fast_forward, read_backup, restore_backup
     from pneumocnn.model import build_model, compile_model
 
-    start = time.perf_counter()
-    # Fail on bad data or a taken folder before any long work, and before writing anything.
+    # Fail on bad data or a taken folder before any long work.
     data_dir = data.resolve_data_dir(config.data_dir)
     dataset = data.find_dataset(data_dir)
-    run_dir = _check_run_dir(config, resume)
+    run_dir, own_dir = _check_run_dir(config, resume)
     config = dataclasses.replace(
         config, data_dir=str(dataset.root.resolve()), output_dir=str(run_dir)
     )
@@ -289,32 +299,32 @@ def train(
     keras.utils.set_random_seed(config.seed)
     backup = None
     if resume:
-        if not (run_dir / SPLIT_FILE).exists():
+        if not (own_dir / SPLIT_FILE).exists():
             raise FileNotFoundError(
-                f"Run folder '{run_dir}' has no {SPLIT_FILE}: it stopped before training began, "
+                f"Run folder '{own_dir}' has no {SPLIT_FILE}: it stopped before training began, "
                 f"so there is nothing to resume. Received: resume='{run_dir}'. Start a new run."
             )
-        split = pd.read_csv(run_dir / SPLIT_FILE)
-        history_so_far = read_history(run_dir)
+        split = pd.read_csv(own_dir / SPLIT_FILE)
+        history_so_far = read_history(own_dir)
         best_so_far = float(history_so_far[SELECTION_METRIC].max()) if len(history_so_far) else None
-        backup = read_backup(run_dir)
+        backup = read_backup(own_dir)
         logger.info(
             "Resuming %s after %d finished epochs",
             run_dir,
             backup["epoch"] if backup else 0,
         )
-        guard = contextlib.nullcontext(run_dir)
+        guard = contextlib.nullcontext(own_dir)
     else:
         split = data.prepare_split(config, dataset)
         best_so_far = None
-        guard = _new_run_dir(run_dir)
+        guard = _new_run_dir(own_dir)
     class_names = data.task_class_names(config.task, dataset.class_names)
     logger.info("Run folder: %s; task %s, classes: %s", run_dir, config.task, list(class_names))
 
     with guard:
         if not resume:
-            config.save(run_dir / CONFIG_FILE)
-            with atomic_path(run_dir / SPLIT_FILE) as temporary:
+            config.save(own_dir / CONFIG_FILE)
+            with atomic_path(own_dir / SPLIT_FILE) as temporary:
                 split.to_csv(temporary, index=False)
         train_split = data.load_split(split, "train", config.image_size, dataset.root)
         val_split = data.load_split(split, "val", config.image_size, dataset.root)
@@ -328,12 +338,13 @@ def train(
             config, train_split, val_split, len(class_names)
         )
 
-        strategy = make_strategy(config.strategy)
+        if is_multi_worker(strategy):
+            train_ds, val_ds = shard_by_data(train_ds, val_ds)
         with strategy.scope():
             model = compile_model(build_model(config), config, steps)
             initial_epoch = 0
             if backup is not None:
-                restore_backup(model, run_dir, backup)
+                restore_backup(model, own_dir, backup)
                 initial_epoch = int(backup["epoch"])
         train_ds = fast_forward(train_ds, initial_epoch, steps)
     logger.info(
@@ -350,18 +361,20 @@ def train(
         initial_epoch=initial_epoch,
         steps_per_epoch=steps,
         shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=make_callbacks(config, run_dir, resume, best_so_far, callbacks, backup),
+        callbacks=make_callbacks(
+            config, own_dir, resume, best_so_far, callbacks, backup=backup, strategy=strategy
+        ),
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    history = read_history(run_dir)
+    history = read_history(own_dir)
     if len(history) == 0 or not np.all(np.isfinite(history["loss"].to_numpy(float))):
         raise TrainingDivergedError(
             f"Training diverged: the loss became NaN or infinite in epoch {len(history)}, and "
             f"training stopped. Received: learning_rate={config.learning_rate}. Lower "
             "--learning-rate (e.g. by 10x), or check the input images. "
             + (
-                f"{run_dir / MODEL_FILE} holds the best epoch before that."
-                if (run_dir / MODEL_FILE).exists()
+                f"{own_dir / MODEL_FILE} holds the best epoch before that."
+                if (own_dir / MODEL_FILE).exists()
                 else "No model was saved."
             )
         )
@@ -378,12 +391,13 @@ def train(
     summary["stopped_early"] = summary["epochs_run"] < config.epochs
     summary["replicas"] = int(strategy.num_replicas_in_sync)
     summary["task"] = config.task
-    write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    summary["weights_sha256"] = weights_digest(model)
+    write_text_atomic(own_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     logger.info(
         "%s after epoch %d; %s holds epoch %d (highest %s %.4f)",
         "Early stopping" if summary["stopped_early"] else "Finished",
         summary["epochs_run"],
-        run_dir / MODEL_FILE,
+        own_dir / MODEL_FILE,
         summary["best_epoch"],
         SELECTION_METRIC,
         summary["val_auc"],
@@ -392,8 +406,19 @@ def train(
         logger.warning(
             "%d unreadable images were skipped (listed in %s)",
             summary["unreadable_files"],
-            run_dir / SUMMARY_FILE,
+            own_dir / SUMMARY_FILE,
         )
+    if is_multi_worker(strategy):
+        task_type, index, is_chief = tf_config_task()
+        logger.info(
+            "Multi-worker run: %s %d of %d replicas finished with weights SHA-256 %s",
+            task_type,
+            index,
+            strategy.num_replicas_in_sync,
+            summary["weights_sha256"],
+        )
+        if not is_chief:
+            shutil.rmtree(own_dir)
     return run_dir
 
 
@@ -412,6 +437,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_or_explain_a_lost_worker(config: Config, resume: bool = False) -> Path:
+    """`train`, with a message that says how to go on when a worker of the run was lost."""
+    import tensorflow as tf
+
+    try:
+        return train(config, resume=resume)
+    except tf.errors.UnavailableError as error:
+        # Raised on the survivors when a worker of a multi-worker run dies.
+        raise cli.ResumableError(
+            f"A worker of the multi-worker run was lost: {error.message.splitlines()[0]} "
+            f"Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}. Restart every worker with "
+            f"`python -m pneumocnn.train --resume {config.output_dir}` and its own $TF_CONFIG: "
+            "each resumes from its last finished epoch."
+        ) from error
+
+
 def _command(args: argparse.Namespace) -> int:
     if args.resume:
         extra = [
@@ -424,10 +465,19 @@ def _command(args: argparse.Namespace) -> int:
                 "--resume continues a run with its own config.json; other flags would "
                 f"change it midway. Received: --resume with {extra}. Drop those flags."
             )
-        config = Config.load(Path(args.resume) / CONFIG_FILE)
-        run_dir = train(dataclasses.replace(config, output_dir=args.resume), resume=True)
+        # A worker of a multi-worker run resumes from its own copy (see `worker_dir`).
+        own_dir = worker_dir(Path(args.resume), "multiworker")
+        config_dir = own_dir if (own_dir / CONFIG_FILE).exists() else Path(args.resume)
+        config = Config.load(config_dir / CONFIG_FILE)
+        run_dir = _train_or_explain_a_lost_worker(
+            dataclasses.replace(config, output_dir=args.resume), resume=True
+        )
     else:
-        run_dir = train(config_from_args(args))
+        config = config_from_args(args)
+        run_dir = _train_or_explain_a_lost_worker(config)
+    if worker_dir(run_dir, config.strategy) != run_dir:
+        print(f"Worker finished; the chief wrote the run folder {run_dir}")
+        return cli.EXIT_OK
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     print(
         f"Run folder: {run_dir}\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import flags, write_dataset
+from helpers import TINY_RUN, flags, write_dataset
 
 
 @pytest.fixture
@@ -22,18 +22,14 @@ def make_dataset(tmp_path):
     return factory
 
 
-# A tiny model, trained without augmentation or mixup: these fixtures test the pipeline and the
-# stages after it, not the recipe.
-TINY_RUN = dict(
-    image_size=32,
-    base_filters=8,
-    num_blocks=2,
-    augment_strength=0,
-    intensity_strength=0,
-    mixup_alpha=0,
-    seed=1,
-    val_fraction=0.25,
-)
+# Every test on these toy models asserts what holds by construction (shapes, files, checksums,
+# the decision rule, stated tolerances on probabilities), never a toy model's exact decision: a
+# 32-px model trained for a few epochs can hold a film within one int8 quantization step of the
+# threshold, and which side it falls on changes with the machine, the thread count, oneDNN and
+# the package versions (issue 16: 61 of 62 images agreed on one machine, 62 on another). So the
+# fixtures export with `require_parity=False`: the parity is measured and recorded, not required.
+# The parity check itself is tested on fixed numbers (test_export.py), and the shipped model's
+# parity strictly (test_saved_models.py).
 
 
 def _train_tiny(root: Path, run_dir: Path, **fields) -> Path:
@@ -49,8 +45,8 @@ def trained_run(tmp_path_factory) -> Path:
     """A run folder trained briefly on an easy synthetic data set (32 px, 40 patients/class).
 
     Batches of 4 give 30 steps an epoch, enough for BatchNormalization's moving statistics to
-    settle, so the saved model's outputs are spread out (a model whose outputs all sit near one
-    value cannot pass the int8 parity check).
+    settle, so the saved model's outputs are spread out (the tests compare int8 with float
+    probabilities, which says little when every output sits near one value).
     """
     base = tmp_path_factory.mktemp("trained")
     root = write_dataset(base / "chest_xray", patients=40, images_per_patient=2, seed=7)
@@ -63,7 +59,7 @@ def exported_model(trained_run, tmp_path_factory) -> Path:
     from pneumocnn import export
 
     output = tmp_path_factory.mktemp("exported")
-    export.export(trained_run, output, calibration_images=40)
+    export.export(trained_run, output, calibration_images=40, require_parity=False)
     return output
 
 
@@ -85,5 +81,5 @@ def subtype_model(subtype_run, tmp_path_factory) -> Path:
     from pneumocnn import export
 
     output = tmp_path_factory.mktemp("exported_subtype")
-    export.export(subtype_run, output, calibration_images=60)
+    export.export(subtype_run, output, calibration_images=60, require_parity=False)
     return output

@@ -27,6 +27,19 @@ from pneumocnn import web
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "chest_xray"
 
+# A tiny model (the fixtures' and the multi-worker test's), trained without augmentation or
+# mixup: these runs test the pipeline and the stages after it, not the recipe.
+TINY_RUN = dict(
+    image_size=32,
+    base_filters=8,
+    num_blocks=2,
+    augment_strength=0,
+    intensity_strength=0,
+    mixup_alpha=0,
+    seed=1,
+    val_fraction=0.25,
+)
+
 requires_real_data = pytest.mark.skipif(
     not (REAL_DATA / "train").is_dir(),
     reason=f"the real data is not at {REAL_DATA} (see ../shared/chest_xray/README.md)",

@@ -37,8 +37,45 @@ def app(exported_model, monkeypatch):
 
 def test_page_renders_with_model_metadata_and_the_notice(app):
     assert "NORMAL or PNEUMONIA" in app.title[0].value
-    assert any("not a medical device" in w.value for w in app.sidebar.warning)
+    # In the page itself: a phone's browser hides the sidebar.
+    assert any("not a medical device" in w.value for w in app.main.warning)
     assert any("threshold" in m.value for m in app.sidebar.markdown)
+
+
+def test_the_model_card_opens_under_the_title(app):
+    (card,) = [e for e in app.expander if "Model card" in e.label]
+    text = "\n".join(m.value for m in card.markdown)
+    assert "Performance on films from other hospitals is unknown" in text
+    assert "Guangzhou Women and Children's Medical Center" in text
+
+
+def test_a_blank_image_and_a_photo_are_refused_with_reasons_and_films_are_checked(app):
+    photo = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (6, 8, 3), np.uint8)).resize((320, 240)).save(
+        photo, format="JPEG"
+    )
+    blank = io.BytesIO()
+    Image.new("L", (200, 200), 0).save(blank, format="PNG")
+    app.file_uploader[0].set_value(
+        [
+            ("photo.jpeg", photo.getvalue(), "image/jpeg"),
+            ("blank.png", blank.getvalue(), "image/png"),
+            ("chest.png", _png(1), "image/png"),
+        ]
+    )
+    app.run()
+    assert not app.exception, app.exception
+    errors = [e.value for e in app.error]
+    assert any("strongly coloured" in e for e in errors) and any(
+        "near-constant" in e for e in errors
+    )
+    table = app.dataframe[0].value.set_index("file")
+    assert list(table.loc[["photo.jpeg", "blank.png"], "verdict"]) == ["refused", "refused"]
+    assert table.loc["chest.png", "verdict"] in ("ok", "flagged")
+    assert table.loc["chest.png", "ood_score"] >= 0
+    labels = [m.value for m in app.markdown if m.value.startswith("### ")]
+    assert labels.count("### Not classified") == 2
 
 
 def test_uploaded_image_yields_a_label_probability_and_table(app):
@@ -52,6 +89,7 @@ def test_uploaded_image_yields_a_label_probability_and_table(app):
     table = app.dataframe[0].value
     assert list(table["file"]) == ["chest.png", "other.png"]
     assert table["probability"].between(0, 1).all()
+    assert set(table["verdict"]) <= {"ok", "flagged"}
 
 
 def test_bad_upload_shows_a_message_and_the_other_files_still_work(app):
@@ -148,3 +186,40 @@ def test_dicom_named_png_does_not_stop_the_batch(app, tmp_path):
     assert table["label"].isin(["NORMAL", "PNEUMONIA"]).all()
     notes = " ".join(caption.value for caption in app.caption)
     assert "MONOCHROME1" in notes and "stretched" in notes
+
+
+def _inside(box, width):
+    return (
+        box is not None and box["width"] > 0 and box["x"] >= 0 and box["x"] + box["width"] <= width
+    )
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="no chromium binary (apt-get install chromium)"
+)
+def test_on_a_phone_the_disclaimer_and_the_label_are_visible(exported_model, tmp_path):
+    # Regression (issue #17): at phone width the disclaimer, in the collapsed sidebar, was cut off.
+    playwright = pytest.importorskip("playwright.sync_api")
+    image = tmp_path / "chest.png"
+    image.write_bytes(_png(1))
+    width = 390
+    with serve(_free_port(), exported_model) as url, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": width, "height": 844}, is_mobile=True)
+        page.goto(url)
+        notice = page.get_by_text("not a medical device").first
+        notice.wait_for(timeout=90_000)
+        page.locator("input[type=file]").set_input_files(str(image))
+        page.get_by_text("All results").wait_for(timeout=90_000)
+        label = page.locator("h3", has_text="NORMAL").or_(page.locator("h3", has_text="PNEUMONIA"))
+        label = label.first
+        label.scroll_into_view_if_needed()
+        label_box = label.bounding_box()
+        notice.scroll_into_view_if_needed()
+        notice_box = notice.bounding_box()
+        page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+        visible = notice.is_visible() and label.is_visible()
+        browser.close()
+    assert visible
+    assert _inside(notice_box, width), notice_box
+    assert _inside(label_box, width), label_box

@@ -57,3 +57,15 @@ def test_an_empty_folder_is_an_error_not_a_silent_success(trained_run, tmp_path,
     status = explain.main([str(tmp_path / "empty"), "--model", str(trained_run / "best.keras")])
     assert status == 1
     assert "No JPEG, PNG or DICOM images found" in capsys.readouterr().err
+
+
+def test_a_refused_image_gets_no_overlay_and_its_reason(exported_model, tmp_path, capsys):
+    Image.new("L", (64, 64), 255).save(tmp_path / "blank.png")
+    Image.fromarray(_blob_image(40, (20, 20))[..., 0]).save(tmp_path / "film.png")
+    output = tmp_path / "cams"
+    status = explain.main(
+        [str(tmp_path), "--model", str(exported_model / INT8_FILE), "--output-dir", str(output)]
+    )
+    assert status == 1
+    assert [p.name for p in output.iterdir()] == ["film_gradcam.png"]
+    assert "near-constant" in capsys.readouterr().err

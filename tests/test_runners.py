@@ -57,7 +57,7 @@ def test_a_prediction_is_the_shared_decision_of_its_probabilities(exported_model
 
 def test_the_default_model_follows_the_model_dir_variable(monkeypatch, tmp_path):
     monkeypatch.delenv(runners.MODEL_DIR_ENV_VAR, raising=False)
-    assert runners.default_model() == runners.PACKAGE_MODEL_DIR / INT8_FILE
+    assert runners.default_model() == runners.shipped_model_dir() / INT8_FILE
     monkeypatch.setenv(runners.MODEL_DIR_ENV_VAR, str(tmp_path))
     assert runners.default_model("keras", "subtype") == tmp_path / "pneumocnn_subtype.keras"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import REAL_DATA, requires_real_data
-from pneumocnn import data
+from pneumocnn import data, export
 from pneumocnn.config import Config
 from pneumocnn.lite import LiteModel
 from pneumocnn.metadata import (
@@ -17,6 +17,7 @@ from pneumocnn.metadata import (
     SUBTYPE_FILES,
     decide,
     load_metadata,
+    model_files,
 )
 from pneumocnn.runners import open_model
 
@@ -113,3 +114,36 @@ def test_shipped_subtype_model_classifies_real_validation_images():
     # (bacterial and viral films look alike), so the three-class bar is lower.
     assert np.mean((predicted > 0) == (val.labels > 0)) >= 0.85
     assert np.mean(predicted == val.labels) >= 0.6
+
+
+@pytest.mark.parametrize("name", ["pneumocnn", "pneumocnn_subtype"])
+def test_shipped_model_passed_the_strict_parity_check_on_its_whole_validation_split(name):
+    # Unlike the toy fixtures (see conftest.py), the shipped models are held to the export's bars.
+    metadata = load_metadata(SAVED / model_files(name)["metadata"])
+    parity = metadata["parity"]
+    assert parity["passed"]
+    assert parity["images"] == metadata["training_data"]["val_images"] > 1000
+    assert parity["agreement"] >= export.MIN_AGREEMENT
+    assert parity["auc_drop"] <= export.MAX_AUC_DROP
+
+
+@requires_real_data
+@pytest.mark.parametrize("name", ["pneumocnn", "pneumocnn_subtype"])
+def test_shipped_model_still_passes_the_strict_parity_check_here(name):
+    """Re-measures the shipped int8 model against its float twin on this machine, on its whole
+    validation split (rebuilt from the metadata), with the export's strict check."""
+    files = model_files(name)
+    metadata = load_metadata(SAVED / files["metadata"])
+    config = Config.from_dict(metadata["config"])
+    dataset = data.find_dataset(REAL_DATA)
+    split = data.prepare_split(config, dataset)
+    val = data.load_split(split, "val", config.image_size, dataset.root)
+    assert len(val.labels) == metadata["parity"]["images"]
+    export.check_parity(
+        val.labels,
+        open_model(SAVED / files["keras"]).predict_proba(val.images),
+        LiteModel(SAVED / files["int8"]).predict_proba(val.images),
+        metadata["threshold"],
+        metadata["class_names"],
+        strict=True,
+    )

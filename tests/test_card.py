@@ -1,0 +1,109 @@
+"""The model card: rendered from the metadata, saying "not measured" for what it lacks."""
+
+import json
+
+from pneumocnn.card import NOT_MEASURED, card_file, model_card, write_card
+from pneumocnn.metadata import METADATA_FILE
+
+BASE = {
+    "name": "pneumocnn",
+    "task": "binary",
+    "class_names": ["NORMAL", "PNEUMONIA"],
+    "image_size": 160,
+    "threshold": 0.2743,
+    "threshold_rule": "youden",
+    "validation_metrics": {
+        "int8": {"images": 1044, "roc_auc": 0.9981, "accuracy": 0.9789, "sensitivity": 0.9794,
+                 "specificity": 0.9777, "threshold": 0.2743},
+    },
+}  # fmt: skip
+DEVELOPMENT = {
+    "images": 313,
+    "roc_auc": 0.9512,
+    "accuracy": 0.8466,
+    "sensitivity": 0.9847,
+    "specificity": 0.6154,
+    "threshold": 0.2743,
+    "intervals": {"roc_auc": [0.9231, 0.9734], "specificity": [0.5210, 0.7043]},
+    "groups": {"NORMAL IM-": {"films": 60, "recall": 0.7433},
+               "NORMAL NORMAL2-": {"count": 57, "recall": 0.5301}},
+}  # fmt: skip
+CALIBRATION = {
+    "folder": "test",
+    "films": 313,
+    "target_sensitivity": 0.96,
+    "threshold": 0.8123,
+    "achieved": {"sensitivity": 0.9643, "specificity": 0.8034},
+    "intervals": {"sensitivity": [0.93, 0.99], "specificity": [0.72, 0.87]},
+    "groups": {"PNEUMONIA viral": {"films": 74, "recall": 0.9459}},
+}
+
+
+def test_a_card_without_test_figures_says_they_were_not_measured():
+    card = model_card(BASE)
+    assert f"Development half: {NOT_MEASURED}" in card
+    assert f"Site calibration: {NOT_MEASURED}" in card
+    assert "| int8 | 1,044 | 0.998 | 0.979 | 0.979 | 0.978 | 0.2743 |" in card
+
+
+def test_the_card_states_the_data_intended_use_limits_and_the_other_hospital_result():
+    card = model_card(BASE)
+    for needle in (
+        "Guangzhou Women and Children's Medical Center",
+        "aged one to five",
+        "CC BY 4.0",
+        "## Intended use and users",
+        "## What it must not be used for",
+        "Performance on films from other hospitals is unknown",
+        "0.95 on its test split to 0.54",
+        "Xin, Li and Yi",
+        "26% of the NORMAL films named `IM-` and 47% of those named `NORMAL2-`",
+        "--calibrate-on DIR --target-sensitivity 0.96",
+    ):
+        assert needle in card, needle
+
+
+def test_development_half_figures_show_their_intervals_and_groups():
+    card = model_card({**BASE, "development_half": DEVELOPMENT})
+    assert NOT_MEASURED + "." not in card.split("### Development half")[1].split("###")[0]
+    assert "0.951 (0.923-0.973)" in card and "0.615 (0.521-0.704)" in card
+    assert "| NORMAL IM- | 60 | 0.743 |" in card
+    assert "| NORMAL NORMAL2- | 57 | 0.530 |" in card  # "count" is read as well as "films"
+
+
+def test_figures_per_model_file_get_a_row_each():
+    card = model_card({**BASE, "development_half": {"int8": DEVELOPMENT, "float": DEVELOPMENT}})
+    section = card.split("### Development half")[1].split("###")[0]
+    assert "| int8 | 313 |" in section and "| float | 313 |" in section
+
+
+def test_a_site_calibration_is_rendered_with_its_folder_and_intervals():
+    card = model_card({**BASE, "calibration": CALIBRATION})
+    assert "calibrated for a site on `test` (313 films)" in card
+    assert "| sensitivity | 0.964 (0.930-0.990) |" in card
+    assert "| PNEUMONIA viral | 74 | 0.946 |" in card
+    assert f"Site calibration: {NOT_MEASURED}" not in card
+
+
+def test_the_binary_card_is_model_card_md_and_others_are_named_after_their_model():
+    assert card_file("pneumocnn") == "MODEL_CARD.md"
+    assert card_file("pneumocnn_subtype") == "pneumocnn_subtype_MODEL_CARD.md"
+
+
+def test_the_export_writes_the_card_from_the_metadata_it_writes(exported_model):
+    metadata = json.loads((exported_model / METADATA_FILE).read_text())
+    assert metadata["files"]["card"] == "MODEL_CARD.md"
+    assert (exported_model / "MODEL_CARD.md").read_text() == model_card(metadata)
+    assert "Fitted on" in model_card(metadata)  # the guard's calibration is described
+
+
+def test_write_card_refreshes_the_card_from_changed_metadata(tmp_path):
+    metadata_path = tmp_path / "pneumocnn.json"
+    metadata_path.write_text(json.dumps(BASE))
+    path = write_card(metadata_path)
+    assert (
+        path == tmp_path / "MODEL_CARD.md"
+        and f"Site calibration: {NOT_MEASURED}" in path.read_text()
+    )
+    metadata_path.write_text(json.dumps({**BASE, "calibration": CALIBRATION}))
+    assert "calibrated for a site on `test`" in write_card(metadata_path).read_text()
