@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from PIL import Image
 
 from pneumocnn.runners import MODEL_DIR_ENV_VAR, default_model_dir
 
@@ -93,7 +92,7 @@ def render() -> None:
     from pneumocnn import guard
     from pneumocnn.card import model_card
     from pneumocnn.gradcam import GradCam, explain_image, overlay_figure
-    from pneumocnn.images import ImageLoadError, read_grayscale, to_model_input
+    from pneumocnn.images import NOTES_KEY, ImageLoadError, read_grayscale, to_model_input
     from pneumocnn.lite import classify
     from pneumocnn.metadata import MetadataError, load_metadata, model_files
     from pneumocnn.model import load_model
@@ -195,10 +194,10 @@ def render() -> None:
             st.error(f"Could not use this file: {error}")
             rows.append({"file": upload.name, "verdict": "unreadable", "reason": str(error)})
             continue
-        if upload.name.lower().endswith(".png"):
-            with Image.open(io.BytesIO(data)) as header:
-                if header.mode.startswith("I"):
-                    st.warning("16-bit image: stretched from its darkest to brightest pixel.")
+        # What the loader did (EXIF turn, 16-bit stretch, DICOM window, first frame): from the
+        # one decode above, so a DICOM named .png can no longer stop the batch here.
+        for note in gray.info.get(NOTES_KEY, []):
+            st.caption(f"Read as: {note}.")
         result = classify(classifier, gray, upload.name)
         verdict = result.verdict
         row = result.as_row()

@@ -28,6 +28,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from pneumocnn.files import display_name
+
 EXIT_OK = 0
 EXIT_SOME_INPUTS_FAILED = 1
 EXIT_USAGE = 2
@@ -111,28 +113,54 @@ def run(
         return code
 
 
-def expand_inputs(inputs: list[str | Path]) -> Iterator[Path]:
-    """Yields each file as given, and each image file inside each folder (sorted, recursive)."""
-    from pneumocnn.images import is_image_file
+def collect_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files of `inputs`: each file as given, and each image file inside each folder
+    (sorted, recursive; see `pneumocnn.images.scan_folder`, which never opens or blocks on an
+    entry). Every entry a folder walk leaves out is logged with its reason.
 
+    Returns:
+        `(files, refused)`: the files, and `(name, reason)` for each entry that is an input gone
+        wrong (an unreadable folder, a dangling link or link loop, a FIFO or device, a name that
+        is not UTF-8), which a command reports as a failure (exit code 1). Names are escaped
+        for printing.
+    """
+    from pneumocnn.images import scan_folder
+
+    files: list[Path] = []
+    refused: list[tuple[str, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
-        else:
-            yield path
+            scan = scan_folder(path)
+            scan.log_skipped(logging.getLogger(__name__))
+            files += [Path(name) for name in scan.files]
+            refused += scan.refused
+        else:  # a file named by the user: the loader says what is wrong with it, if anything
+            files.append(path)
+    return files, refused
+
+
+def expand_inputs(inputs: list[str | Path]) -> Iterator[Path]:
+    """Yields the image files of `inputs` (see `collect_inputs`)."""
+    yield from collect_inputs(inputs)[0]
 
 
 def require_inputs(inputs: list[str | Path]) -> list[Path]:
-    """The image files of `inputs` (see `expand_inputs`).
+    """The image files of `inputs` (see `collect_inputs`).
 
     Raises:
         NoInputsError: if there is none.
     """
-    files = list(expand_inputs(inputs))
+    files, refused = collect_inputs(inputs)
     if not files:
         raise NoInputsError(
-            f"No JPEG or PNG images found. Received: inputs={[str(i) for i in inputs]}. Pass "
-            "image files, or folders that hold .jpeg, .jpg or .png files."
+            "No JPEG, PNG or DICOM images found"
+            + (
+                f" ({len(refused)} entries refused, e.g. {refused[0][0]}: {refused[0][1]})"
+                if refused
+                else ""
+            )
+            + f". Received: inputs={[display_name(i) for i in inputs]}. Pass image files, or "
+            "folders that hold .jpeg, .jpg, .png or .dcm files."
         )
     return files

@@ -16,6 +16,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+from pneumocnn.files import write_text_atomic
+
 BALANCE_CHOICES = ("none", "class_weight", "oversample")
 STRATEGY_CHOICES = ("default", "mirrored", "multiworker")
 TASK_CHOICES = ("binary", "subtype")
@@ -197,8 +199,8 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        """Writes the config as JSON to `path`."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Writes the config as JSON to `path` (under a temporary name, then renamed)."""
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:

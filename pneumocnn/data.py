@@ -23,7 +23,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_class_weight
 
 from pneumocnn.config import Config
-from pneumocnn.images import is_image_file, load_images
+from pneumocnn.images import FolderScan, load_images, scan_folder
 from pneumocnn.task import BINARY_CLASS_NAMES, SUBTYPE_CLASS_NAMES
 
 logger = logging.getLogger(__name__)
@@ -168,9 +168,9 @@ def find_dataset(data_dir: str | Path) -> Dataset:
         )
     dataset = Dataset(root, class_names, tuple(development), test)
     for name in class_names:
-        if not any(is_image_file(p) for p in (development[0] / name).rglob("*")):
+        if not scan_folder(development[0] / name, frozenset(_IGNORED_DIRS)).files:
             raise DataError(
-                f"Class folder '{development[0] / name}' has no JPEG or PNG images. "
+                f"Class folder '{development[0] / name}' has no JPEG, PNG or DICOM images. "
                 f"Received: data_dir='{data_dir}'. Put the {name} images there or remove it."
             )
     return dataset
@@ -181,27 +181,25 @@ def list_images(
 ) -> pd.DataFrame:
     """Lists the images under `<folder>/<class>/` for each folder, with their labels.
 
-    Hidden files and non-image files are skipped (and counted in the log).
+    Every entry left out is logged with its reason, one warning per reason (see
+    `pneumocnn.images.scan_folder`): hidden and non-image files, names that are not UTF-8, links
+    to folders, dangling links and link loops, FIFOs and devices, unreadable folders.
 
     Returns:
         A DataFrame with columns `path` (str) and `label` (int index into `class_names`),
         sorted by path so that the order never depends on the file system.
     """
-    rows, strays = [], 0
+    rows = []
+    skipped: list[tuple[str, str]] = []
     for folder in folders:
         for label, name in enumerate(class_names):
             class_dir = folder / name
             if not class_dir.is_dir():
                 continue
-            for path in class_dir.rglob("*"):
-                if not path.is_file() or _IGNORED_DIRS & set(path.parts):
-                    continue
-                if is_image_file(path):
-                    rows.append((str(path), label))
-                else:
-                    strays += 1
-    if strays:
-        logger.warning("Skipped %d files that are not JPEG or PNG images", strays)
+            scan = scan_folder(class_dir, frozenset(_IGNORED_DIRS))
+            rows += [(path, label) for path in scan.files]
+            skipped += scan.skipped
+    FolderScan([], skipped).log_skipped(logger)
     return pd.DataFrame(rows, columns=["path", "label"]).sort_values("path", ignore_index=True)
 
 

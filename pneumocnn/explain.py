@@ -42,7 +42,8 @@ def explain_files(
     Args:
         inputs: image files, or folders searched for images.
         model_path: the float `.keras` model.
-        output_dir: where to write `<image>_gradcam.png`.
+        output_dir: where to write `<image>_gradcam.png` (named by
+            `pneumocnn.files.output_names`: unique, at most 255 bytes).
         threshold: the decision threshold, shown with the verdict. Defaults to `None`.
         class_names: index = label. Defaults to `None` (see `explain_image`).
         classifier: the runner whose label and probability are shown (e.g. the int8
@@ -51,27 +52,32 @@ def explain_files(
             `pneumocnn.guard.calibration_of`). Defaults to `None`: refusal checks only.
 
     Returns:
-        `(written, failed)`: the PNG paths, and `(path, reason)` for unreadable or refused
-        images.
+        `(written, failed)`: the PNG paths, and `(name, reason)` for unreadable or refused
+        images and folder entries that could not be read.
 
     Raises:
         NoInputsError: if `inputs` hold no image file.
     """
     from pneumocnn import guard
+    from pneumocnn.files import atomic_path, display_name, output_names
     from pneumocnn.gradcam import GradCam, explain_image, overlay_figure
     from pneumocnn.images import ImageLoadError, read_grayscale, to_model_input
     from pneumocnn.model import load_model
 
-    files = cli.require_inputs(inputs)
+    files, refused = cli.collect_inputs(inputs)
+    if not files and not refused:
+        cli.require_inputs(inputs)  # raises NoInputsError, naming the inputs
     cam = GradCam(load_model(model_path))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    written, failed = [], []
-    for index, path in enumerate(files, start=1):
+    written, failed = [], list(refused)
+    # Unique and short enough: a/x.jpeg and b/x.jpeg must not overwrite each other.
+    names = output_names(files, "_gradcam.png")
+    for index, (path, name) in enumerate(zip(files, names, strict=True), start=1):
         try:
             gray = read_grayscale(path)
         except ImageLoadError as error:
-            failed.append((str(path), str(error)))
+            failed.append((display_name(path), str(error)))
             logger.warning("%s", error)
             continue
         image = to_model_input(gray, cam.image_size)
@@ -82,24 +88,27 @@ def explain_files(
         else:
             verdict = guard.judge(gray, image, calibration, cam.image_size)
         if verdict.status == guard.REFUSED:
-            failed.append((str(path), f"'{path}' was refused by the input guard: {verdict.reason}"))
-            logger.warning("Refused %s: %s", path, verdict.reason)
+            shown = display_name(path)
+            failed.append((shown, f"'{shown}' was refused by the input guard: {verdict.reason}"))
+            logger.warning("Refused %s: %s", shown, verdict.reason)
             continue
         result = explain_image(cam, image, threshold, class_names, label, probabilities)
-        target = output_dir / f"{Path(path).stem}_gradcam.png"
+        target = output_dir / name
         note = f"flagged: {verdict.reason}" if verdict.status == guard.FLAGGED else ""
-        overlay_figure(
+        figure = overlay_figure(
             image,
             result.heatmap,
             result.probability,
             threshold,
-            Path(path).name,
+            display_name(Path(path).name),
             explained=result.explained,
             label=result.label,
             note=note,
-        ).savefig(target, dpi=110)
+        )
+        with atomic_path(target) as temporary:
+            figure.savefig(temporary, dpi=110)
         written.append(target)
-        logger.info("[%d/%d] %s -> %s", index, len(files), path, target)
+        logger.info("[%d/%d] %s -> %s", index, len(files), display_name(path), target)
     return written, failed
 
 
@@ -141,8 +150,11 @@ def _command(args: argparse.Namespace) -> int:
         args.inputs, model_path, args.output_dir, threshold, class_names, classifier, calibration
     )
     print(f"Wrote {len(written)} Grad-CAM overlays to {args.output_dir}")
-    for _, reason in failed:
-        print(f"error: {reason}", file=sys.stderr)
+    for name, reason in failed:
+        print(
+            f"error: {name}: {reason}" if name not in reason else f"error: {reason}",
+            file=sys.stderr,
+        )
     return cli.EXIT_SOME_INPUTS_FAILED if failed else cli.EXIT_OK
 
 

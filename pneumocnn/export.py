@@ -39,8 +39,11 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
+import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -317,6 +320,7 @@ def file_metadata(
         "preprocessing": PREPROCESSING,
         "sha256": {file: sha256_of(scratch / file) for file in model_names},
         "file_bytes": {file: (scratch / file).stat().st_size for file in model_names},
+        "config": _portable_config(config),
     }
 
 
@@ -611,8 +615,10 @@ def export(
     files = {**model_files(name), "card": card_file(name)}
     output_dir = Path(output_dir) if output_dir else prepared.source.run_dir / EXPORT_DIR
     output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".export-") as scratch:
+    remove_stale_scratch(output_dir)
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=SCRATCH_PREFIX) as scratch:
         scratch = Path(scratch)
+        (scratch / SCRATCH_OWNER).write_text(f"{os.getpid()}\n")
         convert_family(prepared, scratch, files, calibration_images, name)
         metadata = file_metadata(prepared, scratch, files, name)
         # Provisional metadata, so LiteModel can verify and run the new files.
@@ -624,6 +630,48 @@ def export(
         )
         write_family(scratch, output_dir, files, metadata)
     return metadata
+
+
+SCRATCH_PREFIX = ".export-"
+# In each scratch folder: the process id of the export that owns it.
+SCRATCH_OWNER = "owner.pid"
+
+
+def remove_stale_scratch(output_dir: str | Path) -> list[Path]:
+    """Removes the scratch folders (`.export-*`) that killed exports left in `output_dir`.
+
+    An export works in a hidden scratch folder and renames the finished files into place; a
+    kill (SIGKILL, power cut) leaves that folder behind. A scratch folder is stale when the
+    process named in its `owner.pid` no longer runs (or, with no such file, after an hour), so
+    a concurrent export's folder is never touched.
+
+    Returns:
+        The folders removed.
+    """
+    removed = []
+    for folder in Path(output_dir).glob(SCRATCH_PREFIX + "*"):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        try:
+            owner = int((folder / SCRATCH_OWNER).read_text().split()[0])
+            alive = _process_exists(owner)
+        except (OSError, ValueError, IndexError):
+            alive = time.time() - folder.stat().st_mtime < 3600
+        if not alive:
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.info("Removed %s, left by an export that was killed", folder)
+            removed.append(folder)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 # Site recalibration of an exported model: a new threshold for a whole file family.

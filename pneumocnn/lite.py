@@ -20,7 +20,7 @@ import numpy as np
 
 from pneumocnn import guard
 from pneumocnn.images import read_grayscale, to_model_input
-from pneumocnn.metadata import find_metadata, load_metadata
+from pneumocnn.metadata import check_model_io, find_metadata, load_metadata
 from pneumocnn.task import class_probabilities, decide, pneumonia_probability
 
 if TYPE_CHECKING:
@@ -197,6 +197,13 @@ class LiteModel:
         self.interpreter = open_interpreter(self.model_path, num_threads)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
+        check_model_io(
+            self.model_path,
+            self.image_size,
+            self.class_names,
+            tuple(int(n) for n in self.input["shape"]),
+            int(np.prod(self.output["shape"][1:])),
+        )
 
     @property
     def task(self) -> str:

@@ -64,7 +64,10 @@ _REQUIRED = {
     "class_names": list,
     "threshold": float,
     "sha256": dict,
+    "config": dict,
 }
+# A threshold this close to 0 or 1 turns every film into one class; no validation set chooses it.
+THRESHOLD_MARGIN = 1e-6
 
 
 class MetadataError(ValueError):
@@ -160,11 +163,14 @@ def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dic
             f"image_size={metadata['image_size']!r}, channels={metadata['channels']!r}; "
             "expected image_size >= 8 and channels = 1."
         )
-    if not 0.0 < metadata["threshold"] < 1.0:
+    if not THRESHOLD_MARGIN <= metadata["threshold"] <= 1.0 - THRESHOLD_MARGIN:
         raise MetadataError(
-            f"Metadata file '{path}' has a threshold outside (0, 1). "
-            f"Received: threshold={metadata['threshold']!r}."
+            f"Metadata file '{path}' has a threshold outside [{THRESHOLD_MARGIN:g}, "
+            f"1 - {THRESHOLD_MARGIN:g}]: it would give every film one label. Received: "
+            f"threshold={metadata['threshold']!r}. Choose it again with `python -m "
+            "pneumocnn.evaluate RUN_DIR --split val` and re-export."
         )
+    _check_agreement(metadata, path)
     if model_path is not None:
         name = Path(model_path).name
         expected = metadata["sha256"].get(name)
@@ -177,9 +183,97 @@ def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dic
     return metadata
 
 
+def _disagree(path: Path, what: str, first: str, second: str) -> MetadataError:
+    return MetadataError(
+        f"Metadata file '{path}' contradicts itself: {what}. Received: {first}, {second}. "
+        "The class order decides which output is which class, so no label can be trusted; "
+        "re-export the model with `python -m pneumocnn.export` instead of editing the files."
+    )
+
+
+def _check_agreement(metadata: dict[str, Any], path: Path) -> None:
+    """The fields that say the same thing twice must agree: `config` against the top-level
+    image size and task, `positive_class` and the labels file against `class_names`."""
+    from pneumocnn.task import PNEUMONIA
+
+    names, task, config = (
+        metadata["class_names"],
+        metadata.get("task", "binary"),
+        metadata["config"],
+    )
+    for key, value in (("image_size", metadata["image_size"]), ("task", task)):
+        if key in config and config[key] != value:
+            raise _disagree(
+                path,
+                f"config.{key} is not {key}",
+                f"config.{key}={config[key]!r}",
+                f"{key}={value!r}",
+            )
+    if "positive_class" in metadata:
+        expected = PNEUMONIA if task == "subtype" else names[1]
+        if metadata["positive_class"] != expected:
+            raise _disagree(
+                path,
+                f"positive_class is not {'PNEUMONIA' if task == 'subtype' else 'class_names[1]'}",
+                f"positive_class={metadata['positive_class']!r}",
+                f"class_names={names!r}",
+            )
+    labels_name = (
+        metadata.get("files", {}).get("labels") if isinstance(metadata.get("files"), dict) else None
+    )
+    labels_path = path.parent / labels_name if isinstance(labels_name, str) else None
+    if labels_path is not None and labels_path.is_file():
+        labels = [line.strip() for line in labels_path.read_text().splitlines() if line.strip()]
+        if labels != list(names):
+            raise _disagree(
+                path,
+                f"the labels file '{labels_path.name}' lists other classes",
+                f"labels={labels!r}",
+                f"class_names={names!r}",
+            )
+
+
+def check_model_io(
+    model: str | Path,
+    image_size: int,
+    class_names: list[str],
+    input_shape: tuple,
+    output_units: int,
+) -> None:
+    """Checks a model's input and output against what its metadata (or run folder) says.
+
+    Args:
+        model: the model file, named in the error.
+        image_size: the side the images are resized to.
+        class_names: index = label.
+        input_shape: the model's input shape, `(batch, height, width, channels)`.
+        output_units: the size of one output (1 for a binary model's sigmoid, else one per class).
+
+    Raises:
+        MetadataError: if the input is not `image_size` square, or the output does not have one
+            unit per class (one or two for two classes).
+    """
+    side = tuple(input_shape[1:3])
+    # One channel; three for the RGB variant of an export (see `pneumocnn.edge`).
+    if side != (image_size, image_size) or input_shape[-1] not in (1, 3):
+        raise MetadataError(
+            f"Model '{model}' takes inputs of shape {tuple(input_shape)}, but its metadata says "
+            f"image_size={image_size}. Received: input_shape={tuple(input_shape)}, "
+            f"image_size={image_size}. Re-export the model so they agree."
+        )
+    # A binary model has one sigmoid unit (its RGB variant, one score per class).
+    allowed = {1, 2} if len(class_names) == 2 else {len(class_names)}
+    if output_units not in allowed:
+        raise MetadataError(
+            f"Model '{model}' has {output_units} output unit(s), but its metadata names "
+            f"{len(class_names)} classes, which need {' or '.join(map(str, sorted(allowed)))}. "
+            f"Received: output_units={output_units}, class_names={class_names!r}. Use the "
+            "metadata exported with this model."
+        )
+
+
 def write_json_atomically(path: str | Path, payload: Any) -> None:
-    """Writes JSON to a temporary name, then renames it into place."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    temporary.replace(path)
+    """Writes JSON to a temporary name, then renames it into place (see `pneumocnn.files`)."""
+    from pneumocnn.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")

@@ -8,8 +8,9 @@ refused with the reason; an image unlike the training films is classified but fl
 its out-of-distribution score. `--format` prints a table (default), one JSON object per line
 (`--json` is the same as `--format json`), or CSV with one row per file, refused and unreadable
 files included. `--threshold` sets the decision threshold for this run; every row records the
-threshold used and where it came from. A bad file gets an error row and a non-zero exit
-status; the other files are still classified.
+threshold used and where it came from. A bad file, or a folder entry that cannot be read (an
+unreadable folder, a dangling link, a FIFO), gets an error row and exit status 1; the other
+files are still classified. File names are printed escaped (`pneumocnn.files.display_name`).
 
 Example:
 
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         metavar="FILE_OR_FOLDER",
-        help="Image files, or folders searched for image files.",
+        help="Image files, or folders searched for JPEG, PNG and DICOM files.",
     )
     parser.add_argument(
         "--model",
@@ -99,7 +100,7 @@ def _row(result: Any, source: str) -> dict[str, Any]:
     return {**{key: row.get(key) for key in COLUMNS}, "threshold_source": source, **row}
 
 
-def _error_row(path: Any, error: Exception, threshold: float, source: str) -> dict[str, Any]:
+def _error_row(path: Any, error: Exception | str, threshold: float, source: str) -> dict[str, Any]:
     return {
         "path": str(path),
         "label": "",
@@ -124,6 +125,7 @@ def _table_line(row: dict[str, Any]) -> str:
 
 
 def _command(args: argparse.Namespace) -> int:
+    from pneumocnn.files import display_name
     from pneumocnn.images import ImageLoadError
     from pneumocnn.runners import open_model
 
@@ -134,7 +136,9 @@ def _command(args: argparse.Namespace) -> int:
             f"{args.format}. Pass one of them."
         )
     classifier = open_model(args.model)
-    files = cli.require_inputs(args.inputs)
+    files, refused = cli.collect_inputs(args.inputs)
+    if not files and not refused:
+        cli.require_inputs(args.inputs)  # raises NoInputsError, naming the inputs
     source = "command line" if args.threshold is not None else "model"
     threshold = classifier.threshold if args.threshold is None else args.threshold
     writer = None
@@ -147,13 +151,8 @@ def _command(args: argparse.Namespace) -> int:
         print(
             f"{'label':<10} {'P(pneumonia)':>12} {'threshold':>9}  {'verdict':<10} {'OOD':>5}  file"
         )
-    failures = 0
-    for path in files:
-        try:
-            row = _row(classifier.predict_file(path, args.threshold), source)
-        except ImageLoadError as error:
-            failures += 1
-            row = _error_row(path, error, threshold, source)
+
+    def report(row: dict[str, Any]) -> None:
         if writer is not None:
             writer.writerow(row)
         elif output_format == "json":
@@ -168,13 +167,27 @@ def _command(args: argparse.Namespace) -> int:
             print(json.dumps(row))
         else:
             print(_table_line(row))
+
+    # Entries of a folder walk that are inputs gone wrong: an error row each, first.
+    failures = [(name, reason) for name, reason in refused]
+    for name, reason in refused:
+        report(_error_row(name, reason, threshold, source))
+    for path in files:
+        name = display_name(path)  # never a raw newline, escape code or undecodable byte
+        try:
+            row = {**_row(classifier.predict_file(path, args.threshold), source), "path": name}
+        except ImageLoadError as error:
+            failures.append((name, str(error)))
+            row = _error_row(name, error, threshold, source)
+        report(row)
     if output_format == "table" and args.threshold is not None:
         print(
             f"Threshold {threshold:.4f} set on the command line (the model's: "
             f"{classifier.threshold:.4f})."
         )
     if failures:
-        print(f"{failures} of {len(files)} files could not be read.", file=sys.stderr)
+        total = len(files) + len(refused)
+        print(f"{len(failures)} of {total} files could not be read.", file=sys.stderr)
         return cli.EXIT_SOME_INPUTS_FAILED
     return cli.EXIT_OK
 

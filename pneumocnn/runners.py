@@ -26,7 +26,13 @@ import numpy as np
 
 from pneumocnn import guard
 from pneumocnn.lite import LiteModel, Prediction, classify
-from pneumocnn.metadata import DEFAULT_NAMES, find_metadata, load_metadata, model_files
+from pneumocnn.metadata import (
+    DEFAULT_NAMES,
+    check_model_io,
+    find_metadata,
+    load_metadata,
+    model_files,
+)
 from pneumocnn.task import class_probabilities
 
 if TYPE_CHECKING:
@@ -122,6 +128,13 @@ class KerasModel:
         self.model = model
         self.image_size = int(model.input_shape[1])
         self.class_names = list(class_names)
+        check_model_io(
+            model_path or model.name,
+            self.image_size,
+            self.class_names,
+            tuple(model.input_shape),
+            int(model.output_shape[-1]),
+        )
         self.threshold = float(threshold)
         self._task = task or ("binary" if len(self.class_names) == 2 else "subtype")
         self.model_path = Path(model_path) if model_path is not None else None
@@ -148,6 +161,15 @@ class KerasModel:
                 f"{source.run_dir} --split val` first; it chooses the threshold on validation "
                 "and stores it."
             )
+        model = load_model(source.model_path)
+        # The run's or the metadata's image size, against the model's own input.
+        check_model_io(
+            source.model_path,
+            source.config.image_size,
+            list(source.class_names),
+            tuple(model.input_shape),
+            int(model.output_shape[-1]),
+        )
         # An exported .keras carries the input guard's calibration in its metadata; a run
         # folder has none (the export fits it), so only the refusal checks run.
         calibration = (
@@ -156,7 +178,7 @@ class KerasModel:
             else None
         )
         return cls(
-            load_model(source.model_path),
+            model,
             source.class_names,
             source.threshold,
             source.config.task,

@@ -30,6 +30,8 @@ HISTORY_FILE = "history.csv"
 MODEL_FILE = "best.keras"
 SUMMARY_FILE = "summary.json"
 BACKUP_DIR = "backup"
+# In BACKUP_DIR: the epoch the backup holds and the callback counters (callbacks.EpochBackup).
+BACKUP_STATE_FILE = "state.json"
 THRESHOLD_FILE = "threshold.json"
 EVAL_DIR = "eval"
 # Where export writes by default: inside the run, so the shipped saved_models/ changes only when

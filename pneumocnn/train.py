@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pneumocnn import cli
 from pneumocnn.config import Config, add_config_arguments, config_from_args
+from pneumocnn.files import atomic_path, write_text_atomic
 
 # The artefacts of a run folder, by role.
 from pneumocnn.runs import (
@@ -64,10 +66,11 @@ def make_callbacks(
     resume: bool = False,
     best_so_far: float | None = None,
     extra: list[keras.callbacks.Callback] | None = None,
+    backup: dict[str, Any] | None = None,
     strategy: tf.distribute.Strategy | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The training callbacks: timing, NaN guard, checkpoint, early stopping, LR schedule,
-    CSV log, and a backup of the last finished epoch for `--resume`.
+    history, and a backup of the last finished epoch for `--resume`.
 
     Args:
         config: the run's settings.
@@ -75,14 +78,16 @@ def make_callbacks(
         resume: append to `history.csv` instead of starting it. Defaults to False.
         best_so_far: when resuming, the best `val_auc` already checkpointed, so a worse epoch
             does not overwrite `best.keras`. Defaults to `None`.
-        extra: more callbacks, run after selection and before the CSV log (so what they add
-            to the logs lands in `history.csv`). Defaults to `None`.
+        extra: more callbacks, run after selection and before the history log (so what they
+            add to the logs lands in `history.csv`). Defaults to `None`.
+        backup: when resuming, the backup state (see `read_backup`) whose callback counters
+            are restored. Defaults to `None`.
         strategy: the `tf.distribute` strategy; with several workers, the backup is a
             `pneumocnn.distribute.MultiWorkerBackupAndRestore`. Defaults to `None`.
     """
     import keras
 
-    from pneumocnn.callbacks import EpochTimer
+    from pneumocnn.callbacks import BestModelCheckpoint, EpochBackup, EpochTimer, HistoryLogger
     from pneumocnn.distribute import MultiWorkerBackupAndRestore, is_multi_worker
 
     # With weight averaging, validation, the checkpoint and early stopping see the averaged
@@ -91,6 +96,16 @@ def make_callbacks(
         [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
         if config.weight_averaging == "ema"
         else []
+    )
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor=SELECTION_METRIC,
+        mode="max",
+        patience=config.early_stopping_patience,
+        min_delta=config.early_stopping_min_delta,
+        restore_best_weights=True,
+        # Its own message names the epoch of its last min_delta gain, which may differ from
+        # the checkpoint's strict maximum in best.keras; `train` logs what was kept instead.
+        verbose=0,
     )
     # A cosine schedule owns the learning rate; plateau cuts would fight it.
     plateau = (
@@ -111,32 +126,17 @@ def make_callbacks(
         EpochTimer(),
         keras.callbacks.TerminateOnNaN(),
         *averaging,
-        keras.callbacks.ModelCheckpoint(
-            run_dir / MODEL_FILE,
-            monitor=SELECTION_METRIC,
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=best_so_far,
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor=SELECTION_METRIC,
-            mode="max",
-            patience=config.early_stopping_patience,
-            min_delta=config.early_stopping_min_delta,
-            restore_best_weights=True,
-            # Its own message names the epoch of its last min_delta gain, which may differ from
-            # the checkpoint's strict maximum in best.keras; `train` logs what was kept instead.
-            verbose=0,
-        ),
+        BestModelCheckpoint(run_dir / MODEL_FILE, SELECTION_METRIC, best_so_far),
+        early_stopping,
         *plateau,
         *(extra or []),
-        keras.callbacks.CSVLogger(run_dir / HISTORY_FILE, append=resume),
-        # Last, so an epoch is backed up only after everything above has recorded it. A kill
-        # while the backup is written leaves it corrupt: double_checkpoint keeps the one before.
+        HistoryLogger(run_dir / HISTORY_FILE, append=resume),
+        # Last, so an epoch is backed up only after everything above has recorded it. With
+        # several workers, Keras's backup (the workers agree on the epoch to resume from).
         MultiWorkerBackupAndRestore(str(run_dir / BACKUP_DIR), strategy)
         if is_multi_worker(strategy)
-        else keras.callbacks.BackupAndRestore(
-            str(run_dir / BACKUP_DIR), double_checkpoint=True, delete_checkpoint=True
+        else EpochBackup(
+            run_dir / BACKUP_DIR, [*averaging, early_stopping, *plateau], restore=backup
         ),
     ]
 
@@ -146,8 +146,9 @@ class TrainingDivergedError(cli.UsageError):
     error (the learning rate, most often; exit code 2)."""
 
 
-def _prepare_run_dir(config: Config, resume: bool) -> tuple[Path, Path]:
-    """The run folder and the folder this process writes to (see `worker_dir`), checked."""
+def _check_run_dir(config: Config, resume: bool) -> tuple[Path, Path]:
+    """The run folder and the folder this process writes to (see `worker_dir`), refused if it
+    is taken (or, resuming, finished); nothing is created."""
     run_dir = Path(config.output_dir) if config.output_dir else default_run_dir()
     own_dir = worker_dir(run_dir, config.strategy)
     if resume:
@@ -163,8 +164,25 @@ def _prepare_run_dir(config: Config, resume: bool) -> tuple[Path, Path]:
             f"output_dir='{run_dir}'. Pass a new --output-dir so nothing is overwritten, or "
             f"--resume {run_dir} to continue an interrupted run."
         )
-    own_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, own_dir
+
+
+@contextlib.contextmanager
+def _new_run_dir(run_dir: Path) -> Any:
+    """Creates `run_dir` for a new run; if the block fails before training starts, removes what
+    it wrote (and the folder, if it created it), so no half-made run folder is left behind."""
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield run_dir
+    except BaseException:
+        for name in (CONFIG_FILE, SPLIT_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (run_dir / name).unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
 
 
 def read_history(run_dir: Path) -> pd.DataFrame:
@@ -265,12 +283,13 @@ def train(
     strategy = make_strategy(config.strategy)
 
     from pneumocnn import data
+    from pneumocnn.callbacks import fast_forward, read_backup, restore_backup
     from pneumocnn.model import build_model, compile_model
 
     # Fail on bad data or a taken folder before any long work.
     data_dir = data.resolve_data_dir(config.data_dir)
     dataset = data.find_dataset(data_dir)
-    run_dir, own_dir = _prepare_run_dir(config, resume)
+    run_dir, own_dir = _check_run_dir(config, resume)
     config = dataclasses.replace(
         config, data_dir=str(dataset.root.resolve()), output_dir=str(run_dir)
     )
@@ -278,6 +297,7 @@ def train(
         # Same seed, same machine, same weights; some kernels get slower.
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
+    backup = None
     if resume:
         if not (own_dir / SPLIT_FILE).exists():
             raise FileNotFoundError(
@@ -287,28 +307,46 @@ def train(
         split = pd.read_csv(own_dir / SPLIT_FILE)
         history_so_far = read_history(own_dir)
         best_so_far = float(history_so_far[SELECTION_METRIC].max()) if len(history_so_far) else None
-        logger.info("Resuming %s after %d finished epochs", run_dir, len(history_so_far))
+        backup = read_backup(own_dir)
+        logger.info(
+            "Resuming %s after %d finished epochs",
+            run_dir,
+            backup["epoch"] if backup else 0,
+        )
+        guard = contextlib.nullcontext(own_dir)
     else:
-        config.save(own_dir / CONFIG_FILE)
         split = data.prepare_split(config, dataset)
-        split.to_csv(own_dir / SPLIT_FILE, index=False)
         best_so_far = None
+        guard = _new_run_dir(own_dir)
     class_names = data.task_class_names(config.task, dataset.class_names)
     logger.info("Run folder: %s; task %s, classes: %s", run_dir, config.task, list(class_names))
 
-    train_split = data.load_split(split, "train", config.image_size, dataset.root)
-    val_split = data.load_split(split, "val", config.image_size, dataset.root)
-    if len(train_split.labels) == 0 or len(val_split.labels) == 0:
-        raise data.DataError(
-            f"No readable images left in the {'train' if not len(train_split.labels) else 'val'} "
-            f"subset of '{dataset.root}'. Check the files listed in the warnings above."
+    with guard:
+        if not resume:
+            config.save(own_dir / CONFIG_FILE)
+            with atomic_path(own_dir / SPLIT_FILE) as temporary:
+                split.to_csv(temporary, index=False)
+        train_split = data.load_split(split, "train", config.image_size, dataset.root)
+        val_split = data.load_split(split, "val", config.image_size, dataset.root)
+        if len(train_split.labels) == 0 or len(val_split.labels) == 0:
+            subset = "train" if not len(train_split.labels) else "val"
+            raise data.DataError(
+                f"No readable images left in the {subset} subset of '{dataset.root}'. Check "
+                "the files listed in the warnings above."
+            )
+        train_ds, val_ds, steps = data.make_datasets(
+            config, train_split, val_split, len(class_names)
         )
-    train_ds, val_ds, steps = data.make_datasets(config, train_split, val_split, len(class_names))
 
-    if is_multi_worker(strategy):
-        train_ds, val_ds = shard_by_data(train_ds, val_ds)
-    with strategy.scope():
-        model = compile_model(build_model(config), config, steps)
+        if is_multi_worker(strategy):
+            train_ds, val_ds = shard_by_data(train_ds, val_ds)
+        with strategy.scope():
+            model = compile_model(build_model(config), config, steps)
+            initial_epoch = 0
+            if backup is not None:
+                restore_backup(model, own_dir, backup)
+                initial_epoch = int(backup["epoch"])
+        train_ds = fast_forward(train_ds, initial_epoch, steps)
     logger.info(
         "Model: %s parameters; balance=%s; %d replica(s) (%s)",
         f"{model.count_params():,}",
@@ -320,9 +358,12 @@ def train(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
+        initial_epoch=initial_epoch,
         steps_per_epoch=steps,
         shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=make_callbacks(config, own_dir, resume, best_so_far, callbacks, strategy),
+        callbacks=make_callbacks(
+            config, own_dir, resume, best_so_far, callbacks, backup=backup, strategy=strategy
+        ),
         verbose=1 if sys.stdout.isatty() else 2,
     )
     history = read_history(own_dir)
@@ -351,7 +392,7 @@ def train(
     summary["replicas"] = int(strategy.num_replicas_in_sync)
     summary["task"] = config.task
     summary["weights_sha256"] = weights_digest(model)
-    (own_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(own_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     logger.info(
         "%s after epoch %d; %s holds epoch %d (highest %s %.4f)",
         "Early stopping" if summary["stopped_early"] else "Finished",

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.server
 import shutil
+import struct
+import subprocess
+import sys
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +109,117 @@ def write_dataset(
                 pixels = synthetic_xray(rng, label, size, subtype)
                 write_image(root / "train" / name / f"{stem}{extension}", pixels, mode)
     return root
+
+
+def real_films(count: int) -> list[np.ndarray]:
+    """`count` films from the development half of the test split (alternately NORMAL and
+    PNEUMONIA, the first by name), as 8-bit grayscale stretched to span 0-255 exactly, so the
+    same pixels can be stored as PNG and as DICOM of any depth without rounding."""
+    normal = sorted((REAL_DATA / "test" / "NORMAL").glob("*.jpeg"))
+    pneumonia = sorted((REAL_DATA / "test" / "PNEUMONIA").glob("*.jpeg"))
+    paths = [path for pair in zip(normal, pneumonia, strict=False) for path in pair][:count]
+    films = []
+    for path in paths:
+        with Image.open(path) as image:
+            gray = np.asarray(image.convert("L"), dtype=np.float64)
+        stretched = (gray - gray.min()) * 255 / (gray.max() - gray.min())
+        films.append(np.rint(stretched).astype(np.uint8))
+    return films
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    *,
+    window: tuple[float, float] | None = None,
+    rescale: tuple[float, float] | None = None,
+    voi_lut: tuple[list[int], np.ndarray] | None = None,
+    compress: str | None = None,
+    patient: tuple[str, str] = ("Doe^Jane", "SECRET-4711"),
+) -> Path:
+    """Writes `pixels` (rows x columns, or frames x rows x columns) as a DX DICOM file.
+
+    Args:
+        path: where to write.
+        pixels: uint8, uint16 or int16 stored values.
+        photometric: "MONOCHROME1" or "MONOCHROME2".
+        bits_stored: defaults to the dtype's bits.
+        window: `(center, width)`, or `None` for no window.
+        rescale: `(slope, intercept)` of the modality LUT, or `None`.
+        voi_lut: `(LUTDescriptor, LUTData)` of a VOI LUT Sequence, or `None`.
+        compress: a transfer syntax UID to compress with (pydicom's own encoders, e.g. RLE
+            Lossless), or `None` for Explicit VR Little Endian.
+        patient: `(PatientName, PatientID)`, which must never be printed.
+    """
+    from pydicom import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = DigitalXRayImageStorageForPresentation
+    dataset.Modality = "DX"
+    dataset.PatientName, dataset.PatientID = patient
+    bits = bits_stored or pixels.dtype.itemsize * 8
+    dataset.set_pixel_data(pixels, photometric, bits, generate_instance_uid=False)
+    # A UID from the pixels, so the same film always gives the same bytes (the fuzz test relies
+    # on it).
+    dataset.SOPInstanceUID = "2.25." + str(
+        int(hashlib.sha256(pixels.tobytes()).hexdigest()[:24], 16)
+    )
+    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    if window is not None:
+        dataset.WindowCenter, dataset.WindowWidth = window
+    if rescale is not None:
+        dataset.RescaleSlope, dataset.RescaleIntercept = rescale
+        dataset.RescaleType = "US"
+    if voi_lut is not None:
+        item = Dataset()
+        item.LUTDescriptor = voi_lut[0]
+        item.add_new(0x00283006, "US", [int(value) for value in voi_lut[1]])  # LUTData
+        dataset.VOILUTSequence = Sequence([item])
+    if compress == "1.2.840.10008.1.2.1.99":  # Deflated Explicit VR Little Endian
+        meta.TransferSyntaxUID = compress
+    elif compress is not None:
+        dataset.compress(compress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def png_claiming(width: int, height: int, depth: int = 8, colour: int = 0) -> bytes:
+    """A PNG whose header claims `width` x `height` (bit depth, colour type) but holds almost no
+    data: a decompression bomb's header."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def train_in_subprocess(argv: list[str], prelude: str = "", returncode: int = 0) -> None:
+    """Runs `pneumocnn.train.main(argv)` in a fresh Python (after `prelude`, e.g. a patch), from
+    the project root, and checks its exit status."""
+    script = f"{prelude}\nimport sys\nfrom pneumocnn import train\nsys.exit(train.main({argv!r}))\n"
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == returncode, completed.stdout[-2000:] + completed.stderr[-3000:]
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -162,6 +162,32 @@ def test_real_browser_uploads_an_image_and_sees_the_result(exported_model, tmp_p
     assert (tmp_path / "app.png").stat().st_size > 10_000
 
 
+def test_dicom_named_png_does_not_stop_the_batch(app, tmp_path):
+    # The bug: the app's 16-bit check reopened every .png with Pillow outside the error
+    # handling, so a DICOM named .png stopped the batch and no results table appeared.
+    pytest.importorskip("pydicom", reason="the lite extra (pydicom) is not installed")
+    from helpers import write_dicom
+
+    film = synthetic_xray(np.random.default_rng(3), 1, (90, 120)).astype(np.uint16) * 16
+    dicom = write_dicom(tmp_path / "x.dcm", film, "MONOCHROME1", 12, window=(2048, 4096))
+    deep = io.BytesIO()
+    Image.fromarray(film * 16).save(deep, format="PNG")
+    app.file_uploader[0].set_value(
+        [
+            ("film.png", dicom.read_bytes(), "image/png"),
+            ("deep.png", deep.getvalue(), "image/png"),
+            ("good.png", _png(1), "image/png"),
+        ]
+    )
+    app.run()
+    assert not app.exception, app.exception
+    table = app.dataframe[0].value
+    assert list(table["file"]) == ["film.png", "deep.png", "good.png"]
+    assert table["label"].isin(["NORMAL", "PNEUMONIA"]).all()
+    notes = " ".join(caption.value for caption in app.caption)
+    assert "MONOCHROME1" in notes and "stretched" in notes
+
+
 def _inside(box, width):
     return (
         box is not None and box["width"] > 0 and box["x"] >= 0 and box["x"] + box["width"] <= width

@@ -117,7 +117,7 @@ def test_empty_class_gives_a_clear_error(make_dataset):
     root = make_dataset()
     for path in (root / "train" / "NORMAL").iterdir():
         path.unlink()
-    with pytest.raises(data.DataError, match="NORMAL' has no JPEG or PNG images"):
+    with pytest.raises(data.DataError, match="NORMAL' has no JPEG, PNG or DICOM images"):
         data.find_dataset(root)
 
 

@@ -56,7 +56,7 @@ def test_an_empty_folder_is_an_error_not_a_silent_success(trained_run, tmp_path,
     (tmp_path / "empty").mkdir()
     status = explain.main([str(tmp_path / "empty"), "--model", str(trained_run / "best.keras")])
     assert status == 1
-    assert "No JPEG or PNG images found" in capsys.readouterr().err
+    assert "No JPEG, PNG or DICOM images found" in capsys.readouterr().err
 
 
 def test_a_refused_image_gets_no_overlay_and_its_reason(exported_model, tmp_path, capsys):

@@ -93,7 +93,7 @@ def test_weight_averaging_swaps_averaged_weights_in_before_the_checkpoint(tmp_pa
 
     config = Config(image_size=48, weight_averaging="ema")
     names = [type(c).__name__ for c in make_callbacks(config, tmp_path)]
-    assert names.index("SwapEMAWeights") < names.index("ModelCheckpoint")
+    assert names.index("SwapEMAWeights") < names.index("BestModelCheckpoint")
     assert names.index("SwapEMAWeights") < names.index("EarlyStopping")
     model = compile_model(build_model(config), config)
     assert model.optimizer.use_ema

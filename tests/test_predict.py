@@ -111,7 +111,7 @@ def test_an_empty_folder_exits_1_with_a_message(exported_model, tmp_path, capsys
     (tmp_path / "empty").mkdir()
     status = predict.main([str(tmp_path / "empty"), "--model", str(exported_model / INT8_FILE)])
     assert status == 1
-    assert "No JPEG or PNG images found" in capsys.readouterr().err
+    assert "No JPEG, PNG or DICOM images found" in capsys.readouterr().err
 
 
 def _csv_rows(text):

@@ -3,11 +3,9 @@
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from io import BytesIO
 from pathlib import Path
 
@@ -18,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import flags, synthetic_xray, write_dataset
+from helpers import flags, png_claiming, synthetic_xray, train_in_subprocess, write_dataset
 from pneumocnn import data, train
-from pneumocnn.images import MAX_PIXELS, ImageLoadError, load_image, load_images
+from pneumocnn.images import MAX_DECODED_BYTES, ImageLoadError, load_image, load_images
 from pneumocnn.metadata import METADATA_FILE, MetadataError, load_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,26 +32,6 @@ def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims `width` x `height` but holds almost no data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body))
-            + kind
-            + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _known_awkward_files() -> dict[str, bytes]:
@@ -77,7 +55,7 @@ def _known_awkward_files() -> dict[str, bytes]:
         "palette.png": _encode(palette, "PNG"),
         "alpha.png": _encode(gray.convert("RGBA"), "PNG"),
         "animated.gif": animated.getvalue(),
-        "bomb.png": _png_claiming(100_000, 100_000),
+        "bomb.png": png_claiming(100_000, 100_000),
     }
 
 
@@ -112,8 +90,8 @@ def test_awkward_files_give_an_array_or_a_named_error(tmp_path):
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png_claiming(100_000, 100_000))
-    assert 100_000 * 100_000 > MAX_PIXELS
+    path.write_bytes(png_claiming(100_000, 100_000))
+    assert 100_000 * 100_000 > MAX_DECODED_BYTES
     started = time.perf_counter()
     with pytest.raises(ImageLoadError, match="above the limit"):
         load_image(path, 32)
@@ -165,15 +143,15 @@ def test_symlink_loop_in_a_class_folder_is_not_followed(make_dataset):
 def test_unreadable_file_is_skipped_and_counted(make_dataset, monkeypatch):
     root = make_dataset(patients=4, images_per_patient=1)
     locked = sorted((root / "train" / "NORMAL").iterdir())[0]
-    real_open = Image.open
+    real_open = os.open
 
     def open_or_deny(source, *args, **kwargs):
         # Root reads any file whatever its mode, so the denial is simulated where it happens.
-        if Path(str(source)) == locked:
+        if Path(os.fsdecode(source)) == locked:
             raise PermissionError(13, "Permission denied", str(locked))
         return real_open(source, *args, **kwargs)
 
-    monkeypatch.setattr(Image, "open", open_or_deny)
+    monkeypatch.setattr(os, "open", open_or_deny)
     images, kept, skipped = load_images_of(root)
     assert [p for p, _ in skipped] == [str(locked)]
     assert "Permission denied" in skipped[0][1]
@@ -259,11 +237,7 @@ def _train_in_subprocess(root: Path, run_dir: Path, *extra: str, prelude: str = 
         num_blocks=2,
         val_fraction=0.25,
     ) + list(extra)
-    script = f"{prelude}\nimport sys\nfrom pneumocnn import train\nsys.exit(train.main({argv!r}))\n"
-    completed = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
+    train_in_subprocess(argv, prelude)
 
 
 def test_deterministic_runs_give_identical_weights(tmp_path):
