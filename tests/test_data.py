@@ -259,6 +259,8 @@ def _first_training_batch(make_dataset, **fields):
             "augment_strength": 0,
             "intensity_strength": 0,
             "mixup_alpha": 0,
+            "framing_strength": 0,
+            "gamma_strength": 0,
             "balance": "none",
             **fields,
         }
@@ -303,7 +305,12 @@ def test_framing_augmentation_zooms_in_on_every_class(make_dataset):
 
 def test_gamma_augmentation_keeps_black_and_white_and_bends_the_midtones():
     config = Config(
-        image_size=32, augment_strength=0, intensity_strength=0, mixup_alpha=0, gamma_strength=2.0
+        image_size=32,
+        augment_strength=0,
+        intensity_strength=0,
+        mixup_alpha=0,
+        gamma_strength=2.0,
+        framing_strength=0,
     )
     ramp = np.tile(np.linspace(0, 255, 32, dtype=np.float32), (32, 1))[np.newaxis, :, :, None]
     films = np.repeat(ramp, 16, axis=0).astype(np.uint8)
