@@ -310,7 +310,7 @@ def model_card(metadata: dict[str, Any]) -> str:
         "",
         "### Development half of the test split (another batch of the same centre)",
         "",
-        *_figures_table(metadata.get("development_half"), "Development half"),
+        *_development_half(metadata),
         "### Films from other hospitals",
         "",
         XIN_2021,
@@ -346,6 +346,20 @@ def model_card(metadata: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _development_half(metadata: dict[str, Any]) -> list[str]:
+    """The development half's figures, or where they are: a threshold calibrated on a folder
+    reports that folder's figures, intervals and groups under the operating point."""
+    calibration = metadata.get("calibration")
+    if metadata.get("development_half") or not calibration:
+        return _figures_table(metadata.get("development_half"), "Development half")
+    return [
+        f"No separate report: the threshold was calibrated on `{calibration['folder']}` "
+        f"({calibration['films']} films), and the figures there, with their intervals and the "
+        "per-group breakdown, are under Operating point below (optimistic for that folder).",
+        "",
+    ]
 
 
 def write_card(metadata_path: str | Path) -> Path:
