@@ -124,6 +124,11 @@ class Config:
         "per_image: each film is standardised to zero mean and unit variance inside the model "
         "(LayerNormalization over the image), so overall exposure cannot be a cue.",
     )
+    normalization_clip: float = _field(
+        0.0,
+        "With per_image: clips the standardised film to [-c, c] standard deviations, so its int8 "
+        "quantization spends its 256 levels on that range; 0 is off.",
+    )
 
     # Optimisation.
     epochs: int = _field(
@@ -167,6 +172,7 @@ class Config:
             (self.mixup_alpha >= 0, "mixup_alpha", "a number of at least 0"),
             (self.framing_strength >= 0, "framing_strength", "a number of at least 0"),
             (self.gamma_strength >= 0, "gamma_strength", "a number of at least 0"),
+            (self.normalization_clip >= 0, "normalization_clip", "a number of at least 0"),
             (
                 self.input_normalization in NORMALIZATION_CHOICES,
                 "input_normalization",

@@ -114,8 +114,8 @@ def build_model(config: Config) -> keras.Model:
     weights identical, moving statistics apart by up to 0.01 after three epochs).
 
     Args:
-        config: uses `task`, `image_size`, `base_filters`, `num_blocks`, `dropout_rate` and
-            `input_normalization` and `strategy`.
+        config: uses `task`, `image_size`, `base_filters`, `num_blocks`, `dropout_rate`,
+            `input_normalization`, `normalization_clip` and `strategy`.
 
     Returns:
         A `keras.Model` named "pneumocnn".
@@ -139,6 +139,13 @@ def build_model(config: Config) -> keras.Model:
         x = keras.layers.LayerNormalization(
             axis=(1, 2, 3), center=False, scale=False, epsilon=1e-3, name="standardize"
         )(x)
+        if config.normalization_clip > 0:
+            # Clipped to [-c, c] (shifted to [0, 2c]) with built-in layers, so the saved model
+            # loads in plain Keras: the int8 range of this tensor is then fixed by design, not
+            # stretched by a film's few extreme pixels.
+            clip = config.normalization_clip
+            x = keras.layers.Rescaling(1.0, offset=clip, name="standardize_shift")(x)
+            x = keras.layers.ReLU(max_value=2 * clip, name="standardize_clip")(x)
     x = _conv_bn_relu(
         x,
         keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem"),

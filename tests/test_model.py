@@ -74,6 +74,26 @@ def test_per_image_standardisation_ignores_a_films_overall_exposure():
     assert "standardize" not in [layer.name for layer in plain.layers]
 
 
+def test_normalization_clip_bounds_the_standardised_film_and_saves_as_plain_keras(tmp_path):
+    """normalization_clip=c: the standardised film lies in [0, 2c] (shifted by c), a film with a
+    few extreme pixels included, and the saved model loads without pneumocnn's code."""
+    keras.utils.set_random_seed(3)
+    config = Config(image_size=32, input_normalization="per_image", normalization_clip=2.0)
+    model = build_model(config)
+    film = np.full((1, 32, 32, 1), 100.0, np.float32)
+    film[0, :2, :2] = 255.0  # a bright marker: about 8 standard deviations above the mean
+    clipped = keras.Model(model.inputs, model.get_layer("standardize_clip").output)
+    values = clipped.predict(film, verbose=0)
+    assert values.min() >= 0.0 and values.max() == pytest.approx(4.0)
+    path = tmp_path / "clip.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_allclose(loaded.predict(film, verbose=0), model.predict(film, verbose=0))
+    assert "standardize_clip" not in [
+        layer.name for layer in build_model(Config(image_size=32)).layers
+    ]
+
+
 def test_cosine_schedule_needs_the_run_length():
     config = Config(image_size=48, lr_schedule="cosine", epochs=4)
     try:
