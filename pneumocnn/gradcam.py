@@ -6,7 +6,7 @@ explains its PNEUMONIA score; a subtype model explains the pneumonia subtype it 
 a NORMAL call, the likelier subtype), or the class asked for.
 
 - **Fine enough to read:** the map comes from the deepest block whose output has at least
-  `MIN_CELLS` (10) cells a side (10x10 for the shipped 160-px model, whose last block has 5x5),
+  `MIN_CELLS` (10) cells a side (16x16 for the shipped 128-px model, whose deeper blocks have 8x8 and 4x4),
   found by layer name, never by index.
 - **A fixed colour scale:** the map shown is the *evidence*, 0 to 1: the Grad-CAM map relative
   to its strongest cell, times the probability the user is shown. So the strongest cell of a
