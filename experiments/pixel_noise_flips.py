@@ -42,7 +42,8 @@ def flips(model, images: np.ndarray, draws: int, seed: int) -> dict[str, float]:
         noise = rng.integers(-1, 2, images.shape)
         noisy = np.clip(images.astype(np.int16) + noise, 0, 255).astype(images.dtype)
         probabilities = model.predict_proba(noisy)
-        flipped[draw] = np.array(decide(probabilities, model.threshold, model.class_names)) != labels
+        decisions = np.array(decide(probabilities, model.threshold, model.class_names))
+        flipped[draw] = decisions != labels
         changes[draw] = np.abs(pneumonia_probability(probabilities) - p_base)
     ever = flipped.any(axis=0)
     distance = np.abs(p_base - model.threshold)

@@ -257,6 +257,16 @@ def model_card(metadata: dict[str, Any]) -> str:
             f"- The int8 model agrees with the float model on {agreement}% of validation "
             f"decisions (ROC AUC {_number(parity.get('auc_drop'), 5)} lower)."
         )
+    stability = metadata.get("stability")
+    if stability:
+        lines.append(
+            f"- **Calls near the threshold are fragile.** One grey level of pixel noise (what "
+            f"another JPEG decoder or resizer does) moves P(pneumonia) by "
+            f"{_number(stability.get('mean_change'), 3)} on average and by up to "
+            f"{_number(stability.get('p99_change'), 3)} on 99% of {stability.get('films_used')} "
+            f"films: a call within that distance of the threshold may differ between apps. "
+            "Feed the model pixels loaded as `pneumocnn.images.load_image` does."
+        )
     lines += [
         "",
         "## Intended use and users",

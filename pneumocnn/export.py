@@ -472,11 +472,12 @@ def describe(
     rgb_parity: dict[str, Any],
 ) -> dict[str, Any]:
     """Step 6: completes the metadata: tensors, output contract, training data, validation
-    metrics of the int8 and float models, the parity figures, the edge variants, the warning,
-    training facts and the config."""
+    metrics of the int8 and float models, the parity figures, the int8 model's stability under
+    one grey level of pixel noise, the edge variants, the warning, training facts and the
+    config."""
     from pneumocnn import edge
     from pneumocnn.lite import LiteModel
-    from pneumocnn.metrics import compute_metrics, headline
+    from pneumocnn.metrics import compute_metrics, headline, pixel_noise_sensitivity
 
     config, source, val = prepared.config, prepared.source, prepared.val
     lite = {role: LiteModel(scratch / files[role]) for role in ("int8", "fp16", "rgb_int8")}
@@ -523,6 +524,12 @@ def describe(
             "float": figures(prepared.float_probabilities),
         },
         "parity": parity,
+        "stability": {
+            **pixel_noise_sensitivity(lite["int8"].predict_proba, val.images),
+            "films_used": "validation",
+            "what": "change of the int8 model's P(pneumonia) when every pixel moves by -1, 0 "
+            "or +1 grey level (another JPEG decoder or resizer does about that)",
+        },
         "guard": guard_calibration(prepared.split, prepared.root, config, val.images).to_dict(),
         "warning": edge.WARNING,
         "edge": {

@@ -6,8 +6,8 @@ explains its PNEUMONIA score; a subtype model explains the pneumonia subtype it 
 a NORMAL call, the likelier subtype), or the class asked for.
 
 - **Fine enough to read:** the map comes from the deepest block whose output has at least
-  `MIN_CELLS` (10) cells a side (16x16 for the shipped 128-px model, whose deeper blocks have 8x8 and 4x4),
-  found by layer name, never by index.
+  `MIN_CELLS` (10) cells a side (16x16 for the shipped 128-px model, whose deeper blocks have
+  8x8 and 4x4), found by layer name, never by index.
 - **A fixed colour scale:** the map shown is the *evidence*, 0 to 1: the Grad-CAM map relative
   to its strongest cell, times the probability the user is shown. So the strongest cell of a
   film called NORMAL with P(pneumonia) = 0.05 is coloured 0.05, nearly transparent, and never

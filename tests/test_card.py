@@ -107,3 +107,12 @@ def test_write_card_refreshes_the_card_from_changed_metadata(tmp_path):
     )
     metadata_path.write_text(json.dumps({**BASE, "calibration": CALIBRATION}))
     assert "calibrated for a site on `test`" in write_card(metadata_path).read_text()
+
+
+def test_the_card_warns_that_calls_near_the_threshold_are_fragile_when_measured():
+    stability = {"films": 1044, "draws": 5, "mean_change": 0.012, "p99_change": 0.081,
+                 "max_change": 0.17, "films_used": "validation"}  # fmt: skip
+    card = model_card({**BASE, "stability": stability})
+    assert "Calls near the threshold are fragile" in card
+    assert "0.012" in card and "0.081" in card and "validation" in card
+    assert "fragile" not in model_card(BASE)

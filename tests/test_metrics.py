@@ -174,3 +174,20 @@ def test_bacterial_vs_viral_accuracy_ignores_normal_films_and_the_threshold():
     probabilities = np.array([[0.1, 0.8, 0.1], [0.9, 0.07, 0.03], [0.2, 0.3, 0.5], [0.2, 0.5, 0.3]])
     report = compute_metrics(labels, probabilities, 0.5, ["NORMAL", "BACTERIAL", "VIRAL"])
     assert report["bacterial_vs_viral_accuracy"] == 2 / 3
+
+
+def test_pixel_noise_sensitivity_measures_how_far_one_grey_level_moves_the_output():
+    images = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 1)).astype(np.uint8)
+
+    def steep(x):  # P(pneumonia) follows the mean pixel, 0.01 per grey level
+        return np.clip(0.5 + 0.01 * (x.reshape(len(x), -1).mean(axis=1) - 128), 0, 1)
+
+    def steady(x):
+        return np.full(len(x), 0.4)
+
+    moved = metrics.pixel_noise_sensitivity(steep, images, draws=3, seed=1)
+    assert moved["films"] == 20 and moved["draws"] == 3
+    # The mean of 64 pixels with -1/0/+1 noise moves by about 0.1 grey level: 0.001 or so.
+    assert 0.0 < moved["mean_change"] <= moved["p99_change"] <= moved["max_change"] <= 0.01
+    assert metrics.pixel_noise_sensitivity(steep, images, draws=3, seed=1) == moved
+    assert metrics.pixel_noise_sensitivity(steady, images)["max_change"] == 0.0
