@@ -15,6 +15,10 @@ of:
   selection on the development half; optimistic for it), beside `val_auc`, the validation AUC of
   the checkpoint selected on validation.
 
+- `noise_mean`, `noise_p99`: how far the float checkpoint's P(pneumonia) moves on the
+  development half when every pixel moves by one grey level (mean, and 99th percentile over films
+  and draws), from `experiments/shift_stability.py` where it was run; lower is steadier.
+
 A second table scores ensembles inside a row: for k = 1, 2, 3 seeds, the mean (and spread) over
 every set of k seeds of the development-half AUC and `spec@96` of the averaged P(pneumonia).
 An ensemble of k models is k times the file size and inference time (two models of the shipped
@@ -130,6 +134,10 @@ def row_table(results: list[dict], resamples: int = 500, seed: int = 0) -> pd.Da
                 low, high = intervals[key]
                 text += f" [{low:.3f}-{high:.3f}]"
             line[key] = text
+        stability = [_stability(row, r["seed"]) for r in runs]
+        stability = [entry for entry in stability if entry]
+        for key, column in (("mean_change", "noise_mean"), ("p99_change", "noise_p99")):
+            line[column] = _mean_sd([e[key] for e in stability]) if stability else "-"
         line["minutes"] = f"{np.mean([r['summary']['wall_seconds'] for r in runs]) / 60:.1f}"
         lines.append(line)
     return pd.DataFrame(lines)
@@ -158,6 +166,11 @@ def ensemble_table(results: list[dict]) -> pd.DataFrame:
                  "spec@96": _mean_sd(specs)}  # fmt: skip
             )
     return pd.DataFrame(lines)
+
+
+def _stability(row: str, seed: int) -> dict | None:
+    path = Path(__file__).resolve().parent / "shift" / "stability" / f"{row}-s{seed}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _mean_sd(values) -> str:
