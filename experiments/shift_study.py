@@ -16,6 +16,7 @@ results only:
     python experiments/shift_study.py --data-dir ../shared/chest_xray            # every row
     python experiments/shift_study.py --data-dir ../shared/chest_xray --only framing --seeds 1
     python experiments/shift_study.py --table                                    # Markdown
+    python experiments/shift_study.py --write-readme README.md                   # the README's
 """
 
 from __future__ import annotations
@@ -182,11 +183,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
     parser.add_argument("--one", nargs=2, metavar=("ROW", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--table", action="store_true", help="print the tables and exit")
+    parser.add_argument(
+        "--write-readme",
+        metavar="FILE",
+        help="replace the tables between the shift-study markers of FILE (README.md) and exit",
+    )
     args = parser.parse_args(argv)
-    if args.table:
+    if args.table or args.write_readme:
+        import contextlib
+        import io
+
         from shift_tables import print_tables
 
-        print_tables(RESULTS)
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            print_tables(RESULTS)
+        if not args.write_readme:
+            print(text.getvalue(), end="")
+            return 0
+        readme = Path(args.write_readme)
+        start, end = "<!-- shift-study tables: start -->", "<!-- shift-study tables: end -->"
+        content = readme.read_text()
+        if start not in content or end not in content:
+            parser.error(f"{readme} has no '{start}' ... '{end}' markers to replace between")
+        before, rest = content.split(start, 1)
+        after = rest.split(end, 1)[1]
+        readme.write_text(f"{before}{start}\n{text.getvalue().strip()}\n{end}{after}")
+        print(f"Wrote the shift-study tables into {readme}")
         return 0
     if args.one:
         run_one(args.one[0], int(args.one[1]), args.data_dir, Path(args.runs_dir))
