@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command(args: argparse.Namespace) -> int:
     site = build(args.output_dir, args.model)
-    print(f"Wrote the site to {site}/. Serve it with: python -m http.server -d {site} 8000")
+    print(f"Wrote the site to {site}/. Serve it with: python3 -m http.server -d {site} 8000")
     return cli.EXIT_OK
 
 
