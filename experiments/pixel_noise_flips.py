@@ -26,21 +26,19 @@ import numpy as np
 
 from pneumocnn.cli import require_inputs
 from pneumocnn.images import load_images
+from pneumocnn.metrics import grey_level_noise
 from pneumocnn.runners import default_model_dir, open_model
 from pneumocnn.task import decide, pneumonia_probability
 
 
 def flips(model, images: np.ndarray, draws: int, seed: int) -> dict[str, float]:
     """The decision flips of `model` under one-grey-level pixel noise on `images` (raw 0-255)."""
-    rng = np.random.default_rng(seed)
     base = model.predict_proba(images)
     labels = np.array(decide(base, model.threshold, model.class_names))
     p_base = pneumonia_probability(base)
     flipped = np.zeros((draws, len(images)), bool)
     changes = np.zeros((draws, len(images)))
-    for draw in range(draws):
-        noise = rng.integers(-1, 2, images.shape)
-        noisy = np.clip(images.astype(np.int16) + noise, 0, 255).astype(images.dtype)
+    for draw, noisy in enumerate(grey_level_noise(images, draws, seed)):
         probabilities = model.predict_proba(noisy)
         decisions = np.array(decide(probabilities, model.threshold, model.class_names))
         flipped[draw] = decisions != labels

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -26,19 +27,27 @@ RESULTS = ROOT / "experiments" / "shift" / "results"
 STABILITY = ROOT / "experiments" / "shift" / "stability"
 
 
-def measure(run_dir: Path, data_dir: Path) -> dict:
-    """The pixel-noise figures of one run's float checkpoint on the development half."""
+@functools.cache
+def development_half(data_dir: Path, image_size: int):
+    """The development half's films at `image_size`, decoded once per size."""
     from pneumocnn.cli import require_inputs
     from pneumocnn.images import load_images
+
+    files = [str(path) for path in require_inputs([data_dir / "test"])]
+    images, _, skipped = load_images(files, image_size)
+    if skipped:
+        raise ValueError(f"Unreadable development-half files: {skipped}")
+    return images
+
+
+def measure(run_dir: Path, data_dir: Path) -> dict:
+    """The pixel-noise figures of one run's float checkpoint on the development half."""
     from pneumocnn.metrics import pixel_noise_sensitivity
     from pneumocnn.model import load_model
     from pneumocnn.runners import keras_probabilities
 
     config = json.loads((run_dir / "config.json").read_text())
-    files = [str(path) for path in require_inputs([data_dir / "test"])]
-    images, _, skipped = load_images(files, config["image_size"])
-    if skipped:
-        raise ValueError(f"Unreadable development-half files: {skipped}")
+    images = development_half(data_dir, config["image_size"])
     model = load_model(run_dir / "best.keras")
     return pixel_noise_sensitivity(lambda x: keras_probabilities(model, x), images)
 

@@ -190,16 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.table or args.write_readme:
-        import contextlib
-        import io
+        from shift_tables import markdown_tables
 
-        from shift_tables import print_tables
-
-        text = io.StringIO()
-        with contextlib.redirect_stdout(text):
-            print_tables(RESULTS)
+        tables = markdown_tables(RESULTS)
         if not args.write_readme:
-            print(text.getvalue(), end="")
+            print(tables)
             return 0
         readme = Path(args.write_readme)
         start, end = "<!-- shift-study tables: start -->", "<!-- shift-study tables: end -->"
@@ -208,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{readme} has no '{start}' ... '{end}' markers to replace between")
         before, rest = content.split(start, 1)
         after = rest.split(end, 1)[1]
-        readme.write_text(f"{before}{start}\n{text.getvalue().strip()}\n{end}{after}")
+        readme.write_text(f"{before}{start}\n{tables}\n{end}{after}")
         print(f"Wrote the shift-study tables into {readme}")
         return 0
     if args.one:

@@ -158,12 +158,15 @@ def ensemble_table(results: list[dict]) -> pd.DataFrame:
             for chosen in itertools.combinations(parts, k):
                 scores = np.mean([p["dev_scores"] for p in chosen], axis=0)
                 aucs.append(metrics.pneumonia_figures(labels, scores, 0.5)["roc_auc"])
-                specs.append(
-                    metrics.specificity_at_sensitivity(labels, scores, TARGET_SENSITIVITY)
-                )
+                specs.append(metrics.specificity_at_sensitivity(labels, scores, TARGET_SENSITIVITY))
             lines.append(
-                {"row": row, "models": k, "sets": len(aucs), "dev_auc": _mean_sd(aucs),
-                 "spec@96": _mean_sd(specs)}  # fmt: skip
+                {
+                    "row": row,
+                    "models": k,
+                    "sets": len(aucs),
+                    "dev_auc": _mean_sd(aucs),
+                    "spec@96": _mean_sd(specs),
+                }  # fmt: skip
             )
     return pd.DataFrame(lines)
 
@@ -180,14 +183,21 @@ def _mean_sd(values) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
-def print_tables(folder: Path) -> None:
+def markdown_tables(folder: Path) -> str:
+    """Both tables as Markdown (what `--table` prints and `--write-readme` writes)."""
     results = load_results(folder)
     if not results:
-        print(f"No results in {folder} yet.")
-        return
+        return f"No results in {folder} yet."
+    blocks = []
     for table in (row_table(results), ensemble_table(results)):
-        print("| " + " | ".join(table.columns) + " |")
-        print("|" + "---|" * len(table.columns))
-        for values in table.itertuples(index=False):
-            print("| " + " | ".join(str(value) for value in values) + " |")
-        print()
+        lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+        lines += [
+            "| " + " | ".join(str(value) for value in values) + " |"
+            for values in table.itertuples(index=False)
+        ]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def print_tables(folder: Path) -> None:
+    print(markdown_tables(folder))

@@ -464,6 +464,16 @@ def uncertainty(
     }
 
 
+def grey_level_noise(images: np.ndarray, draws: int, seed: int):
+    """Yields `draws` seeded copies of raw 0-255 `images` with -1, 0 or +1 grey level added to
+    every pixel independently, clipped to 0-255, in the images' dtype."""
+    images = np.asarray(images)
+    rng = np.random.default_rng(seed)
+    for _ in range(draws):
+        noisy = np.clip(images.astype(np.int16) + rng.integers(-1, 2, images.shape), 0, 255)
+        yield noisy.astype(images.dtype)
+
+
 def pixel_noise_sensitivity(
     predict_proba: Callable[[np.ndarray], np.ndarray],
     images: np.ndarray,
@@ -496,13 +506,10 @@ def pixel_noise_sensitivity(
     0.0
     """
     images = np.asarray(images)
-    rng = np.random.default_rng(seed)
     base = pneumonia_probability(class_probabilities(predict_proba(images)))
     changes = []
-    for _ in range(draws):
-        noisy = np.clip(images.astype(np.int16) + rng.integers(-1, 2, images.shape), 0, 255)
-        moved = predict_proba(noisy.astype(images.dtype))
-        moved = pneumonia_probability(class_probabilities(moved))
+    for noisy in grey_level_noise(images, draws, seed):
+        moved = pneumonia_probability(class_probabilities(predict_proba(noisy)))
         changes.append(np.abs(moved - base))
     changes = np.concatenate(changes)
     return {
