@@ -8,9 +8,11 @@ Three things stand between the exported model and those clients, and each has a 
   that the converter reads with a `(1, H, W, C)` signature, so every `.tflite` has a static shape.
 - **An RGB variant with its operating point inside.** A stock image classifier feeds three
   channels and names the class with the highest score. `rgb_classifier` wraps the grayscale
-  model: Pillow's integer luma (`L = R * 299/1000 + G * 587/1000 + B * 114/1000`) as the first
-  layer, then the trained network, then a head whose per-class scores put the decision threshold
-  where argmax puts it (`operating_scores` is the same rule in numpy).
+  model: Pillow's luma (`LUMA_WEIGHTS`, rounded as Pillow rounds) as the first layers, then the
+  trained network, then a head whose per-class scores put the decision threshold where argmax
+  puts it (`operating_scores` is the same rule in numpy). The luma and the head run in float32
+  and the network in int8, quantized as the grayscale model is: on the same pixels, the variant
+  makes the grayscale int8 model's call exactly.
 - **Embedded TFLite metadata** (name, description, version, author, licence, input description,
   labels as an associated file), written with MediaPipe's maintained metadata writer
   (`embed_metadata`; embedding again replaces it, which a site recalibration does when the
@@ -35,10 +37,14 @@ from pneumocnn import __version__
 from pneumocnn.task import class_probabilities, decide, pneumonia_probability
 
 BATCH_SIZE = 1
-# Pillow's "L" conversion of RGB (ITU-R 601-2 luma: 0.299, 0.587, 0.114), as weights that int8
-# holds exactly (65, 127 and 25 steps of 1/217): they sum to 1, so a gray film (R = G = B)
-# passes unchanged, and a colour pixel lands within half a gray level of Pillow's.
-LUMA_WEIGHTS = (65 / 217, 127 / 217, 25 / 217)
+# Pillow's "L" conversion of RGB, exactly: `L = (19595 R + 38470 G + 7471 B + 32768) >> 16`.
+# These weights are that fixed-point rule's own (sixteenths of a 65536th are exact in float32, and
+# so is their sum with pixels 0-255), and the RGB variant computes `floor(luma + 0.5)` in float32:
+# the same gray film as Pillow, for colour images too, and a gray film (R = G = B) unchanged.
+LUMA_WEIGHTS = (19595 / 65536, 38470 / 65536, 7471 / 65536)
+# The RGB variant's layers that stay float32 (see `rgb_variant`): the luma, its rounding, and the
+# head that turns the grayscale model's output into per-class scores.
+LUMA_LAYER, GRAY_LAYER, HEAD_LAYER = "luma", "gray", "scores"
 AUTHOR = "The pneumocnn authors"
 LICENSE = (
     "Apache-2.0 (model and code). Trained on the Kaggle 'Chest X-Ray Images (Pneumonia)' data "
@@ -102,74 +108,115 @@ def operating_scores(probabilities: np.ndarray, threshold: float) -> np.ndarray:
 def rgb_classifier(keras_model, threshold: float):
     """Wraps the grayscale model for stock image classifiers: RGB in, one score per class out.
 
-    The first layer is Pillow's luma (a 1x1 linear map with `LUMA_WEIGHTS`, no bias) on raw
-    0-255 RGB; then the trained network up to its `predictions` layer; then a head whose scores
-    follow `operating_scores`, so the class with the highest score is the decision at
-    `threshold`:
-
-    - binary: the trained logit `z` (the `predictions` layer without its sigmoid), then a
-      two-unit softmax over `[-(z - c) / 2, (z - c) / 2]` with `c = logit(threshold)`, which is
-      `[1 - sigmoid(z - c), sigmoid(z - c)]`. The int8 network up to `z` is the grayscale
-      model's, so both make the same call except on a film whose quantized logit falls within
-      one step of `c`.
-    - subtype: the trained softmax, then the odds shift and the subtype ratio of
-      `operating_scores` (a few elementwise ops).
+    The first layers are Pillow's luma (a 1x1 linear map with `LUMA_WEIGHTS`, no bias, then
+    `floor(x + 0.5)`) on raw 0-255 RGB, which gives Pillow's gray film exactly; then the whole
+    trained grayscale model; then a head (`HEAD_LAYER`) whose scores follow `operating_scores`,
+    so the class with the highest score is the decision at `threshold`. `rgb_variant` keeps the
+    luma and the head in float32 and quantizes the network as the grayscale model's.
 
     Args:
-        keras_model: a pneumocnn model (grayscale input, `predictions` head).
+        keras_model: a pneumocnn model (grayscale input).
         threshold: the operating threshold on P(pneumonia), in (0, 1).
 
     Returns:
         A Keras model with input `(1, H, W, 3)` and output `(1, classes)` (2 for binary).
     """
     import keras
-
-    from pneumocnn.model import OUTPUT_LAYER
+    from keras import ops
 
     if not 0.0 < threshold < 1.0:
         raise ValueError(
             f"The operating threshold must lie in (0, 1). Received: threshold={threshold!r}."
         )
     size = keras_model.input_shape[1:3]
-    head = keras_model.get_layer(OUTPUT_LAYER)
-    features = keras.Model(keras_model.inputs, head.input, name="features")
+    classes = max(2, keras_model.output_shape[-1])
     image = keras.Input((*size, 3), batch_size=BATCH_SIZE, name="image")
-    luma = keras.layers.Dense(1, use_bias=False, trainable=False, name="luma")
-    # The clip is an identity on 0-255 that stops the converter from folding the luma into the
-    # first convolution: the gray tensor stays the grayscale model's input, quantized the same.
-    gray = keras.layers.ReLU(max_value=255.0, name="gray")(luma(image))
-    x = features(gray)
-    luma.set_weights([np.asarray(LUMA_WEIGHTS, np.float32).reshape(3, 1)])
-    kernel, bias = head.get_weights()
-    if kernel.shape[1] == 1:
-        shift = float(np.log(threshold / (1.0 - threshold)))
-        logit = keras.layers.Dense(1, name="logit")
-        scores = keras.layers.Dense(2, activation="softmax", name="scores")
-        outputs = scores(logit(x))
-        logit.set_weights([kernel, bias])
-        scores.set_weights(
-            [np.array([[-0.5, 0.5]], np.float32), np.array([shift / 2, -shift / 2], np.float32)]
-        )
-        return keras.Model(image, outputs, name="pneumocnn_rgb")
-    probabilities = keras.layers.Dense(kernel.shape[1], activation="softmax", name="probabilities")
+    luma = keras.layers.Dense(1, use_bias=False, trainable=False, name=LUMA_LAYER)
+    gray = keras.layers.Lambda(lambda x: ops.floor(x + 0.5), name=GRAY_LAYER)(luma(image))
+    probabilities = keras_model(gray)
     outputs = keras.layers.Lambda(
-        lambda p: _subtype_scores(p, threshold), name="scores", output_shape=(kernel.shape[1],)
-    )(probabilities(x))
-    probabilities.set_weights([kernel, bias])
+        lambda p: _operating_scores_op(p, threshold), name=HEAD_LAYER, output_shape=(classes,)
+    )(probabilities)
+    luma.set_weights([np.asarray(LUMA_WEIGHTS, np.float32).reshape(3, 1)])
     return keras.Model(image, outputs, name="pneumocnn_rgb")
 
 
-def _subtype_scores(probabilities, threshold: float):
-    """`operating_scores` for a softmax tensor `(n, classes)`, NORMAL first, in Keras ops."""
+def _threshold_odds(threshold: float) -> float:
+    """The odds the RGB variant's head divides by: the threshold's, taken a hair (a millionth)
+    below it, so a film whose output equals the threshold, which `pneumocnn.task.decide` calls
+    positive, scores just above 0.5."""
+    nudged = threshold * (1.0 - 1e-6)
+    return nudged / (1.0 - nudged)
+
+
+def _operating_scores_op(probabilities, threshold: float):
+    """`operating_scores` in Keras ops, on a binary model's `(n, 1)` P(pneumonia) or a subtype
+    model's softmax `(n, classes)`, NORMAL first, with the odds of `_threshold_odds` (the one
+    constant that depends on the threshold; `retarget_rgb_variant` rewrites it)."""
     from keras import ops
 
-    odds = threshold / (1.0 - threshold)
+    odds = _threshold_odds(threshold)
+    if probabilities.shape[-1] == 1:
+        pneumonia = probabilities
+        shifted = pneumonia / (pneumonia + odds * (1.0 - pneumonia))
+        return ops.concatenate([1.0 - shifted, shifted], axis=1)
     normal = probabilities[:, :1]
     subtypes = probabilities[:, 1:]
     pneumonia = 1.0 - normal
     shifted = pneumonia / (pneumonia + odds * normal + 1e-12)
     relative = subtypes / (ops.max(subtypes, axis=1, keepdims=True) + 1e-12)
     return ops.concatenate([1.0 - shifted, shifted * relative], axis=1)
+
+
+def retarget_rgb_variant(model: bytes, threshold: float, new_threshold: float) -> bytes:
+    """The RGB variant (see `rgb_variant`) with its operating threshold moved, nothing else.
+
+    The threshold lives in one float32 constant of the float head, its odds (see
+    `_threshold_odds`); that constant is rewritten in the flatbuffer with TensorFlow's
+    `flatbuffer_utils`, so the int8 network and its quantization stay the grayscale model's
+    (a new conversion would calibrate them anew). The embedded TFLite metadata is kept as it
+    was: embed it again, since its description names the threshold.
+
+    Args:
+        model: the RGB variant's `.tflite` flatbuffer.
+        threshold: the threshold it was made with.
+        new_threshold: the threshold to move it to, in (0, 1).
+
+    Returns:
+        The `.tflite` flatbuffer, without the packed associated files (see
+        `without_packed_files`).
+
+    Raises:
+        ValueError: if `new_threshold` is outside (0, 1), or the model's head does not hold
+            exactly one constant with `threshold`'s odds (not an RGB variant made with
+            `threshold` by this version of `rgb_variant`).
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    if not 0.0 < new_threshold < 1.0:
+        raise ValueError(
+            f"The operating threshold must lie in (0, 1). Received: new_threshold="
+            f"{new_threshold!r}."
+        )
+    tree = flatbuffer_utils.read_model_from_bytearray(bytearray(without_packed_files(model)))
+    old = np.float32(_threshold_odds(threshold)).tobytes()
+    found = {
+        tensor.buffer
+        for subgraph in tree.subgraphs
+        for tensor in subgraph.tensors
+        if f"/{HEAD_LAYER}_".encode() in tensor.name
+        and tree.buffers[tensor.buffer].data is not None
+        and tree.buffers[tensor.buffer].data.tobytes() == old
+    }
+    if len(found) != 1:
+        raise ValueError(
+            f"The RGB variant's head holds {len(found)} constants with the odds of the threshold "
+            f"{threshold} (need exactly one): not an RGB variant made at that threshold by this "
+            "version of pneumocnn. Re-export the model (python -m pneumocnn.export RUN_DIR)."
+        )
+    new = np.frombuffer(np.float32(_threshold_odds(new_threshold)).tobytes(), np.uint8)
+    tree.buffers[found.pop()].data = new.copy()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
 
 
 def check_rgb_parity(
@@ -183,8 +230,9 @@ def check_rgb_parity(
 
     A film whose grayscale output lies within one output step of a decision boundary (P(pneumonia)
     within `step` of the threshold, or, for a subtype call, the two subtypes within `step` of
-    each other) is a near-tie that two int8 models may round either way; the agreement on the
-    other films is reported apart.
+    each other) is a near-tie, where any other rounding of the output would matter; the agreement
+    on the other films is reported apart. (`rgb_variant` computes the grayscale model's output
+    exactly, so it agrees on near-ties too.)
 
     Args:
         gray_probabilities: the grayscale int8 model's outputs on some films.
@@ -415,7 +463,10 @@ def embed_pneumocnn_metadata(model: bytes, metadata: dict[str, Any], channels: i
             f"Scores per class whose highest names the decision at the operating threshold "
             f"{threshold:.4f} on P(pneumonia)."
         )
-        image = f"RGB, {size} x {size}, raw 0-255 pixels (uint8); grayscale inside the model."
+        image = (
+            f"RGB, {size} x {size}, raw 0-255 pixel values as float32 (no normalisation); "
+            "grayscale inside the model."
+        )
     else:
         labels = names if metadata["task"] == "subtype" else names[1:]
         output = (
@@ -436,15 +487,23 @@ def embed_pneumocnn_metadata(model: bytes, metadata: dict[str, Any], channels: i
 
 
 def rgb_variant(keras_model, threshold: float, calibration: np.ndarray, convert, folder: Path):
-    """Converts `rgb_classifier` to full-integer int8 (uint8 RGB in, uint8 scores out).
+    """Converts `rgb_classifier` to int8 with its head in float32 (float32 RGB in, raw 0-255
+    pixels; float32 scores out).
+
+    The luma (`LUMA_LAYER`, `GRAY_LAYER`) and the head (`HEAD_LAYER`) stay float32; between
+    them, the grayscale int8 network, calibrated on the same gray films (the float luma gives
+    them exactly), so it is quantized as the grayscale model is and computes the same output.
+    So the operating decision is the grayscale model's exactly, and no two scores tie after
+    rounding. The input is float32 (raw 0-255 pixels) because the converter's selective
+    quantization (`convert(..., float_layers=...)`) keeps float32 at both ends.
 
     Args:
         keras_model: the trained grayscale model.
         threshold: the operating threshold.
         calibration: the grayscale calibration images `(n, H, W, 1)`, raw 0-255; repeated to
             three channels.
-        convert: the converter, `convert(saved_model_folder, calibration) -> bytes` (the one the
-            grayscale models go through).
+        convert: the converter, `convert(saved_model_folder, calibration, float_layers=())
+            -> bytes` (the one the grayscale models go through).
         folder: a scratch folder for the SavedModel.
 
     Returns:
@@ -453,4 +512,8 @@ def rgb_variant(keras_model, threshold: float, calibration: np.ndarray, convert,
     saved_model = fixed_batch_saved_model(
         rgb_classifier(keras_model, threshold), Path(folder) / "rgb_saved_model"
     )
-    return convert(saved_model, np.repeat(calibration, 3, axis=-1))
+    return convert(
+        saved_model,
+        np.repeat(calibration, 3, axis=-1),
+        float_layers=(LUMA_LAYER, GRAY_LAYER, HEAD_LAYER),
+    )

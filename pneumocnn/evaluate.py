@@ -142,9 +142,9 @@ def calibrate(
     95% patient-bootstrap intervals and the per-group breakdown, where the model's threshold
     lives: a run folder's `threshold.json` (the export then copies it into the metadata and
     every edge file), or an exported model's whole file family (see
-    `pneumocnn.export.recalibrate`): its RGB variant is rebuilt from the family's `.keras`
-    with the threshold in its scores (int8 ranges from the folder's films) and checked against
-    the int8 model on them, the TFLite metadata embedded in each `.tflite` names the new
+    `pneumocnn.export.recalibrate`): its RGB variant gets the threshold in its scores (one
+    constant of its float head; its int8 network is untouched) and is checked against the int8
+    model on the folder's films, the TFLite metadata embedded in each `.tflite` names the new
     threshold, and the metadata `<name>.json` records it with the new checksums; all written
     atomically, metadata last.
 
@@ -160,8 +160,9 @@ def calibrate(
 
     Raises:
         ValueError: if the target is not in (0, 1], the folder is a training-data folder
-            (it holds `train/`) or lacks a class, or an exported family has no `.keras`.
-        ParityError: if an exported model's rebuilt RGB variant fails its check against the
+            (it holds `train/`) or lacks a class.
+        UsageError: if an exported family's RGB variant was not made by this version.
+        ParityError: if an exported model's retargeted RGB variant fails its check against the
             int8 model on the folder's films (nothing is written).
     """
     import datetime
@@ -189,8 +190,8 @@ def calibrate(
     if Path(model).is_file() and not runs.is_run_dir(Path(model).parent):
         from pneumocnn import export
 
-        # Before anything is run: it completes an interrupted recalibration and refuses a
-        # family without the .keras the RGB variant is rebuilt from.
+        # Before anything is run: it completes an interrupted recalibration and verifies the
+        # family's checksums.
         family = export.read_family(model)
     source = runs.resolve_source(model)
     images, labels, skipped, root, paths = runs.load_evaluation_images(source, "all", folder)
@@ -300,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Site calibration: choose the threshold reaching --target-sensitivity (default "
         "0.96) on this labelled folder of the site's films (NORMAL/, PNEUMONIA/) and record it, "
         "with the folder, its size and the achieved figures' intervals, in the run's "
-        "threshold.json, or in an exported model's files (RGB variant rebuilt from its .keras, "
+        "threshold.json, or in an exported model's files (the RGB variant's threshold, "
         "embedded TFLite metadata and pneumocnn.json rewritten).",
     )
     return parser

@@ -2,20 +2,19 @@
 
 From a run folder it writes, into `RUN_DIR/export/` by default: `pneumocnn_int8.tflite` (full
 integer: uint8 input of raw pixels, int8 builtin ops only, uint8 output), `pneumocnn_fp16.tflite`,
-`pneumocnn_rgb_int8.tflite` (for stock image classifiers: RGB in, one score per class whose argmax
-is the decision at the threshold), `pneumocnn.keras`, `pneumocnn_labels.txt`, the model card
-`MODEL_CARD.md` (see `pneumocnn.card`), and the metadata `pneumocnn.json` (see
-`pneumocnn.metadata`, which also holds the input guard's calibration, see `pneumocnn.guard`). A
-`--task subtype` run's files are named `pneumocnn_subtype*` instead (its card
-`pneumocnn_subtype_MODEL_CARD.md`). Every `.tflite` has a fixed batch of 1 and embedded TFLite
-metadata (see `pneumocnn.edge`). Replacing the shipped models is a choice made by name:
-`--output-dir saved_models`.
+`pneumocnn_rgb_int8.tflite` (for stock image classifiers: float32 RGB in, raw pixels; the same int8
+network; one float32 score per class whose argmax is the decision at the threshold),
+`pneumocnn.keras`, `pneumocnn_labels.txt`, the model card `MODEL_CARD.md` (see `pneumocnn.card`),
+and the metadata `pneumocnn.json` (see `pneumocnn.metadata`, which also holds the input guard's
+calibration, see `pneumocnn.guard`). A `--task subtype` run's files are named `pneumocnn_subtype*`
+instead (its card `pneumocnn_subtype_MODEL_CARD.md`). Every `.tflite` has a fixed batch of 1 and
+embedded TFLite metadata (see `pneumocnn.edge`). Replacing the shipped models is a choice made by
+name: `--output-dir saved_models`.
 
-The int8 model is checked against the float model on the run's validation split before anything
-is written: its decisions must agree on at least 99% of images and its ROC AUC must be within
-0.005; the RGB variant must name the int8 model's class on at least 99% of the films that are not
-near-ties. Each file is written under a temporary name and renamed, so an interrupted export
-leaves no half-written file.
+The int8 model is checked against the float model on the run's validation split before anything is
+written: its decisions must agree on at least 99% of images and its ROC AUC must be within 0.005;
+the RGB variant must name the int8 model's class on every validation film. Each file is written
+under a temporary name and renamed, so an interrupted export leaves no half-written file.
 
 `export` is a list of named steps: `prepare` (the run, its validation split, the float model and
 the threshold), `convert_family` (int8, float16, RGB int8, `.keras`, labels), `check_int8`
@@ -23,7 +22,7 @@ the threshold), `convert_family` (int8, float16, RGB int8, `.keras`, labels), `c
 (rename into place).
 
 `recalibrate` gives an exported family a new threshold (a site calibration, see
-`pneumocnn.evaluate.calibrate`) with the same pieces: `read_family`, `rebuild_rgb`, `reembed`
+`pneumocnn.evaluate.calibrate`) with the same pieces: `read_family`, `retarget_rgb`, `reembed`
 (the embedded descriptions name the threshold), `check_recalibrated` and `write_family`.
 
 Example:
@@ -44,6 +43,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MIN_AGREEMENT = 0.99
+# The RGB variant runs the int8 model's network quantized the same way, with its luma and head in
+# float32: it must name the int8 model's class on every film, with scores within this of
+# `pneumocnn.edge.operating_scores` of the int8 model's output.
+RGB_SCORE_TOLERANCE = 1e-4
 # Training films the input guard's out-of-distribution score is fitted on (seeded, stratified
 # by class): enough for a 256-dimensional thumbnail's leading components, and quick to decode.
 GUARD_FIT_IMAGES = 2000
@@ -96,7 +100,9 @@ def pin_input_range(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def convert(saved_model: Path, calibration: np.ndarray | None) -> bytes:
+def convert(
+    saved_model: Path, calibration: np.ndarray | None, float_layers: Sequence[str] = ()
+) -> bytes:
     """Converts a SavedModel (from Keras's `model.export`) to a TFLite flatbuffer.
 
     Keras 3's own SavedModel export is the path the TFLite converter reads reliably.
@@ -105,6 +111,10 @@ def convert(saved_model: Path, calibration: np.ndarray | None) -> bytes:
         saved_model: the SavedModel folder.
         calibration: raw-pixel images for full-integer int8 quantization; `None` gives a
             float16 model instead.
+        float_layers: names of Keras layers whose ops stay float32 (TFLite's selective
+            quantization, `tf.lite.experimental.QuantizationDebugger`); the rest is int8 as
+            without them, and the model's input and output are float32 (raw 0-255 pixels in).
+            Defaults to `()`: uint8 in, uint8 out, all int8.
 
     Returns:
         The `.tflite` flatbuffer.
@@ -123,11 +133,45 @@ def convert(saved_model: Path, calibration: np.ndarray | None) -> bytes:
             yield [image[np.newaxis].astype(np.float32)]
 
     converter.representative_dataset = representative_dataset
+    if float_layers:
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+        options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=_layer_tensors(saved_model, float_layers)
+        )
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative_dataset, debug_options=options
+        )
+        return debugger.get_nondebug_quantized_model()
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     # Pixels are 0-255 integers: uint8 input holds them exactly (scale 1, zero point 0).
     converter.inference_input_type = tf.uint8
     converter.inference_output_type = tf.uint8
     return converter.convert()
+
+
+def _layer_tensors(saved_model: Path, layers: Sequence[str]) -> list[str]:
+    """The TFLite tensor names of Keras layers' ops (and of the model's output, which the last
+    op writes under the signature's name), read from a float conversion of the same
+    SavedModel: the names selective quantization takes."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(
+        model_content=tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert()
+    )
+    names = [tensor["name"] for tensor in interpreter.get_tensor_details()]
+    found = []
+    for layer in layers:
+        mine = [name for name in names if f"/{layer}_" in name or f"/{layer}/" in name]
+        if not mine:
+            raise ValueError(
+                f"No tensor of the layer {layer!r} in {saved_model}: name layers of the model. "
+                f"Received: float_layers={list(layers)!r}."
+            )
+        found += mine
+    return found + [detail["name"] for detail in interpreter.get_output_details()]
 
 
 def check_parity(
@@ -395,8 +439,7 @@ def check_rgb(
     require_parity: bool,
 ) -> dict[str, Any]:
     """Step 5: runs the RGB variant on the validation split (as gray RGB) and checks that its
-    highest score names the int8 model's decision on at least 99% of the films that are not
-    near-ties (see `rgb_parity`).
+    highest score names the int8 model's decision on every film (see `rgb_parity`).
 
     Returns:
         The parity figures.
@@ -426,8 +469,9 @@ def rgb_parity(
     films: str = "validation",
 ) -> dict[str, Any]:
     """Runs the RGB variant on grayscale films (repeated to gray RGB) and checks that its highest
-    score names the int8 model's decision at `threshold` on at least 99% of the films that are
-    not near-ties (see `pneumocnn.edge.check_rgb_parity`).
+    score names the int8 model's decision at `threshold` on every film, and that its scores are
+    `pneumocnn.edge.operating_scores` of the int8 model's output within `RGB_SCORE_TOLERANCE`
+    (see `pneumocnn.edge.check_rgb_parity`).
 
     Args:
         rgb: the RGB variant.
@@ -450,14 +494,16 @@ def rgb_parity(
 
     scores = rgb.predict_proba(np.repeat(images, 3, axis=-1))
     parity = check_rgb_parity(int8_probabilities, scores, threshold, class_names)
-    parity["passed"] = parity["agreement_beyond_ties"] >= MIN_AGREEMENT
+    parity["passed"] = (
+        parity["agreement"] == 1.0 and parity["max_abs_difference"] <= RGB_SCORE_TOLERANCE
+    )
     logger.info("RGB variant against the int8 model on %s films: %s", films, parity)
     if not parity["passed"] and require_parity:
         raise ParityError(
-            f"The RGB variant names the int8 model's class on only "
-            f"{parity['agreement_beyond_ties']:.2%} of the {parity['images']} {films} films "
-            f"that are not near-ties ({parity['near_ties']} are; need >= {MIN_AGREEMENT:.0%}). "
-            "Nothing was written."
+            f"The RGB variant names the int8 model's class on {parity['agreement']:.2%} of the "
+            f"{parity['images']} {films} films (need all), and its scores differ from the int8 "
+            f"model's operating scores by up to {parity['max_abs_difference']:.2g} (need <= "
+            f"{RGB_SCORE_TOLERANCE:g}). Nothing was written."
         )
     return parity
 
@@ -683,9 +729,6 @@ def _process_exists(pid: int) -> bool:
 
 # Site recalibration of an exported model: a new threshold for a whole file family.
 
-# A seeded sample of the site's films, at most this many, calibrates the rebuilt RGB variant's
-# int8 ranges (the export calibrates on 300 training films).
-RECALIBRATION_IMAGES = 300
 # The recalibration's scratch folder, beside the family: `.recalibrate-<name>`. A fixed name, so
 # the next run finds one that a kill interrupted.
 RECALIBRATION_PREFIX = ".recalibrate-"
@@ -745,14 +788,13 @@ def finish_recalibration(metadata_path: Path) -> bool:
 def read_family(model_path: str | Path) -> Family:
     """Recalibration step 1: finds the family of an exported model file, completes an
     interrupted recalibration of it (see `finish_recalibration`), and verifies it: every model
-    file it lists matches its SHA-256, and it has the `.keras` the RGB variant is rebuilt from.
+    file it lists matches its SHA-256.
 
     Args:
         model_path: any file of the family (`<name>_int8.tflite`, `<name>.keras`, ...).
 
     Raises:
         MetadataError: if the metadata is missing, or a file does not match it.
-        UsageError: if the family has no `.keras`.
     """
     from pneumocnn.metadata import find_metadata, load_metadata
 
@@ -760,42 +802,35 @@ def read_family(model_path: str | Path) -> Family:
     finish_recalibration(metadata_path)
     metadata = load_metadata(metadata_path)
     files = metadata.get("files", {})
-    keras_file = files.get("keras")
-    if not keras_file or not (metadata_path.parent / keras_file).is_file():
-        raise cli.UsageError(
-            f"Recalibrating an exported model rebuilds its RGB variant from the family's .keras, "
-            f"and '{metadata_path.parent}' has none. Received: model='{model_path}'. Calibrate "
-            "the run folder instead (python -m pneumocnn.evaluate RUN_DIR --calibrate-on DIR) "
-            "and re-export it (python -m pneumocnn.export RUN_DIR)."
-        )
     for role in MODEL_ROLES:
         if role in files:
             load_metadata(metadata_path, metadata_path.parent / files[role])
     return Family(metadata_path.parent, metadata)
 
 
-def rebuild_rgb(
-    family: Family, metadata: dict[str, Any], images: np.ndarray, count: int, seed: int
-) -> list[str]:
-    """Recalibration step 2: converts the RGB variant of the family's `.keras` at the new
-    threshold into the scratch folder, its int8 ranges calibrated on a seeded sample of up to
-    `count` of the site's films `images`, with TFLite metadata embedded (see `convert_family`).
+def retarget_rgb(family: Family, metadata: dict[str, Any]) -> list[str]:
+    """Recalibration step 2: writes the family's RGB variant with the new threshold into the
+    scratch folder (see `pneumocnn.edge.retarget_rgb_variant`: only the head's threshold
+    constant changes, so the int8 network stays the grayscale model's), with TFLite metadata
+    embedded again.
 
     Returns:
         The roles written: `["rgb_int8"]`, or `[]` for a family exported without one.
-    """
-    import numpy as np
 
+    Raises:
+        UsageError: if the RGB variant was not made by this version's export.
+    """
     from pneumocnn import edge
-    from pneumocnn.model import load_model
 
     if "rgb_int8" not in family.files:
         return []
-    keras_model = load_model(family.folder / family.files["keras"])
-    sample = np.random.default_rng(seed).permutation(len(images))[:count]
-    calibration = pin_input_range(images[np.sort(sample)])
-    logger.info("Converting the RGB variant to int8 with %d site films", len(calibration))
-    rgb = edge.rgb_variant(keras_model, metadata["threshold"], calibration, convert, family.scratch)
+    path = family.folder / family.files["rgb_int8"]
+    try:
+        rgb = edge.retarget_rgb_variant(
+            path.read_bytes(), family.metadata["threshold"], metadata["threshold"]
+        )
+    except ValueError as error:
+        raise cli.UsageError(f"Cannot recalibrate '{path}': {error}") from error
     (family.scratch / family.files["rgb_int8"]).write_bytes(
         edge.embed_pneumocnn_metadata(rgb, metadata, channels=3)
     )
@@ -836,7 +871,7 @@ def check_recalibrated(
     films: str,
 ) -> dict[str, Any]:
     """Recalibration step 4: records the new files' SHA-256, sizes and tensors, and checks the
-    rebuilt RGB variant against the int8 model on the site's films (see `rgb_parity`).
+    retargeted RGB variant against the int8 model on the site's films (see `rgb_parity`).
 
     Returns:
         The new metadata.
@@ -884,11 +919,10 @@ def recalibrate(
     images: np.ndarray,
     int8_probabilities: np.ndarray | None = None,
     films: str = "calibration",
-    calibration_images: int = RECALIBRATION_IMAGES,
 ) -> dict[str, Any]:
     """Gives an exported family a new threshold, keeping every file consistent with it.
 
-    The steps: `read_family` (the caller's, before long work), `rebuild_rgb` (the RGB variant
+    The steps: `read_family` (the caller's, before long work), `retarget_rgb` (the RGB variant
     bakes the threshold into its scores), `reembed` (the grayscale models' embedded
     descriptions name it), `check_recalibrated` (checksums, and the RGB variant against the
     int8 model on the site's films), then `write_family` with the changed files only. Every
@@ -903,33 +937,27 @@ def recalibrate(
         family: the family (see `read_family`).
         updates: the metadata fields to set: `threshold`, and `threshold_rule` and
             `calibration` (see `pneumocnn.evaluate.calibrate`).
-        images: the site's films, raw 0-255 `(n, H, W, 1)`: a sample calibrates the RGB
-            variant's int8 ranges, and all of them check it.
+        images: the site's films, raw 0-255 `(n, H, W, 1)`: they check the RGB variant.
         int8_probabilities: the int8 model's probabilities on `images`, if already computed.
             Defaults to `None`: computed here.
         films: the films' folder name, for the record and the messages. Defaults to
             "calibration".
-        calibration_images: the most site films the RGB variant is calibrated on. Defaults to
-            300.
 
     Returns:
         The new metadata.
 
     Raises:
-        ParityError: if the rebuilt RGB variant fails its check (nothing is written).
+        ParityError: if the retargeted RGB variant fails its check (nothing is written).
+        UsageError: if the RGB variant was not made by this version's export.
     """
     import shutil
 
     metadata = {**family.metadata, **updates}
-    seed = int(metadata.get("config", {}).get("seed", 0))
     family.scratch.mkdir()
     try:
-        roles = rebuild_rgb(family, metadata, images, calibration_images, seed)
+        roles = retarget_rgb(family, metadata)
         roles += reembed(family, metadata)
         metadata = check_recalibrated(family, metadata, roles, images, int8_probabilities, films)
-        for leftover in family.scratch.iterdir():  # the SavedModel the conversion read
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
     except BaseException:
         shutil.rmtree(family.scratch, ignore_errors=True)
         raise
