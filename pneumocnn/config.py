@@ -24,6 +24,7 @@ TASK_CHOICES = ("binary", "subtype")
 NORMALIZATION_CHOICES = ("none", "per_image")
 AVERAGING_CHOICES = ("none", "ema")
 SCHEDULE_CHOICES = ("plateau", "cosine")
+LOSS_CHOICES = ("crossentropy", "focal")
 
 
 def _field(default: Any, help: str) -> Any:
@@ -109,6 +110,11 @@ class Config:
     label_smoothing: float = _field(
         0.0, "Pulls the 0/1 targets towards 0.5 by this much; discourages overconfidence."
     )
+    loss: Literal["crossentropy", "focal"] = _field(
+        "crossentropy",
+        "focal: focal cross-entropy (gamma 2), which weighs down the films the model already "
+        "gets right; label_smoothing applies to both.",
+    )
     horizontal_flip: bool = _field(
         False, "Mirror training images; off because the heart sits on the left of a chest film."
     )
@@ -179,6 +185,7 @@ class Config:
                 f"one of {NORMALIZATION_CHOICES}",
             ),
             (self.lr_schedule in SCHEDULE_CHOICES, "lr_schedule", f"one of {SCHEDULE_CHOICES}"),
+            (self.loss in LOSS_CHOICES, "loss", f"one of {LOSS_CHOICES}"),
             (
                 self.weight_averaging in AVERAGING_CHOICES,
                 "weight_averaging",

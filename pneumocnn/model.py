@@ -88,6 +88,8 @@ def num_classes_of(config: Config) -> int:
 # moving variance of 1; with ~130 steps an epoch, early validation then saw nearly constant
 # outputs (val AUC 0.5 for the first epochs, measured). 0.9 forgets it within one epoch.
 BATCHNORM_MOMENTUM = 0.9
+# Focal cross-entropy's focusing parameter (`Config.loss="focal"`): the value of Lin et al. (2017).
+FOCAL_GAMMA = 2.0
 
 
 def _conv_bn_relu(x, layer, name: str, synchronized: bool = False):
@@ -177,7 +179,8 @@ def build_model(config: Config) -> keras.Model:
 def compile_model(
     model: keras.Model, config: Config, steps_per_epoch: int | None = None
 ) -> keras.Model:
-    """Compiles `model` with Adam, cross-entropy, and the metrics the reports use.
+    """Compiles `model` with Adam, cross-entropy (or focal cross-entropy, `config.loss`), and the
+    metrics the reports use.
 
     Metrics: accuracy, ROC AUC (for three classes, over the flattened one-vs-rest outputs),
     sensitivity (recall of pneumonia) and specificity (recall of NORMAL), the last two at 0.5 on
@@ -186,8 +189,8 @@ def compile_model(
 
     Args:
         model: from `build_model`.
-        config: uses `task`, `learning_rate`, `label_smoothing`, `lr_schedule`, `epochs` and
-            `weight_averaging`.
+        config: uses `task`, `learning_rate`, `loss`, `label_smoothing`, `lr_schedule`,
+            `epochs` and `weight_averaging`.
         steps_per_epoch: training steps an epoch, which `lr_schedule="cosine"` needs to span
             `epochs`. Defaults to `None`.
 
@@ -204,11 +207,22 @@ def compile_model(
         learning_rate = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=config.epochs * steps_per_epoch, alpha=0.01
         )
+    focal = {"gamma": FOCAL_GAMMA} if config.loss == "focal" else None
     if num_classes_of(config) > 2:
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+        loss = (
+            keras.losses.CategoricalFocalCrossentropy(
+                **focal, label_smoothing=config.label_smoothing
+            )
+            if focal
+            else keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+        )
         accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
     else:
-        loss = keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing)
+        loss = (
+            keras.losses.BinaryFocalCrossentropy(**focal, label_smoothing=config.label_smoothing)
+            if focal
+            else keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing)
+        )
         accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
     model.compile(
         optimizer=keras.optimizers.Adam(

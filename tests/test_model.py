@@ -108,6 +108,27 @@ def test_cosine_schedule_needs_the_run_length():
     assert float(schedule(4 * 10)) == pytest.approx(config.learning_rate * 0.01)
 
 
+@pytest.mark.parametrize("task", ["binary", "subtype"])
+def test_focal_loss_weighs_down_the_films_already_right(task):
+    """Focal cross-entropy: a confident right call costs far less, relative to a wrong one,
+    than with plain cross-entropy."""
+    import numpy as np
+
+    if task == "binary":
+        truth, easy, hard = [[1.0]], [[0.9]], [[0.1]]
+    else:
+        truth, easy, hard = [[0.0, 1.0, 0.0]], [[0.05, 0.9, 0.05]], [[0.45, 0.1, 0.45]]
+    ratios = {}
+    for name in ("crossentropy", "focal"):
+        config = Config(image_size=32, task=task, loss=name)
+        loss = compile_model(build_model(config), config).loss
+        truth_, easy_, hard_ = (np.array(v, np.float32) for v in (truth, easy, hard))
+        ratios[name] = float(loss(truth_, easy_)) / float(loss(truth_, hard_))
+    assert ratios["focal"] < ratios["crossentropy"] / 5
+    with pytest.raises(ValueError, match="loss"):
+        Config(loss="hinge")
+
+
 def test_weight_averaging_swaps_averaged_weights_in_before_the_checkpoint(tmp_path):
     from pneumocnn.train import make_callbacks
 
