@@ -10,8 +10,9 @@ callback that only reads it: nothing is trained on it, and checkpoints are still
 validation), then saves `experiments/shift/results/<name>-s<seed>.json`: the float model's
 probabilities for every validation film and every development-half film, per-epoch
 development-half probabilities, and the run's summary. A run killed half-way resumes from its
-backup; a finished row is skipped, so the study spans sittings. Tables are made from the saved
-results only:
+backup; a finished row is skipped, so the study spans sittings. A distillation row names its
+teachers as other rows' runs (`{runs_dir}/<row>-s<seed>/best.keras`): run those rows first. Tables
+are made from the saved results only:
 
     python experiments/shift_study.py --data-dir ../shared/chest_xray            # every row
     python experiments/shift_study.py --data-dir ../shared/chest_xray --only framing --seeds 1
@@ -43,6 +44,16 @@ def row_names() -> list[str]:
     return [name for name in listed if (ROWS / f"{name}.json").exists()] + others
 
 
+def row_fields(name: str, runs_dir: Path) -> dict:
+    """A row's recipe fields; `{runs_dir}` in a text field (a distillation row's teachers, which
+    are other rows' runs) becomes the study's runs folder."""
+    fields = json.loads((ROWS / f"{name}.json").read_text())
+    return {
+        key: value.replace("{runs_dir}", str(runs_dir)) if isinstance(value, str) else value
+        for key, value in fields.items()
+    }
+
+
 def result_path(name: str, seed: int) -> Path:
     return RESULTS / f"{name}-s{seed}.json"
 
@@ -59,7 +70,7 @@ def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
     from pneumocnn.images import load_images
     from pneumocnn.model import load_model
 
-    fields = json.loads((ROWS / f"{name}.json").read_text())
+    fields = row_fields(name, runs_dir)
     run_dir = runs_dir / f"{name}-s{seed}"
     config = Config.from_dict(
         {**fields, "seed": seed, "data_dir": data_dir, "output_dir": str(run_dir)}

@@ -97,6 +97,16 @@ class Config:
         "Mixup: blend pairs of training films with Beta(alpha, alpha) weights; 0 is off. "
         "A regulariser against memorising one hospital's films.",
     )
+    distill_from: str = _field(
+        "",
+        "Distillation: comma-separated teacher .keras files (e.g. other seeds' best.keras, same "
+        "task and image size); each training target becomes (1 - distill_weight) x label + "
+        "distill_weight x the teachers' mean prediction on the augmented, mixed film. Empty is "
+        "off.",
+    )
+    distill_weight: float = _field(
+        0.5, "With distill_from: the teachers' share of each training target, in (0, 1]."
+    )
     framing_strength: float = _field(
         1.0,
         "Random zoom-in crops (up to 25% x strength of the side) and shifts (8% x strength), "
@@ -176,6 +186,7 @@ class Config:
             (self.intensity_strength >= 0, "intensity_strength", "a number of at least 0"),
             (self.normal_augment_strength >= 0, "normal_augment_strength", "at least 0"),
             (self.mixup_alpha >= 0, "mixup_alpha", "a number of at least 0"),
+            (0 < self.distill_weight <= 1, "distill_weight", "a number in (0, 1]"),
             (self.framing_strength >= 0, "framing_strength", "a number of at least 0"),
             (self.gamma_strength >= 0, "gamma_strength", "a number of at least 0"),
             (self.normalization_clip >= 0, "normalization_clip", "a number of at least 0"),

@@ -483,6 +483,42 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
 
 
+def load_teachers(config: Config, num_classes: int) -> list:
+    """Loads the teacher models `config.distill_from` names (comma-separated `.keras` files).
+
+    Returns:
+        The models (uncompiled), or `[]` when `distill_from` is empty.
+
+    Raises:
+        FileNotFoundError: if a teacher file does not exist.
+        ValueError: if a teacher's input size or outputs do not match the run's.
+    """
+    from pneumocnn.model import load_model
+
+    teachers = []
+    for path in [part.strip() for part in config.distill_from.split(",") if part.strip()]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"Teacher model '{path}' does not exist. Received: distill_from="
+                f"{config.distill_from!r}. Name .keras files (e.g. RUN_DIR/best.keras), "
+                "separated by commas."
+            )
+        teacher = load_model(path)
+        outputs = 1 if num_classes == 2 else num_classes
+        if tuple(teacher.input_shape[1:3]) != (config.image_size,) * 2 or (
+            teacher.output_shape[-1] != outputs
+        ):
+            raise ValueError(
+                f"Teacher '{path}' takes {teacher.input_shape[1:3]} films and gives "
+                f"{teacher.output_shape[-1]} outputs; this run needs ({config.image_size}, "
+                f"{config.image_size}) and {outputs}. Received: distill_from="
+                f"{config.distill_from!r}. Use teachers of the same task and image size."
+            )
+        teacher.trainable = False
+        teachers.append(teacher)
+    return teachers
+
+
 def _to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.cast(images, tf.float32), labels
 
@@ -508,12 +544,29 @@ def _mixup(alpha: float, seed: int):
     return mix
 
 
+def _distill(teachers: list, weight: float):
+    """Returns a batch map that moves each target towards the teachers' mean prediction on the
+    very film the student sees (augmented and mixed): y = (1 - w) y + w mean_k teacher_k(x)."""
+
+    def blend(images, labels, weights):
+        predictions = tf.add_n([teacher(images, training=False) for teacher in teachers])
+        soft = tf.cast(predictions, labels.dtype) / len(teachers)
+        return images, (1.0 - weight) * labels + weight * soft, weights
+
+    return blend
+
+
 def make_datasets(
-    config: Config, train: LoadedSplit, val: LoadedSplit, num_classes: int = 2
+    config: Config,
+    train: LoadedSplit,
+    val: LoadedSplit,
+    num_classes: int = 2,
+    teachers: list | None = None,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
     """Builds the training and validation `tf.data` pipelines from decoded images.
 
-    Training: cache -> shuffle (each epoch) -> batch -> augment -> (mixup) -> prefetch, yielding
+    Training: cache -> shuffle (each epoch) -> batch -> augment -> (mixup) -> (distill) ->
+    prefetch, yielding
     `(images, labels, sample_weights)`. With `balance="class_weight"` the sample weights are
     the class weights of the training split (as weights they survive mixup, which Keras's
     `class_weight` would not); with `"oversample"` each class is repeated and sampled equally,
@@ -526,6 +579,9 @@ def make_datasets(
         train: decoded training images.
         val: decoded validation images.
         num_classes: number of classes. Defaults to 2.
+        teachers: Keras models whose mean prediction on each training film is blended into its
+            target with `config.distill_weight` (knowledge distillation; see `load_teachers`).
+            Defaults to `None`: none.
 
     Returns:
         `(train_ds, val_ds, steps_per_epoch)`. Images are float32 raw pixels; labels float32 of
@@ -612,5 +668,7 @@ def make_datasets(
     )
     if config.mixup_alpha > 0:
         train_ds = train_ds.map(_mixup(config.mixup_alpha, config.seed + 11))
+    if teachers:
+        train_ds = train_ds.map(_distill(teachers, config.distill_weight))
     val_ds = labelled(val.images, val.labels).batch(config.batch_size).map(_to_float)
     return train_ds.prefetch(AUTOTUNE), val_ds.prefetch(AUTOTUNE), steps

@@ -335,7 +335,11 @@ def train(
                 "the files listed in the warnings above."
             )
         train_ds, val_ds, steps = data.make_datasets(
-            config, train_split, val_split, len(class_names)
+            config,
+            train_split,
+            val_split,
+            len(class_names),
+            teachers=data.load_teachers(config, len(class_names)),
         )
 
         if is_multi_worker(strategy):

@@ -1,5 +1,7 @@
+import dataclasses
 import shutil
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -187,6 +189,48 @@ def test_pipeline_yields_float_batches_of_raw_pixels(make_dataset):
     assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255.0
     assert float(images.numpy().max()) > 1.0  # raw 0-255, not rescaled
     assert steps == int(np.ceil(len(train.labels) / 4))
+
+
+def _brightness_teacher(image_size):
+    """A teacher whose P(pneumonia) is the film's mean brightness / 255: a different soft target
+    for every film, computed on the film as the student sees it."""
+    inputs = keras.Input((image_size, image_size, 1))
+    outputs = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    return keras.Model(inputs, outputs)
+
+
+def test_distillation_blends_each_target_with_the_teachers_prediction_on_that_film(
+    make_dataset, tmp_path
+):
+    config = Config(
+        image_size=32, batch_size=64, val_fraction=0.25, mixup_alpha=0.3, distill_weight=0.25
+    )
+    train, val = _loaded(make_dataset, config)
+    teacher = _brightness_teacher(32)
+    plain_ds, _, _ = data.make_datasets(config, train, val)
+    train_ds, val_ds, _ = data.make_datasets(config, train, val, teachers=[teacher, teacher])
+    (plain_images, plain_labels, _), (images, labels, _) = (
+        next(iter(plain_ds)),
+        next(iter(train_ds)),
+    )
+    np.testing.assert_array_equal(images.numpy(), plain_images.numpy())  # the same seeded batch
+    brightness = images.numpy().mean(axis=(1, 2)) / 255
+    expected = 0.75 * plain_labels.numpy() + 0.25 * brightness
+    np.testing.assert_allclose(labels.numpy(), expected, atol=1e-5)
+    _, val_labels = next(iter(val_ds))  # validation keeps the true labels
+    assert set(np.unique(val_labels.numpy())) <= {0.0, 1.0}
+
+    path = tmp_path / "teacher.keras"
+    teacher.save(path)
+    assert (
+        len(data.load_teachers(dataclasses.replace(config, distill_from=f"{path}, {path}"), 2)) == 2
+    )
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        data.load_teachers(dataclasses.replace(config, distill_from="missing.keras"), 2)
+    with pytest.raises(ValueError, match="same task and image size"):
+        data.load_teachers(dataclasses.replace(config, image_size=48, distill_from=str(path)), 2)
+    with pytest.raises(ValueError, match="distill_weight"):
+        Config(distill_weight=0)
 
 
 def test_validation_batches_are_never_augmented(make_dataset):
