@@ -307,6 +307,11 @@ show_gradcam(
 - **Zoom-in augmentation takes that cue away.** Over three seeds, recipes with framing
   augmentation rank the shifted films better than those without (AUC about 0.96-0.97 against
   0.94-0.95); compare the probe table of the current model with the previous one's.
+- **What did not carry over:** per-image exposure standardisation ranks best in float but loses
+  its edge in int8; distilling those models into a `framing` student, EMA weights, label
+  smoothing, a cosine schedule and a wider network rank within the seeds' spread of `framing`.
+  Training on three classes (`framing_subtype`) ranks the same but reaches the best specificity at
+  96% sensitivity of any recipe.
 - **Validation is blind to all of this** (0.99+ AUC for every recipe), and most of the gain in
   accuracy comes from setting the threshold on films of the target batch (site calibration):
   the same holds for any hospital that deploys the model.
