@@ -23,7 +23,7 @@ STRATEGY_CHOICES = ("default", "mirrored", "multiworker")
 TASK_CHOICES = ("binary", "subtype")
 NORMALIZATION_CHOICES = ("none", "per_image")
 AVERAGING_CHOICES = ("none", "ema")
-SCHEDULE_CHOICES = ("plateau", "cosine")
+SCHEDULE_CHOICES = ("plateau", "cosine", "restarts")
 LOSS_CHOICES = ("crossentropy", "focal")
 
 
@@ -161,9 +161,16 @@ class Config:
         2, "Epochs without a lower val_loss before the learning rate is cut (the study's)."
     )
     reduce_lr_factor: float = _field(0.3, "Multiplies the learning rate at each plateau.")
-    lr_schedule: Literal["plateau", "cosine"] = _field(
+    lr_schedule: Literal["plateau", "cosine", "restarts"] = _field(
         "plateau",
-        "plateau: cut the rate when val_loss stalls; cosine: decay to 1% over `epochs`.",
+        "plateau: cut the rate when val_loss stalls; cosine: decay to 1% over `epochs`; "
+        "restarts: cosine decay to 1% over `restart_epochs`, then back to the full rate "
+        "(warm restarts, SGDR), over and over.",
+    )
+    restart_epochs: int = _field(
+        5,
+        "With lr_schedule=restarts: epochs of each cosine cycle; keep early_stopping_patience "
+        "longer than a cycle, or a restart's dip ends the run.",
     )
     weight_averaging: Literal["none", "ema"] = _field(
         "none",
@@ -196,6 +203,7 @@ class Config:
                 f"one of {NORMALIZATION_CHOICES}",
             ),
             (self.lr_schedule in SCHEDULE_CHOICES, "lr_schedule", f"one of {SCHEDULE_CHOICES}"),
+            (self.restart_epochs >= 1, "restart_epochs", "a positive integer"),
             (self.loss in LOSS_CHOICES, "loss", f"one of {LOSS_CHOICES}"),
             (
                 self.weight_averaging in AVERAGING_CHOICES,

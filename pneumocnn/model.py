@@ -190,23 +190,34 @@ def compile_model(
     Args:
         model: from `build_model`.
         config: uses `task`, `learning_rate`, `loss`, `label_smoothing`, `lr_schedule`,
-            `epochs` and `weight_averaging`.
+            `epochs`, `restart_epochs` and `weight_averaging`.
         steps_per_epoch: training steps an epoch, which `lr_schedule="cosine"` needs to span
-            `epochs`. Defaults to `None`.
+            `epochs` (and `"restarts"` to span `restart_epochs`). Defaults to `None`.
 
     Returns:
         The same model, compiled.
     """
     learning_rate = config.learning_rate
-    if config.lr_schedule == "cosine":
+    if config.lr_schedule in ("cosine", "restarts"):
         if not steps_per_epoch:
             raise ValueError(
-                "lr_schedule='cosine' decays over the whole run and needs its length. "
-                f"Received: steps_per_epoch={steps_per_epoch!r}. Pass the training steps an epoch."
+                f"lr_schedule={config.lr_schedule!r} decays over a number of epochs and needs "
+                f"their length. Received: steps_per_epoch={steps_per_epoch!r}. Pass the "
+                "training steps an epoch."
             )
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=config.epochs * steps_per_epoch, alpha=0.01
-        )
+        if config.lr_schedule == "cosine":
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                config.learning_rate, decay_steps=config.epochs * steps_per_epoch, alpha=0.01
+            )
+        else:
+            # Warm restarts (Loshchilov and Hutter, 2017): equal cycles at the full rate.
+            learning_rate = keras.optimizers.schedules.CosineDecayRestarts(
+                config.learning_rate,
+                first_decay_steps=config.restart_epochs * steps_per_epoch,
+                t_mul=1.0,
+                m_mul=1.0,
+                alpha=0.01,
+            )
     focal = {"gamma": FOCAL_GAMMA} if config.loss == "focal" else None
     if num_classes_of(config) > 2:
         loss = (

@@ -107,7 +107,8 @@ def make_callbacks(
         # the checkpoint's strict maximum in best.keras; `train` logs what was kept instead.
         verbose=0,
     )
-    # A cosine schedule owns the learning rate; plateau cuts would fight it.
+    # A cosine schedule (with or without restarts) owns the learning rate; plateau cuts would
+    # fight it.
     plateau = (
         [
             keras.callbacks.ReduceLROnPlateau(

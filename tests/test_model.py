@@ -108,6 +108,21 @@ def test_cosine_schedule_needs_the_run_length():
     assert float(schedule(4 * 10)) == pytest.approx(config.learning_rate * 0.01)
 
 
+def test_warm_restarts_return_to_the_full_rate_after_each_cycle():
+    config = Config(image_size=48, lr_schedule="restarts", restart_epochs=2, epochs=6)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        compile_model(build_model(config), config)
+    schedule = compile_model(build_model(config), config, steps_per_epoch=10).optimizer._learning_rate
+    rates = [float(schedule(step)) for step in (0, 19, 20, 39, 40)]
+    assert rates[0] == pytest.approx(config.learning_rate)
+    assert rates[1] < config.learning_rate * 0.05  # the end of the first 2-epoch cycle
+    assert rates[2] == pytest.approx(config.learning_rate)  # restarted
+    assert rates[3] < config.learning_rate * 0.05
+    assert rates[4] == pytest.approx(config.learning_rate)
+    with pytest.raises(ValueError, match="restart_epochs"):
+        Config(restart_epochs=0)
+
+
 @pytest.mark.parametrize("task", ["binary", "subtype"])
 def test_focal_loss_weighs_down_the_films_already_right(task):
     """Focal cross-entropy: a confident right call costs far less, relative to a wrong one,
@@ -138,5 +153,6 @@ def test_weight_averaging_swaps_averaged_weights_in_before_the_checkpoint(tmp_pa
     assert names.index("SwapEMAWeights") < names.index("EarlyStopping")
     model = compile_model(build_model(config), config)
     assert model.optimizer.use_ema
-    cosine = make_callbacks(Config(lr_schedule="cosine"), tmp_path)
-    assert "ReduceLROnPlateau" not in [type(c).__name__ for c in cosine]
+    for schedule in ("cosine", "restarts"):
+        callbacks = make_callbacks(Config(lr_schedule=schedule), tmp_path)
+        assert "ReduceLROnPlateau" not in [type(c).__name__ for c in callbacks]
