@@ -112,7 +112,8 @@ def test_warm_restarts_return_to_the_full_rate_after_each_cycle():
     config = Config(image_size=48, lr_schedule="restarts", restart_epochs=2, epochs=6)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         compile_model(build_model(config), config)
-    schedule = compile_model(build_model(config), config, steps_per_epoch=10).optimizer._learning_rate
+    model = compile_model(build_model(config), config, steps_per_epoch=10)
+    schedule = model.optimizer._learning_rate
     rates = [float(schedule(step)) for step in (0, 19, 20, 39, 40)]
     assert rates[0] == pytest.approx(config.learning_rate)
     assert rates[1] < config.learning_rate * 0.05  # the end of the first 2-epoch cycle
