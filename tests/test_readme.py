@@ -106,3 +106,11 @@ def test_the_shift_study_tables_in_the_readme_are_the_saved_results():
         "\n<!-- shift-study tables: end -->"
     )[0]
     assert block == markdown_tables(PROJECT_ROOT / "experiments" / "shift" / "results")
+
+
+def test_the_shipped_file_sizes_in_the_readme_are_the_files_in_saved_models():
+    rows = re.findall(r"^\| `(pneumocnn[\w.]*)`[^|\n]*\| ([\d,]+) \|$", README, re.MULTILINE)
+    assert len(rows) >= 4, "the README's table of shipped files was not found"
+    for name, size in rows:
+        actual = (PROJECT_ROOT / "saved_models" / name).stat().st_size
+        assert int(size.replace(",", "")) == actual, f"README says {name} is {size} bytes"

@@ -147,3 +147,34 @@ def test_shipped_model_still_passes_the_strict_parity_check_here(name):
         metadata["class_names"],
         strict=True,
     )
+
+
+@requires_real_data
+def test_shipped_int8_file_reaches_its_recorded_site_calibration():
+    """The int8 file, at its stored threshold, makes the calls its calibration record reports on
+    the folder it was calibrated on (the development half): the operating point belongs to the
+    file users embed, not to its float twin."""
+    from pneumocnn.images import load_images
+    from pneumocnn.metrics import pneumonia_figures
+    from pneumocnn.task import pneumonia_labels
+
+    files = model_files("pneumocnn")
+    metadata = load_metadata(SAVED / files["metadata"])
+    record = metadata["calibration"]
+    assert record["folder"] == "test", "this test knows only the development half's folder"
+    model = LiteModel(SAVED / files["int8"])
+    paths, labels = [], []
+    for label, folder in enumerate(("NORMAL", "PNEUMONIA")):
+        found = sorted((REAL_DATA / "test" / folder).iterdir())
+        paths += found
+        labels += [label] * len(found)
+    images, kept, skipped = load_images(paths, metadata["config"]["image_size"])
+    assert not skipped and len(kept) == record["films"]
+    labels = np.array(labels)[kept]
+    figures = pneumonia_figures(
+        pneumonia_labels(labels), model.predict_proba(images), metadata["threshold"]
+    )
+    assert record["model"] == files["int8"], "calibrate the int8 file itself, not the run"
+    assert figures["sensitivity"] >= record["target_sensitivity"]
+    for key in ("sensitivity", "specificity", "accuracy"):
+        assert figures[key] == pytest.approx(record["achieved"][key]), key
