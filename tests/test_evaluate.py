@@ -125,6 +125,9 @@ def test_site_calibration_of_a_run_reaches_the_target_and_feeds_the_export(train
     )
     assert metadata["threshold"] == stored["threshold"]
     assert metadata["calibration"] == record
+    advice = export.recalibration_advice(metadata, tmp_path / "exported")
+    assert "--calibrate-on train" in advice
+    assert str(tmp_path / "exported" / "pneumocnn_int8.tflite") in advice
 
 
 def _exported_copy(exported_model, tmp_path):
@@ -167,6 +170,9 @@ def test_site_calibration_of_an_exported_model_keeps_its_whole_family_consistent
         metadata = load_metadata(folder / METADATA_FILE, folder / files[role])
     assert metadata["threshold"] == threshold and metadata["calibration"] == record
     assert metadata["edge"]["rgb_variant"]["parity_with_int8"]["films"] == site.name
+    from pneumocnn.export import recalibration_advice
+
+    assert recalibration_advice(metadata, folder) is None  # calibrated on the int8 file itself
     assert not list(folder.glob(".recalibrate-*"))
 
     int8 = LiteModel(folder / files["int8"])
