@@ -309,7 +309,8 @@ show_gradcam(
   0.94-0.95); compare the probe table of the current model with the previous one's.
 - **What did not carry over:** per-image exposure standardisation ranks best in float but loses
   its edge in int8; distilling those models into a `framing` student, EMA weights, label
-  smoothing, a cosine schedule and a wider network rank within the seeds' spread of `framing`.
+  smoothing, a cosine schedule, warm restarts, a longer schedule, a deeper or a wider network,
+  and averaging over zoomed-in views at test time rank within the seeds' spread of `framing`.
   Training on three classes (`framing_subtype`) ranks the same but reaches the best specificity at
   96% sensitivity of any recipe, and focal cross-entropy (`framing_focal`) the steadiest model
   under one grey level of pixel noise.
