@@ -51,6 +51,12 @@ class Config:
         "binary: NORMAL vs PNEUMONIA (sigmoid). subtype: NORMAL vs BACTERIAL vs VIRAL (softmax), "
         "the pneumonia subtype read from the file names (person<ID>_bacteria_/_virus_).",
     )
+    train_on_subtypes: bool = _field(
+        False,
+        "binary task: train a three-class head (NORMAL / BACTERIAL / VIRAL, from the file names, "
+        "as --task subtype) and output its P(pneumonia) = 1 - P(NORMAL), so the saved model "
+        "still has one output; the shift study's best operating point (framing_subtype).",
+    )
     data_dir: str | None = _field(
         None,
         "Kaggle-style chest_xray folder. Default: $PNEUMOCNN_DATA_DIR, else a kagglehub download.",
@@ -189,6 +195,11 @@ class Config:
             (self.balance in BALANCE_CHOICES, "balance", f"one of {BALANCE_CHOICES}"),
             (self.task in TASK_CHOICES, "task", f"one of {TASK_CHOICES}"),
             (self.strategy in STRATEGY_CHOICES, "strategy", f"one of {STRATEGY_CHOICES}"),
+            (
+                not (self.train_on_subtypes and self.task == "subtype"),
+                "train_on_subtypes",
+                "False with task 'subtype' (a subtype model trains on the three classes already)",
+            ),
             (self.augment_strength >= 0, "augment_strength", "a number of at least 0"),
             (self.intensity_strength >= 0, "intensity_strength", "a number of at least 0"),
             (self.normal_augment_strength >= 0, "normal_augment_strength", "at least 0"),

@@ -281,8 +281,9 @@ def label_for_task(images: pd.DataFrame, class_names: tuple[str, ...], task: str
         return images
     if tuple(class_names) != BINARY_CLASS_NAMES:
         raise DataError(
-            f"--task subtype needs exactly the class folders {list(BINARY_CLASS_NAMES)}. "
-            f"Received: {list(class_names)}. Use --task binary for other classes."
+            f"--task subtype (and --train-on-subtypes) needs exactly the class folders "
+            f"{list(BINARY_CLASS_NAMES)}. Received: {list(class_names)}. Use --task binary "
+            "(without --train-on-subtypes) for other classes."
         )
     images = images.copy()
     pneumonia = images["label"].to_numpy() == 1
@@ -291,8 +292,9 @@ def label_for_task(images: pd.DataFrame, class_names: tuple[str, ...], task: str
     if unlabelled:
         raise DataError(
             f"{len(unlabelled)} PNEUMONIA files carry no subtype in their name, e.g. "
-            f"{unlabelled[:3]}. --task subtype reads it from names like person12_bacteria_3.jpeg "
-            "and person12_virus_3.jpeg. Rename those files, move them out, or use --task binary."
+            f"{unlabelled[:3]}. --task subtype (and --train-on-subtypes) reads it from names "
+            "like person12_bacteria_3.jpeg and person12_virus_3.jpeg. Rename those files, move "
+            "them out, or use --task binary (without --train-on-subtypes)."
         )
     images.loc[pneumonia, "label"] = [_SUBTYPE_LABELS[s] for s in subtypes]
     return images

@@ -10,12 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from pneumocnn.config import Config
 
 # Grad-CAM and the export look layers up by these names, never by index.
 LAST_CONV_LAYER = "last_conv"
 OUTPUT_LAYER = "predictions"
+# With `Config.train_on_subtypes`, the three-class softmax that trains, before the fixed head.
+SUBTYPE_HEAD_LAYER = "subtypes"
 
 
 def _pneumonia_view(y_true, y_pred):
@@ -63,6 +66,24 @@ class Specificity(keras.metrics.Metric):
 
 
 @keras.saving.register_keras_serializable(package="pneumocnn")
+class PneumoniaAUC(keras.metrics.AUC):
+    """ROC AUC of pneumonia vs NORMAL: Keras's `AUC`, except that a softmax over NORMAL /
+    BACTERIAL / VIRAL counts as P(pneumonia) = 1 - P(NORMAL) (for `train_on_subtypes`, whose
+    checkpoint is chosen on the binary call it ships).
+
+    Args:
+        name: metric name. Defaults to "auc".
+    """
+
+    def __init__(self, name: str = "auc", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true, y_pred = _pneumonia_view(y_true, y_pred)
+        return super().update_state(y_true, y_pred, sample_weight)
+
+
+@keras.saving.register_keras_serializable(package="pneumocnn")
 class Sensitivity(keras.metrics.Recall):
     """Recall of pneumonia at a threshold on P(pneumonia): Keras's `Recall`, except that a
     softmax over NORMAL / BACTERIAL / VIRAL counts as P(pneumonia) = 1 - P(NORMAL).
@@ -82,6 +103,11 @@ class Sensitivity(keras.metrics.Recall):
 def num_classes_of(config: Config) -> int:
     """Outputs of the head: 2 classes share one sigmoid unit; "subtype" has three."""
     return 3 if config.task == "subtype" else 2
+
+
+def training_classes_of(config: Config) -> int:
+    """Classes the network trains on: three for "subtype" and for `train_on_subtypes`."""
+    return 3 if config.task == "subtype" or config.train_on_subtypes else 2
 
 
 # Keras's default BatchNormalization momentum (0.99) needs ~500 steps to forget the initial
@@ -108,7 +134,8 @@ def build_model(config: Config) -> keras.Model:
     the stem's width, each later block doubles it) with max-pooling between blocks -> global
     average pooling -> Dropout -> the head named "predictions": one sigmoid unit
     (P(PNEUMONIA)) for `task="binary"`, a softmax over NORMAL / BACTERIAL / VIRAL for
-    `task="subtype"`.
+    `task="subtype"`. With `train_on_subtypes`, a softmax over the three classes named
+    "subtypes" and then a fixed head "predictions" that outputs 1 - P(NORMAL).
 
     With a distributed `strategy`, BatchNormalization uses the statistics of the global batch
     (`synchronized=True`), so every replica updates its moving statistics alike and every
@@ -116,8 +143,8 @@ def build_model(config: Config) -> keras.Model:
     weights identical, moving statistics apart by up to 0.01 after three epochs).
 
     Args:
-        config: uses `task`, `image_size`, `base_filters`, `num_blocks`, `dropout_rate`,
-            `input_normalization`, `normalization_clip` and `strategy`.
+        config: uses `task`, `train_on_subtypes`, `image_size`, `base_filters`, `num_blocks`,
+            `dropout_rate`, `input_normalization`, `normalization_clip` and `strategy`.
 
     Returns:
         A `keras.Model` named "pneumocnn".
@@ -167,6 +194,14 @@ def build_model(config: Config) -> keras.Model:
             x = _conv_bn_relu(x, layer, name, synchronized)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
+    if config.train_on_subtypes:
+        # P(pneumonia) = P(BACTERIAL) + P(VIRAL) = 1 - P(NORMAL): a fixed, non-trainable Dense
+        # (weights 0, 1, 1), which every runtime (int8 TFLite included) runs as it is.
+        x = keras.layers.Dense(3, activation="softmax", name=SUBTYPE_HEAD_LAYER)(x)
+        head = keras.layers.Dense(1, use_bias=False, trainable=False, name=OUTPUT_LAYER)
+        model = keras.Model(inputs, head(x), name="pneumocnn")
+        head.set_weights([np.array([[0.0], [1.0], [1.0]], dtype="float32")])
+        return model
     classes = num_classes_of(config)
     outputs = (
         keras.layers.Dense(classes, activation="softmax", name=OUTPUT_LAYER)(x)
@@ -176,21 +211,58 @@ def build_model(config: Config) -> keras.Model:
     return keras.Model(inputs, outputs, name="pneumocnn")
 
 
+def fitting_model(model: keras.Model) -> keras.Model:
+    """The model that trains: `model` itself, or for `train_on_subtypes` its three-class
+    softmax (the same layers and weights, without the fixed pneumonia head).
+
+    Example:
+
+    >>> model = build_model(Config(image_size=64, train_on_subtypes=True))
+    >>> model.output_shape, fitting_model(model).output_shape
+    ((None, 1), (None, 3))
+    """
+    if SUBTYPE_HEAD_LAYER not in [layer.name for layer in model.layers]:
+        return model
+    return keras.Model(
+        model.inputs, model.get_layer(SUBTYPE_HEAD_LAYER).output, name="pneumocnn_subtypes"
+    )
+
+
+def with_pneumonia_head(trained: keras.Model, config: Config) -> keras.Model:
+    """The shipped form of a `train_on_subtypes` run: `build_model(config)` holding the weights
+    of `trained` (its `fitting_model`, e.g. the checkpoint), so its one output is
+    1 - P(NORMAL).
+
+    Args:
+        trained: the three-class model that trained.
+        config: the run's config (`train_on_subtypes=True`).
+
+    Returns:
+        The binary model.
+    """
+    model = build_model(config)
+    for layer in trained.layers:
+        model.get_layer(layer.name).set_weights(layer.get_weights())
+    return model
+
+
 def compile_model(
     model: keras.Model, config: Config, steps_per_epoch: int | None = None
 ) -> keras.Model:
     """Compiles `model` with Adam, cross-entropy (or focal cross-entropy, `config.loss`), and the
     metrics the reports use.
 
-    Metrics: accuracy, ROC AUC (for three classes, over the flattened one-vs-rest outputs),
-    sensitivity (recall of pneumonia) and specificity (recall of NORMAL), the last two at 0.5 on
-    P(pneumonia), which for three classes is 1 - P(NORMAL): the binary task and the subtype task
-    log the same pneumonia-vs-normal numbers.
+    Compile the `fitting_model`: with `train_on_subtypes`, the three-class softmax trains with
+    the subtype task's loss. Metrics: accuracy, ROC AUC (for three classes, over the flattened
+    one-vs-rest outputs; with `train_on_subtypes`, of pneumonia vs NORMAL), sensitivity
+    (recall of pneumonia) and specificity (recall of NORMAL), the last two at 0.5 on
+    P(pneumonia), which for three classes is 1 - P(NORMAL): the binary task and the subtype
+    task log the same pneumonia-vs-normal numbers.
 
     Args:
         model: from `build_model`.
-        config: uses `task`, `learning_rate`, `loss`, `label_smoothing`, `lr_schedule`,
-            `epochs`, `restart_epochs` and `weight_averaging`.
+        config: uses `task`, `train_on_subtypes`, `learning_rate`, `loss`, `label_smoothing`,
+            `lr_schedule`, `epochs`, `restart_epochs` and `weight_averaging`.
         steps_per_epoch: training steps an epoch, which `lr_schedule="cosine"` needs to span
             `epochs` (and `"restarts"` to span `restart_epochs`). Defaults to `None`.
 
@@ -219,7 +291,7 @@ def compile_model(
                 alpha=0.01,
             )
     focal = {"gamma": FOCAL_GAMMA} if config.loss == "focal" else None
-    if num_classes_of(config) > 2:
+    if training_classes_of(config) > 2:
         loss = (
             keras.losses.CategoricalFocalCrossentropy(
                 **focal, label_smoothing=config.label_smoothing
@@ -240,7 +312,12 @@ def compile_model(
             learning_rate, use_ema=config.weight_averaging == "ema", ema_momentum=0.99
         ),
         loss=loss,
-        metrics=[accuracy, keras.metrics.AUC(name="auc"), Sensitivity(), Specificity()],
+        metrics=[
+            accuracy,
+            PneumoniaAUC() if config.train_on_subtypes else keras.metrics.AUC(name="auc"),
+            Sensitivity(),
+            Specificity(),
+        ],
     )
     return model
 

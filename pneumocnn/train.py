@@ -285,7 +285,13 @@ def train(
 
     from pneumocnn import data
     from pneumocnn.callbacks import fast_forward, read_backup, restore_backup
-    from pneumocnn.model import build_model, compile_model
+    from pneumocnn.model import (
+        build_model,
+        compile_model,
+        fitting_model,
+        training_classes_of,
+        with_pneumonia_head,
+    )
 
     # Fail on bad data or a taken folder before any long work.
     data_dir = data.resolve_data_dir(config.data_dir)
@@ -327,8 +333,14 @@ def train(
             config.save(own_dir / CONFIG_FILE)
             with atomic_path(own_dir / SPLIT_FILE) as temporary:
                 split.to_csv(temporary, index=False)
-        train_split = data.load_split(split, "train", config.image_size, dataset.root)
-        val_split = data.load_split(split, "val", config.image_size, dataset.root)
+        # split.csv keeps the task's labels; `train_on_subtypes` trains on the subtypes.
+        fit_split = (
+            data.label_for_task(split, dataset.class_names, "subtype")
+            if config.train_on_subtypes
+            else split
+        )
+        train_split = data.load_split(fit_split, "train", config.image_size, dataset.root)
+        val_split = data.load_split(fit_split, "val", config.image_size, dataset.root)
         if len(train_split.labels) == 0 or len(val_split.labels) == 0:
             subset = "train" if not len(train_split.labels) else "val"
             raise data.DataError(
@@ -339,14 +351,14 @@ def train(
             config,
             train_split,
             val_split,
-            len(class_names),
-            teachers=data.load_teachers(config, len(class_names)),
+            training_classes_of(config),
+            teachers=data.load_teachers(config, training_classes_of(config)),
         )
 
         if is_multi_worker(strategy):
             train_ds, val_ds = shard_by_data(train_ds, val_ds)
         with strategy.scope():
-            model = compile_model(build_model(config), config, steps)
+            model = compile_model(fitting_model(build_model(config)), config, steps)
             initial_epoch = 0
             if backup is not None:
                 restore_backup(model, own_dir, backup)
@@ -383,6 +395,18 @@ def train(
                 else "No model was saved."
             )
         )
+    if config.train_on_subtypes and (own_dir / MODEL_FILE).exists():
+        from pneumocnn.model import load_model
+        from pneumocnn.task import pneumonia_labels
+
+        # The checkpoint is the three-class model; the run's model is its binary form.
+        best = with_pneumonia_head(load_model(own_dir / MODEL_FILE), config)
+        with atomic_path(own_dir / MODEL_FILE) as temporary:
+            best.save(temporary)
+        train_split, val_split = (
+            dataclasses.replace(loaded, labels=pneumonia_labels(loaded.labels).astype(np.int32))
+            for loaded in (train_split, val_split)
+        )
     summary = summarise(
         history,
         model=model,
@@ -396,6 +420,8 @@ def train(
     summary["stopped_early"] = summary["epochs_run"] < config.epochs
     summary["replicas"] = int(strategy.num_replicas_in_sync)
     summary["task"] = config.task
+    if config.train_on_subtypes:
+        summary["trained_on"] = list(data.task_class_names("subtype", dataset.class_names))
     summary["weights_sha256"] = weights_digest(model)
     write_text_atomic(own_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     logger.info(
