@@ -194,7 +194,7 @@ def build_model(config: Config) -> keras.Model:
             x = _conv_bn_relu(x, layer, name, synchronized)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
-    if config.train_on_subtypes:
+    if config.binary_from_subtypes:
         # P(pneumonia) = P(BACTERIAL) + P(VIRAL) = 1 - P(NORMAL): a fixed, non-trainable Dense
         # (weights 0, 1, 1), which every runtime (int8 TFLite included) runs as it is.
         x = keras.layers.Dense(3, activation="softmax", name=SUBTYPE_HEAD_LAYER)(x)
@@ -314,7 +314,7 @@ def compile_model(
         loss=loss,
         metrics=[
             accuracy,
-            PneumoniaAUC() if config.train_on_subtypes else keras.metrics.AUC(name="auc"),
+            PneumoniaAUC() if config.binary_from_subtypes else keras.metrics.AUC(name="auc"),
             Sensitivity(),
             Specificity(),
         ],

@@ -336,7 +336,7 @@ def train(
         # split.csv keeps the task's labels; `train_on_subtypes` trains on the subtypes.
         fit_split = (
             data.label_for_task(split, dataset.class_names, "subtype")
-            if config.train_on_subtypes
+            if config.binary_from_subtypes
             else split
         )
         train_split = data.load_split(fit_split, "train", config.image_size, dataset.root)
@@ -395,7 +395,7 @@ def train(
                 else "No model was saved."
             )
         )
-    if config.train_on_subtypes and (own_dir / MODEL_FILE).exists():
+    if config.binary_from_subtypes and (own_dir / MODEL_FILE).exists():
         from pneumocnn.model import load_model
         from pneumocnn.task import pneumonia_labels
 
@@ -420,7 +420,7 @@ def train(
     summary["stopped_early"] = summary["epochs_run"] < config.epochs
     summary["replicas"] = int(strategy.num_replicas_in_sync)
     summary["task"] = config.task
-    if config.train_on_subtypes:
+    if config.binary_from_subtypes:
         summary["trained_on"] = list(data.task_class_names("subtype", dataset.class_names))
     summary["weights_sha256"] = weights_digest(model)
     write_text_atomic(own_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")

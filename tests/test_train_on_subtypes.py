@@ -60,9 +60,14 @@ def test_a_plain_model_is_its_own_fitting_model():
     assert fitting_model(model) is model
 
 
-def test_the_subtype_task_cannot_also_train_on_subtypes():
-    with pytest.raises(ValueError, match="train_on_subtypes"):
-        Config(task="subtype", train_on_subtypes=True)
+def test_a_subtype_model_is_the_same_with_or_without_train_on_subtypes():
+    # A subtype model trains on the three classes anyway: its head stays the softmax.
+    model = build_model(
+        Config(task="subtype", image_size=32, base_filters=4, num_blocks=2, train_on_subtypes=True)
+    )
+    assert model.output_shape == (None, 3)
+    assert model.get_layer(OUTPUT_LAYER).get_config()["activation"] == "softmax"
+    assert SUBTYPE_HEAD_LAYER not in [layer.name for layer in model.layers]
 
 
 def test_pneumonia_auc_reads_a_softmax_as_one_minus_normal():
