@@ -250,6 +250,9 @@ class Config:
     def from_dict(cls, values: dict[str, Any]) -> Config:
         """Builds a config from a dict, refusing keys that are not fields.
 
+        A field left out takes its default, except `train_on_subtypes` in a dict of every other
+        field (a run's `config.json` from before that field): False, as that run trained.
+
         Raises:
             ValueError: if `values` holds a key that is not a `Config` field.
         """
@@ -260,6 +263,10 @@ class Config:
                 f"Unknown config keys {unknown}. Expected some of {sorted(known)}. "
                 f"Received: keys={sorted(values)}"
             )
+        if known - set(values) == {"train_on_subtypes"}:
+            # A run's config.json holds every field; one that lacks only this one was written
+            # before it existed, by a version that trained a plain sigmoid head.
+            values = {**values, "train_on_subtypes": False}
         return cls(**values)
 
     @classmethod

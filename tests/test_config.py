@@ -79,3 +79,12 @@ def test_save_and_load_round_trip(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().image_size = 10
+
+
+def test_a_run_config_from_before_train_on_subtypes_reloads_as_it_trained():
+    # A complete config.json written before the field existed trained a sigmoid head.
+    old = Config(train_on_subtypes=True).to_dict()
+    del old["train_on_subtypes"]
+    assert Config.from_dict(old).train_on_subtypes is False
+    # A partial config (some fields, by hand) takes the defaults, this one included.
+    assert Config.from_dict({"seed": 3}).train_on_subtypes == Config().train_on_subtypes
