@@ -65,8 +65,17 @@ class Specificity(keras.metrics.Metric):
         return {**super().get_config(), "threshold": self.threshold}
 
 
+class _PneumoniaViewMixin:
+    """Makes a Keras metric of pneumonia vs NORMAL read three-class targets and softmax outputs
+    through `_pneumonia_view` (two-class inputs pass unchanged)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true, y_pred = _pneumonia_view(y_true, y_pred)
+        return super().update_state(y_true, y_pred, sample_weight)
+
+
 @keras.saving.register_keras_serializable(package="pneumocnn")
-class PneumoniaAUC(keras.metrics.AUC):
+class PneumoniaAUC(_PneumoniaViewMixin, keras.metrics.AUC):
     """ROC AUC of pneumonia vs NORMAL: Keras's `AUC`, except that a softmax over NORMAL /
     BACTERIAL / VIRAL counts as P(pneumonia) = 1 - P(NORMAL) (for `train_on_subtypes`, whose
     checkpoint is chosen on the binary call it ships).
@@ -78,13 +87,9 @@ class PneumoniaAUC(keras.metrics.AUC):
     def __init__(self, name: str = "auc", **kwargs):
         super().__init__(name=name, **kwargs)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true, y_pred = _pneumonia_view(y_true, y_pred)
-        return super().update_state(y_true, y_pred, sample_weight)
-
 
 @keras.saving.register_keras_serializable(package="pneumocnn")
-class Sensitivity(keras.metrics.Recall):
+class Sensitivity(_PneumoniaViewMixin, keras.metrics.Recall):
     """Recall of pneumonia at a threshold on P(pneumonia): Keras's `Recall`, except that a
     softmax over NORMAL / BACTERIAL / VIRAL counts as P(pneumonia) = 1 - P(NORMAL).
 
@@ -94,10 +99,6 @@ class Sensitivity(keras.metrics.Recall):
 
     def __init__(self, name: str = "sensitivity", **kwargs):
         super().__init__(name=name, **kwargs)
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true, y_pred = _pneumonia_view(y_true, y_pred)
-        return super().update_state(y_true, y_pred, sample_weight)
 
 
 def num_classes_of(config: Config) -> int:
