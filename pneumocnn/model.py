@@ -108,7 +108,7 @@ def num_classes_of(config: Config) -> int:
 
 def training_classes_of(config: Config) -> int:
     """Classes the network trains on: three for "subtype" and for `train_on_subtypes`."""
-    return 3 if config.task == "subtype" or config.train_on_subtypes else 2
+    return 3 if config.task == "subtype" or config.binary_from_subtypes else 2
 
 
 # Keras's default BatchNormalization momentum (0.99) needs ~500 steps to forget the initial

@@ -72,7 +72,7 @@ def test_a_subtype_model_is_the_same_with_or_without_train_on_subtypes():
 
 def test_pneumonia_auc_reads_a_softmax_as_one_minus_normal():
     one_hot = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype="float32")
-    # NORMAL films score 0.9 and 0.2 on NORMAL; pneumonia films 0.3 and 0.1: perfectly ranked.
+    # P(NORMAL): 0.9 and 0.2 for the NORMAL films, 0.3 and 0.1 for the pneumonia films.
     softmax = np.array(
         [[0.9, 0.05, 0.05], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1]], dtype="float32"
     )
@@ -116,7 +116,7 @@ def test_the_run_exports_an_int8_file_with_one_output_near_the_float_model(
         json.loads((subtype_trained_run / "config.json").read_text())["data_dir"]
     )
     split = pd.read_csv(subtype_trained_run / "split.csv")
-    val = data.load_split(split, "val", 32, dataset.root)
+    val = data.load_split(split, "val", TINY_RUN["image_size"], dataset.root)
     lite_p = lite.predict_proba(val.images)
     float_p = np.asarray(keras_model.predict(val.images.astype("float32"), verbose=0))
     assert lite_p.shape == (len(val.labels), 2)
