@@ -253,9 +253,15 @@ def model_card(metadata: dict[str, Any]) -> str:
         lines.append(f"- Files: {shipped}.")
     if parity:
         agreement = _number(100 * parity.get("agreement", math.nan), 2)
+        calls = (
+            f"; on {_number(100 * parity['pneumonia_agreement'], 2)}% of its pneumonia-vs-NORMAL "
+            "calls"
+            if subtype and "pneumonia_agreement" in parity
+            else ""
+        )
         lines.append(
             f"- The int8 model agrees with the float model on {agreement}% of validation "
-            f"decisions (ROC AUC {_number(parity.get('auc_drop'), 5)} lower)."
+            f"decisions{calls} (ROC AUC {_number(parity.get('auc_drop'), 5)} lower)."
         )
     stability = metadata.get("stability")
     if stability:

@@ -282,16 +282,29 @@ def parity(
         class_names: index = label.
 
     Returns:
-        `images`, `agreement` (share of identical decisions), `auc_float`, `auc_int8`,
-        `auc_drop` (reference minus candidate) and `max_abs_difference` of the probabilities.
+        `images`, `agreement` (share of identical decisions), `pneumonia_agreement` (share of
+        identical pneumonia-vs-NORMAL calls: for a subtype model, the agreement without the
+        BACTERIAL/VIRAL choice; for a binary model, the same as `agreement`), `auc_float`,
+        `auc_int8`, `auc_drop` (reference minus candidate) and `max_abs_difference` of the
+        probabilities.
+
+    Example:
+
+    >>> import numpy as np
+    >>> reference = np.array([[0.1, 0.5, 0.4], [0.8, 0.1, 0.1]])
+    >>> candidate = np.array([[0.1, 0.4, 0.5], [0.8, 0.1, 0.1]])
+    >>> figures = parity(np.array([1, 0]), reference, candidate, 0.5,
+    ...                  ["NORMAL", "BACTERIAL", "VIRAL"])
+    >>> figures["agreement"], figures["pneumonia_agreement"]
+    (0.5, 1.0)
     """
     reference = class_probabilities(reference)
     candidate = class_probabilities(candidate)
-    agreement = float(
-        np.mean(
-            np.array(decide(reference, threshold, class_names))
-            == np.array(decide(candidate, threshold, class_names))
-        )
+    reference_calls = np.array(decide(reference, threshold, class_names))
+    candidate_calls = np.array(decide(candidate, threshold, class_names))
+    agreement = float(np.mean(reference_calls == candidate_calls))
+    pneumonia_agreement = float(
+        np.mean((reference_calls == class_names[0]) == (candidate_calls == class_names[0]))
     )
     binary_labels = pneumonia_labels(labels)
     auc_float = float(skm.roc_auc_score(binary_labels, pneumonia_probability(reference)))
@@ -299,6 +312,7 @@ def parity(
     return {
         "images": int(len(labels)),
         "agreement": agreement,
+        "pneumonia_agreement": pneumonia_agreement,
         "auc_float": auc_float,
         "auc_int8": auc_int8,
         "auc_drop": auc_float - auc_int8,

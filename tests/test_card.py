@@ -116,3 +116,11 @@ def test_the_card_warns_that_calls_near_the_threshold_are_fragile_when_measured(
     assert "Calls near the threshold are fragile" in card
     assert "0.012" in card and "0.081" in card and "validation" in card
     assert "fragile" not in model_card(BASE)
+
+
+def test_a_subtype_card_gives_the_pneumonia_calls_agreement_apart():
+    parity = {"agreement": 0.977, "pneumonia_agreement": 0.9923, "auc_drop": 0.00001}
+    subtype = {**BASE, "task": "subtype", "class_names": ["NORMAL", "BACTERIAL", "VIRAL"]}
+    card = model_card({**subtype, "parity": parity})
+    assert "97.70% of validation decisions; on 99.23% of its pneumonia-vs-NORMAL calls" in card
+    assert "pneumonia-vs-NORMAL calls" not in model_card({**BASE, "parity": parity})

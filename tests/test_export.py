@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -129,6 +130,16 @@ def test_a_failed_parity_check_written_anyway_records_its_figures(
     assert "strays too far" in metadata["parity"]["message"]
 
 
+def test_calibration_takes_the_asked_number_of_films_for_three_classes(subtype_run):
+    # Until this test, a subtype run calibrated on half as many films again as asked (count // 2
+    # per class, three classes).
+    config = json.loads((subtype_run / "config.json").read_text())
+    split = pd.read_csv(subtype_run / "split.csv")
+    assert split.loc[split["subset"] == "train", "label"].nunique() == 3
+    images = export.representative_images(split, Path(config["data_dir"]), 32, 30, seed=0)
+    assert len(images) == 30
+
+
 def test_parity_check_fails_and_says_by_how_much():
     labels = np.array([0, 0, 1, 1])
     with pytest.raises(export.ParityError, match=r"agree on 50\.00%.*drop"):
@@ -139,6 +150,14 @@ def test_parity_check_fails_and_says_by_how_much():
             0.5,
             ["NORMAL", "PNEUMONIA"],
         )
+
+
+def test_a_failed_subtype_parity_check_names_the_pneumonia_calls_apart():
+    labels = np.array([0, 1, 2, 2])
+    reference = np.array([[0.8, 0.1, 0.1], [0.1, 0.6, 0.3], [0.1, 0.3, 0.6], [0.1, 0.3, 0.6]])
+    candidate = reference[:, [0, 2, 1]]  # every subtype flips, no pneumonia call does
+    with pytest.raises(export.ParityError, match=r"agree on 25\.00%.*calls alone on 100\.00%"):
+        export.check_parity(labels, reference, candidate, 0.5, ["NORMAL", "BACTERIAL", "VIRAL"])
 
 
 def test_parity_check_passes_identical_predictions_and_records_its_bars():

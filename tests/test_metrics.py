@@ -97,6 +97,17 @@ def test_parity_counts_the_decisions_that_differ():
     assert parity["agreement"] == 0.5
     assert parity["auc_float"] == 1.0 and parity["auc_drop"] > 0
     assert parity["max_abs_difference"] == pytest.approx(0.5)
+    assert parity["pneumonia_agreement"] == 0.5
+
+
+def test_parity_of_a_subtype_model_counts_pneumonia_calls_apart_from_the_subtype():
+    labels = np.array([0, 1, 2, 2])
+    reference = np.array([[0.9, 0.05, 0.05], [0.1, 0.5, 0.4], [0.1, 0.3, 0.6], [0.4, 0.3, 0.3]])
+    # Film 2: BACTERIAL becomes VIRAL (pneumonia either way); film 4: VIRAL becomes NORMAL.
+    candidate = np.array([[0.9, 0.05, 0.05], [0.1, 0.4, 0.5], [0.1, 0.3, 0.6], [0.6, 0.2, 0.2]])
+    parity = metrics.parity(labels, reference, candidate, 0.5, ["NORMAL", "BACTERIAL", "VIRAL"])
+    assert parity["agreement"] == 0.5
+    assert parity["pneumonia_agreement"] == 0.75
 
 
 def test_headline_of_a_subtype_report_gives_its_pneumonia_figures_and_three_class_ones():

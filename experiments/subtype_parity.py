@@ -1,0 +1,125 @@
+"""Where do a run's int8 and float decisions part? The export's parity check, taken apart.
+
+`python -m pneumocnn.export RUN` refuses an int8 model whose decisions agree with the float
+model's on fewer than 99% of validation films. For a three-class (subtype) model that bar counts
+two kinds of disagreement: a different pneumonia-vs-NORMAL call, and the same pneumonia call with
+the other subtype (BACTERIAL for VIRAL or back). This converts the run's model exactly as the
+export does (same calibration images, uint8 in and out), runs it on the run's validation split at
+the run's stored threshold, and prints: the agreement, the pneumonia calls' agreement, every
+disagreeing film's float and int8 probabilities, how many subtype flips are exact ties in the
+uint8 output (which `pneumocnn.task.decide` gives to BACTERIAL, the first of the two), how many
+pneumonia-called films lie within a small margin of a BACTERIAL/VIRAL tie in float, and how far
+int8 moves P(BACTERIAL) - P(VIRAL). Writes nothing.
+
+Example:
+
+    python experiments/subtype_parity.py runs/subtype-s3 --calibration-images 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pneumocnn import edge, export
+from pneumocnn.task import class_probabilities, decide
+
+MARGINS = (0.004, 0.01, 0.02, 0.05)
+
+
+def int8_probabilities(model: bytes, images: np.ndarray) -> np.ndarray:
+    """Runs a uint8-in, uint8-out TFLite classifier on raw 0-255 images, one at a time (the
+    exported files have a batch of 1), and dequantizes its output."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model)
+    interpreter.allocate_tensors()
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero_point = target["quantization"]
+    scale = scale or 1.0  # a float32 output (with --float-layers) has no quantization
+    rows = []
+    for image in images:
+        interpreter.set_tensor(source["index"], image[np.newaxis].astype(source["dtype"]))
+        interpreter.invoke()
+        rows.append(
+            (interpreter.get_tensor(target["index"])[0].astype(np.float64) - zero_point) * scale
+        )
+    return class_probabilities(np.array(rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="A finished training run folder.")
+    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument(
+        "--float-layers",
+        nargs="*",
+        default=[],
+        help="Keras layers kept in float32 (TFLite's selective quantization; float32 input and "
+        "output), e.g. predictions: no uint8 output, so no exact ties.",
+    )
+    args = parser.parse_args()
+
+    prepared = export.prepare(args.run_dir)
+    config = prepared.config
+    calibration = export.representative_images(
+        prepared.split, prepared.root, config.image_size, args.calibration_images, config.seed
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        saved_model = edge.fixed_batch_saved_model(prepared.keras_model, Path(scratch) / "sm")
+        quantized = int8_probabilities(
+            export.convert(saved_model, calibration, args.float_layers), prepared.val.images
+        )
+    names = list(prepared.source.class_names)
+    reference = class_probabilities(prepared.float_probabilities)
+    parity = export.check_parity(
+        prepared.val.labels, reference, quantized, prepared.threshold, names, strict=False
+    )
+    float_calls = np.array(decide(reference, prepared.threshold, names))
+    int8_calls = np.array(decide(quantized, prepared.threshold, names))
+    flipped = np.flatnonzero(float_calls != int8_calls)
+    for index in flipped:
+        print(
+            f"float {float_calls[index]:9s} {np.round(reference[index], 4)}  "
+            f"int8 {int8_calls[index]:9s} {np.round(quantized[index], 4)}"
+        )
+    report = {
+        "run": str(args.run_dir),
+        "threshold": prepared.threshold,
+        "calibration_images": len(calibration),
+        "float_layers": args.float_layers,
+        **{key: parity[key] for key in ("images", "agreement", "pneumonia_agreement", "auc_drop")},
+        "flips": int(len(flipped)),
+        "pneumonia_call_flips": int(
+            np.sum((float_calls[flipped] == names[0]) != (int8_calls[flipped] == names[0]))
+        ),
+    }
+    if len(names) == 3:
+        subtype = flipped[(float_calls[flipped] != names[0]) & (int8_calls[flipped] != names[0])]
+        called = float_calls != names[0]
+        margin = np.abs(reference[:, 1] - reference[:, 2])
+        moved = np.abs((quantized[:, 1] - quantized[:, 2]) - (reference[:, 1] - reference[:, 2]))
+        report |= {
+            "subtype_flips": int(len(subtype)),
+            "subtype_flips_at_exact_uint8_ties": int(
+                np.sum(quantized[subtype, 1] == quantized[subtype, 2])
+            ),
+            "pneumonia_called": int(called.sum()),
+            "pneumonia_called_within_margin_of_a_tie": {
+                str(m): int(np.sum(called & (margin < m))) for m in MARGINS
+            },
+            "int8_change_of_pB_minus_pV": {
+                "mean": float(moved.mean()),
+                "p90": float(np.percentile(moved, 90)),
+                "p99": float(np.percentile(moved, 99)),
+            },
+        }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
