@@ -70,6 +70,12 @@ class Config:
         0, "Use at most this many images per class (0 = all); for quick runs."
     )
     seed: int = _field(42, "Seeds the split, the shuffles, augmentation and initial weights.")
+    split_seed: int | None = _field(
+        None,
+        "Seeds the train/validation split (and the --limit-per-class sample) instead of --seed, "
+        "so runs of several seeds share one split: seeds compared on the same validation films, "
+        "or the members of an ensemble. None: --seed.",
+    )
     deterministic: bool = _field(
         False, "TensorFlow op determinism: the same seed gives the same weights; slower."
     )
@@ -232,6 +238,11 @@ class Config:
                     f"Config field `{name}` must be {expected}. "
                     f"Received: {name}={getattr(self, name)!r}"
                 )
+
+    @property
+    def split_seed_used(self) -> int:
+        """The seed of the train/validation split: `split_seed`, else `seed`."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def binary_from_subtypes(self) -> bool:

@@ -377,12 +377,13 @@ def prepare_split(config: Config, dataset: Dataset) -> pd.DataFrame:
     listed = label_for_task(
         list_images(dataset.development, dataset.class_names), dataset.class_names, config.task
     )
-    images = limit_per_class(listed, config.limit_per_class, config.seed)
-    split = make_split(images, config.val_fraction, config.seed)
+    seed = config.split_seed_used
+    images = limit_per_class(listed, config.limit_per_class, seed)
+    split = make_split(images, config.val_fraction, seed)
     # Paths relative to the data root keep the run folder valid wherever the data is mounted.
     split["path"] = [Path(path).relative_to(dataset.root).as_posix() for path in split["path"]]
     counts = split.groupby(["subset", "label"]).size().to_dict()
-    logger.info("Split by patient (seed %d): %s", config.seed, counts)
+    logger.info("Split by patient (seed %d): %s", seed, counts)
     return split
 
 

@@ -568,7 +568,7 @@ def describe(
             "CC BY 4.0), train/ split",
             "data_dir": Path(config.data_dir).name if config.data_dir else None,
             "split": f"patient-grouped, class-stratified, val_fraction={config.val_fraction}, "
-            f"seed={config.seed}",
+            f"seed={config.split_seed_used}",
             "train_images": summary["train_images"],
             "val_images": summary["val_images"],
             "unreadable_files": summary["unreadable_files"],

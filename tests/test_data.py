@@ -54,6 +54,17 @@ def test_split_is_deterministic_for_a_seed_and_changes_with_it(make_dataset):
     assert not first["subset"].equals(other["subset"])
 
 
+def test_split_seed_shares_one_split_between_seeds(make_dataset):
+    dataset = data.find_dataset(make_dataset(patients=12))
+
+    def split_of(**fields):
+        return data.prepare_split(Config(val_fraction=0.25, **fields), dataset)
+
+    pd.testing.assert_frame_equal(split_of(seed=1, split_seed=7), split_of(seed=2, split_seed=7))
+    pd.testing.assert_frame_equal(split_of(seed=7), split_of(seed=3, split_seed=7))
+    assert not split_of(seed=1)["subset"].equals(split_of(seed=2)["subset"])
+
+
 def test_duplicate_files_of_different_patients_share_a_side(make_dataset):
     root = make_dataset(patients=10, images_per_patient=1)
     normal = sorted((root / "train" / "NORMAL").iterdir())
