@@ -68,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         saved_model = edge.fixed_batch_saved_model(model, Path(scratch) / "sm")
         quantized = int8_probabilities(
-            export.convert(saved_model, calibration), prepared.val.images
+            export.convert(saved_model, calibration), prepared.val.images, scratch
         )
     parity = export.check_parity(
         prepared.val.labels, reference, quantized, threshold, names, strict=False

@@ -26,28 +26,27 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn import edge, export
+from pneumocnn.lite import dequantize, open_interpreter, quantize
 from pneumocnn.task import class_probabilities, decide
 
 MARGINS = (0.004, 0.01, 0.02, 0.05)
 
 
-def int8_probabilities(model: bytes, images: np.ndarray) -> np.ndarray:
-    """Runs a uint8-in, uint8-out TFLite classifier on raw 0-255 images, one at a time (the
-    exported files have a batch of 1), and dequantizes its output."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=model)
-    interpreter.allocate_tensors()
+def int8_probabilities(model: bytes, images: np.ndarray, scratch: Path) -> np.ndarray:
+    """Runs a converted classifier (written into `scratch`) on raw 0-255 images, one at a time
+    (the exported files have a batch of 1), as `pneumocnn.lite.LiteModel` does: quantize the
+    input, invoke, dequantize the output (a float32 input or output passes through)."""
+    path = Path(scratch) / "model.tflite"
+    path.write_bytes(model)
+    interpreter = open_interpreter(path)
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    scale, zero_point = target["quantization"]
-    scale = scale or 1.0  # a float32 output (with --float-layers) has no quantization
     rows = []
     for image in images:
-        interpreter.set_tensor(source["index"], image[np.newaxis].astype(source["dtype"]))
-        interpreter.invoke()
-        rows.append(
-            (interpreter.get_tensor(target["index"])[0].astype(np.float64) - zero_point) * scale
+        interpreter.set_tensor(
+            source["index"], quantize(np.asarray(image, np.float32)[np.newaxis], source)
         )
+        interpreter.invoke()
+        rows.append(dequantize(interpreter.get_tensor(target["index"]), target).reshape(-1))
     return class_probabilities(np.array(rows))
 
 
@@ -72,7 +71,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         saved_model = edge.fixed_batch_saved_model(prepared.keras_model, Path(scratch) / "sm")
         quantized = int8_probabilities(
-            export.convert(saved_model, calibration, args.float_layers), prepared.val.images
+            export.convert(saved_model, calibration, args.float_layers),
+            prepared.val.images,
+            scratch,
         )
     names = list(prepared.source.class_names)
     reference = class_probabilities(prepared.float_probabilities)

@@ -103,7 +103,8 @@ def test_parity_counts_the_decisions_that_differ():
 def test_parity_of_a_subtype_model_counts_pneumonia_calls_apart_from_the_subtype():
     labels = np.array([0, 1, 2, 2])
     reference = np.array([[0.9, 0.05, 0.05], [0.1, 0.5, 0.4], [0.1, 0.3, 0.6], [0.4, 0.3, 0.3]])
-    # Film 2: BACTERIAL becomes VIRAL (pneumonia either way); film 4: VIRAL becomes NORMAL.
+    # Film 2: BACTERIAL becomes VIRAL (pneumonia either way); film 4: BACTERIAL (a tie between
+    # the subtypes, given to the first) becomes NORMAL.
     candidate = np.array([[0.9, 0.05, 0.05], [0.1, 0.4, 0.5], [0.1, 0.3, 0.6], [0.6, 0.2, 0.2]])
     parity = metrics.parity(labels, reference, candidate, 0.5, ["NORMAL", "BACTERIAL", "VIRAL"])
     assert parity["agreement"] == 0.5
