@@ -124,3 +124,23 @@ def test_a_subtype_card_gives_the_pneumonia_calls_agreement_apart():
     card = model_card({**subtype, "parity": parity})
     assert "97.70% of validation decisions; on 99.23% of its pneumonia-vs-NORMAL calls" in card
     assert "pneumonia-vs-NORMAL calls" not in model_card({**BASE, "parity": parity})
+
+
+def test_validation_overstates_it_gives_this_models_own_aucs_not_literal_ones():
+    # The bug: the card said "Validation ROC AUC is about 0.99 and the development half's about
+    # 0.95" for every model, from a literal, even on a card whose development half was not
+    # measured or was measured at another figure.
+    line = next(line for line in model_card(BASE).splitlines() if "overstates" in line)
+    assert "0.998" in line and f"development half: {NOT_MEASURED}" in line
+    assert "0.95" not in line
+    measured = model_card({**BASE, "development_half": DEVELOPMENT})
+    line = next(line for line in measured.splitlines() if "overstates" in line)
+    assert (
+        "0.998" in line
+        and "the development half (used to choose the recipe), ROC AUC is 0.951" in line
+    )
+    calibrated = model_card(
+        {**BASE, "calibration": {**CALIBRATION, "achieved": {"roc_auc": 0.9627}}}
+    )
+    line = next(line for line in calibrated.splitlines() if "overstates" in line)
+    assert "`test` (where the threshold was chosen), ROC AUC is 0.963" in line
