@@ -297,9 +297,16 @@ class Config:
         try:
             values = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            raise ValueError(f"Config file '{path}' is not valid JSON: {error}") from error
+            raise ValueError(
+                f"Config file '{path}' is not valid JSON ({error}). Received: path='{path}'. "
+                "Fix the file, or pass --config a run's config.json."
+            ) from error
         if not isinstance(values, dict):
-            raise ValueError(f"Config file '{path}' must hold a JSON object of Config fields.")
+            raise ValueError(
+                f"Config file '{path}' holds a JSON {type(values).__name__}, not an object of "
+                f"Config fields. Received: path='{path}'. Write it as "
+                '{"field": value, ...} (e.g. {"image_size": 128}), as a run\'s config.json is.'
+            )
         return cls.from_dict(values)
 
 

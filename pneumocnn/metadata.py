@@ -129,7 +129,11 @@ def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dic
     try:
         metadata = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise MetadataError(f"Cannot read metadata file '{path}': {error}") from error
+        raise MetadataError(
+            f"Cannot read metadata file '{path}' ({error}). Received: path='{path}'. It must be "
+            "the JSON file the export wrote beside the model; re-export the model with "
+            "`python -m pneumocnn.export RUN_DIR` to write it again."
+        ) from error
     for key, kind in _REQUIRED.items():
         value = metadata.get(key) if isinstance(metadata, dict) else None
         if kind is float and isinstance(value, int):

@@ -88,3 +88,17 @@ def test_a_run_config_from_before_train_on_subtypes_reloads_as_it_trained():
     assert Config.from_dict(old).train_on_subtypes is False
     # A partial config (some fields, by hand) takes the defaults, this one included.
     assert Config.from_dict({"seed": 3}).train_on_subtypes == Config().train_on_subtypes
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("{not json", "is not valid JSON"), ("[128, 5]", "holds a JSON list")],
+)
+def test_a_malformed_config_file_is_named_with_the_fix(tmp_path, content, expected):
+    # The bug: these messages named neither the received value nor the fix (STYLE.md).
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=expected) as error:
+        Config.load(path)
+    assert f"Received: path='{path}'" in str(error.value)
+    assert "config.json" in str(error.value)

@@ -77,3 +77,15 @@ def test_corrupt_image_raises_load_error(exported_model, tmp_path):
     bad.write_bytes(b"\x89PNG broken")
     with pytest.raises(ImageLoadError, match="bad.png"):
         LiteModel(exported_model / INT8_FILE).predict_file(bad)
+
+
+def test_unreadable_metadata_is_named_with_the_fix(tmp_path):
+    # The bug: "Cannot read metadata file" named neither the received value nor the fix.
+    from pneumocnn.metadata import load_metadata
+
+    path = tmp_path / METADATA_FILE
+    path.write_text("{half a json")
+    with pytest.raises(MetadataError, match="Cannot read metadata file") as error:
+        load_metadata(path)
+    assert f"Received: path='{path}'" in str(error.value)
+    assert "python -m pneumocnn.export" in str(error.value)
