@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threshold",
         type=_threshold,
-        help="Decision threshold on P(pneumonia) for this run (default: the model's, chosen on "
-        "validation). Recorded in every output row.",
+        help="Decision threshold on P(pneumonia) for this run (default: the model's stored "
+        "threshold, chosen on validation or site-calibrated with `pneumocnn.evaluate "
+        "--calibrate-on`, as its metadata's threshold_rule says). Recorded in every output row.",
     )
     return parser
 

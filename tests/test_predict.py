@@ -224,3 +224,14 @@ def test_a_clinic_folder_of_films_a_photo_and_a_blank_goes_through_csv(
     assert "strongly coloured" in rows["photo.jpeg"]["reason"]
     assert rows["blank.png"]["verdict"] == "refused" and rows["blank.png"]["label"] == ""
     assert "near-constant" in rows["blank.png"]["reason"]
+
+
+def test_threshold_help_does_not_claim_every_default_threshold_was_chosen_on_validation():
+    # The bug: the help said the default was "chosen on validation"; the shipped model's
+    # threshold is site-calibrated (threshold_rule "target_sensitivity=0.96 on test").
+    from pneumocnn.metadata import load_metadata
+    from pneumocnn.runners import default_model_dir
+
+    text = " ".join(predict.build_parser().format_help().split())
+    assert "site-calibrated" in text and "threshold_rule" in text
+    assert "on test" in load_metadata(default_model_dir() / "pneumocnn.json")["threshold_rule"]
