@@ -62,6 +62,16 @@ def _number(value: Any, digits: int = 3) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}"
 
 
+def _percent(fraction: Any) -> str:
+    """A fraction as a percentage with one decimal ("-" when missing).
+
+    >>> _percent(0.0105), _percent(None)
+    ('1.1%', '-')
+    """
+    number = _number(fraction)
+    return number if number == "-" or number == str(fraction) else f"{100 * fraction:.1f}%"
+
+
 def _with_interval(figures: dict[str, Any], key: str) -> str:
     value = _number(figures.get(key))
     interval = (figures.get("intervals") or {}).get(key)
@@ -188,7 +198,7 @@ def _guard(metadata: dict[str, Any]) -> list[str]:
         fitted = entry.get("fitted_on") or {}
         lines += [
             f"Score: {entry.get('method', '')}. Fitted on {_number(fitted.get('train_images'))} "
-            f"training films; flags {_number(fitted.get('val_flagged'))} of the "
+            f"training films; flags {_percent(fitted.get('val_flagged'))} of the "
             f"{_number(fitted.get('val_images'))} validation films.",
             "",
         ]
