@@ -1,15 +1,15 @@
 """Where do a run's int8 and float decisions part? The export's parity check, taken apart.
 
-`python -m pneumocnn.export RUN` refuses an int8 model whose decisions agree with the float
-model's on fewer than 99% of validation films. For a three-class (subtype) model that bar counts
-two kinds of disagreement: a different pneumonia-vs-NORMAL call, and the same pneumonia call with
-the other subtype (BACTERIAL for VIRAL or back). This converts the run's model exactly as the
-export does (same calibration images, uint8 in and out), runs it on the run's validation split at
-the run's stored threshold, and prints: the agreement, the pneumonia calls' agreement, every
-disagreeing film's float and int8 probabilities, how many subtype flips are exact ties in the
-uint8 output (which `pneumocnn.task.decide` gives to BACTERIAL, the first of the two), how many
-pneumonia-called films lie within a small margin of a BACTERIAL/VIRAL tie in float, and how far
-int8 moves P(BACTERIAL) - P(VIRAL). Writes nothing.
+`python -m pneumocnn.export RUN` refuses an int8 model whose decisions agree with the float model's
+on fewer than 99% of validation films. For a three-class (subtype) model that bar counts two kinds
+of disagreement: a different pneumonia-vs-NORMAL call, and the same pneumonia call with the other
+subtype (BACTERIAL for VIRAL or back). This converts the run's model exactly as the export does
+(same calibration images, activation equalization unless `--no-equalize`, uint8 in and out), runs it
+on the run's validation split at the run's stored threshold, and prints: the agreement, the
+pneumonia calls' agreement, every disagreeing film's float and int8 probabilities, how many subtype
+flips are exact ties in the uint8 output (which `pneumocnn.task.decide` gives to BACTERIAL, the
+first of the two), how many pneumonia-called films lie within a small margin of a BACTERIAL/VIRAL
+tie in float, and how far int8 moves P(BACTERIAL) - P(VIRAL). Writes nothing.
 
 Example:
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn import edge, export
+from pneumocnn.equalize import equalize_activations
 from pneumocnn.lite import dequantize, open_interpreter, quantize
 from pneumocnn.task import class_probabilities, decide
 
@@ -61,6 +62,11 @@ def main() -> None:
         help="Keras layers kept in float32 (TFLite's selective quantization; float32 input and "
         "output), e.g. predictions: no uint8 output, so no exact ties.",
     )
+    parser.add_argument(
+        "--no-equalize",
+        action="store_true",
+        help="Convert the model as it is, without the export's activation equalization.",
+    )
     args = parser.parse_args()
 
     prepared = export.prepare(args.run_dir)
@@ -69,7 +75,12 @@ def main() -> None:
         prepared.split, prepared.root, config.image_size, args.calibration_images, config.seed
     )
     with tempfile.TemporaryDirectory() as scratch:
-        saved_model = edge.fixed_batch_saved_model(prepared.keras_model, Path(scratch) / "sm")
+        model = (
+            prepared.keras_model
+            if args.no_equalize
+            else equalize_activations(prepared.keras_model, calibration).model
+        )
+        saved_model = edge.fixed_batch_saved_model(model, Path(scratch) / "sm")
         quantized = int8_probabilities(
             export.convert(saved_model, calibration, args.float_layers),
             prepared.val.images,
@@ -93,6 +104,7 @@ def main() -> None:
         "threshold": prepared.threshold,
         "calibration_images": len(calibration),
         "float_layers": args.float_layers,
+        "equalized": not args.no_equalize,
         **{key: parity[key] for key in ("images", "agreement", "pneumonia_agreement", "auc_drop")},
         "flips": int(len(flipped)),
         "pneumonia_call_flips": int(

@@ -273,6 +273,18 @@ def model_card(metadata: dict[str, Any]) -> str:
             f"- The int8 model agrees with the float model on {agreement}% of validation "
             f"decisions{calls} (ROC AUC {_number(parity.get('auc_drop'), 5)} lower)."
         )
+    conversion = metadata.get("int8_conversion")
+    if conversion:
+        equalized = (
+            "from its activation-equalized form (the same float function, each channel "
+            "stretched to share int8's range)"
+            if conversion.get("equalization")
+            else "as trained, without activation equalization"
+        )
+        lines.append(
+            f"- The int8 files were converted {equalized}, calibrated on "
+            f"{_number(conversion.get('calibration_images'))} training films."
+        )
     stability = metadata.get("stability")
     if stability:
         lines.append(

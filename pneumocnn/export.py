@@ -302,17 +302,42 @@ def prepare(run_dir: str | Path, target_sensitivity: float | None = None) -> Pre
 
 
 def convert_family(
-    prepared: Prepared, scratch: Path, files: dict[str, str], calibration_images: int, name: str
-) -> None:
+    prepared: Prepared,
+    scratch: Path,
+    files: dict[str, str],
+    calibration_images: int,
+    name: str,
+    equalize: bool = True,
+) -> dict[str, Any] | None:
     """Step 2: writes the int8, float16 and RGB int8 `.tflite` (a batch of 1, TFLite metadata
-    embedded; see `pneumocnn.edge`), the `.keras` and the labels into `scratch`."""
+    embedded; see `pneumocnn.edge`), the `.keras` and the labels into `scratch`.
+
+    With `equalize`, the `.tflite` files are converted from the activation-equalized form of
+    the model (`pneumocnn.equalize`: the same float function, its channels stretched to share
+    int8's range), which rounds less in int8; the `.keras` is the trained model as it is.
+
+    Returns:
+        The equalization's metadata record, or `None` without `equalize`.
+    """
     from pneumocnn import edge
+    from pneumocnn.equalize import equalize_activations
 
     config = prepared.config
     calibration = representative_images(
         prepared.split, prepared.root, config.image_size, calibration_images, config.seed
     )
-    saved_model = edge.fixed_batch_saved_model(prepared.keras_model, scratch / "saved_model")
+    model, record = prepared.keras_model, None
+    if equalize:
+        equalized = equalize_activations(model, calibration)
+        model, record = equalized.model, equalized.record()
+        logger.info(
+            "Equalized the int8 ranges of %d ReLU outputs and %d depthwise results (outputs "
+            "change by %.1e at most)",
+            len(equalized.relu_layers),
+            len(equalized.depthwise_layers),
+            equalized.max_output_change,
+        )
+    saved_model = edge.fixed_batch_saved_model(model, scratch / "saved_model")
     card = {
         "name": name,
         "task": config.task,
@@ -327,11 +352,12 @@ def convert_family(
     fp16 = convert(saved_model, None)
     (scratch / files["fp16"]).write_bytes(edge.embed_pneumocnn_metadata(fp16, card, channels=1))
     logger.info("Converting the RGB variant to int8")
-    rgb = edge.rgb_variant(prepared.keras_model, prepared.threshold, calibration, convert, scratch)
+    rgb = edge.rgb_variant(model, prepared.threshold, calibration, convert, scratch)
     (scratch / files["rgb_int8"]).write_bytes(edge.embed_pneumocnn_metadata(rgb, card, channels=3))
     # Saved uncompiled: loading it needs plain Keras only, not pneumocnn's training metrics.
     prepared.keras_model.save(scratch / files["keras"])
     (scratch / files["labels"]).write_text("\n".join(prepared.source.class_names) + "\n")
+    return record
 
 
 def _portable_config(config: Config) -> dict[str, Any]:
@@ -637,6 +663,7 @@ def export(
     target_sensitivity: float | None = None,
     require_parity: bool = True,
     name: str | None = None,
+    equalize: bool = True,
 ) -> dict[str, Any]:
     """Exports a run folder's best model as int8 and float16 TFLite, `.keras` and metadata.
 
@@ -660,6 +687,8 @@ def export(
             True.
         name: the model's name, the stem of its files. Defaults to `None`: "pneumocnn" for a
             binary run, "pneumocnn_subtype" for a subtype run.
+        equalize: convert the activation-equalized form of the model (`pneumocnn.equalize`;
+            the same float function, less int8 rounding). Defaults to True.
 
     Returns:
         The metadata written to `<name>.json`.
@@ -680,8 +709,12 @@ def export(
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=SCRATCH_PREFIX) as scratch:
         scratch = Path(scratch)
         (scratch / SCRATCH_OWNER).write_text(f"{os.getpid()}\n")
-        convert_family(prepared, scratch, files, calibration_images, name)
+        equalization = convert_family(prepared, scratch, files, calibration_images, name, equalize)
         metadata = file_metadata(prepared, scratch, files, name)
+        metadata["int8_conversion"] = {
+            "calibration_images": calibration_images,
+            "equalization": equalization,
+        }
         # Provisional metadata, so LiteModel can verify and run the new files.
         write_json_atomically(scratch / files["metadata"], metadata)
         parity, int8_probabilities = check_int8(prepared, scratch, files, require_parity)
@@ -998,6 +1031,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the run's stored threshold, else Youden's J).",
     )
     parser.add_argument(
+        "--no-equalize",
+        action="store_true",
+        help="Convert the model as it is, without activation equalization (which stretches "
+        "each channel to share int8's range evenly: the same float function, less int8 "
+        "rounding; see pneumocnn/equalize.py). For reproducing files exported before it.",
+    )
+    parser.add_argument(
         "--name",
         help="Stem of the written files (default: pneumocnn for a binary run, "
         "pneumocnn_subtype for a subtype run).",
@@ -1050,6 +1090,7 @@ def _command(args: argparse.Namespace) -> int:
         args.calibration_images,
         args.target_sensitivity,
         name=args.name,
+        equalize=not args.no_equalize,
     )
     int8 = metadata["validation_metrics"]["int8"]
     files = metadata["files"]

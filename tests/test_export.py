@@ -109,6 +109,35 @@ def test_metadata_records_threshold_training_data_and_validation_metrics(
     assert {"agreement", "auc_drop", "auc_int8", "auc_float", "images"} <= set(parity)
 
 
+def test_the_int8_files_come_from_the_equalized_model_and_say_so(trained_run, exported_model):
+    from pneumocnn.card import CARD_FILE
+
+    metadata = load_metadata(exported_model / METADATA_FILE)
+    conversion = metadata["int8_conversion"]
+    assert conversion["calibration_images"] == 40
+    assert conversion["equalization"]["relu_layers"] > 0
+    assert "activation-equalized" in (exported_model / CARD_FILE).read_text()
+    # The .keras is the trained model itself, not its equalized copy.
+    trained, shipped = (
+        load_model(trained_run / "best.keras"),
+        load_model(exported_model / KERAS_FILE),
+    )
+    for before, after in zip(trained.get_weights(), shipped.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_no_equalize_converts_the_model_as_it_is(trained_run, tmp_path):
+    from pneumocnn.card import CARD_FILE
+
+    assert export.build_parser().parse_args([str(trained_run), "--no-equalize"]).no_equalize
+    export.export(
+        trained_run, tmp_path, calibration_images=40, require_parity=False, equalize=False
+    )
+    metadata = load_metadata(tmp_path / METADATA_FILE)
+    assert metadata["int8_conversion"]["equalization"] is None
+    assert "without activation equalization" in (tmp_path / CARD_FILE).read_text()
+
+
 def test_metadata_records_no_absolute_path_of_the_exporting_machine(trained_run, exported_model):
     text = (exported_model / METADATA_FILE).read_text()
     root = json.loads((trained_run / "config.json").read_text())["data_dir"]
