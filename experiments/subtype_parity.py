@@ -9,7 +9,7 @@ on the run's validation split at the run's stored threshold, and prints: the agr
 pneumonia calls' agreement, every disagreeing film's float and int8 probabilities, how many subtype
 flips are exact ties in the uint8 output (which `pneumocnn.task.decide` gives to BACTERIAL, the
 first of the two), how many pneumonia-called films lie within a small margin of a BACTERIAL/VIRAL
-tie in float, and how far int8 moves P(BACTERIAL) - P(VIRAL). Writes nothing.
+tie in float, and how far int8 moves P(pneumonia) and P(BACTERIAL) - P(VIRAL). Writes nothing.
 
 Example:
 
@@ -110,6 +110,12 @@ def main() -> None:
         "pneumonia_call_flips": int(
             np.sum((float_calls[flipped] == names[0]) != (int8_calls[flipped] == names[0]))
         ),
+    }
+    pneumonia_moved = np.abs(quantized[:, 0] - reference[:, 0])  # P(NORMAL) = 1 - P(pneumonia)
+    report["int8_change_of_p_pneumonia"] = {
+        "mean": float(pneumonia_moved.mean()),
+        "p90": float(np.percentile(pneumonia_moved, 90)),
+        "p99": float(np.percentile(pneumonia_moved, 99)),
     }
     if len(names) == 3:
         subtype = flipped[(float_calls[flipped] != names[0]) & (int8_calls[flipped] != names[0])]
