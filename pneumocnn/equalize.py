@@ -103,11 +103,15 @@ def _is_plain_relu(layer) -> bool:
 def _is_chain(model) -> bool:
     """Every layer feeds only the next one (the shape `pneumocnn.model.build_model` makes)."""
     layers = model.layers
-    for index, layer in enumerate(layers[:-1]):
-        if len(layer._outbound_nodes) != 1:
-            return False
-        if layers[index + 1]._inbound_nodes[0].input_tensors[0] is not layer.output:
-            return False
+    try:
+        for index, layer in enumerate(layers[:-1]):
+            if len(layer._outbound_nodes) != 1:
+                return False
+            if layers[index + 1]._inbound_nodes[0].input_tensors[0] is not layer.output:
+                return False
+    except (AttributeError, IndexError):
+        # Keras's graph internals moved: treat the model as one we cannot read.
+        return False
     return True
 
 

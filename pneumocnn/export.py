@@ -317,7 +317,8 @@ def convert_family(
     int8's range), which rounds less in int8; the `.keras` is the trained model as it is.
 
     Returns:
-        The equalization's metadata record, or `None` without `equalize`.
+        The equalization's metadata record, or `None` without `equalize` (or when no layer
+        could be equalized: a model that is not a chain of layers, such as an ensemble).
     """
     from pneumocnn import edge
     from pneumocnn.equalize import equalize_activations
@@ -329,7 +330,8 @@ def convert_family(
     model, record = prepared.keras_model, None
     if equalize:
         equalized = equalize_activations(model, calibration)
-        model, record = equalized.model, equalized.record()
+        if equalized.relu_layers or equalized.depthwise_layers:
+            model, record = equalized.model, equalized.record()
         logger.info(
             "Equalized the int8 ranges of %d ReLU outputs and %d depthwise results (outputs "
             "change by %.1e at most)",
