@@ -58,8 +58,9 @@ def noise_points(model: keras.Model) -> list[str]:
     return [
         layer.name
         for layer in model.layers
-        if isinstance(layer, (keras.layers.ReLU, keras.layers.Rescaling))
-        or isinstance(layer, keras.layers.GlobalAveragePooling2D)
+        if isinstance(
+            layer, keras.layers.ReLU | keras.layers.Rescaling | keras.layers.GlobalAveragePooling2D
+        )
     ]
 
 

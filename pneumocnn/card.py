@@ -68,8 +68,9 @@ def _percent(fraction: Any) -> str:
     >>> _percent(0.0105), _percent(None)
     ('1.1%', '-')
     """
-    number = _number(fraction)
-    return number if number == "-" or number == str(fraction) else f"{100 * fraction:.1f}%"
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or math.isnan(fraction):
+        return _number(fraction)
+    return f"{100 * fraction:.1f}%"
 
 
 def _with_interval(figures: dict[str, Any], key: str) -> str:
