@@ -2,8 +2,8 @@
 
 `saved_models/` (beside the package) stays the home of the model files in the repository; a
 regular build copies them into the package as `pneumocnn/saved_models/`, so `pip install .`
-gives a working `python -m pneumocnn.predict` (see `pneumocnn.runners.shipped_model_dir`). The
-sdist carries them through MANIFEST.in. Everything else is in setup.cfg.
+gives a working `python -m pneumocnn.predict` (see `pneumocnn.core.locations.shipped_model_dir`).
+The sdist carries them through MANIFEST.in. Everything else is in setup.cfg.
 """
 
 from pathlib import Path

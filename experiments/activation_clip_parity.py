@@ -24,9 +24,11 @@ import keras
 import numpy as np
 from subtype_parity import int8_probabilities
 
-from pneumocnn import edge, export
-from pneumocnn.runners import keras_probabilities
-from pneumocnn.task import class_probabilities, decide
+from pneumocnn.core.task import class_probabilities, decide
+from pneumocnn.edge.convert import convert, fixed_batch_saved_model, representative_images
+from pneumocnn.edge.parity import check_parity
+from pneumocnn.edge.prepare import prepare
+from pneumocnn.runtime.runners import keras_probabilities
 
 
 def capped(model: keras.Model, images: np.ndarray, percentile: float) -> keras.Model:
@@ -56,9 +58,9 @@ def main() -> None:
     parser.add_argument("--percentile", type=float, default=99.99)
     args = parser.parse_args()
 
-    prepared = export.prepare(args.run_dir)
+    prepared = prepare(args.run_dir)
     config = prepared.config
-    calibration = export.representative_images(
+    calibration = representative_images(
         prepared.split, prepared.root, config.image_size, args.calibration_images, config.seed
     )
     model = capped(prepared.keras_model, calibration, args.percentile)
@@ -66,11 +68,11 @@ def main() -> None:
     original = class_probabilities(prepared.float_probabilities)
     reference = class_probabilities(keras_probabilities(model, prepared.val.images))
     with tempfile.TemporaryDirectory() as scratch:
-        saved_model = edge.fixed_batch_saved_model(model, Path(scratch) / "sm")
+        saved_model = fixed_batch_saved_model(model, Path(scratch) / "sm")
         quantized = int8_probabilities(
-            export.convert(saved_model, calibration), prepared.val.images, scratch
+            convert(saved_model, calibration), prepared.val.images, scratch
         )
-    parity = export.check_parity(
+    parity = check_parity(
         prepared.val.labels, reference, quantized, threshold, names, strict=False
     )
     same = np.array(decide(original, threshold, names)) == np.array(

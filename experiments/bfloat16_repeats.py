@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-from pneumocnn import bench
-from pneumocnn.config import Config
-from pneumocnn.model import build_model
+from pneumocnn.benchmark.training_speed import bfloat16_training_speed, training_speed
+from pneumocnn.core.config import Config
+from pneumocnn.network.model import build_model
 
 
 def main() -> None:
@@ -23,8 +23,8 @@ def main() -> None:
     args = parser.parse_args()
     config = Config()
     for trial in range(args.trials):
-        float32 = bench.training_speed(build_model(config), config.batch_size, 10, 3)
-        bfloat16 = bench.bfloat16_training_speed(config, config.batch_size, 10, 3)
+        float32 = training_speed(build_model(config), config.batch_size, 10, 3)
+        bfloat16 = bfloat16_training_speed(config, config.batch_size, 10, 3)
         print(
             f"trial {trial}: float32 {float32:.0f} images/s, mixed_bfloat16 {bfloat16:.0f} "
             "images/s",

@@ -32,8 +32,8 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from pneumocnn import runs
-from pneumocnn.model import OUTPUT_LAYER, load_model
+from pneumocnn.core.run_folder import CONFIG_FILE, MODEL_FILE, SPLIT_FILE, SUMMARY_FILE
+from pneumocnn.network.model import OUTPUT_LAYER, load_model
 
 
 def ensemble(models: list[keras.Model]) -> keras.Model:
@@ -51,13 +51,13 @@ def check_members(folders: list[Path]) -> None:
     """Raises SystemExit unless every folder is a finished run with the first one's split."""
     first = None
     for folder in folders:
-        for name in (runs.CONFIG_FILE, runs.SPLIT_FILE, runs.MODEL_FILE, runs.SUMMARY_FILE):
+        for name in (CONFIG_FILE, SPLIT_FILE, MODEL_FILE, SUMMARY_FILE):
             if not (folder / name).is_file():
                 raise SystemExit(
                     f"'{folder}' has no {name}. Received: run_dirs={[str(f) for f in folders]}. "
                     "Pass finished folders of `python -m pneumocnn.train`."
                 )
-        split = pd.read_csv(folder / runs.SPLIT_FILE)[["path", "subset", "label"]]
+        split = pd.read_csv(folder / SPLIT_FILE)[["path", "subset", "label"]]
         if first is None:
             first = split
         elif not split.equals(first):
@@ -83,17 +83,17 @@ def main() -> None:
         )
     args.output_dir.mkdir(parents=True)
     first = args.run_dirs[0]
-    for name in (runs.CONFIG_FILE, runs.SPLIT_FILE):
+    for name in (CONFIG_FILE, SPLIT_FILE):
         shutil.copy(first / name, args.output_dir / name)
-    summary = json.loads((first / runs.SUMMARY_FILE).read_text())
+    summary = json.loads((first / SUMMARY_FILE).read_text())
     summary["ensemble_of"] = [str(folder) for folder in args.run_dirs]
     summary["member_val_auc"] = [
-        json.loads((folder / runs.SUMMARY_FILE).read_text()).get("val_auc")
+        json.loads((folder / SUMMARY_FILE).read_text()).get("val_auc")
         for folder in args.run_dirs
     ]
-    (args.output_dir / runs.SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-    model = ensemble([load_model(folder / runs.MODEL_FILE) for folder in args.run_dirs])
-    model.save(args.output_dir / runs.MODEL_FILE)
+    (args.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    model = ensemble([load_model(folder / MODEL_FILE) for folder in args.run_dirs])
+    model.save(args.output_dir / MODEL_FILE)
     print(f"Wrote {args.output_dir}: the mean of {len(args.run_dirs)} members")
 
 

@@ -1,6 +1,6 @@
 """How often does the input guard flag chest films, and how often does it catch other images?
 
-Prints two rates for a model's input guard (`pneumocnn.guard`):
+Prints two rates for a model's input guard (`pneumocnn.runtime.guard`):
 
 - the share of the development half of the test split (`<data-dir>/test`, films of another
   batch than the training films) that the guard flags or refuses (aim: at most 2%);
@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from pneumocnn import guard
 from pneumocnn.cli import require_inputs
-from pneumocnn.images import read_grayscale, to_model_input
-from pneumocnn.metadata import find_metadata, load_metadata, write_json_atomically
-from pneumocnn.runners import default_model
+from pneumocnn.core.locations import default_model
+from pneumocnn.core.metadata import find_metadata, load_metadata, write_json_atomically
+from pneumocnn.data.images import read_grayscale, to_model_input
+from pneumocnn.runtime import guard
 
 SKIMAGE_SAMPLES = (
     "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "colorwheel",
@@ -216,14 +216,15 @@ def verdicts(
 def fit_like_export(metadata: dict, data_dir: Path) -> guard.GuardCalibration:
     """Fits the guard on the model's own patient-grouped split, rebuilt from its config, as
     the export does."""
-    from pneumocnn import data
-    from pneumocnn.config import Config
-    from pneumocnn.export import guard_calibration
+    from pneumocnn.core.config import Config
+    from pneumocnn.data.folders import find_dataset
+    from pneumocnn.data.split import load_split, prepare_split
+    from pneumocnn.edge.prepare import guard_calibration
 
     config = Config.from_dict({**metadata["config"], "data_dir": str(data_dir)})
-    dataset = data.find_dataset(data_dir)
-    split = data.prepare_split(config, dataset)
-    val = data.load_split(split, "val", config.image_size, dataset.root)
+    dataset = find_dataset(data_dir)
+    split = prepare_split(config, dataset)
+    val = load_split(split, "val", config.image_size, dataset.root)
     return guard_calibration(split, dataset.root, config, val.images)
 
 

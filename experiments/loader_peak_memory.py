@@ -24,7 +24,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import write_dicom  # noqa: E402
-from pneumocnn.images import MAX_DECODED_BYTES  # noqa: E402
+from pneumocnn.data.pixels import MAX_DECODED_BYTES  # noqa: E402
 
 MODEL = ROOT / "saved_models" / "pneumocnn_int8.tflite"
 

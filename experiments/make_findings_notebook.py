@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from pneumocnn import data
-from pneumocnn.filmstats import statistics_table
-from pneumocnn.images import load_images
+from pneumocnn.data.filmstats import statistics_table
+from pneumocnn.data.folders import film_group, find_dataset, list_images, patient_id
+from pneumocnn.data.images import load_images
 
 # Quick mode (CI): a few films and resamples. Full mode: everything, as committed.
 QUICK = os.environ.get("PNEUMOCNN_NOTEBOOK_QUICK") == "1"
@@ -55,14 +55,14 @@ DATA_DIR = Path(os.environ.get("PNEUMOCNN_DATA_DIR") or ROOT.parent / "shared" /
 PREVIOUS = ROOT / "experiments" / "previous_model" / "pneumocnn_int8.tflite"
 CURRENT = ROOT / "saved_models" / "pneumocnn_int8.tflite"
 RESAMPLES = 50 if QUICK else 1000
-dataset = data.find_dataset(DATA_DIR)
+dataset = find_dataset(DATA_DIR)
 print(f"quick mode: {QUICK}; data: {DATA_DIR}")""",
     ),
     ("md", "## 1. How the development half differs from the training films"),
     (
         "code",
         """def sample(folders, per_class, seed=0):
-    table = data.list_images(folders, dataset.class_names)
+    table = list_images(folders, dataset.class_names)
     if per_class:
         table = table.groupby("label").sample(n=per_class, random_state=seed)
     images, kept, _ = load_images(table["path"].tolist(), 224)
@@ -98,14 +98,14 @@ fig.tight_layout()""",
     ("md", "## 2. The model shipped before, on the development half"),
     (
         "code",
-        """from pneumocnn.metrics import uncertainty
-from pneumocnn.runners import open_model
-from pneumocnn.task import pneumonia_probability
+        """from pneumocnn.core.task import pneumonia_probability
+from pneumocnn.evaluation.uncertainty import uncertainty
+from pneumocnn.runtime.runners import open_model
 
 dev_labels = dev_table["label"].to_numpy()
 dev_paths = dev_table["path"].tolist()
-patients = [data.patient_id(p) for p in dev_paths]
-groups = [data.film_group(p, bool(y)) for p, y in zip(dev_paths, dev_labels)]
+patients = [patient_id(p) for p in dev_paths]
+groups = [film_group(p, bool(y)) for p, y in zip(dev_paths, dev_labels)]
 
 
 def development_view(model_path):
@@ -156,8 +156,8 @@ weights (the `.keras` beside the int8 file), at a fixed colour scale.""",
     ),
     (
         "code",
-        """from pneumocnn.gradcam import GradCam
-from pneumocnn.model import load_model
+        """from pneumocnn.network.model import load_model
+from pneumocnn.runtime.gradcam import GradCam
 
 
 def show_gradcam(keras_path, images, indices, p, title, columns=4):

@@ -2,12 +2,12 @@
 
 A client that decodes the JPEG with another library, or resizes with another filter (MediaPipe,
 a browser canvas, Android's Bitmap scaling), hands the model pixels that differ from
-`pneumocnn.images.load_image`'s by a grey level or so. This measures the ceiling that sets on any
-such client's agreement with `pneumocnn.predict`: for each film of a folder, the model's decision
-on the film as loaded, then on `--draws` seeded copies with independent noise of -1, 0 or +1 grey
-level per pixel (clipped to 0-255). Reported: the share of films whose decision flips in at least
-one draw, the mean share per draw, the mean and largest change of P(pneumonia), and how close to
-the threshold the flipping films lie. Writes nothing; prints one JSON line per model.
+`pneumocnn.data.images.load_image`'s by a grey level or so. This measures the ceiling that sets on
+any such client's agreement with `pneumocnn.predict`: for each film of a folder, the model's
+decision on the film as loaded, then on `--draws` seeded copies with independent noise of -1, 0 or
++1 grey level per pixel (clipped to 0-255). Reported: the share of films whose decision flips in at
+least one draw, the mean share per draw, the mean and largest change of P(pneumonia), and how close
+to the threshold the flipping films lie. Writes nothing; prints one JSON line per model.
 
 Example:
 
@@ -25,10 +25,11 @@ import sys
 import numpy as np
 
 from pneumocnn.cli import require_inputs
-from pneumocnn.images import load_images
-from pneumocnn.metrics import grey_level_noise
-from pneumocnn.runners import default_model_dir, open_model
-from pneumocnn.task import decide, pneumonia_probability
+from pneumocnn.core.locations import default_model_dir
+from pneumocnn.core.task import decide, pneumonia_probability
+from pneumocnn.data.images import load_images
+from pneumocnn.evaluation.stability import grey_level_noise
+from pneumocnn.runtime.runners import open_model
 
 
 def flips(model, images: np.ndarray, draws: int, seed: int) -> dict[str, float]:

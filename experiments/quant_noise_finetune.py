@@ -29,9 +29,13 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pneumocnn import data, export
-from pneumocnn.model import compile_model, load_model, training_classes_of
-from pneumocnn.runs import resolve_source
+from pneumocnn.core.run_folder import resolve_source
+from pneumocnn.data.folders import find_dataset, resolve_data_dir
+from pneumocnn.data.pipeline import make_datasets
+from pneumocnn.data.split import load_split
+from pneumocnn.edge.convert import representative_images
+from pneumocnn.network.model import load_model, training_classes_of
+from pneumocnn.training.compile import compile_model
 
 
 class RoundingNoise(keras.layers.Layer):
@@ -100,10 +104,10 @@ def main() -> None:
     output = Path(args.output_dir)
     if output.exists():
         raise SystemExit(f"{output} exists: pass a new --output-dir.")
-    dataset = data.find_dataset(data.resolve_data_dir(config.data_dir))
+    dataset = find_dataset(resolve_data_dir(config.data_dir))
     split = pd.read_csv(source.run_dir / "split.csv")
     model = load_model(source.model_path)
-    calibration = export.representative_images(
+    calibration = representative_images(
         split, dataset.root, config.image_size, args.calibration_images, config.seed
     )
     steps = int8_steps(model, calibration, noise_points(model))
@@ -115,9 +119,9 @@ def main() -> None:
         config, learning_rate=args.learning_rate, lr_schedule="plateau", epochs=args.epochs
     )
     compile_model(twin, tuned_config)
-    train = data.load_split(split, "train", config.image_size, dataset.root)
-    val = data.load_split(split, "val", config.image_size, dataset.root)
-    train_ds, val_ds, steps_per_epoch = data.make_datasets(
+    train = load_split(split, "train", config.image_size, dataset.root)
+    val = load_split(split, "val", config.image_size, dataset.root)
+    train_ds, val_ds, steps_per_epoch = make_datasets(
         tuned_config, train, val, training_classes_of(config)
     )
     before = twin.evaluate(val_ds, verbose=0, return_dict=True)

@@ -21,8 +21,9 @@ import json
 import shutil
 from pathlib import Path
 
-from pneumocnn import data
-from pneumocnn.config import Config
+from pneumocnn.core.config import Config
+from pneumocnn.data.folders import find_dataset
+from pneumocnn.data.split import prepare_split
 
 
 def main(metadata_path: str, keras_path: str, run_dir: str, keep_threshold: bool) -> None:
@@ -40,8 +41,8 @@ def main(metadata_path: str, keras_path: str, run_dir: str, keep_threshold: bool
     }
     config = Config.from_dict({**pinned, **{k: v for k, v in values.items() if k in known}})
     config.save(run / "config.json")
-    dataset = data.find_dataset(config.data_dir)
-    data.prepare_split(config, dataset).to_csv(run / "split.csv", index=False)
+    dataset = find_dataset(config.data_dir)
+    prepare_split(config, dataset).to_csv(run / "split.csv", index=False)
     shutil.copy(keras_path, run / "best.keras")
     if keep_threshold:
         (run / "threshold.json").write_text(

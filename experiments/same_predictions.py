@@ -1,9 +1,9 @@
 """Do the shipped models still give the same predictions? Saves or compares them, bit for bit.
 
 For every model file in `saved_models/` (int8, float16 and `.keras`, binary and subtype), runs
-it through `pneumocnn.runners.open_model` on every image of a folder and records the per-class
-probabilities and the decided labels. `--save FILE` writes them (an `.npz`); `--compare FILE`
-checks that the current code gives identical ones (a binary model's older `(n,)` P(positive)
+it through `pneumocnn.runtime.runners.open_model` on every image of a folder and records the
+per-class probabilities and the decided labels. `--save FILE` writes them (an `.npz`); `--compare
+FILE` checks that the current code gives identical ones (a binary model's older `(n,)` P(positive)
 is compared with column 1 of today's `[1 - p, p]`) and exits 1 on any difference.
 
 Example (before and after a refactor):
@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from pneumocnn.cli import require_inputs
-from pneumocnn.images import load_images
-from pneumocnn.metadata import DEFAULT_NAMES, model_files
-from pneumocnn.runners import default_model_dir, open_model
-from pneumocnn.task import decide
+from pneumocnn.core.locations import default_model_dir
+from pneumocnn.core.metadata import DEFAULT_NAMES, model_files
+from pneumocnn.core.task import decide
+from pneumocnn.data.images import load_images
+from pneumocnn.runtime.runners import open_model
 
 ROLES = ("int8", "fp16", "keras")
 

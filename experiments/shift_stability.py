@@ -2,8 +2,8 @@
 
 For every saved result of the study (`experiments/shift/results/ROW-sSEED.json`) whose run folder
 is still in `--runs-dir`, runs the float checkpoint (`best.keras`) on the development half with
-`pneumocnn.metrics.pixel_noise_sensitivity` (five seeded draws of -1, 0 or +1 grey level per
-pixel) and saves the figures to `experiments/shift/stability/ROW-sSEED.json`; runs already
+`pneumocnn.evaluation.stability.pixel_noise_sensitivity` (five seeded draws of -1, 0 or +1 grey
+level per pixel) and saves the figures to `experiments/shift/stability/ROW-sSEED.json`; runs already
 measured are skipped. `python experiments/shift_study.py --table` then shows `noise_mean` and
 `noise_p99` beside each row. A steadier model is one whose calls other clients (another JPEG
 decoder, MediaPipe's resize) reproduce more often; the int8 model is about twice as sensitive as
@@ -31,7 +31,7 @@ STABILITY = ROOT / "experiments" / "shift" / "stability"
 def development_half(data_dir: Path, image_size: int):
     """The development half's films at `image_size`, decoded once per size."""
     from pneumocnn.cli import require_inputs
-    from pneumocnn.images import load_images
+    from pneumocnn.data.images import load_images
 
     files = [str(path) for path in require_inputs([data_dir / "test"])]
     images, _, skipped = load_images(files, image_size)
@@ -42,9 +42,9 @@ def development_half(data_dir: Path, image_size: int):
 
 def measure(run_dir: Path, data_dir: Path) -> dict:
     """The pixel-noise figures of one run's float checkpoint on the development half."""
-    from pneumocnn.metrics import pixel_noise_sensitivity
-    from pneumocnn.model import load_model
-    from pneumocnn.runners import keras_probabilities
+    from pneumocnn.evaluation.stability import pixel_noise_sensitivity
+    from pneumocnn.network.model import load_model
+    from pneumocnn.runtime.runners import keras_probabilities
 
     config = json.loads((run_dir / "config.json").read_text())
     images = development_half(data_dir, config["image_size"])

@@ -4,8 +4,8 @@ Validation carved from `train/` is saturated (every recipe 0.99+ AUC) and blind 
 official test films differ, so recipes are compared here on the development half of the test
 split (`<data-dir>/test`, 313 films), over several seeds. Each row is a file
 `experiments/shift/<name>.json` that pins every recipe field it depends on. For each row and
-seed, one fresh process trains with the package's own `pneumocnn.train.train` (the same code the
-CLI runs) into `runs/shift/<name>-s<seed>/`, scores the development half after every epoch (a
+seed, one fresh process trains with the package's own `pneumocnn.training.loop.train` (the same code
+the CLI runs) into `runs/shift/<name>-s<seed>/`, scores the development half after every epoch (a
 callback that only reads it: nothing is trained on it, and checkpoints are still selected on
 validation), then saves `experiments/shift/results/<name>-s<seed>.json`: the float model's
 probabilities for every validation film and every development-half film, per-epoch
@@ -65,22 +65,24 @@ def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from pneumocnn import data, train
-    from pneumocnn.config import Config
-    from pneumocnn.images import load_images
-    from pneumocnn.model import load_model
+    from pneumocnn.core.config import Config
+    from pneumocnn.data.folders import find_dataset, label_for_task, list_images, task_class_names
+    from pneumocnn.data.images import load_images
+    from pneumocnn.data.split import load_split
+    from pneumocnn.network.model import load_model
+    from pneumocnn.training.loop import read_history, train
 
     fields = row_fields(name, runs_dir)
     run_dir = runs_dir / f"{name}-s{seed}"
     config = Config.from_dict(
         {**fields, "seed": seed, "data_dir": data_dir, "output_dir": str(run_dir)}
     )
-    dataset = data.find_dataset(data_dir)
+    dataset = find_dataset(data_dir)
     if dataset.test is None:
         raise SystemExit(f"No test/ folder under '{data_dir}': the study scores it.")
-    class_names = data.task_class_names(config.task, dataset.class_names)
-    dev_table = data.label_for_task(
-        data.list_images((dataset.test,), dataset.class_names), dataset.class_names, config.task
+    class_names = task_class_names(config.task, dataset.class_names)
+    dev_table = label_for_task(
+        list_images((dataset.test,), dataset.class_names), dataset.class_names, config.task
     )
     dev_images, kept, skipped = load_images(dev_table["path"].tolist(), config.image_size)
     if skipped:
@@ -105,14 +107,14 @@ def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
 
     resume = (run_dir / "config.json").exists() and not (run_dir / "summary.json").exists()
     if not (run_dir / "summary.json").exists():
-        train.train(config, resume=resume, callbacks=[DevelopmentHalf()])
+        train(config, resume=resume, callbacks=[DevelopmentHalf()])
     summary = json.loads((run_dir / "summary.json").read_text())
     model = load_model(run_dir / "best.keras")
     split = pd.read_csv(run_dir / "split.csv")
-    val = data.load_split(split, "val", config.image_size, dataset.root)
+    val = load_split(split, "val", config.image_size, dataset.root)
     val_outputs = model.predict(val.images.astype(np.float32), batch_size=64, verbose=0)
     dev_outputs = model.predict(dev_images.astype(np.float32), batch_size=64, verbose=0)
-    history = train.read_history(run_dir)
+    history = read_history(run_dir)
     per_epoch = [
         np.round(np.load(path).reshape(len(dev_labels), -1), 5).tolist()
         for path in sorted(epochs_dir.glob("epoch*.npy"))

@@ -39,8 +39,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumocnn import metrics
-from pneumocnn.data import patient_id
+from pneumocnn.data.folders import patient_id
+from pneumocnn.evaluation.metrics import pneumonia_figures, specificity_at_sensitivity
+from pneumocnn.evaluation.thresholds import choose_threshold
+from pneumocnn.evaluation.uncertainty import bootstrap_intervals
 
 TARGET_SENSITIVITY = 0.96
 
@@ -77,13 +79,13 @@ def scores_of(result: dict) -> dict:
 
 def figures(labels, scores, groups, val_threshold, epoch_scores) -> dict[str, float]:
     """The table's development-half figures for one model (see the module docstring)."""
-    at_val = metrics.pneumonia_figures(labels, scores, val_threshold)
+    at_val = pneumonia_figures(labels, scores, val_threshold)
     out = {
         "dev_auc": at_val["roc_auc"],
         "dev_acc": at_val["accuracy"],
         "dev_sens": at_val["sensitivity"],
         "dev_spec": at_val["specificity"],
-        "spec@96": metrics.specificity_at_sensitivity(labels, scores, TARGET_SENSITIVITY)
+        "spec@96": specificity_at_sensitivity(labels, scores, TARGET_SENSITIVITY)
         if 0 < labels.sum() < len(labels)
         else np.nan,
     }
@@ -93,7 +95,7 @@ def figures(labels, scores, groups, val_threshold, epoch_scores) -> dict[str, fl
         out[group] = float(np.mean(~predicted[mask])) if mask.any() else np.nan
     if epoch_scores:
         out["best_dev_epoch_auc"] = max(
-            metrics.pneumonia_figures(labels, s, 0.5)["roc_auc"] for s in epoch_scores
+            pneumonia_figures(labels, s, 0.5)["roc_auc"] for s in epoch_scores
         )
     return out
 
@@ -111,7 +113,7 @@ def row_table(results: list[dict], resamples: int = 500, seed: int = 0) -> pd.Da
         labels = parts[0]["dev_labels"]
         groups = np.array([film_group(n, y) for n, y in zip(names, labels, strict=True)])
         patients = np.array([patient_id(name) for name in names])
-        thresholds = [metrics.choose_threshold(p["val_labels"], p["val_scores"]) for p in parts]
+        thresholds = [choose_threshold(p["val_labels"], p["val_scores"]) for p in parts]
         per_seed = [
             figures(labels, p["dev_scores"], groups, t, p["dev_epochs"])
             for p, t in zip(parts, thresholds, strict=True)
@@ -124,7 +126,7 @@ def row_table(results: list[dict], resamples: int = 500, seed: int = 0) -> pd.Da
             ]
             return {key: float(np.mean([v[key] for v in values])) for key in values[0]}
 
-        intervals = metrics.bootstrap_intervals(seed_mean, patients, resamples=resamples, seed=seed)
+        intervals = bootstrap_intervals(seed_mean, patients, resamples=resamples, seed=seed)
         line = {"row": row, "seeds": ",".join(str(r["seed"]) for r in runs)}
         line["val_auc"] = _mean_sd([r["summary"]["val_auc"] for r in runs])
         for key in per_seed[0]:
@@ -157,8 +159,8 @@ def ensemble_table(results: list[dict]) -> pd.DataFrame:
             aucs, specs = [], []
             for chosen in itertools.combinations(parts, k):
                 scores = np.mean([p["dev_scores"] for p in chosen], axis=0)
-                aucs.append(metrics.pneumonia_figures(labels, scores, 0.5)["roc_auc"])
-                specs.append(metrics.specificity_at_sensitivity(labels, scores, TARGET_SENSITIVITY))
+                aucs.append(pneumonia_figures(labels, scores, 0.5)["roc_auc"])
+                specs.append(specificity_at_sensitivity(labels, scores, TARGET_SENSITIVITY))
             lines.append(
                 {
                     "row": row,

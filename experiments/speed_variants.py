@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn.bench import export_reference, measure_in_subprocess
-from pneumocnn.config import Config
-from pneumocnn.export import convert
-from pneumocnn.model import build_model
+from pneumocnn.benchmark.reference import export_reference
+from pneumocnn.benchmark.timing import measure_in_subprocess
+from pneumocnn.core.config import Config
+from pneumocnn.edge.convert import convert
+from pneumocnn.network.model import build_model
 
 VARIANTS = {
     "shipped (160 px, 16 filters, 4 blocks)": {},

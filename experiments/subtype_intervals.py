@@ -3,8 +3,9 @@
 `python -m pneumocnn.evaluate MODEL --split test` gives intervals for the pneumonia-vs-NORMAL
 figures only; this adds them for three-class accuracy, NORMAL recall and bacterial-vs-viral
 accuracy (the likelier subtype of every pneumonia film, as `evaluate` counts it), resampling
-patients with `pneumocnn.metrics.bootstrap_intervals` (1,000 resamples). Each model is scored at
-the threshold given after it (`.tflite` or `.keras`; its decision rule is `pneumocnn.task.decide`).
+patients with `pneumocnn.evaluation.uncertainty.bootstrap_intervals` (1,000 resamples). Each model
+is scored at the threshold given after it (`.tflite` or `.keras`; its decision rule is
+`pneumocnn.core.task.decide`).
 
     python experiments/subtype_intervals.py --data-dir ../shared/chest_xray/test \
         saved_models/pneumocnn_subtype_int8.tflite 0.68359375 runs/shipped-subtype/best.keras 0.6296
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn import data
-from pneumocnn.images import load_image
-from pneumocnn.metrics import bootstrap_intervals
-from pneumocnn.task import class_probabilities, decide
+from pneumocnn.core.task import class_probabilities, decide
+from pneumocnn.data.folders import patient_id, subtype_of
+from pneumocnn.data.images import load_image
+from pneumocnn.evaluation.uncertainty import bootstrap_intervals
 
 NAMES = ["NORMAL", "BACTERIAL", "VIRAL"]
 SUBTYPES = {"bacteria": "BACTERIAL", "virus": "VIRAL"}
@@ -29,12 +30,12 @@ SUBTYPES = {"bacteria": "BACTERIAL", "virus": "VIRAL"}
 def probabilities(model_path: str, films: list[Path]) -> np.ndarray:
     """Class probabilities of a `.keras` or `.tflite` subtype model on raw films."""
     if model_path.endswith(".keras"):
-        from pneumocnn.model import load_model
+        from pneumocnn.network.model import load_model
 
         model = load_model(model_path)
         images = np.stack([load_image(film, model.input_shape[1]) for film in films])
         return class_probabilities(model.predict(images, verbose=0))
-    from pneumocnn.lite import LiteModel
+    from pneumocnn.runtime.lite import LiteModel
 
     model = LiteModel(model_path)
     size = model.metadata["image_size"]
@@ -52,11 +53,11 @@ def main() -> None:
     films = sorted(Path(args.data_dir).rglob("*.jpeg"))
     truth = np.array(
         [
-            "NORMAL" if film.parent.name == "NORMAL" else SUBTYPES[data.subtype_of(film)]
+            "NORMAL" if film.parent.name == "NORMAL" else SUBTYPES[subtype_of(film)]
             for film in films
         ]
     )
-    patients = [data.patient_id(film) for film in films]
+    patients = [patient_id(film) for film in films]
     pneumonia = truth != "NORMAL"
     for model_path, threshold in zip(args.pairs[::2], args.pairs[1::2], strict=True):
         probs = probabilities(model_path, films)

@@ -7,7 +7,7 @@ subtype (BACTERIAL for VIRAL or back). This converts the run's model exactly as 
 (same calibration images, activation equalization unless `--no-equalize`, uint8 in and out), runs it
 on the run's validation split at the run's stored threshold, and prints: the agreement, the
 pneumonia calls' agreement, every disagreeing film's float and int8 probabilities, how many subtype
-flips are exact ties in the uint8 output (which `pneumocnn.task.decide` gives to BACTERIAL, the
+flips are exact ties in the uint8 output (which `pneumocnn.core.task.decide` gives to BACTERIAL, the
 first of the two), how many pneumonia-called films lie within a small margin of a BACTERIAL/VIRAL
 tie in float, and how far int8 moves P(pneumonia) and P(BACTERIAL) - P(VIRAL). Writes nothing.
 
@@ -25,17 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn import edge, export
-from pneumocnn.equalize import equalize_activations
-from pneumocnn.lite import dequantize, open_interpreter, quantize
-from pneumocnn.task import class_probabilities, decide
+from pneumocnn.core.task import class_probabilities, decide
+from pneumocnn.edge.convert import convert, fixed_batch_saved_model, representative_images
+from pneumocnn.edge.equalize import equalize_activations
+from pneumocnn.edge.parity import check_parity
+from pneumocnn.edge.prepare import prepare
+from pneumocnn.runtime.lite import dequantize, open_interpreter, quantize
 
 MARGINS = (0.004, 0.01, 0.02, 0.05)
 
 
 def int8_probabilities(model: bytes, images: np.ndarray, scratch: Path) -> np.ndarray:
     """Runs a converted classifier (written into `scratch`) on raw 0-255 images, one at a time
-    (the exported files have a batch of 1), as `pneumocnn.lite.LiteModel` does: quantize the
+    (the exported files have a batch of 1), as `pneumocnn.runtime.lite.LiteModel` does: quantize the
     input, invoke, dequantize the output (a float32 input or output passes through)."""
     path = Path(scratch) / "model.tflite"
     path.write_bytes(model)
@@ -69,9 +71,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    prepared = export.prepare(args.run_dir)
+    prepared = prepare(args.run_dir)
     config = prepared.config
-    calibration = export.representative_images(
+    calibration = representative_images(
         prepared.split, prepared.root, config.image_size, args.calibration_images, config.seed
     )
     with tempfile.TemporaryDirectory() as scratch:
@@ -80,15 +82,15 @@ def main() -> None:
             if args.no_equalize
             else equalize_activations(prepared.keras_model, calibration).model
         )
-        saved_model = edge.fixed_batch_saved_model(model, Path(scratch) / "sm")
+        saved_model = fixed_batch_saved_model(model, Path(scratch) / "sm")
         quantized = int8_probabilities(
-            export.convert(saved_model, calibration, args.float_layers),
+            convert(saved_model, calibration, args.float_layers),
             prepared.val.images,
             scratch,
         )
     names = list(prepared.source.class_names)
     reference = class_probabilities(prepared.float_probabilities)
-    parity = export.check_parity(
+    parity = check_parity(
         prepared.val.labels, reference, quantized, prepared.threshold, names, strict=False
     )
     float_calls = np.array(decide(reference, prepared.threshold, names))

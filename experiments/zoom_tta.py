@@ -21,9 +21,9 @@ def main() -> None:
     import keras
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from pneumocnn.images import load_images
-    from pneumocnn.model import load_model
-    from pneumocnn.task import class_probabilities, pneumonia_probability
+    from pneumocnn.core.task import class_probabilities, pneumonia_probability
+    from pneumocnn.data.images import load_images
+    from pneumocnn.network.model import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="folder with NORMAL/ and PNEUMONIA/")

@@ -1,9 +1,12 @@
 """pneumocnn: a small from-scratch CNN for NORMAL vs PNEUMONIA chest X-rays, shipped as int8 TFLite.
 
-Importing the package does no work. Each job has its own module: the library (`config`,
-`images`, `data`, `model`, `callbacks`, `task`, `metrics`, `reports`, `metadata`, `lite`,
-`runners`, `runs`, `gradcam`, `cli`) and the commands (`train`, `evaluate`, `export`, `predict`,
-`explain`, `bench`, `app`); see the README's Layout section.
+Importing the package does no work. The library lives in stage subpackages, in the order the
+data flows: `core` (task, config, files, errors, metadata, run folders; no TensorFlow), `data`
+(decoding films, folders, the split, the input pipeline), `network` (the CNN), `training`,
+`runtime` (running a saved model, the input guard, Grad-CAM), `evaluation`, `edge` (the exported
+file family), `adaptation` (learning from a site's films) and `benchmark`. The commands sit on
+top, one module each: `train`, `evaluate`, `export`, `adapt`, `predict`, `explain`, `bench`,
+`web` and `app` (with `cli`, their shared skeleton); see the README's Layout section.
 """
 
 import os

@@ -1,8 +1,8 @@
 """The Streamlit app: drop in chest X-rays; see the label, the probability, where the model looked.
 
-Every upload goes through the input guard first (`pneumocnn.guard`): a refused image is not
+Every upload goes through the input guard first (`pneumocnn.runtime.guard`): a refused image is not
 classified and says why; a flagged one is classified with a warning and its out-of-distribution
-score. The model card (`pneumocnn.card`, rendered from the metadata) opens under the title, and
+score. The model card (`pneumocnn.edge.card`, rendered from the metadata) opens under the title, and
 the notice that this is not a medical device sits in the page itself, not only in the sidebar
 (which a phone hides).
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from pneumocnn.runners import MODEL_DIR_ENV_VAR, default_model_dir
+from pneumocnn.core.locations import MODEL_DIR_ENV_VAR, default_model_dir
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm"]
 NOTICE = (
@@ -56,7 +56,7 @@ def find_models(folder: Path) -> dict[str, dict[str, Any]]:
 
     Files that are not pneumocnn metadata are ignored.
     """
-    from pneumocnn.metadata import MetadataError, load_metadata
+    from pneumocnn.core.metadata import MetadataError, load_metadata
 
     models = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -89,14 +89,15 @@ def render() -> None:
     import pandas as pd
     import streamlit as st
 
-    from pneumocnn import guard
-    from pneumocnn.card import model_card
-    from pneumocnn.gradcam import GradCam, explain_image, overlay_figure
-    from pneumocnn.images import NOTES_KEY, ImageLoadError, read_grayscale, to_model_input
-    from pneumocnn.lite import classify
-    from pneumocnn.metadata import MetadataError, load_metadata, model_files
-    from pneumocnn.model import load_model
-    from pneumocnn.runners import open_model
+    from pneumocnn.core.metadata import MetadataError, load_metadata, model_files
+    from pneumocnn.data.images import read_grayscale, to_model_input
+    from pneumocnn.data.pixels import NOTES_KEY, ImageLoadError
+    from pneumocnn.edge.card import model_card
+    from pneumocnn.network.model import load_model
+    from pneumocnn.runtime import guard
+    from pneumocnn.runtime.gradcam import GradCam, explain_image, overlay_figure
+    from pneumocnn.runtime.prediction import classify
+    from pneumocnn.runtime.runners import open_model
 
     st.set_page_config(page_title="pneumocnn", page_icon="🫁", layout="wide")
 
@@ -274,7 +275,7 @@ def serve(port: int, model_folder: str | Path | None = None, timeout: float = 60
     Args:
         port: a free local port.
         model_folder: the exported model folder. Defaults to `None` (see
-            `pneumocnn.runners.default_model_dir`).
+            `pneumocnn.core.locations.default_model_dir`).
         timeout: seconds to wait for the server to answer. Defaults to 60.
 
     Yields:

@@ -1,21 +1,9 @@
-"""The skeleton every command shares: exit codes, error classes, logging, input expansion.
+"""The skeleton every command shares: logging, error-to-exit-code mapping, input expansion.
 
-Each command (`train`, `evaluate`, `export`, `predict`, `explain`, `web`) builds its `argparse`
-parser without importing TensorFlow (so `--help` is instant and quiet), then hands its work to
-`run`, which sets up logging, imports nothing heavy itself, and maps errors to exit codes:
-
-- 0: all done.
-- 1: some inputs could not be processed (unreadable images, no image found); the rest were.
-- 2: usage or configuration error: a bad flag, a missing file or folder, a file that is not a
-  model, metadata that does not match, a configuration whose training diverged. Nothing was
-  done (or kept).
-- 3: the program itself failed: an unexpected error (a bug; the traceback is printed).
-- 4: the work ran, but a check refused its result (the int8 model strays from the float one).
-  Nothing was written.
-- 5: the work stopped before the end and can be resumed (a worker of a multi-worker run was
-  lost); the message says how.
-
-Every message names the received value and the fix.
+Each command (`train`, `evaluate`, `export`, `adapt`, `predict`, `explain`, `web`) builds its
+`argparse` parser without importing TensorFlow (so `--help` is instant and quiet), then hands its
+work to `run`, which sets up logging, imports nothing heavy itself, and maps errors to exit codes
+(see `pneumocnn.core.errors` for the table).
 """
 
 from __future__ import annotations
@@ -28,44 +16,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pneumocnn.files import display_name
-
-EXIT_OK = 0
-EXIT_SOME_INPUTS_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERNAL = 3
-EXIT_CHECK_FAILED = 4
-EXIT_RESUMABLE = 5
-
-
-class UsageError(ValueError):
-    """A bad flag value or a wrong file for a command (exit code 2)."""
-
-
-class NoInputsError(ValueError):
-    """No input could be processed: no image found where the user pointed (exit code 1)."""
-
-
-class CheckFailedError(RuntimeError):
-    """The work ran, but a check refused its result; nothing was written (exit code 4)."""
-
-
-class ResumableError(RuntimeError):
-    """The work stopped before the end and can be resumed (exit code 5)."""
-
-
-def exit_code_of(error: BaseException) -> int:
-    """The exit code of an error (see the table in this module's docstring)."""
-    if isinstance(error, NoInputsError):
-        return EXIT_SOME_INPUTS_FAILED
-    if isinstance(error, CheckFailedError):
-        return EXIT_CHECK_FAILED
-    if isinstance(error, ResumableError):
-        return EXIT_RESUMABLE
-    # ValueError covers UsageError, DataError, MetadataError and ImageLoadError.
-    if isinstance(error, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)):
-        return EXIT_USAGE
-    return EXIT_INTERNAL
+from pneumocnn.core.errors import EXIT_INTERNAL, NoInputsError, exit_code_of
+from pneumocnn.core.files import display_name
 
 
 def quiet_tensorflow() -> None:
@@ -115,7 +67,7 @@ def run(
 
 def collect_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
     """The image files of `inputs`: each file as given, and each image file inside each folder
-    (sorted, recursive; see `pneumocnn.images.scan_folder`, which never opens or blocks on an
+    (sorted, recursive; see `pneumocnn.data.scan.scan_folder`, which never opens or blocks on an
     entry). Every entry a folder walk leaves out is logged with its reason.
 
     Returns:
@@ -124,7 +76,7 @@ def collect_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str
         is not UTF-8), which a command reports as a failure (exit code 1). Names are escaped
         for printing.
     """
-    from pneumocnn.images import scan_folder
+    from pneumocnn.data.scan import scan_folder
 
     files: list[Path] = []
     refused: list[tuple[str, str]] = []

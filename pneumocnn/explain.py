@@ -1,12 +1,12 @@
 """Grad-CAM overlays: `python -m pneumocnn.explain IMAGE_OR_FOLDER... [--model M]`.
 
-Writes one PNG per image: the film with its Grad-CAM evidence over it (see `pneumocnn.gradcam`:
-at least 10x10 cells, on a fixed 0-1 scale), a colour bar, and the label, probability and
-threshold in the title. Grad-CAM needs the float `.keras` model (an int8 `.tflite` has no
-gradients): given a `.tflite`, the `.keras` of the same export is found beside it through the
-metadata, and the label and probability shown are the `.tflite` model's own, the ones `predict`
-gives. Every image goes through the input guard first (`pneumocnn.guard`): a refused image gets
-no overlay (its reason is reported), a flagged one says so under the title.
+Writes one PNG per image: the film with its Grad-CAM evidence over it (see
+`pneumocnn.runtime.gradcam`: at least 10x10 cells, on a fixed 0-1 scale), a colour bar, and the
+label, probability and threshold in the title. Grad-CAM needs the float `.keras` model (an int8
+`.tflite` has no gradients): given a `.tflite`, the `.keras` of the same export is found beside it
+through the metadata, and the label and probability shown are the `.tflite` model's own, the ones
+`predict` gives. Every image goes through the input guard first (`pneumocnn.runtime.guard`): a
+refused image gets no overlay (its reason is reported), a flagged one says so under the title.
 
 Example:
 
@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from pneumocnn import cli
-from pneumocnn.lite import classify
-from pneumocnn.runners import default_model
+from pneumocnn.core.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED
+from pneumocnn.core.locations import default_model
+from pneumocnn.runtime.prediction import classify
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +38,19 @@ def explain_files(
     classifier: Any = None,
     calibration: Any = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Writes one overlay PNG per image into `output_dir` (see `pneumocnn.gradcam`).
+    """Writes one overlay PNG per image into `output_dir` (see `pneumocnn.runtime.gradcam`).
 
     Args:
         inputs: image files, or folders searched for images.
         model_path: the float `.keras` model.
         output_dir: where to write `<image>_gradcam.png` (named by
-            `pneumocnn.files.output_names`: unique, at most 255 bytes).
+            `pneumocnn.core.files.output_names`: unique, at most 255 bytes).
         threshold: the decision threshold, shown with the verdict. Defaults to `None`.
         class_names: index = label. Defaults to `None` (see `explain_image`).
         classifier: the runner whose label and probability are shown (e.g. the int8
             `LiteModel`), with its input guard. Defaults to `None`: the float model's own.
         calibration: the input guard's calibration when there is no `classifier` (see
-            `pneumocnn.guard.calibration_of`). Defaults to `None`: refusal checks only.
+            `pneumocnn.runtime.guard.calibration_of`). Defaults to `None`: refusal checks only.
 
     Returns:
         `(written, failed)`: the PNG paths, and `(name, reason)` for unreadable or refused
@@ -58,11 +59,12 @@ def explain_files(
     Raises:
         NoInputsError: if `inputs` hold no image file.
     """
-    from pneumocnn import guard
-    from pneumocnn.files import atomic_path, display_name, output_names
-    from pneumocnn.gradcam import GradCam, explain_image, overlay_figure
-    from pneumocnn.images import ImageLoadError, read_grayscale, to_model_input
-    from pneumocnn.model import load_model
+    from pneumocnn.core.files import atomic_path, display_name, output_names
+    from pneumocnn.data.images import read_grayscale, to_model_input
+    from pneumocnn.data.pixels import ImageLoadError
+    from pneumocnn.network.model import load_model
+    from pneumocnn.runtime import guard
+    from pneumocnn.runtime.gradcam import GradCam, explain_image, overlay_figure
 
     files, refused = cli.collect_inputs(inputs)
     if not files and not refused:
@@ -130,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from pneumocnn import guard
-    from pneumocnn.metadata import load_metadata, model_name
-    from pneumocnn.runners import keras_beside, open_model
+    from pneumocnn.core.metadata import load_metadata, model_name
+    from pneumocnn.runtime import guard
+    from pneumocnn.runtime.runners import keras_beside, open_model
 
     model_path = keras_beside(args.model)
     # The label and probability shown are those of the model asked for (the int8 one, given a
@@ -155,7 +157,7 @@ def _command(args: argparse.Namespace) -> int:
             f"error: {name}: {reason}" if name not in reason else f"error: {reason}",
             file=sys.stderr,
         )
-    return cli.EXIT_SOME_INPUTS_FAILED if failed else cli.EXIT_OK
+    return EXIT_SOME_INPUTS_FAILED if failed else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

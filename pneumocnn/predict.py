@@ -3,14 +3,14 @@
 Classifies chest X-rays (JPEG, PNG, DICOM) with the shipped int8 model (default), another
 `.tflite` (e.g. the subtype model, NORMAL / BACTERIAL / VIRAL), a `.keras` file, or a run
 folder; the task and classes come from the model's metadata. Every image first goes through the
-input guard (`pneumocnn.guard`): a blank image, a colour photograph, an icon or a strip is
+input guard (`pneumocnn.runtime.guard`): a blank image, a colour photograph, an icon or a strip is
 refused with the reason; an image unlike the training films is classified but flagged, with
 its out-of-distribution score. `--format` prints a table (default), one JSON object per line
 (`--json` is the same as `--format json`), or CSV with one row per file, refused and unreadable
 files included. `--threshold` sets the decision threshold for this run; every row records the
 threshold used and where it came from. A bad file, or a folder entry that cannot be read (an
 unreadable folder, a dangling link, a FIFO), gets an error row and exit status 1; the other
-files are still classified. File names are printed escaped (`pneumocnn.files.display_name`).
+files are still classified. File names are printed escaped (`pneumocnn.core.files.display_name`).
 
 Example:
 
@@ -26,8 +26,9 @@ import sys
 from typing import Any
 
 from pneumocnn import cli
-from pneumocnn.metadata import INT8_FILE
-from pneumocnn.runners import default_model
+from pneumocnn.core.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
+from pneumocnn.core.locations import default_model
+from pneumocnn.core.metadata import INT8_FILE
 
 FORMATS = ("table", "json", "csv")
 # The CSV's leading columns; a subtype model adds P(<class>) for each class after them.
@@ -126,13 +127,13 @@ def _table_line(row: dict[str, Any]) -> str:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from pneumocnn.files import display_name
-    from pneumocnn.images import ImageLoadError
-    from pneumocnn.runners import open_model
+    from pneumocnn.core.files import display_name
+    from pneumocnn.data.pixels import ImageLoadError
+    from pneumocnn.runtime.runners import open_model
 
     output_format = "json" if args.json else (args.format or "table")
     if args.json and args.format not in (None, "json"):
-        raise cli.UsageError(
+        raise UsageError(
             f"--json asks for JSON, and --format for {args.format}. Received: --json --format "
             f"{args.format}. Pass one of them."
         )
@@ -189,8 +190,8 @@ def _command(args: argparse.Namespace) -> int:
     if failures:
         total = len(files) + len(refused)
         print(f"{len(failures)} of {total} files could not be read.", file=sys.stderr)
-        return cli.EXIT_SOME_INPUTS_FAILED
-    return cli.EXIT_OK
+        return EXIT_SOME_INPUTS_FAILED
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

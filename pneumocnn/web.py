@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from pneumocnn import cli
-from pneumocnn.metadata import MetadataError, find_metadata, load_metadata, model_name
-from pneumocnn.runners import default_model
+from pneumocnn.core.errors import EXIT_OK, UsageError
+from pneumocnn.core.locations import default_model
+from pneumocnn.core.metadata import MetadataError, find_metadata, load_metadata, model_name
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_DIR = ROOT / "web"
@@ -49,7 +50,7 @@ CHROMIUM_ARGS = [
 LITERT_JS_DTYPES = ("uint8", "float32", "int32")
 
 
-class BuildError(cli.UsageError):
+class BuildError(UsageError):
     """Raised when the site cannot be built; the message says what to fix (exit code 2)."""
 
 
@@ -150,8 +151,9 @@ def build(output_dir: str | Path, model: str | Path | None = None, web_dir: Path
     Args:
         output_dir: the folder to write (created; files already there are overwritten).
         model: the exported `.tflite` to serve (its metadata and labels files must sit beside
-            it). Defaults to `None`: the shipped int8 model (`pneumocnn.runners.default_model`:
-            `$PNEUMOCNN_MODEL_DIR`, else `saved_models/`).
+            it). Defaults to `None`: the shipped int8 model
+            (`pneumocnn.core.locations.default_model`: `$PNEUMOCNN_MODEL_DIR`, else
+            `saved_models/`).
         web_dir: the page's source folder. Defaults to the repository's `web/`.
 
     Returns:
@@ -211,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(args: argparse.Namespace) -> int:
     site = build(args.output_dir, args.model)
     print(f"Wrote the site to {site}/. Serve it with: python3 -m http.server -d {site} 8000")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,10 +56,10 @@ def trained_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported_model(trained_run, tmp_path_factory) -> Path:
     """`saved_models`-style folder exported from `trained_run`."""
-    from pneumocnn import export
+    from pneumocnn.edge.export import export
 
     output = tmp_path_factory.mktemp("exported")
-    export.export(trained_run, output, calibration_images=40, require_parity=False)
+    export(trained_run, output, calibration_images=40, require_parity=False)
     return output
 
 
@@ -78,8 +78,8 @@ def subtype_run(tmp_path_factory) -> Path:
 def subtype_model(subtype_run, tmp_path_factory) -> Path:
     """A `saved_models`-style folder with the subtype model exported from `subtype_run` under
     its default name (`pneumocnn_subtype*`)."""
-    from pneumocnn import export
+    from pneumocnn.edge.export import export
 
     output = tmp_path_factory.mktemp("exported_subtype")
-    export.export(subtype_run, output, calibration_images=60, require_parity=False)
+    export(subtype_run, output, calibration_images=60, require_parity=False)
     return output

@@ -3,6 +3,7 @@
 import json
 
 from pneumocnn import bench
+from pneumocnn.benchmark.reference import tutorial_cnn
 
 
 def test_quick_bench_measures_every_model_and_writes_json_and_markdown(exported_model, tmp_path):
@@ -32,7 +33,7 @@ def test_quick_bench_measures_every_model_and_writes_json_and_markdown(exported_
 
 
 def test_tutorial_cnn_matches_its_published_shape():
-    model = bench.tutorial_cnn()
+    model = tutorial_cnn()
     assert model.input_shape == (None, 180, 180, 3)
     assert model.output_shape == (None, 1)
     dense_units = [layer.units for layer in model.layers if layer.__class__.__name__ == "Dense"]

@@ -2,8 +2,8 @@
 
 import json
 
-from pneumocnn.card import NOT_MEASURED, card_file, model_card, write_card
-from pneumocnn.metadata import METADATA_FILE
+from pneumocnn.core.metadata import METADATA_FILE
+from pneumocnn.edge.card import NOT_MEASURED, card_file, model_card, write_card
 
 BASE = {
     "name": "pneumocnn",

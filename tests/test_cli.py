@@ -6,11 +6,20 @@ import sys
 import pytest
 
 from pneumocnn import cli
-from pneumocnn.data import DataError
-from pneumocnn.export import ParityError
-from pneumocnn.images import ImageLoadError
-from pneumocnn.metadata import MetadataError
-from pneumocnn.train import TrainingDivergedError
+from pneumocnn.core.errors import (
+    EXIT_CHECK_FAILED,
+    EXIT_INTERNAL,
+    EXIT_SOME_INPUTS_FAILED,
+    EXIT_USAGE,
+    DataError,
+    NoInputsError,
+    UsageError,
+    exit_code_of,
+)
+from pneumocnn.core.metadata import MetadataError
+from pneumocnn.data.pixels import ImageLoadError
+from pneumocnn.edge.parity import ParityError
+from pneumocnn.training.loop import TrainingDivergedError
 
 COMMANDS = ("train", "evaluate", "export", "predict", "explain", "web")
 
@@ -45,19 +54,19 @@ def test_help_exits_0_and_prints_the_usage_only(command):
 @pytest.mark.parametrize(
     ("error", "code"),
     [
-        (cli.NoInputsError("none"), cli.EXIT_SOME_INPUTS_FAILED),
-        (cli.UsageError("bad flag"), cli.EXIT_USAGE),
-        (FileNotFoundError("gone"), cli.EXIT_USAGE),
-        (DataError("no class folders"), cli.EXIT_USAGE),
-        (MetadataError("bad sha"), cli.EXIT_USAGE),
-        (ImageLoadError("broken"), cli.EXIT_USAGE),
-        (ParityError("strays"), cli.EXIT_CHECK_FAILED),
-        (TrainingDivergedError("nan"), cli.EXIT_USAGE),
-        (ZeroDivisionError("a bug"), cli.EXIT_INTERNAL),
+        (NoInputsError("none"), EXIT_SOME_INPUTS_FAILED),
+        (UsageError("bad flag"), EXIT_USAGE),
+        (FileNotFoundError("gone"), EXIT_USAGE),
+        (DataError("no class folders"), EXIT_USAGE),
+        (MetadataError("bad sha"), EXIT_USAGE),
+        (ImageLoadError("broken"), EXIT_USAGE),
+        (ParityError("strays"), EXIT_CHECK_FAILED),
+        (TrainingDivergedError("nan"), EXIT_USAGE),
+        (ZeroDivisionError("a bug"), EXIT_INTERNAL),
     ],
 )
 def test_each_error_class_maps_to_its_documented_exit_code(error, code):
-    assert cli.exit_code_of(error) == code
+    assert exit_code_of(error) == code
 
 
 def test_an_unexpected_error_prints_the_traceback_and_exits_3(capsys):
@@ -66,7 +75,7 @@ def test_an_unexpected_error_prints_the_traceback_and_exits_3(capsys):
     def broken(args):
         raise ZeroDivisionError("division by zero")
 
-    assert cli.run(argparse.ArgumentParser(prog="demo"), broken, []) == cli.EXIT_INTERNAL
+    assert cli.run(argparse.ArgumentParser(prog="demo"), broken, []) == EXIT_INTERNAL
     err = capsys.readouterr().err
     assert "Traceback" in err and "bug in demo" in err
 
@@ -82,21 +91,24 @@ def test_a_bad_flag_exits_2_before_any_work():
 
 
 def test_no_library_module_imports_a_command_module():
-    # Imports run one way: the command modules use the library, never the reverse.
+    # Imports run one way: the command modules (pneumocnn/<command>.py) use the library in the
+    # stage subpackages, never the reverse.
     import ast
     from pathlib import Path
 
     package = Path(cli.__file__).parent
-    commands = {"train", "evaluate", "export", "predict", "explain", "bench", "app", "web"}
-    for path in package.glob("*.py"):
-        if path.stem in commands:
-            continue
+    commands = {path.stem for path in package.glob("*.py")} - {"__init__"}
+    assert {"train", "evaluate", "export", "predict", "explain", "bench", "app", "web"} <= commands
+    library = [path for path in package.rglob("*.py") if path.parent != package]
+    assert len(library) > 20
+    for path in library:
         tree = ast.parse(path.read_text())
         imported = set()
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                imported.add(node.module.split(".")[-1])
-                imported.update(alias.name for alias in node.names)
+            if isinstance(node, ast.ImportFrom) and node.module == "pneumocnn":
+                imported.update(f"pneumocnn.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
             elif isinstance(node, ast.Import):
-                imported.update(alias.name.split(".")[-1] for alias in node.names)
-        assert not imported & commands, (path.name, imported & commands)
+                imported.update(alias.name for alias in node.names)
+        assert not imported & {f"pneumocnn.{name}" for name in commands}, path

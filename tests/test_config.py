@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pneumocnn.config import Config, add_config_arguments, config_from_args
+from pneumocnn.core.config import Config, add_config_arguments, config_from_args
 
 
 def parse(argv):

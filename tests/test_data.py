@@ -7,8 +7,20 @@ import pandas as pd
 import pytest
 
 from helpers import REAL_DATA, requires_real_data
-from pneumocnn import data
-from pneumocnn.config import Config
+from pneumocnn.core.config import Config
+from pneumocnn.core.errors import DataError
+from pneumocnn.data.folders import (
+    DATA_ENV_VAR,
+    KAGGLE_DATASET,
+    film_group,
+    find_dataset,
+    list_images,
+    patient_id,
+    resolve_data_dir,
+)
+from pneumocnn.data.pipeline import class_weights, make_datasets
+from pneumocnn.data.split import LoadedSplit, limit_per_class, load_split, make_split, prepare_split
+from pneumocnn.training.distill import load_teachers
 
 
 @pytest.mark.parametrize(
@@ -24,13 +36,13 @@ from pneumocnn.config import Config
     ],
 )
 def test_patient_id_follows_the_kaggle_file_names(name, patient):
-    assert data.patient_id(f"train/X/{name}") == patient
+    assert patient_id(f"train/X/{name}") == patient
 
 
 def _split(root, seed=0, val_fraction=0.25):
-    dataset = data.find_dataset(root)
-    images = data.list_images(dataset.development, dataset.class_names)
-    return data.make_split(images, val_fraction, seed)
+    dataset = find_dataset(root)
+    images = list_images(dataset.development, dataset.class_names)
+    return make_split(images, val_fraction, seed)
 
 
 def test_split_keeps_every_patient_on_one_side(make_dataset):
@@ -55,10 +67,10 @@ def test_split_is_deterministic_for_a_seed_and_changes_with_it(make_dataset):
 
 
 def test_split_seed_shares_one_split_between_seeds(make_dataset):
-    dataset = data.find_dataset(make_dataset(patients=12))
+    dataset = find_dataset(make_dataset(patients=12))
 
     def split_of(**fields):
-        return data.prepare_split(Config(val_fraction=0.25, **fields), dataset)
+        return prepare_split(Config(val_fraction=0.25, **fields), dataset)
 
     pd.testing.assert_frame_equal(split_of(seed=1, split_seed=7), split_of(seed=2, split_seed=7))
     pd.testing.assert_frame_equal(split_of(seed=7), split_of(seed=3, split_seed=7))
@@ -78,8 +90,8 @@ def test_duplicate_files_of_different_patients_share_a_side(make_dataset):
 
 @requires_real_data
 def test_real_split_has_no_patient_on_both_sides_and_about_a_fifth_in_val():
-    dataset = data.find_dataset(REAL_DATA)
-    split = data.prepare_split(Config(), dataset)
+    dataset = find_dataset(REAL_DATA)
+    split = prepare_split(Config(), dataset)
     assert len(split) == 1341 + 3875
     assert (split.groupby("patient")["subset"].nunique() == 1).all()
     val_share = (split["subset"] == "val").mean()
@@ -94,7 +106,7 @@ def test_nested_kaggle_archive_layout_is_found(make_dataset, tmp_path):
     outer.mkdir(parents=True)
     shutil.move(str(inner), str(outer / "chest_xray"))
     (outer / "__MACOSX" / "chest_xray").mkdir(parents=True)
-    dataset = data.find_dataset(tmp_path / "download")
+    dataset = find_dataset(tmp_path / "download")
     assert dataset.root == outer / "chest_xray"
     assert dataset.class_names == ("NORMAL", "PNEUMONIA")
 
@@ -103,35 +115,35 @@ def test_val_and_test_folders_are_recognised(make_dataset):
     root = make_dataset()
     shutil.copytree(root / "train", root / "val")
     shutil.copytree(root / "train", root / "test")
-    dataset = data.find_dataset(root)
+    dataset = find_dataset(root)
     assert dataset.development == (root / "train", root / "val")
     assert dataset.test == root / "test"
 
 
 def test_plain_class_folders_are_accepted(make_dataset):
     root = make_dataset() / "train"
-    dataset = data.find_dataset(root)
+    dataset = find_dataset(root)
     assert dataset.class_names == ("NORMAL", "PNEUMONIA")
     assert dataset.development == (root,)
 
 
 def test_missing_folder_gives_a_clear_error(tmp_path):
-    with pytest.raises(data.DataError, match="does not exist.*--data-dir"):
-        data.find_dataset(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="does not exist.*--data-dir"):
+        find_dataset(tmp_path / "nowhere")
 
 
 def test_folder_without_class_subfolders_gives_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(data.DataError, match="no class subfolders"):
-        data.find_dataset(tmp_path)
+    with pytest.raises(DataError, match="no class subfolders"):
+        find_dataset(tmp_path)
 
 
 def test_empty_class_gives_a_clear_error(make_dataset):
     root = make_dataset()
     for path in (root / "train" / "NORMAL").iterdir():
         path.unlink()
-    with pytest.raises(data.DataError, match="NORMAL' has no JPEG, PNG or DICOM images"):
-        data.find_dataset(root)
+    with pytest.raises(DataError, match="NORMAL' has no JPEG, PNG or DICOM images"):
+        find_dataset(root)
 
 
 def test_stray_files_and_macos_folders_are_not_listed(make_dataset):
@@ -140,21 +152,21 @@ def test_stray_files_and_macos_folders_are_not_listed(make_dataset):
     (root / "train" / "NORMAL" / "readme.txt").write_text("x")
     (root / "train" / "NORMAL" / "__MACOSX").mkdir()
     (root / "train" / "NORMAL" / "__MACOSX" / "._IM-0000-0001.jpeg").write_bytes(b"\0")
-    images = data.list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
+    images = list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
     assert len(images) == 4
     assert all(p.endswith((".jpeg", ".png")) for p in images["path"])
 
 
 def test_data_dir_flag_wins_over_environment(make_dataset, monkeypatch, tmp_path):
     root = make_dataset()
-    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "elsewhere"))
-    assert data.resolve_data_dir(str(root)) == root
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "elsewhere"))
+    assert resolve_data_dir(str(root)) == root
 
 
 def test_environment_variable_is_used_without_flag(make_dataset, monkeypatch):
     root = make_dataset()
-    monkeypatch.setenv(data.DATA_ENV_VAR, str(root))
-    assert data.resolve_data_dir(None) == root
+    monkeypatch.setenv(DATA_ENV_VAR, str(root))
+    assert resolve_data_dir(None) == root
 
 
 def test_kagglehub_download_is_used_without_flag_or_environment(make_dataset, monkeypatch):
@@ -162,10 +174,10 @@ def test_kagglehub_download_is_used_without_flag_or_environment(make_dataset, mo
 
     root = make_dataset()
     asked = []
-    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
     monkeypatch.setattr(kagglehub, "dataset_download", lambda handle: asked.append(handle) or root)
-    assert data.resolve_data_dir(None) == root
-    assert asked == [data.KAGGLE_DATASET]
+    assert resolve_data_dir(None) == root
+    assert asked == [KAGGLE_DATASET]
 
 
 def test_failed_download_says_how_to_point_at_local_data(monkeypatch):
@@ -174,26 +186,26 @@ def test_failed_download_says_how_to_point_at_local_data(monkeypatch):
     def offline(handle):
         raise ConnectionError("no network")
 
-    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
     monkeypatch.setattr(kagglehub, "dataset_download", offline)
-    with pytest.raises(data.DataError, match="--data-dir .*PNEUMOCNN_DATA_DIR"):
-        data.resolve_data_dir(None)
+    with pytest.raises(DataError, match="--data-dir .*PNEUMOCNN_DATA_DIR"):
+        resolve_data_dir(None)
 
 
 def _loaded(make_dataset, config):
     root = make_dataset(patients=8, images_per_patient=2)
-    dataset = data.find_dataset(root)
-    split = data.prepare_split(config, dataset)
+    dataset = find_dataset(root)
+    split = prepare_split(config, dataset)
     return (
-        data.load_split(split, "train", config.image_size, dataset.root),
-        data.load_split(split, "val", config.image_size, dataset.root),
+        load_split(split, "train", config.image_size, dataset.root),
+        load_split(split, "val", config.image_size, dataset.root),
     )
 
 
 def test_pipeline_yields_float_batches_of_raw_pixels(make_dataset):
     config = Config(image_size=32, batch_size=4, val_fraction=0.25)
     train, val = _loaded(make_dataset, config)
-    train_ds, val_ds, steps = data.make_datasets(config, train, val)
+    train_ds, val_ds, steps = make_datasets(config, train, val)
     images, labels, weights = next(iter(train_ds))
     assert images.shape == (4, 32, 32, 1) and images.dtype.name == "float32"
     assert labels.shape == (4, 1)
@@ -218,8 +230,8 @@ def test_distillation_blends_each_target_with_the_teachers_prediction_on_that_fi
     )
     train, val = _loaded(make_dataset, config)
     teacher = _brightness_teacher(32)
-    plain_ds, _, _ = data.make_datasets(config, train, val)
-    train_ds, val_ds, _ = data.make_datasets(config, train, val, teachers=[teacher, teacher])
+    plain_ds, _, _ = make_datasets(config, train, val)
+    train_ds, val_ds, _ = make_datasets(config, train, val, teachers=[teacher, teacher])
     (plain_images, plain_labels, _), (images, labels, _) = (
         next(iter(plain_ds)),
         next(iter(train_ds)),
@@ -234,12 +246,12 @@ def test_distillation_blends_each_target_with_the_teachers_prediction_on_that_fi
     path = tmp_path / "teacher.keras"
     teacher.save(path)
     assert (
-        len(data.load_teachers(dataclasses.replace(config, distill_from=f"{path}, {path}"), 2)) == 2
+        len(load_teachers(dataclasses.replace(config, distill_from=f"{path}, {path}"), 2)) == 2
     )
     with pytest.raises(FileNotFoundError, match="missing.keras"):
-        data.load_teachers(dataclasses.replace(config, distill_from="missing.keras"), 2)
+        load_teachers(dataclasses.replace(config, distill_from="missing.keras"), 2)
     with pytest.raises(ValueError, match="same task and image size"):
-        data.load_teachers(dataclasses.replace(config, image_size=48, distill_from=str(path)), 2)
+        load_teachers(dataclasses.replace(config, image_size=48, distill_from=str(path)), 2)
     with pytest.raises(ValueError, match="distill_weight"):
         Config(distill_weight=0)
 
@@ -247,7 +259,7 @@ def test_distillation_blends_each_target_with_the_teachers_prediction_on_that_fi
 def test_validation_batches_are_never_augmented(make_dataset):
     config = Config(image_size=32, batch_size=64, val_fraction=0.25, augment_strength=3.0)
     train, val = _loaded(make_dataset, config)
-    _, val_ds, _ = data.make_datasets(config, train, val)
+    _, val_ds, _ = make_datasets(config, train, val)
     images, _ = next(iter(val_ds))
     np.testing.assert_array_equal(images.numpy(), val.images.astype(np.float32))
 
@@ -257,7 +269,7 @@ def test_training_batches_are_augmented(make_dataset):
         image_size=32, batch_size=64, val_fraction=0.25, augment_strength=2.0, balance="none"
     )
     train, val = _loaded(make_dataset, config)
-    train_ds, _, _ = data.make_datasets(config, train, val)
+    train_ds, _, _ = make_datasets(config, train, val)
     images, _, _ = next(iter(train_ds))
     # Shuffled and augmented: no batch image equals its source pixels exactly.
     raw = {image.tobytes() for image in train.images.astype(np.float32)}
@@ -270,23 +282,23 @@ def test_oversampling_gives_balanced_batches(make_dataset):
     )
     train, val = _loaded(make_dataset, config)
     keep = np.r_[np.flatnonzero(train.labels == 0)[:2], np.flatnonzero(train.labels == 1)]
-    skewed = data.LoadedSplit(train.images[keep], train.labels[keep], [], [])
-    train_ds, _, _ = data.make_datasets(config, skewed, val)
+    skewed = LoadedSplit(train.images[keep], train.labels[keep], [], [])
+    train_ds, _, _ = make_datasets(config, skewed, val)
     labels = np.concatenate([y.numpy().ravel() for _, y, _ in train_ds.take(8)])
     assert labels.mean() == pytest.approx(0.5, abs=0.08)
 
 
 def test_class_weights_balance_the_training_labels():
-    weights = data.class_weights(np.array([0] * 10 + [1] * 30), 2)
+    weights = class_weights(np.array([0] * 10 + [1] * 30), 2)
     assert weights[0] * 10 == pytest.approx(weights[1] * 30)
 
 
 def test_limit_per_class_is_seeded_and_capped(make_dataset):
     root = make_dataset(patients=8)
-    images = data.list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
-    limited = data.limit_per_class(images, 5, seed=3)
+    images = list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
+    limited = limit_per_class(images, 5, seed=3)
     assert limited["label"].value_counts().to_dict() == {0: 5, 1: 5}
-    pd.testing.assert_frame_equal(limited, data.limit_per_class(images, 5, seed=3))
+    pd.testing.assert_frame_equal(limited, limit_per_class(images, 5, seed=3))
 
 
 def test_class_weights_travel_as_sample_weights(make_dataset):
@@ -295,10 +307,10 @@ def test_class_weights_travel_as_sample_weights(make_dataset):
     )
     train, val = _loaded(make_dataset, config)
     keep = np.r_[np.flatnonzero(train.labels == 0)[:3], np.flatnonzero(train.labels == 1)]
-    skewed = data.LoadedSplit(train.images[keep], train.labels[keep], [], [])
-    train_ds, _, _ = data.make_datasets(config, skewed, val)
+    skewed = LoadedSplit(train.images[keep], train.labels[keep], [], [])
+    train_ds, _, _ = make_datasets(config, skewed, val)
     _, labels, weights = next(iter(train_ds))
-    expected = data.class_weights(skewed.labels, 2)
+    expected = class_weights(skewed.labels, 2)
     for label, weight in zip(labels.numpy().ravel(), weights.numpy(), strict=True):
         assert weight == pytest.approx(expected[int(label)])
 
@@ -321,7 +333,7 @@ def _first_training_batch(make_dataset, **fields):
         }
     )
     train, val = _loaded(make_dataset, config)
-    train_ds, _, _ = data.make_datasets(config, train, val)
+    train_ds, _, _ = make_datasets(config, train, val)
     images, labels, weights = next(iter(train_ds))
     return train, images.numpy(), labels.numpy().ravel(), weights.numpy()
 
@@ -369,8 +381,8 @@ def test_gamma_augmentation_keeps_black_and_white_and_bends_the_midtones():
     )
     ramp = np.tile(np.linspace(0, 255, 32, dtype=np.float32), (32, 1))[np.newaxis, :, :, None]
     films = np.repeat(ramp, 16, axis=0).astype(np.uint8)
-    loaded = data.LoadedSplit(films, np.array([0, 1] * 8), [], [])
-    train_ds, _, _ = data.make_datasets(config, loaded, loaded)
+    loaded = LoadedSplit(films, np.array([0, 1] * 8), [], [])
+    train_ds, _, _ = make_datasets(config, loaded, loaded)
     images = next(iter(train_ds))[0].numpy()
     np.testing.assert_allclose(images[:, :, 0], 0.0, atol=1e-3)  # gamma fixes 0 ...
     np.testing.assert_allclose(images[:, :, -1], 255.0, atol=1e-2)  # ... and 255
@@ -379,8 +391,8 @@ def test_gamma_augmentation_keeps_black_and_white_and_bends_the_midtones():
 
 
 def test_film_group_reads_the_naming_scheme():
-    assert data.film_group("x/IM-0115-0001.jpeg", False) == "NORMAL IM-"
-    assert data.film_group("NORMAL2-IM-0135-0001.jpeg", False) == "NORMAL NORMAL2-"
-    assert data.film_group("person12_virus_3.jpeg", True) == "PNEUMONIA viral"
-    assert data.film_group("person7_bacteria_30.jpeg", True) == "PNEUMONIA bacterial"
-    assert data.film_group("film.png", True) == "PNEUMONIA other"
+    assert film_group("x/IM-0115-0001.jpeg", False) == "NORMAL IM-"
+    assert film_group("NORMAL2-IM-0135-0001.jpeg", False) == "NORMAL NORMAL2-"
+    assert film_group("person12_virus_3.jpeg", True) == "PNEUMONIA viral"
+    assert film_group("person7_bacteria_30.jpeg", True) == "PNEUMONIA bacterial"
+    assert film_group("film.png", True) == "PNEUMONIA other"

@@ -18,13 +18,8 @@ import pytest
 from PIL import Image
 
 from helpers import real_films, requires_real_data, write_dicom
-from pneumocnn.images import (
-    MAX_DECODED_BYTES,
-    NOTES_KEY,
-    ImageLoadError,
-    load_image,
-    read_grayscale,
-)
+from pneumocnn.data.images import load_image, read_grayscale
+from pneumocnn.data.pixels import MAX_DECODED_BYTES, NOTES_KEY, ImageLoadError
 
 pydicom = pytest.importorskip("pydicom", reason="the lite extra (pydicom) is not installed")
 from pydicom.uid import (  # noqa: E402
@@ -119,7 +114,7 @@ def test_dicom_gives_the_same_pixels_as_the_same_film_as_png(tmp_path, films, ca
 
 def test_dicom_prediction_matches_the_png_prediction(tmp_path, films):
     pytest.importorskip("ai_edge_litert", reason="the lite extra is not installed")
-    from pneumocnn.lite import LiteModel
+    from pneumocnn.runtime.lite import LiteModel
 
     model = LiteModel(SHIPPED_INT8)
     for index, film in enumerate(films):
@@ -291,8 +286,8 @@ def test_ybr_colour_dicom_at_the_budget_is_read_without_a_float_copy_of_every_sa
     path = write_dicom(tmp_path / "ybr.dcm", ybr, "YBR_FULL", 8)
     del ybr
     script = (
-        "from pneumocnn.bench import peak_memory_mb\n"
-        "from pneumocnn.images import load_image\n"
+        "from pneumocnn.benchmark.timing import peak_memory_mb\n"
+        "from pneumocnn.data.images import load_image\n"
         f"load_image({str(path)!r}, 32)\n"
         "print(round(peak_memory_mb()))\n"
     )

@@ -10,17 +10,13 @@ import pytest
 from PIL import Image
 
 from helpers import REAL_DATA, requires_real_data, synthetic_xray, write_image
-from pneumocnn import edge
-from pneumocnn.lite import LiteModel
-from pneumocnn.metadata import (
-    FP16_FILE,
-    INT8_FILE,
-    METADATA_FILE,
-    decide,
-    model_files,
-)
-from pneumocnn.model import load_model
-from pneumocnn.runners import default_model_dir
+from pneumocnn.core.locations import default_model_dir
+from pneumocnn.core.metadata import FP16_FILE, INT8_FILE, METADATA_FILE, model_files
+from pneumocnn.core.task import decide
+from pneumocnn.edge.embedded import minimum_parser_version, read_embedded_labels
+from pneumocnn.edge.rgb import operating_scores, rgb_classifier
+from pneumocnn.network.model import load_model
+from pneumocnn.runtime.lite import LiteModel
 
 RGB_FILE = model_files("pneumocnn")["rgb_int8"]
 # Films whose int8 probability lies this close to the threshold may flip between two int8
@@ -58,13 +54,13 @@ def test_operating_scores_argmax_is_the_decision_for_both_tasks():
         binary = rng.uniform(0, 1, 500)
         binary = binary[np.abs(binary - threshold) > 1e-6]
         names = ["NORMAL", "PNEUMONIA"]
-        scores = edge.operating_scores(binary, threshold)
+        scores = operating_scores(binary, threshold)
         assert [names[i] for i in scores.argmax(1)] == decide(binary, threshold, names)
         np.testing.assert_allclose(scores.sum(1), 1.0)
         subtype = rng.dirichlet([1, 1, 1], 500)
         subtype = subtype[np.abs(1 - subtype[:, 0] - threshold) > 1e-6]
         names = ["NORMAL", "BACTERIAL", "VIRAL"]
-        scores = edge.operating_scores(subtype, threshold)
+        scores = operating_scores(subtype, threshold)
         assert [names[i] for i in scores.argmax(1)] == decide(subtype, threshold, names)
 
 
@@ -74,14 +70,14 @@ def test_rgb_classifier_scores_are_the_operating_scores_of_the_gray_model(fixtur
     metadata = json.loads(next(folder.glob("*.json")).read_text())
     files = model_files(metadata["name"])
     gray_model = load_model(folder / files["keras"])
-    rgb_model = edge.rgb_classifier(gray_model, metadata["threshold"])
+    rgb_model = rgb_classifier(gray_model, metadata["threshold"])
     rng = np.random.default_rng(1)
     size = metadata["image_size"]
     for label in (0, 1, 0, 1):
         gray = synthetic_xray(rng, label, (size, size)).astype(np.float32)[None, :, :, None]
         outputs = gray_model(gray).numpy()
         probabilities = outputs if metadata["task"] == "subtype" else outputs[:, 0]
-        expected = edge.operating_scores(probabilities, metadata["threshold"])
+        expected = operating_scores(probabilities, metadata["threshold"])
         scores = rgb_model(np.repeat(gray, 3, axis=-1)).numpy()
         np.testing.assert_allclose(scores, expected, atol=1e-4)
 
@@ -107,7 +103,7 @@ def test_rgb_variant_makes_the_int8_models_call_on_colour_images_exactly(fixture
     gray = np.stack([np.asarray(Image.fromarray(c, "RGB").convert("L")) for c in colour])
     probabilities = gray_model.predict_proba(gray[..., None])
     scores = rgb.predict_proba(colour.astype(np.float32))
-    np.testing.assert_allclose(scores, edge.operating_scores(probabilities, threshold), atol=1e-4)
+    np.testing.assert_allclose(scores, operating_scores(probabilities, threshold), atol=1e-4)
     names = metadata["class_names"]
     assert [names[i] for i in scores.argmax(1)] == decide(probabilities, threshold, names)
 
@@ -125,7 +121,7 @@ def test_exported_tflite_files_have_a_batch_of_one_and_embedded_metadata(exporte
         model = LiteModel(exported_model / name)
         assert list(model.input["shape_signature"]) == [1, 32, 32, channels], name
         content = (exported_model / name).read_bytes()
-        assert edge.read_embedded_labels(content) == labels, name
+        assert read_embedded_labels(content) == labels, name
         embedded = json.loads(
             mp_metadata.MetadataDisplayer.with_model_buffer(content).get_metadata_json()
         )
@@ -155,7 +151,7 @@ def test_minimum_parser_version_follows_the_fields_used():
         model.subgraphMetadata = [subgraph]
         builder = flatbuffers.Builder(0)
         builder.Finish(model.Pack(builder), b"M001")
-        return edge.minimum_parser_version(builder.Output())
+        return minimum_parser_version(builder.Output())
 
     labels = schema.AssociatedFileT()
     labels.type = schema.AssociatedFileType.TENSOR_AXIS_LABELS

@@ -5,9 +5,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pneumocnn.config import Config
-from pneumocnn.equalize import MAX_FACTOR, equalize_activations
-from pneumocnn.model import build_model
+from pneumocnn.core.config import Config
+from pneumocnn.edge.equalize import MAX_FACTOR, equalize_activations
+from pneumocnn.network.model import build_model
 
 
 def _images(count: int, size: int, seed: int) -> np.ndarray:
@@ -97,18 +97,18 @@ def _two_channel_model() -> keras.Model:
 
 
 def test_int8_rounds_a_narrow_channel_far_less_once_equalized(tmp_path):
-    from pneumocnn import edge, export
-    from pneumocnn.lite import dequantize, open_interpreter, quantize
+    from pneumocnn.edge.convert import convert, fixed_batch_saved_model, pin_input_range
+    from pneumocnn.runtime.lite import dequantize, open_interpreter, quantize
 
     model = _two_channel_model()
-    calibration = export.pin_input_range(_images(64, 8, seed=0))
+    calibration = pin_input_range(_images(64, 8, seed=0))
     films = _images(64, 8, seed=100)
     reference = model.predict(films, verbose=0).ravel()
 
     def int8_error(candidate, folder):
-        saved = edge.fixed_batch_saved_model(candidate, tmp_path / folder / "sm")
+        saved = fixed_batch_saved_model(candidate, tmp_path / folder / "sm")
         path = tmp_path / folder / "model.tflite"
-        path.write_bytes(export.convert(saved, calibration))
+        path.write_bytes(convert(saved, calibration))
         interpreter = open_interpreter(path)
         source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         outputs = []

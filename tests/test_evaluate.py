@@ -3,6 +3,8 @@ import json
 import pytest
 
 from pneumocnn import evaluate
+from pneumocnn.adaptation.calibration import calibrate
+from pneumocnn.evaluation import scoring
 
 
 def test_evaluating_a_run_on_val_stores_the_threshold_and_writes_metrics_and_plots(
@@ -42,7 +44,7 @@ def test_exported_int8_model_is_scored_on_a_test_folder_at_its_stored_threshold(
     exported_model, tmp_path
 ):
     from helpers import write_dataset
-    from pneumocnn.metadata import INT8_FILE, load_metadata
+    from pneumocnn.core.metadata import INT8_FILE, load_metadata
 
     root = write_dataset(tmp_path / "chest_xray", patients=5, images_per_patient=1, seed=11)
     (root / "train").rename(root / "test")
@@ -72,7 +74,7 @@ def test_exported_int8_model_is_scored_on_a_test_folder_at_its_stored_threshold(
 
 def test_an_exported_model_without_its_data_folder_names_the_fix(exported_model, tmp_path, capsys):
     # Metadata records the training folder's name only, not a path of the exporting machine.
-    from pneumocnn.metadata import INT8_FILE
+    from pneumocnn.core.metadata import INT8_FILE
 
     status = evaluate.main([str(exported_model / INT8_FILE), "--output-dir", str(tmp_path)])
     assert status == 2
@@ -89,7 +91,7 @@ def _site_folder(root):
 
 def test_every_report_has_patient_bootstrap_intervals_and_groups(trained_run, tmp_path):
     output = tmp_path / "eval"
-    report, _ = evaluate.evaluate(trained_run, "val", output_dir=output)
+    report, _ = scoring.evaluate(trained_run, "val", output_dir=output)
     spread = report["uncertainty"]
     for key in ("roc_auc", "accuracy", "sensitivity", "specificity"):
         low, high = spread["intervals"][key]
@@ -118,14 +120,12 @@ def test_site_calibration_of_a_run_reaches_the_target_and_feeds_the_export(train
     low, high = record["intervals"]["sensitivity"]
     assert low <= record["achieved"]["sensitivity"] <= high
 
-    from pneumocnn import export
+    from pneumocnn.edge.export import export, recalibration_advice
 
-    metadata = export.export(
-        run, tmp_path / "exported", calibration_images=40, require_parity=False
-    )
+    metadata = export(run, tmp_path / "exported", calibration_images=40, require_parity=False)
     assert metadata["threshold"] == stored["threshold"]
     assert metadata["calibration"] == record
-    advice = export.recalibration_advice(metadata, tmp_path / "exported")
+    advice = recalibration_advice(metadata, tmp_path / "exported")
     assert "--calibrate-on train" in advice
     assert str(tmp_path / "exported" / "pneumocnn_int8.tflite") in advice
 
@@ -141,7 +141,7 @@ def _exported_copy(exported_model, tmp_path):
 
 def _site_films(site, image_size):
     """The site folder's films, as calibrate loads them (sorted by class, then name)."""
-    from pneumocnn.images import load_images
+    from pneumocnn.data.images import load_images
 
     paths = [
         str(path) for name in ("NORMAL", "PNEUMONIA") for path in sorted((site / name).iterdir())
@@ -156,21 +156,22 @@ def test_site_calibration_of_an_exported_model_keeps_its_whole_family_consistent
 ):
     import numpy as np
 
-    from pneumocnn import edge
-    from pneumocnn.lite import LiteModel
-    from pneumocnn.metadata import METADATA_FILE, decide, load_metadata, model_files
-    from pneumocnn.task import class_probabilities
+    from pneumocnn.core.metadata import METADATA_FILE, load_metadata, model_files
+    from pneumocnn.core.task import class_probabilities, decide
+    from pneumocnn.edge.embedded import read_embedded_labels, read_embedded_metadata
+    from pneumocnn.edge.rgb import operating_scores
+    from pneumocnn.runtime.lite import LiteModel
 
     folder = _exported_copy(exported_model, tmp_path)
     files = model_files("pneumocnn")
     site = _site_folder(tmp_path)
-    record = evaluate.calibrate(folder / files["int8"], site, 1.0)
+    record = calibrate(folder / files["int8"], site, 1.0)
     threshold = record["threshold"]
     for role in ("int8", "fp16", "rgb_int8", "keras"):  # every checksum matches its file
         metadata = load_metadata(folder / METADATA_FILE, folder / files[role])
     assert metadata["threshold"] == threshold and metadata["calibration"] == record
     assert metadata["edge"]["rgb_variant"]["parity_with_int8"]["films"] == site.name
-    from pneumocnn.export import recalibration_advice
+    from pneumocnn.edge.export import recalibration_advice
 
     assert recalibration_advice(metadata, folder) is None  # calibrated on the int8 file itself
     assert not list(folder.glob(".recalibrate-*"))
@@ -183,7 +184,7 @@ def test_site_calibration_of_an_exported_model_keeps_its_whole_family_consistent
     names = np.array(int8.class_names)
     expected = np.array(decide(rows, threshold, int8.class_names))
     np.testing.assert_array_equal(names[scores.argmax(axis=1)], expected)  # near-ties included
-    np.testing.assert_allclose(scores, edge.operating_scores(rows, threshold), atol=1e-4)
+    np.testing.assert_allclose(scores, operating_scores(rows, threshold), atol=1e-4)
 
     for role, labels in (
         ("int8", ["PNEUMONIA"]),
@@ -191,8 +192,8 @@ def test_site_calibration_of_an_exported_model_keeps_its_whole_family_consistent
         ("rgb_int8", list(names)),
     ):
         content = (folder / files[role]).read_bytes()
-        assert edge.read_embedded_labels(content) == labels, role
-        description = edge.read_embedded_metadata(content)["description"]
+        assert read_embedded_labels(content) == labels, role
+        description = read_embedded_metadata(content)["description"]
         assert f"{threshold:.4f}" in description and "not a medical device" in description
 
 
@@ -201,15 +202,15 @@ def test_recalibrating_an_rgb_variant_from_another_version_names_the_fix(
 ):
     """An RGB variant whose head does not hold the threshold's constant (one made by an older
     export) is refused before anything is written, with the command that remakes it."""
-    from pneumocnn import edge
-    from pneumocnn.metadata import METADATA_FILE, model_files, sha256_of
+    from pneumocnn.core.metadata import METADATA_FILE, model_files, sha256_of
+    from pneumocnn.edge.rgb import retarget_rgb_variant
 
     folder = _exported_copy(exported_model, tmp_path)
     files = model_files("pneumocnn")
     metadata = json.loads((folder / METADATA_FILE).read_text())
     rgb = folder / files["rgb_int8"]
     rgb.write_bytes(
-        edge.retarget_rgb_variant(rgb.read_bytes(), metadata["threshold"], 0.123)
+        retarget_rgb_variant(rgb.read_bytes(), metadata["threshold"], 0.123)
     )  # its head now holds another threshold than the metadata's
     metadata["sha256"][files["rgb_int8"]] = sha256_of(rgb)
     metadata["file_bytes"][files["rgb_int8"]] = rgb.stat().st_size
@@ -226,14 +227,14 @@ def test_recalibrating_an_rgb_variant_from_another_version_names_the_fix(
 def test_an_uncommitted_recalibration_leaves_the_previous_family(exported_model, tmp_path):
     """A kill before the new metadata is written (the commit point) leaves half-written files in
     the scratch folder only; the next recalibration removes them and finds the family intact."""
-    from pneumocnn import export
+    from pneumocnn.edge.family import read_family
 
     folder = _exported_copy(exported_model, tmp_path)
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
     scratch = folder / ".recalibrate-pneumocnn"
     scratch.mkdir()
     (scratch / "pneumocnn_rgb_int8.tflite").write_bytes(b"half a model")
-    family = export.read_family(folder / "pneumocnn_int8.tflite")
+    family = read_family(folder / "pneumocnn_int8.tflite")
     assert not scratch.exists()
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     assert family.metadata["threshold"] == json.loads(before["pneumocnn.json"])["threshold"]
@@ -244,18 +245,20 @@ def test_a_recalibration_killed_after_its_commit_is_completed_by_the_next(
 ):
     """A kill between the renames (after the new metadata is in the scratch folder) leaves a
     family whose files disagree; the next recalibration of it completes the renames first."""
-    from pneumocnn import export
-    from pneumocnn.metadata import (
+    from pneumocnn.core.metadata import (
         MetadataError,
         load_metadata,
         model_files,
         write_json_atomically,
     )
+    from pneumocnn.edge import family as edge_family
+    from pneumocnn.edge import recalibrate
+    from pneumocnn.edge.family import read_family
 
     folder = _exported_copy(exported_model, tmp_path)
     files = model_files("pneumocnn")
     site = _site_folder(tmp_path)
-    write_family = export.write_family
+    write_family = edge_family.write_family
 
     def killed_after_the_first_rename(scratch, output_dir, files, metadata, roles):
         # write_family's steps, up to a kill after its first rename.
@@ -263,13 +266,13 @@ def test_a_recalibration_killed_after_its_commit_is_completed_by_the_next(
         (scratch / files[roles[0]]).replace(output_dir / files[roles[0]])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "write_family", killed_after_the_first_rename)
+    monkeypatch.setattr(recalibrate, "write_family", killed_after_the_first_rename)
     with pytest.raises(KeyboardInterrupt):
-        evaluate.calibrate(folder / files["int8"], site, 1.0)
+        calibrate(folder / files["int8"], site, 1.0)
     with pytest.raises(MetadataError):  # the old metadata does not match the renamed file
         load_metadata(folder / files["metadata"], folder / files["rgb_int8"])
-    monkeypatch.setattr(export, "write_family", write_family)
-    family = export.read_family(folder / files["int8"])
+    monkeypatch.setattr(recalibrate, "write_family", write_family)
+    family = read_family(folder / files["int8"])
     assert not (folder / ".recalibrate-pneumocnn").exists()
     for role in ("int8", "fp16", "rgb_int8", "keras"):
         load_metadata(folder / files["metadata"], folder / files[role])

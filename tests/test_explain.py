@@ -2,7 +2,7 @@ import numpy as np
 from PIL import Image
 
 from pneumocnn import explain
-from pneumocnn.metadata import INT8_FILE
+from pneumocnn.core.metadata import INT8_FILE
 
 
 def _blob_image(size, centre, background=90.0):

@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumocnn import data, export
-from pneumocnn.lite import LiteModel
-from pneumocnn.metadata import (
+from pneumocnn import export
+from pneumocnn.core.metadata import (
     FP16_FILE,
     INT8_FILE,
     KERAS_FILE,
@@ -17,8 +16,14 @@ from pneumocnn.metadata import (
     MetadataError,
     load_metadata,
 )
-from pneumocnn.model import load_model
-from pneumocnn.runners import keras_probabilities as keras_model_probabilities
+from pneumocnn.data.split import load_split
+from pneumocnn.edge import export as edge_export
+from pneumocnn.edge import parity as edge_parity
+from pneumocnn.edge.convert import representative_images
+from pneumocnn.edge.parity import MAX_AUC_DROP, MIN_AGREEMENT, ParityError, check_parity
+from pneumocnn.network.model import load_model
+from pneumocnn.runtime.lite import LiteModel
+from pneumocnn.runtime.runners import keras_probabilities as keras_model_probabilities
 
 
 def test_export_writes_every_file_with_matching_checksums(exported_model):
@@ -50,7 +55,7 @@ def test_int8_model_takes_uint8_raw_pixels_and_uses_integer_ops_only(exported_mo
 def test_int8_and_fp16_probabilities_stay_close_to_the_float_model(trained_run, exported_model):
     config = json.loads((trained_run / "config.json").read_text())
     split = pd.read_csv(trained_run / "split.csv")
-    val = data.load_split(split, "val", config["image_size"], config["data_dir"])
+    val = load_split(split, "val", config["image_size"], config["data_dir"])
     float_probabilities = keras_model_probabilities(
         load_model(exported_model / KERAS_FILE), val.images
     )
@@ -67,10 +72,10 @@ def test_metadata_records_the_parity_it_measured(trained_run, exported_model):
     # meets the bars is a near-tie, so the test checks the record, not the verdict.
     config = json.loads((trained_run / "config.json").read_text())
     split = pd.read_csv(trained_run / "split.csv")
-    val = data.load_split(split, "val", config["image_size"], config["data_dir"])
+    val = load_split(split, "val", config["image_size"], config["data_dir"])
     metadata = json.loads((exported_model / METADATA_FILE).read_text())
     parity = metadata["parity"]
-    expected = export.check_parity(
+    expected = check_parity(
         val.labels,
         keras_model_probabilities(load_model(exported_model / KERAS_FILE), val.images),
         LiteModel(exported_model / INT8_FILE).predict_proba(val.images),
@@ -86,11 +91,11 @@ def test_metadata_records_the_parity_it_measured(trained_run, exported_model):
     assert parity["images"] == len(val.labels) == metadata["training_data"]["val_images"]
     assert parity["auc_float"] == pytest.approx(expected["auc_float"], abs=1e-6)
     assert (parity["min_agreement"], parity["max_auc_drop"]) == (
-        export.MIN_AGREEMENT,
-        export.MAX_AUC_DROP,
+        MIN_AGREEMENT,
+        MAX_AUC_DROP,
     )
     assert parity["passed"] == (
-        parity["agreement"] >= export.MIN_AGREEMENT and parity["auc_drop"] <= export.MAX_AUC_DROP
+        parity["agreement"] >= MIN_AGREEMENT and parity["auc_drop"] <= MAX_AUC_DROP
     )
 
 
@@ -110,7 +115,7 @@ def test_metadata_records_threshold_training_data_and_validation_metrics(
 
 
 def test_the_int8_files_come_from_the_equalized_model_and_say_so(trained_run, exported_model):
-    from pneumocnn.card import CARD_FILE
+    from pneumocnn.edge.card import CARD_FILE
 
     metadata = load_metadata(exported_model / METADATA_FILE)
     conversion = metadata["int8_conversion"]
@@ -127,10 +132,10 @@ def test_the_int8_files_come_from_the_equalized_model_and_say_so(trained_run, ex
 
 
 def test_no_equalize_converts_the_model_as_it_is(trained_run, tmp_path):
-    from pneumocnn.card import CARD_FILE
+    from pneumocnn.edge.card import CARD_FILE
 
     assert export.build_parser().parse_args([str(trained_run), "--no-equalize"]).no_equalize
-    export.export(
+    edge_export.export(
         trained_run, tmp_path, calibration_images=40, require_parity=False, equalize=False
     )
     metadata = load_metadata(tmp_path / METADATA_FILE)
@@ -150,8 +155,8 @@ def test_a_failed_parity_check_written_anyway_records_its_figures(
     trained_run, tmp_path, monkeypatch
 ):
     # require_parity=False (the notebooks' quick mode) still measures and records the figures.
-    monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)
-    metadata = export.export(
+    monkeypatch.setattr(edge_parity, "MIN_AGREEMENT", 1.01)
+    metadata = edge_export.export(
         trained_run, tmp_path / "out", calibration_images=8, require_parity=False
     )
     assert metadata["parity"]["passed"] is False and metadata["parity"]["min_agreement"] == 1.01
@@ -165,14 +170,14 @@ def test_calibration_takes_the_asked_number_of_films_for_three_classes(subtype_r
     config = json.loads((subtype_run / "config.json").read_text())
     split = pd.read_csv(subtype_run / "split.csv")
     assert split.loc[split["subset"] == "train", "label"].nunique() == 3
-    images = export.representative_images(split, Path(config["data_dir"]), 32, 30, seed=0)
+    images = representative_images(split, Path(config["data_dir"]), 32, 30, seed=0)
     assert len(images) == 30
 
 
 def test_parity_check_fails_and_says_by_how_much():
     labels = np.array([0, 0, 1, 1])
-    with pytest.raises(export.ParityError, match=r"agree on 50\.00%.*drop"):
-        export.check_parity(
+    with pytest.raises(ParityError, match=r"agree on 50\.00%.*drop"):
+        check_parity(
             labels,
             np.array([0.1, 0.2, 0.8, 0.9]),
             np.array([0.6, 0.2, 0.4, 0.9]),
@@ -185,22 +190,22 @@ def test_a_failed_subtype_parity_check_names_the_pneumonia_calls_apart():
     labels = np.array([0, 1, 2, 2])
     reference = np.array([[0.8, 0.1, 0.1], [0.1, 0.6, 0.3], [0.1, 0.3, 0.6], [0.1, 0.3, 0.6]])
     candidate = reference[:, [0, 2, 1]]  # every subtype flips, no pneumonia call does
-    with pytest.raises(export.ParityError, match=r"agree on 25\.00%.*calls alone on 100\.00%"):
-        export.check_parity(labels, reference, candidate, 0.5, ["NORMAL", "BACTERIAL", "VIRAL"])
+    with pytest.raises(ParityError, match=r"agree on 25\.00%.*calls alone on 100\.00%"):
+        check_parity(labels, reference, candidate, 0.5, ["NORMAL", "BACTERIAL", "VIRAL"])
 
 
 def test_parity_check_passes_identical_predictions_and_records_its_bars():
     probabilities = np.array([0.1, 0.4, 0.6, 0.9])
-    parity = export.check_parity(
+    parity = check_parity(
         np.array([0, 0, 1, 1]), probabilities, probabilities, 0.5, ["NORMAL", "PNEUMONIA"]
     )
     assert parity["passed"] and parity["agreement"] == 1.0 and parity["auc_drop"] == 0.0
-    assert parity["min_agreement"] == export.MIN_AGREEMENT
-    assert parity["max_auc_drop"] == export.MAX_AUC_DROP
+    assert parity["min_agreement"] == MIN_AGREEMENT
+    assert parity["max_auc_drop"] == MAX_AUC_DROP
 
 
 def test_parity_check_can_report_without_raising():
-    parity = export.check_parity(
+    parity = check_parity(
         np.array([0, 0, 1, 1]),
         np.array([0.1, 0.2, 0.8, 0.9]),
         np.array([0.6, 0.2, 0.4, 0.9]),
@@ -212,7 +217,7 @@ def test_parity_check_can_report_without_raising():
 
 
 def test_failed_parity_writes_nothing_and_exits_4(trained_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)
+    monkeypatch.setattr(edge_parity, "MIN_AGREEMENT", 1.01)
     output = tmp_path / "cli"
     assert (
         export.main([str(trained_run), "--output-dir", str(output), "--calibration-images", "8"])
@@ -237,8 +242,8 @@ def test_export_writes_into_the_run_by_default_and_leaves_saved_models_alone(
     trained_run, tmp_path, monkeypatch
 ):
     # Bars any model meets, so the toy model's near-tie cannot decide this test (conftest.py).
-    monkeypatch.setattr(export, "MIN_AGREEMENT", 0.0)
-    monkeypatch.setattr(export, "MAX_AUC_DROP", 1.0)
+    monkeypatch.setattr(edge_parity, "MIN_AGREEMENT", 0.0)
+    monkeypatch.setattr(edge_parity, "MAX_AUC_DROP", 1.0)
     run = shutil.copytree(trained_run, tmp_path / "run")
     monkeypatch.chdir(tmp_path)  # a relative saved_models/ would land here
     assert export.main([str(run), "--calibration-images", "8"]) == 0

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pneumocnn.filmstats import film_statistics
+from pneumocnn.data.filmstats import film_statistics
 
 
 def _film(border: int, body: float = 0.5) -> np.ndarray:

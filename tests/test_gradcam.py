@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from pneumocnn import gradcam
-from pneumocnn.config import Config
-from pneumocnn.model import LAST_CONV_LAYER, OUTPUT_LAYER, build_model, load_model
+from pneumocnn.core.config import Config
+from pneumocnn.network.model import LAST_CONV_LAYER, OUTPUT_LAYER, build_model, load_model
+from pneumocnn.runtime import gradcam
 
 
 def _blob_image(size, centre, background=90.0):

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from helpers import synthetic_xray
-from pneumocnn import guard
-from pneumocnn.images import colourfulness, read_grayscale, to_model_input
-from pneumocnn.lite import LiteModel
-from pneumocnn.metadata import INT8_FILE, METADATA_FILE
+from pneumocnn.core.metadata import INT8_FILE, METADATA_FILE
+from pneumocnn.data.images import colourfulness, read_grayscale, to_model_input
+from pneumocnn.runtime import guard
+from pneumocnn.runtime.lite import LiteModel
 
 
 def _chest(rng, size=32):

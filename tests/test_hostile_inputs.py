@@ -17,17 +17,14 @@ import pytest
 from PIL import Image
 
 from helpers import flags, png_claiming, synthetic_xray, train_in_subprocess, write_dataset
-from pneumocnn import data, train
-from pneumocnn.callbacks import BestModelCheckpoint
-from pneumocnn.files import atomic_path, display_name
-from pneumocnn.images import (
-    MAX_DECODED_BYTES,
-    NOTES_KEY,
-    ImageLoadError,
-    load_image,
-    read_grayscale,
-    scan_folder,
-)
+from pneumocnn import train
+from pneumocnn.core.files import atomic_path, display_name
+from pneumocnn.data.folders import list_images
+from pneumocnn.data.images import load_image, read_grayscale
+from pneumocnn.data.pixels import MAX_DECODED_BYTES, NOTES_KEY, ImageLoadError
+from pneumocnn.data.scan import scan_folder
+from pneumocnn.training.callbacks import BestModelCheckpoint
+from pneumocnn.training.loop import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_INT8 = ROOT / "saved_models" / "pneumocnn_int8.tflite"
@@ -73,7 +70,7 @@ def test_film_stored_rotated_with_an_exif_orientation_tag_is_not_read_sideways(
 def test_exif_rotated_film_gets_the_label_and_probability_of_the_upright_film(tmp_path):
     # The bug: 33 of 60 NORMAL films saved rotated with an EXIF tag changed label.
     pytest.importorskip("ai_edge_litert", reason="the lite extra is not installed")
-    from pneumocnn.lite import LiteModel
+    from pneumocnn.runtime.lite import LiteModel
 
     model = LiteModel(SHIPPED_INT8)
     rng = np.random.default_rng(0)
@@ -235,7 +232,7 @@ def test_kill_while_a_file_is_written_leaves_the_previous_file(tmp_path):
     target.write_bytes(b"previous good model")
     script = (
         "import sys, time\n"
-        "from pneumocnn.files import atomic_path\n"
+        "from pneumocnn.core.files import atomic_path\n"
         f"with atomic_path({str(target)!r}) as temporary:\n"
         "    with open(temporary, 'wb') as handle:\n"
         "        handle.write(b'half a model')\n"
@@ -298,12 +295,12 @@ def _deterministic_run(
     prelude = ""
     if kill_after_epoch is not None:  # dies like a SIGKILL once that epoch is backed up
         prelude = (
-            "import os, keras\nfrom pneumocnn import train\n"
+            "import os, keras\nfrom pneumocnn.training import loop\n"
             "class Kill(keras.callbacks.Callback):\n"
             "    def on_epoch_end(self, epoch, logs=None):\n"
             f"        if epoch == {kill_after_epoch}: os._exit(9)\n"
-            "make = train.make_callbacks\n"
-            "train.make_callbacks = lambda *a, **k: make(*a, **k) + [Kill()]\n"
+            "make = loop.make_callbacks\n"
+            "loop.make_callbacks = lambda *a, **k: make(*a, **k) + [Kill()]\n"
         )
     train_in_subprocess(argv, prelude, returncode=9 if kill_after_epoch is not None else 0)
 
@@ -321,11 +318,11 @@ def test_resumed_deterministic_run_ends_with_the_weights_of_an_uninterrupted_one
     _deterministic_run(root, tmp_path / "resumed", extra, kill_after_epoch=1)
     assert json.loads((tmp_path / "resumed" / "backup" / "state.json").read_text())["epoch"] == 2
     assert train.main(["--resume", str(tmp_path / "resumed")]) == 0
-    whole, resumed = (train.read_history(tmp_path / name) for name in ("whole", "resumed"))
+    whole, resumed = (read_history(tmp_path / name) for name in ("whole", "resumed"))
     columns = [column for column in whole.columns if column != "epoch_seconds"]
     assert len(whole) == len(resumed) == 4
     np.testing.assert_array_equal(whole[columns].to_numpy(), resumed[columns].to_numpy())
-    from pneumocnn.model import load_model
+    from pneumocnn.network.model import load_model
 
     for a, b in zip(
         load_model(tmp_path / "whole" / "best.keras").get_weights(),
@@ -339,7 +336,7 @@ def test_listing_skips_and_logs_a_symlinked_folder_inside_a_class(make_dataset, 
     root = make_dataset(patients=2, images_per_patient=1)
     os.symlink(root / "train" / "PNEUMONIA", root / "train" / "NORMAL" / "elsewhere")
     with caplog.at_level("WARNING"):
-        images = data.list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
+        images = list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
     assert len(images) == 4
     assert "link to a folder (not followed)" in caplog.text and "elsewhere" in caplog.text
 
@@ -352,7 +349,7 @@ def _copied_model(exported_model: Path, folder: Path, change) -> Path:
     """A copy of the exported binary model whose metadata `change(metadata)` edits."""
     import shutil
 
-    from pneumocnn.metadata import METADATA_FILE
+    from pneumocnn.core.metadata import METADATA_FILE
 
     folder.mkdir()
     for path in exported_model.iterdir():
@@ -416,8 +413,8 @@ def test_metadata_contradicting_itself_or_the_model_is_refused_naming_both_value
     # The bug: swapped class_names inverted every label silently; a threshold of 1e-300 was
     # accepted; a wrong image_size, three class names or a missing config ended in tracebacks.
     from pneumocnn import predict
-    from pneumocnn.lite import LiteModel
-    from pneumocnn.metadata import INT8_FILE, LABELS_FILE, MetadataError
+    from pneumocnn.core.metadata import INT8_FILE, LABELS_FILE, MetadataError
+    from pneumocnn.runtime.lite import LiteModel
 
     folder = _copied_model(exported_model, tmp_path / "model", change)
     if change is _labels_swapped:
@@ -441,7 +438,7 @@ def test_explain_writes_one_overlay_per_input_even_when_file_names_repeat_or_are
     # The bug: a/x.jpeg and b/x.jpeg wrote the same PNG while explain printed "Wrote 3", and a
     # legal 255-byte file name crashed it.
     from pneumocnn import explain
-    from pneumocnn.metadata import KERAS_FILE
+    from pneumocnn.core.metadata import KERAS_FILE
 
     rng = np.random.default_rng(0)
     inputs = [tmp_path / "in" / "a" / "x.jpeg", tmp_path / "in" / "b" / "x.jpeg"]
@@ -471,7 +468,7 @@ def test_predict_reports_folder_entries_it_cannot_read_and_exits_1(
     # The bug: a FIFO named .jpeg hung predict; loops, dangling links and unreadable subfolders
     # were skipped unreported (an unreadable subfolder even exited 0); names printed raw.
     from pneumocnn import predict
-    from pneumocnn.metadata import INT8_FILE
+    from pneumocnn.core.metadata import INT8_FILE
 
     root = tmp_path / "films"
     (root / "locked").mkdir(parents=True)
@@ -525,7 +522,7 @@ def test_fifo_named_as_an_input_file_gets_an_error_line_not_a_hang(exported_mode
 
 def test_scratch_folders_of_killed_exports_are_removed_and_live_ones_kept(tmp_path):
     # The bug: killed exports left hidden .export-* folders behind, forever.
-    from pneumocnn.export import SCRATCH_OWNER, remove_stale_scratch
+    from pneumocnn.edge.family import SCRATCH_OWNER, remove_stale_scratch
 
     finished = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumocnn.images import ImageLoadError, load_image, load_images
+from pneumocnn.data.images import load_image, load_images
+from pneumocnn.data.pixels import ImageLoadError
 
 
 def test_grayscale_jpeg_gives_square_uint8_single_channel(tmp_path):

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from helpers import synthetic_xray
-from pneumocnn.images import ImageLoadError
-from pneumocnn.lite import LiteModel
-from pneumocnn.metadata import INT8_FILE, METADATA_FILE, MetadataError
+from pneumocnn.core.metadata import INT8_FILE, METADATA_FILE, MetadataError
+from pneumocnn.data.pixels import ImageLoadError
+from pneumocnn.runtime.lite import LiteModel
 
 
 def test_lite_runs_without_importing_tensorflow(exported_model, tmp_path):
@@ -17,7 +17,7 @@ def test_lite_runs_without_importing_tensorflow(exported_model, tmp_path):
     Image.fromarray(synthetic_xray(np.random.default_rng(0), 1, (50, 70))).save(image)
     script = (
         "import sys\n"
-        "from pneumocnn.lite import LiteModel\n"
+        "from pneumocnn.runtime.lite import LiteModel\n"
         f"result = LiteModel({str(exported_model / INT8_FILE)!r}).predict_file({str(image)!r})\n"
         "assert 0.0 <= result.probability <= 1.0, result\n"
         "assert result.verdict.status in ('ok', 'flagged'), result\n"
@@ -81,7 +81,7 @@ def test_corrupt_image_raises_load_error(exported_model, tmp_path):
 
 def test_unreadable_metadata_is_named_with_the_fix(tmp_path):
     # The bug: "Cannot read metadata file" named neither the received value nor the fix.
-    from pneumocnn.metadata import load_metadata
+    from pneumocnn.core.metadata import load_metadata
 
     path = tmp_path / METADATA_FILE
     path.write_text("{half a json")

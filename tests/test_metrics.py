@@ -1,40 +1,43 @@
 import numpy as np
 import pytest
 
-from pneumocnn import metrics
-from pneumocnn.task import class_probabilities
+from pneumocnn.core.task import class_probabilities
+from pneumocnn.evaluation import metrics
+from pneumocnn.evaluation.metrics import expected_calibration_error, headline, metrics_at
+from pneumocnn.evaluation.stability import pixel_noise_sensitivity
+from pneumocnn.evaluation.thresholds import choose_threshold
 
 
 def test_youden_threshold_separates_cleanly_separable_scores():
     labels = np.array([0, 0, 0, 1, 1, 1])
     scores = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
-    threshold = metrics.choose_threshold(labels, scores)
+    threshold = choose_threshold(labels, scores)
     assert 0.3 < threshold <= 0.6
-    at = metrics.metrics_at(labels, scores, threshold, ["NORMAL", "PNEUMONIA"])
+    at = metrics_at(labels, scores, threshold, ["NORMAL", "PNEUMONIA"])
     assert at["sensitivity"] == at["specificity"] == 1.0
 
 
 def test_target_sensitivity_gives_best_specificity_reaching_the_target():
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     scores = np.array([0.1, 0.2, 0.5, 0.7, 0.3, 0.6, 0.8, 0.9])
-    threshold = metrics.choose_threshold(labels, scores, target_sensitivity=1.0)
+    threshold = choose_threshold(labels, scores, target_sensitivity=1.0)
     assert threshold == pytest.approx(0.3)  # the highest threshold keeping every positive
-    threshold = metrics.choose_threshold(labels, scores, target_sensitivity=0.75)
+    threshold = choose_threshold(labels, scores, target_sensitivity=0.75)
     assert threshold == pytest.approx(0.6)
 
 
 def test_threshold_needs_both_classes():
     with pytest.raises(ValueError, match="both classes"):
-        metrics.choose_threshold(np.array([1, 1]), np.array([0.2, 0.9]))
+        choose_threshold(np.array([1, 1]), np.array([0.2, 0.9]))
 
 
 def test_expected_calibration_error_is_zero_when_calibrated_and_large_when_overconfident():
     rng = np.random.default_rng(0)
     probabilities = rng.uniform(size=20000)
     labels = (rng.uniform(size=20000) < probabilities).astype(int)
-    assert metrics.expected_calibration_error(labels, probabilities) < 0.02
+    assert expected_calibration_error(labels, probabilities) < 0.02
     overconfident = np.where(probabilities > 0.5, 0.99, 0.01)
-    assert metrics.expected_calibration_error(labels, overconfident) > 0.2
+    assert expected_calibration_error(labels, overconfident) > 0.2
 
 
 def test_metrics_agree_with_the_confusion_matrix():
@@ -53,7 +56,7 @@ def test_a_model_with_one_output_for_every_film_still_gets_a_usable_threshold():
     # The +inf point of the ROC curve (nothing positive) is never chosen: the threshold stays
     # inside (0, 1), which the metadata requires.
     labels = np.array([0, 1, 0, 1])
-    threshold = metrics.choose_threshold(labels, np.full(4, 0.62))
+    threshold = choose_threshold(labels, np.full(4, 0.62))
     assert threshold == pytest.approx(0.62)
 
 
@@ -115,13 +118,13 @@ def test_headline_of_a_subtype_report_gives_its_pneumonia_figures_and_three_clas
     labels = np.array([0, 1, 2, 0, 1, 2])
     probabilities = np.eye(3)[labels] * 0.8 + 0.2 / 3
     report = metrics.compute_metrics(labels, probabilities, 0.5, ["NORMAL", "BACTERIAL", "VIRAL"])
-    figures = metrics.headline(report)
+    figures = headline(report)
     assert figures["accuracy"] == report["binary"]["at_threshold"]["accuracy"] == 1.0
     assert figures["subtype_accuracy"] == 1.0
 
 
 def test_bootstrap_resamples_patients_not_films():
-    from pneumocnn.metrics import bootstrap_intervals
+    from pneumocnn.evaluation.uncertainty import bootstrap_intervals
 
     # Two patients, each with 50 identical films: resampling patients can only ever see the
     # two patients' values, so the mean's interval spans them; resampling films would
@@ -135,7 +138,8 @@ def test_bootstrap_resamples_patients_not_films():
 
 
 def test_bootstrap_interval_holds_the_point_estimate_and_narrows_with_more_patients():
-    from pneumocnn.metrics import bootstrap_intervals, pneumonia_figures
+    from pneumocnn.evaluation.metrics import pneumonia_figures
+    from pneumocnn.evaluation.uncertainty import bootstrap_intervals
 
     rng = np.random.default_rng(0)
 
@@ -155,7 +159,7 @@ def test_bootstrap_interval_holds_the_point_estimate_and_narrows_with_more_patie
 
 
 def test_specificity_at_sensitivity_is_the_best_reaching_the_target():
-    from pneumocnn.metrics import specificity_at_sensitivity
+    from pneumocnn.evaluation.metrics import specificity_at_sensitivity
 
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     scores = np.array([0.1, 0.2, 0.3, 0.8, 0.4, 0.7, 0.9, 0.95])
@@ -167,7 +171,7 @@ def test_specificity_at_sensitivity_is_the_best_reaching_the_target():
 
 
 def test_groups_count_right_calls_per_group():
-    from pneumocnn.metrics import group_recalls
+    from pneumocnn.evaluation.uncertainty import group_recalls
 
     labels = np.array([0, 0, 1, 1])
     scores = np.array([0.9, 0.1, 0.8, 0.2])
@@ -180,7 +184,7 @@ def test_groups_count_right_calls_per_group():
 
 
 def test_bacterial_vs_viral_accuracy_ignores_normal_films_and_the_threshold():
-    from pneumocnn.metrics import compute_metrics
+    from pneumocnn.evaluation.metrics import compute_metrics
 
     labels = np.array([0, 1, 2, 2])
     probabilities = np.array([[0.1, 0.8, 0.1], [0.9, 0.07, 0.03], [0.2, 0.3, 0.5], [0.2, 0.5, 0.3]])
@@ -197,9 +201,9 @@ def test_pixel_noise_sensitivity_measures_how_far_one_grey_level_moves_the_outpu
     def steady(x):
         return np.full(len(x), 0.4)
 
-    moved = metrics.pixel_noise_sensitivity(steep, images, draws=3, seed=1)
+    moved = pixel_noise_sensitivity(steep, images, draws=3, seed=1)
     assert moved["films"] == 20 and moved["draws"] == 3
     # The mean of 64 pixels with -1/0/+1 noise moves by about 0.1 grey level: 0.001 or so.
     assert 0.0 < moved["mean_change"] <= moved["p99_change"] <= moved["max_change"] <= 0.01
-    assert metrics.pixel_noise_sensitivity(steep, images, draws=3, seed=1) == moved
-    assert metrics.pixel_noise_sensitivity(steady, images)["max_change"] == 0.0
+    assert pixel_noise_sensitivity(steep, images, draws=3, seed=1) == moved
+    assert pixel_noise_sensitivity(steady, images)["max_change"] == 0.0

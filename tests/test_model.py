@@ -2,8 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from pneumocnn.config import Config
-from pneumocnn.model import LAST_CONV_LAYER, OUTPUT_LAYER, Specificity, build_model, compile_model
+from pneumocnn.core.config import Config
+from pneumocnn.network.model import LAST_CONV_LAYER, OUTPUT_LAYER, build_model
+from pneumocnn.training.compile import Specificity, compile_model
 
 
 def test_model_maps_a_batch_of_grayscale_images_to_one_probability_each():
@@ -146,7 +147,7 @@ def test_focal_loss_weighs_down_the_films_already_right(task):
 
 
 def test_weight_averaging_swaps_averaged_weights_in_before_the_checkpoint(tmp_path):
-    from pneumocnn.train import make_callbacks
+    from pneumocnn.training.loop import make_callbacks
 
     config = Config(image_size=48, weight_averaging="ema")
     names = [type(c).__name__ for c in make_callbacks(config, tmp_path)]

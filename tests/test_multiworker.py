@@ -22,7 +22,7 @@ import pandas as pd
 
 import pneumocnn
 from helpers import TINY_RUN, flags, write_dataset
-from pneumocnn import cli
+from pneumocnn.core.errors import EXIT_RESUMABLE
 
 EPOCHS = 4
 PROJECT_ROOT = Path(pneumocnn.__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_two_workers_survive_a_killed_worker_and_end_with_identical_weights(tmp_
             time.sleep(0.1)
         workers[1].send_signal(signal.SIGKILL)
         # The chief cannot go on without it: it fails and says how to go on.
-        assert _wait(workers[:1], timeout=90) == [cli.EXIT_RESUMABLE]
+        assert _wait(workers[:1], timeout=90) == [EXIT_RESUMABLE]
         assert f"--resume {run_dir}" in (logs / "first-worker0.log").read_text()
         assert not (run_dir / "summary.json").exists()
         assert _backed_up_epochs(run_dir / "backup" / "training_metadata.json") == 2

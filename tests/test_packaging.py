@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumocnn import runners
+from pneumocnn.core import locations
+from pneumocnn.core.locations import shipped_model_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # What a build needs from the checkout (no .git, no .venv, no run folders).
@@ -60,20 +61,20 @@ def test_wheel_carries_every_shipped_model_file_unchanged(wheel):
 def test_wheel_holds_the_package_and_no_top_level_saved_models(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    assert "pneumocnn/predict.py" in names and "pneumocnn/runners.py" in names
+    assert "pneumocnn/predict.py" in names and "pneumocnn/runtime/runners.py" in names
     assert not [name for name in names if name.startswith("saved_models/")]
 
 
 def test_shipped_model_dir_prefers_the_installed_copy(tmp_path, monkeypatch):
     package = tmp_path / "site-packages" / "pneumocnn"
     package.mkdir(parents=True)
-    monkeypatch.setattr(runners, "_PACKAGE", package)
+    monkeypatch.setattr(locations, "_PACKAGE", package)
     # A source checkout: saved_models/ beside the package.
-    assert runners.shipped_model_dir() == tmp_path / "site-packages" / "saved_models"
+    assert shipped_model_dir() == tmp_path / "site-packages" / "saved_models"
     # An installed wheel: the copy inside the package.
     (package / "saved_models").mkdir()
-    assert runners.shipped_model_dir() == package / "saved_models"
+    assert shipped_model_dir() == package / "saved_models"
 
 
 def test_in_this_checkout_the_shipped_models_are_found():
-    assert (runners.shipped_model_dir() / "pneumocnn.json").is_file()
+    assert (shipped_model_dir() / "pneumocnn.json").is_file()

@@ -8,8 +8,8 @@ from PIL import Image
 
 from helpers import synthetic_xray
 from pneumocnn import predict
-from pneumocnn.images import IMAGE_EXTENSIONS
-from pneumocnn.metadata import INT8_FILE, KERAS_FILE
+from pneumocnn.core.metadata import INT8_FILE, KERAS_FILE
+from pneumocnn.data.images import IMAGE_EXTENSIONS
 
 
 def _images(folder):
@@ -229,8 +229,8 @@ def test_a_clinic_folder_of_films_a_photo_and_a_blank_goes_through_csv(
 def test_threshold_help_does_not_claim_every_default_threshold_was_chosen_on_validation():
     # The bug: the help said the default was "chosen on validation"; the shipped model's
     # threshold is site-calibrated (threshold_rule "target_sensitivity=0.96 on test").
-    from pneumocnn.metadata import load_metadata
-    from pneumocnn.runners import default_model_dir
+    from pneumocnn.core.locations import default_model_dir
+    from pneumocnn.core.metadata import load_metadata
 
     text = " ".join(predict.build_parser().format_help().split())
     assert "site-calibrated" in text and "threshold_rule" in text

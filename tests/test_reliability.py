@@ -17,9 +17,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from helpers import flags, png_claiming, synthetic_xray, train_in_subprocess, write_dataset
-from pneumocnn import data, train
-from pneumocnn.images import MAX_DECODED_BYTES, ImageLoadError, load_image, load_images
-from pneumocnn.metadata import METADATA_FILE, MetadataError, load_metadata
+from pneumocnn import train
+from pneumocnn.core.metadata import METADATA_FILE, MetadataError, load_metadata
+from pneumocnn.data.folders import list_images
+from pneumocnn.data.images import load_image, load_images
+from pneumocnn.data.pixels import MAX_DECODED_BYTES, ImageLoadError
+from pneumocnn.training.loop import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,14 +132,14 @@ def test_fuzzed_files_never_crash_the_loader(tmp_path, base, cut, noise, positio
 
 
 def load_images_of(root):
-    table = data.list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
+    table = list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
     return load_images(table["path"].tolist(), 16)
 
 
 def test_symlink_loop_in_a_class_folder_is_not_followed(make_dataset):
     root = make_dataset(patients=2, images_per_patient=1)
     os.symlink(root / "train", root / "train" / "NORMAL" / "loop")
-    images = data.list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
+    images = list_images([root / "train"], ("NORMAL", "PNEUMONIA"))
     assert len(images) == 4
 
 
@@ -214,7 +217,7 @@ def test_killed_run_resumes_and_finishes_with_every_artefact(tmp_path):
     assert train.main(["--resume", str(run_dir)]) == 0
     for name in ("config.json", "split.csv", "history.csv", "best.keras", "summary.json"):
         assert (run_dir / name).is_file(), name
-    history = train.read_history(run_dir)
+    history = read_history(run_dir)
     assert history["epoch"].tolist() == list(range(epochs))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs_run"] == epochs
@@ -241,7 +244,7 @@ def _train_in_subprocess(root: Path, run_dir: Path, *extra: str, prelude: str = 
 
 
 def test_deterministic_runs_give_identical_weights(tmp_path):
-    from pneumocnn.model import load_model
+    from pneumocnn.network.model import load_model
 
     root = write_dataset(tmp_path / "chest_xray", patients=10, images_per_patient=2, seed=5)
     for name in ("a", "b"):
@@ -293,7 +296,7 @@ def test_diverged_training_ends_with_a_message_not_a_silent_model(make_dataset, 
 def test_keras_file_with_a_lambda_layer_is_refused(tmp_path):
     import keras
 
-    from pneumocnn.model import load_model
+    from pneumocnn.network.model import load_model
 
     inputs = keras.Input((8, 8, 1))
     outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
@@ -323,7 +326,7 @@ def test_history_of_a_resumed_run_keeps_one_row_per_epoch(tmp_path):
     pd.DataFrame({"epoch": [0, 1, 2, 2, 3], "loss": [1, 0.9, 0.8, 0.7, 0.6]}).to_csv(
         tmp_path / "history.csv", index=False
     )
-    history = train.read_history(tmp_path)
+    history = read_history(tmp_path)
     assert history["epoch"].tolist() == [0, 1, 2, 3]
     assert history.loc[2, "loss"] == 0.7
 

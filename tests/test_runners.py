@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from pneumocnn import runners
-from pneumocnn.metadata import FP16_FILE, INT8_FILE, KERAS_FILE, METADATA_FILE
-from pneumocnn.task import decide, pneumonia_probability
+from pneumocnn.core.locations import MODEL_DIR_ENV_VAR, default_model, shipped_model_dir
+from pneumocnn.core.metadata import FP16_FILE, INT8_FILE, KERAS_FILE, METADATA_FILE
+from pneumocnn.core.task import decide, pneumonia_probability
+from pneumocnn.runtime.runners import keras_beside, open_model
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def images():
 
 @pytest.mark.parametrize("name", [INT8_FILE, FP16_FILE, KERAS_FILE])
 def test_every_form_returns_one_probability_per_class(exported_model, images, name):
-    model = runners.open_model(exported_model / name)
+    model = open_model(exported_model / name)
     probabilities = model.predict_proba(images)
     assert probabilities.shape == (len(images), len(model.class_names)) == (6, 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
@@ -26,16 +27,16 @@ def test_every_form_returns_one_probability_per_class(exported_model, images, na
 def test_a_run_folder_and_its_export_give_the_same_float_probabilities(
     trained_run, exported_model, images
 ):
-    from_run = runners.open_model(trained_run).predict_proba(images)
-    exported = runners.open_model(exported_model / KERAS_FILE).predict_proba(images)
+    from_run = open_model(trained_run).predict_proba(images)
+    exported = open_model(exported_model / KERAS_FILE).predict_proba(images)
     np.testing.assert_allclose(from_run, exported, atol=1e-6)
 
 
 def test_a_binary_probability_is_kept_exactly_in_column_one(exported_model, images):
-    from pneumocnn.model import load_model
+    from pneumocnn.network.model import load_model
 
     raw = load_model(exported_model / KERAS_FILE).predict(images.astype(np.float32), verbose=0)
-    probabilities = runners.open_model(exported_model / KERAS_FILE).predict_proba(images)
+    probabilities = open_model(exported_model / KERAS_FILE).predict_proba(images)
     assert np.array_equal(pneumonia_probability(probabilities), raw[:, 0])
 
 
@@ -46,7 +47,7 @@ def test_a_prediction_is_the_shared_decision_of_its_probabilities(exported_model
 
     path = tmp_path / "x.png"
     Image.fromarray(synthetic_xray(np.random.default_rng(0), 1, (40, 40))).save(path)
-    model = runners.open_model(exported_model / INT8_FILE)
+    model = open_model(exported_model / INT8_FILE)
     result = model.predict_file(path)
     assert (
         result.label
@@ -56,16 +57,16 @@ def test_a_prediction_is_the_shared_decision_of_its_probabilities(exported_model
 
 
 def test_the_default_model_follows_the_model_dir_variable(monkeypatch, tmp_path):
-    monkeypatch.delenv(runners.MODEL_DIR_ENV_VAR, raising=False)
-    assert runners.default_model() == runners.shipped_model_dir() / INT8_FILE
-    monkeypatch.setenv(runners.MODEL_DIR_ENV_VAR, str(tmp_path))
-    assert runners.default_model("keras", "subtype") == tmp_path / "pneumocnn_subtype.keras"
+    monkeypatch.delenv(MODEL_DIR_ENV_VAR, raising=False)
+    assert default_model() == shipped_model_dir() / INT8_FILE
+    monkeypatch.setenv(MODEL_DIR_ENV_VAR, str(tmp_path))
+    assert default_model("keras", "subtype") == tmp_path / "pneumocnn_subtype.keras"
 
 
 def test_the_keras_of_an_export_is_found_from_its_tflite(exported_model):
-    assert runners.keras_beside(exported_model / INT8_FILE) == exported_model / KERAS_FILE
+    assert keras_beside(exported_model / INT8_FILE) == exported_model / KERAS_FILE
 
 
 def test_a_file_that_is_not_a_model_is_refused_by_its_suffix(exported_model):
     with pytest.raises(ValueError, match=r"Expected a model file \(\.tflite or \.keras\)"):
-        runners.open_model(exported_model / METADATA_FILE)
+        open_model(exported_model / METADATA_FILE)

@@ -6,20 +6,22 @@ import numpy as np
 import pytest
 
 from helpers import REAL_DATA, requires_real_data
-from pneumocnn import data, export
-from pneumocnn.config import Config
-from pneumocnn.lite import LiteModel
-from pneumocnn.metadata import (
+from pneumocnn.core.config import Config
+from pneumocnn.core.metadata import (
     FP16_FILE,
     INT8_FILE,
     KERAS_FILE,
     METADATA_FILE,
     SUBTYPE_FILES,
-    decide,
     load_metadata,
     model_files,
 )
-from pneumocnn.runners import open_model
+from pneumocnn.core.task import decide
+from pneumocnn.data.folders import find_dataset
+from pneumocnn.data.split import limit_per_class, load_split, prepare_split
+from pneumocnn.edge.parity import MAX_AUC_DROP, MIN_AGREEMENT, check_parity
+from pneumocnn.runtime.lite import LiteModel
+from pneumocnn.runtime.runners import open_model
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
 
@@ -54,11 +56,11 @@ def shipped_validation_sample():
     """60 images of the shipped model's own validation split (rebuilt from its metadata)."""
     metadata = load_metadata(SAVED / METADATA_FILE)
     config = Config.from_dict(metadata["config"])
-    dataset = data.find_dataset(REAL_DATA)
-    split = data.prepare_split(config, dataset)
+    dataset = find_dataset(REAL_DATA)
+    split = prepare_split(config, dataset)
     val = split[split["subset"] == "val"]
-    sample = data.limit_per_class(val, 30, seed=0)
-    return data.load_split(sample, "val", config.image_size, dataset.root)
+    sample = limit_per_class(val, 30, seed=0)
+    return load_split(sample, "val", config.image_size, dataset.root)
 
 
 @requires_real_data
@@ -97,10 +99,10 @@ def test_shipped_subtype_int8_model_is_under_500_kb():
 def test_shipped_subtype_model_classifies_real_validation_images():
     metadata = load_metadata(SAVED / SUBTYPE_FILES["metadata"])
     config = Config.from_dict(metadata["config"])
-    dataset = data.find_dataset(REAL_DATA)
-    split = data.prepare_split(config, dataset)
-    sample = data.limit_per_class(split[split["subset"] == "val"], 20, seed=0)
-    val = data.load_split(sample, "val", config.image_size, dataset.root)
+    dataset = find_dataset(REAL_DATA)
+    split = prepare_split(config, dataset)
+    sample = limit_per_class(split[split["subset"] == "val"], 20, seed=0)
+    val = load_split(sample, "val", config.image_size, dataset.root)
     model = LiteModel(SAVED / SUBTYPE_FILES["int8"])
     probabilities = model.predict_proba(val.images)
     assert probabilities.shape == (len(val.labels), 3)
@@ -123,8 +125,8 @@ def test_shipped_model_passed_the_strict_parity_check_on_its_whole_validation_sp
     parity = metadata["parity"]
     assert parity["passed"]
     assert parity["images"] == metadata["training_data"]["val_images"] > 1000
-    assert parity["agreement"] >= export.MIN_AGREEMENT
-    assert parity["auc_drop"] <= export.MAX_AUC_DROP
+    assert parity["agreement"] >= MIN_AGREEMENT
+    assert parity["auc_drop"] <= MAX_AUC_DROP
 
 
 @requires_real_data
@@ -135,11 +137,11 @@ def test_shipped_model_still_passes_the_strict_parity_check_here(name):
     files = model_files(name)
     metadata = load_metadata(SAVED / files["metadata"])
     config = Config.from_dict(metadata["config"])
-    dataset = data.find_dataset(REAL_DATA)
-    split = data.prepare_split(config, dataset)
-    val = data.load_split(split, "val", config.image_size, dataset.root)
+    dataset = find_dataset(REAL_DATA)
+    split = prepare_split(config, dataset)
+    val = load_split(split, "val", config.image_size, dataset.root)
     assert len(val.labels) == metadata["parity"]["images"]
-    export.check_parity(
+    check_parity(
         val.labels,
         open_model(SAVED / files["keras"]).predict_proba(val.images),
         LiteModel(SAVED / files["int8"]).predict_proba(val.images),
@@ -154,9 +156,9 @@ def test_shipped_int8_file_reaches_its_recorded_site_calibration():
     """The int8 file, at its stored threshold, makes the calls its calibration record reports on
     the folder it was calibrated on (the development half): the operating point belongs to the
     file users embed, not to its float twin."""
-    from pneumocnn.images import load_images
-    from pneumocnn.metrics import pneumonia_figures
-    from pneumocnn.task import pneumonia_labels
+    from pneumocnn.core.task import pneumonia_labels
+    from pneumocnn.data.images import load_images
+    from pneumocnn.evaluation.metrics import pneumonia_figures
 
     files = model_files("pneumocnn")
     metadata = load_metadata(SAVED / files["metadata"])

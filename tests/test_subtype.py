@@ -7,13 +7,23 @@ import pandas as pd
 import pytest
 
 from helpers import REAL_DATA, requires_real_data
-from pneumocnn import data, evaluate, explain, gradcam, metrics, predict, reports
-from pneumocnn.config import Config
-from pneumocnn.images import load_image
-from pneumocnn.lite import LiteModel
-from pneumocnn.metadata import SUBTYPE_FILES, decide, find_metadata, load_metadata
-from pneumocnn.model import Sensitivity, Specificity, build_model, load_model
-from pneumocnn.runners import open_model
+from pneumocnn import explain, predict
+from pneumocnn.core.config import Config
+from pneumocnn.core.errors import DataError
+from pneumocnn.core.metadata import SUBTYPE_FILES, find_metadata, load_metadata
+from pneumocnn.core.task import decide
+from pneumocnn.data.folders import find_dataset, label_for_task, list_images, subtype_of
+from pneumocnn.data.images import load_image
+from pneumocnn.data.pipeline import class_weights, make_datasets
+from pneumocnn.data.split import load_split, prepare_split
+from pneumocnn.evaluation import reports
+from pneumocnn.evaluation.metrics import compute_metrics
+from pneumocnn.evaluation.scoring import evaluate
+from pneumocnn.network.model import build_model, load_model
+from pneumocnn.runtime import gradcam
+from pneumocnn.runtime.lite import LiteModel
+from pneumocnn.runtime.runners import open_model
+from pneumocnn.training.compile import Sensitivity, Specificity
 
 SUBTYPES = ["NORMAL", "BACTERIAL", "VIRAL"]
 
@@ -30,36 +40,36 @@ SUBTYPES = ["NORMAL", "BACTERIAL", "VIRAL"]
     ],
 )
 def test_subtype_is_read_from_the_file_name(name, expected):
-    assert data.subtype_of(name) == expected
+    assert subtype_of(name) == expected
 
 
 def test_subtype_labels_keep_normal_and_split_pneumonia(make_dataset):
     root = make_dataset(patients=4, subtypes=True)
-    dataset = data.find_dataset(root)
-    folders = data.list_images(dataset.development, dataset.class_names)
-    labelled = data.label_for_task(folders, dataset.class_names, "subtype")
+    dataset = find_dataset(root)
+    folders = list_images(dataset.development, dataset.class_names)
+    labelled = label_for_task(folders, dataset.class_names, "subtype")
     names = labelled["path"].map(lambda p: p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1])
     for name, label in zip(names, labelled["label"], strict=True):
         expected = 0 if name.startswith("NORMAL/") else (2 if "_virus_" in name else 1)
         assert label == expected, name
     # The binary task leaves the folder labels alone.
-    assert data.label_for_task(folders, dataset.class_names, "binary").equals(folders)
+    assert label_for_task(folders, dataset.class_names, "binary").equals(folders)
 
 
 def test_pneumonia_file_without_a_subtype_is_named_in_the_error(make_dataset):
     root = make_dataset(patients=4, subtypes=True)
     stray = root / "train" / "PNEUMONIA" / "scan_0042.png"
     stray.write_bytes((root / "train" / "NORMAL" / "IM-0000-0002.png").read_bytes())
-    dataset = data.find_dataset(root)
-    folders = data.list_images(dataset.development, dataset.class_names)
-    with pytest.raises(data.DataError, match=r"scan_0042\.png.*--task binary"):
-        data.label_for_task(folders, dataset.class_names, "subtype")
+    dataset = find_dataset(root)
+    folders = list_images(dataset.development, dataset.class_names)
+    with pytest.raises(DataError, match=r"scan_0042\.png.*--task binary"):
+        label_for_task(folders, dataset.class_names, "subtype")
 
 
 def test_subtype_split_is_patient_grouped_and_has_every_class_on_both_sides(make_dataset):
     root = make_dataset(patients=10, subtypes=True)
     config = Config(task="subtype", val_fraction=0.25, seed=3)
-    split = data.prepare_split(config, data.find_dataset(root))
+    split = prepare_split(config, find_dataset(root))
     assert split.groupby("patient")["subset"].nunique().max() == 1
     for subset in ("train", "val"):
         assert set(split.loc[split["subset"] == subset, "label"]) == {0, 1, 2}
@@ -76,15 +86,15 @@ def test_three_class_pipeline_yields_one_hot_labels_and_balanced_weights(make_da
         intensity_strength=0,
         mixup_alpha=0,
     )
-    dataset = data.find_dataset(root)
-    split = data.prepare_split(config, dataset)
-    train = data.load_split(split, "train", 32, dataset.root)
-    val = data.load_split(split, "val", 32, dataset.root)
-    train_ds, val_ds, _ = data.make_datasets(config, train, val, num_classes=3)
+    dataset = find_dataset(root)
+    split = prepare_split(config, dataset)
+    train = load_split(split, "train", 32, dataset.root)
+    val = load_split(split, "val", 32, dataset.root)
+    train_ds, val_ds, _ = make_datasets(config, train, val, num_classes=3)
     images, labels, weights = next(iter(train_ds))
     assert labels.shape[1] == 3
     np.testing.assert_allclose(labels.numpy().sum(axis=1), 1.0)
-    expected = data.class_weights(train.labels, 3)
+    expected = class_weights(train.labels, 3)
     classes = labels.numpy().argmax(axis=1)
     np.testing.assert_allclose(weights.numpy(), [expected[c] for c in classes], rtol=1e-6)
     assert next(iter(val_ds))[1].shape[1] == 3
@@ -130,7 +140,7 @@ def test_subtype_metrics_give_the_matrix_per_class_macro_ovr_auc_and_the_binary_
             [0.7, 0.1, 0.2],  # VIRAL missed: NORMAL
         ]
     )
-    report = metrics.compute_metrics(labels, probabilities, 0.5, SUBTYPES)
+    report = compute_metrics(labels, probabilities, 0.5, SUBTYPES)
     at = report["at_threshold"]
     assert at["confusion_matrix"] == [[1, 1, 0], [0, 1, 1], [1, 0, 1]]
     assert at["accuracy"] == pytest.approx(3 / 6)
@@ -157,7 +167,7 @@ def test_subtype_run_records_three_classes(subtype_run):
 
 
 def test_subtype_evaluation_writes_three_class_report_and_plots(subtype_run, tmp_path):
-    report, output = evaluate.evaluate(subtype_run, "val", output_dir=tmp_path / "eval")
+    report, output = evaluate(subtype_run, "val", output_dir=tmp_path / "eval")
     assert report["task"] == "subtype"
     assert np.array(report["at_threshold"]["confusion_matrix"]).shape == (3, 3)
     assert report["binary"]["roc_auc"] is not None
@@ -189,7 +199,7 @@ def test_subtype_export_names_its_files_and_carries_task_and_classes(subtype_mod
 def test_lite_and_keras_classifiers_give_three_probabilities(subtype_model, subtype_run):
     split = pd.read_csv(subtype_run / "split.csv")
     config = Config.load(subtype_run / "config.json")
-    val = data.load_split(split, "val", config.image_size, config.data_dir)
+    val = load_split(split, "val", config.image_size, config.data_dir)
     lite = LiteModel(subtype_model / SUBTYPE_FILES["int8"])
     keras_model = open_model(subtype_model / SUBTYPE_FILES["keras"])
     int8, float_ = lite.predict_proba(val.images), keras_model.predict_proba(val.images)
@@ -250,9 +260,9 @@ def test_grad_cam_explains_the_decided_subtype(subtype_model, subtype_run, tmp_p
 
 @requires_real_data
 def test_real_file_names_give_the_documented_subtype_counts():
-    dataset = data.find_dataset(REAL_DATA)
-    folders = data.list_images(dataset.development, dataset.class_names)
-    labels = data.label_for_task(folders, dataset.class_names, "subtype")["label"]
+    dataset = find_dataset(REAL_DATA)
+    folders = list_images(dataset.development, dataset.class_names)
+    labels = label_for_task(folders, dataset.class_names, "subtype")["label"]
     # ../shared/chest_xray/README.md: 1,341 NORMAL, 2,530 bacterial, 1,345 viral.
     assert np.bincount(labels).tolist() == [1341, 2530, 1345]
 

@@ -8,18 +8,23 @@ import pandas as pd
 import pytest
 
 from helpers import TINY_RUN, flags
-from pneumocnn import data, export, train
-from pneumocnn.config import Config
-from pneumocnn.lite import LiteModel
-from pneumocnn.model import (
+from pneumocnn import train
+from pneumocnn.core.config import Config
+from pneumocnn.core.errors import DataError
+from pneumocnn.data.folders import find_dataset
+from pneumocnn.data.split import load_split
+from pneumocnn.edge.export import export
+from pneumocnn.network.model import (
     OUTPUT_LAYER,
     SUBTYPE_HEAD_LAYER,
-    PneumoniaAUC,
     build_model,
     fitting_model,
     load_model,
     with_pneumonia_head,
 )
+from pneumocnn.runtime.lite import LiteModel
+from pneumocnn.training import loop
+from pneumocnn.training.compile import PneumoniaAUC
 
 TINY_MODEL = dict(image_size=32, base_filters=4, num_blocks=2, train_on_subtypes=True)
 
@@ -109,14 +114,14 @@ def test_the_run_saves_a_one_output_binary_model_and_binary_labels(subtype_train
 def test_the_run_exports_an_int8_file_with_one_output_near_the_float_model(
     subtype_trained_run, tmp_path
 ):
-    export.export(subtype_trained_run, tmp_path, calibration_images=40, require_parity=False)
+    export(subtype_trained_run, tmp_path, calibration_images=40, require_parity=False)
     lite = LiteModel(tmp_path / "pneumocnn_int8.tflite")
     keras_model = load_model(tmp_path / "pneumocnn.keras")
-    dataset = data.find_dataset(
+    dataset = find_dataset(
         json.loads((subtype_trained_run / "config.json").read_text())["data_dir"]
     )
     split = pd.read_csv(subtype_trained_run / "split.csv")
-    val = data.load_split(split, "val", TINY_RUN["image_size"], dataset.root)
+    val = load_split(split, "val", TINY_RUN["image_size"], dataset.root)
     lite_p = lite.predict_proba(val.images)
     float_p = np.asarray(keras_model.predict(val.images.astype("float32"), verbose=0))
     assert lite_p.shape == (len(val.labels), 2)
@@ -128,8 +133,8 @@ def test_files_without_a_subtype_are_named_when_training_on_subtypes(make_datase
     root = make_dataset(patients=4, subtypes=True)
     stray = root / "train" / "PNEUMONIA" / "scan_0042.png"
     stray.write_bytes((root / "train" / "NORMAL" / "IM-0000-0002.png").read_bytes())
-    with pytest.raises(data.DataError, match=r"scan_0042\.png.*--train-on-subtypes"):
-        train.train(
+    with pytest.raises(DataError, match=r"scan_0042\.png.*--train-on-subtypes"):
+        loop.train(
             Config(
                 **{**TINY_RUN, "epochs": 1},
                 train_on_subtypes=True,

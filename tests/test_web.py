@@ -2,7 +2,7 @@
 server, driven in a real headless Chromium, and compared with pneumocnn's own LiteRT predictions.
 
 The page preprocesses with a JavaScript port of Pillow's integer luma and bilinear resize, so for
-the same decoded pixels it feeds the model the same bytes as `pneumocnn.images.load_image`, and
+the same decoded pixels it feeds the model the same bytes as `pneumocnn.data.images.load_image`, and
 LiteRT.js then returns the same uint8 output as LiteRT in Python. The stated tolerance on the
 probabilities is one quantization step of the output (1/256), allowing a decoder to differ on a
 pixel; the labels must agree on every film.
@@ -29,10 +29,10 @@ from helpers import (
     synthetic_xray,
 )
 from pneumocnn import web
-from pneumocnn.images import load_image, to_grayscale, to_model_input
-from pneumocnn.lite import LiteModel
-from pneumocnn.metadata import FP16_FILE, INT8_FILE, METADATA_FILE, SUBTYPE_FILES
-from pneumocnn.runners import default_model
+from pneumocnn.core.locations import default_model
+from pneumocnn.core.metadata import FP16_FILE, INT8_FILE, METADATA_FILE, SUBTYPE_FILES
+from pneumocnn.data.images import load_image, to_grayscale, to_model_input
+from pneumocnn.runtime.lite import LiteModel
 
 PROBABILITY_TOLERANCE = 1 / 256 + 1e-6
 FILMS_PER_CLASS = 20  # development-half films per class through the browser

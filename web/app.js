@@ -24,7 +24,7 @@ async function fetchJson(url) {
   return response.json();
 }
 
-/** The label by pneumocnn.metadata.decide: positive when P(pneumonia) >= threshold. */
+/** The label by pneumocnn.core.task.decide: positive when P(pneumonia) >= threshold. */
 function decide(outputs, metadata) {
   const names = metadata.class_names;
   const values = Array.from(outputs, (value) => Math.min(Math.max(value, 0), 1));

@@ -1,4 +1,4 @@
-// Preprocessing that matches pneumocnn.images.load_image pixel for pixel: grayscale with Pillow's
+// Preprocessing that matches pneumocnn.data.images.load_image pixel for pixel: grayscale with Pillow's
 // integer luma, then Pillow's bilinear resize (Resample.c: a triangle filter widened by the
 // downscaling factor, 22-bit fixed-point coefficients, horizontal pass then vertical pass, each
 // rounded to 8 bits). Canvas drawImage resizing is not used: it samples differently and moves

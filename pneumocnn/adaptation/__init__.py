@@ -1,0 +1,3 @@
+"""Learning from a site's own labelled films: `calibration` (a new operating threshold on
+them) and fine-tuning (adapting the weights).
+"""

@@ -1,0 +1,155 @@
+"""Site calibration: a new operating threshold chosen on a labelled folder of the site's films.
+
+`calibrate` records it where the model's threshold lives: a run folder's `threshold.json` (the
+export then copies it into every file), or an exported family, rewritten consistently by
+`pneumocnn.edge.recalibrate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pneumocnn.core.errors import UsageError
+from pneumocnn.evaluation.uncertainty import uncertainty_of
+
+
+def calibrate(
+    model: str | Path, folder: str | Path, target_sensitivity: float = 0.96
+) -> dict[str, Any]:
+    """Site calibration: chooses the operating threshold on a labelled folder from the site.
+
+    The threshold is the one of best specificity whose sensitivity on the folder reaches the
+    target. It is recorded, with the folder's name, its size, the achieved figures and their
+    95% patient-bootstrap intervals and the per-group breakdown, where the model's threshold
+    lives: a run folder's `threshold.json` (the export then copies it into the metadata and
+    every edge file), or an exported model's whole file family (see
+    `pneumocnn.edge.recalibrate.recalibrate`): its RGB variant gets the threshold in its scores (one
+    constant of its float head; its int8 network is untouched) and is checked against the int8
+    model on the folder's films, the TFLite metadata embedded in each `.tflite` names the new
+    threshold, and the metadata `<name>.json` records it with the new checksums; all written
+    atomically, metadata last.
+
+    Args:
+        model: a run folder, or an exported `.tflite`/`.keras` with its metadata.
+        folder: a labelled folder of films from the site: one subfolder per class (NORMAL/,
+            PNEUMONIA/; for a subtype model the pneumonia films' names carry the subtype).
+        target_sensitivity: the sensitivity the threshold must reach on the folder. Defaults
+            to 0.96.
+
+    Returns:
+        The calibration record (also written, see above).
+
+    Raises:
+        ValueError: if the target is not in (0, 1], the folder is a training-data folder
+            (it holds `train/`) or lacks a class.
+        UsageError: if an exported family's RGB variant was not made by this version.
+        ParityError: if an exported model's retargeted RGB variant fails its check against the
+            int8 model on the folder's films (nothing is written).
+    """
+    import datetime
+
+    import numpy as np
+
+    from pneumocnn.core.errors import DataError
+    from pneumocnn.core.metadata import write_json_atomically
+    from pneumocnn.core.run_folder import THRESHOLD_FILE, is_run_dir, resolve_source
+    from pneumocnn.core.task import pneumonia_labels
+    from pneumocnn.data.split import load_evaluation_images
+    from pneumocnn.evaluation.metrics import pneumonia_figures
+    from pneumocnn.evaluation.thresholds import choose_pneumonia_threshold
+    from pneumocnn.runtime.runners import predict_probabilities
+
+    if not 0 < target_sensitivity <= 1:
+        raise UsageError(
+            "--target-sensitivity must be in (0, 1]. "
+            f"Received: target_sensitivity={target_sensitivity}. Pass e.g. 0.96."
+        )
+    if (Path(folder) / "train").is_dir():
+        raise UsageError(
+            f"'{folder}' holds train/: calibrate on films from the site, not on training data. "
+            f"Received: calibrate_on='{folder}'. Pass a folder of class subfolders (e.g. "
+            "chest_xray/test)."
+        )
+    family = None
+    if Path(model).is_file() and not is_run_dir(Path(model).parent):
+        from pneumocnn.edge.family import read_family
+        from pneumocnn.edge.recalibrate import recalibrate
+
+        # Before anything is run: it completes an interrupted recalibration and verifies the
+        # family's checksums.
+        family = read_family(model)
+    source = resolve_source(model)
+    images, labels, skipped, root, paths = load_evaluation_images(source, "all", folder)
+    if len(np.unique(pneumonia_labels(labels))) < 2:
+        raise DataError(
+            f"Calibration needs NORMAL and pneumonia films; '{root}' has "
+            f"{np.bincount(labels, minlength=len(source.class_names)).tolist()} films per class "
+            f"{source.class_names}. Received: calibrate_on='{folder}'."
+        )
+    probabilities = predict_probabilities(source.model_path, images)
+    threshold = choose_pneumonia_threshold(labels, probabilities, target_sensitivity)
+    spread = uncertainty_of(labels, probabilities, threshold, paths)
+    record = {
+        "folder": Path(root).name,
+        "films": int(len(labels)),
+        "films_per_class": np.bincount(labels, minlength=len(source.class_names)).tolist(),
+        "patients": spread["patients"],
+        "unreadable_files": len(skipped),
+        "model": source.model_path.name,
+        "target_sensitivity": float(target_sensitivity),
+        "threshold": threshold,
+        "achieved": pneumonia_figures(labels, probabilities, threshold),
+        "intervals": spread["intervals"],
+        "groups": spread["groups"],
+        "note": "figures on the calibration folder itself, where the threshold was chosen: "
+        "optimistic for it; films from elsewhere may score lower",
+        "date": datetime.date.today().isoformat(),
+    }
+    rule = f"target_sensitivity={target_sensitivity} on {record['folder']}"
+    if source.run_dir is not None:
+        write_json_atomically(
+            source.run_dir / THRESHOLD_FILE,
+            {
+                "threshold": threshold,
+                "rule": rule,
+                "chosen_on": record["folder"],
+                "images": record["films"],
+                "model": source.model_path.name,
+                "calibration": record,
+            },
+        )
+    else:
+        from pneumocnn.edge.family import read_family
+        from pneumocnn.edge.recalibrate import recalibrate
+
+        recalibrate(
+            family,
+            {"threshold": threshold, "threshold_rule": rule, "calibration": record},
+            images,
+            probabilities if source.model_path.name == family.files["int8"] else None,
+            films=record["folder"],
+        )
+    return record
+
+
+def format_calibration(record: dict[str, Any]) -> str:
+    """A readable summary of a calibration record."""
+    achieved, intervals = record["achieved"], record["intervals"]
+    lines = [
+        f"Threshold {record['threshold']:.4f}: the best specificity reaching sensitivity "
+        f"{record['target_sensitivity']} on {record['folder']} ({record['films']} films "
+        f"{record['films_per_class']}, {record['patients']} patients)"
+    ]
+    for key in ("sensitivity", "specificity", "accuracy", "roc_auc"):
+        low, high = intervals[key]
+        lines.append(f"  {key:<12} {achieved[key]:.4f}  [95% {low:.4f}-{high:.4f}]")
+    lines.append(
+        "  by group: "
+        + ", ".join(
+            f"{name} {row['recall']:.3f} of {row['films']}"
+            for name, row in record["groups"].items()
+        )
+    )
+    lines.append(f"  ({record['note']})")
+    return "\n".join(lines)

@@ -1,0 +1,283 @@
+"""The metadata file (`<name>.json`, e.g. `pneumocnn.json`) that travels beside every exported
+model.
+
+It is the contract between the exporter and every consumer (predict, LiteRT on a device, the
+app): task, image size, channels, class names, threshold, tensor types, preprocessing, and the
+SHA-256 of each model file. Needs only the standard library and numpy, so the edge install can
+read it. `decide` (from `pneumocnn.core.task`) is the decision rule they share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pneumocnn.core.task import TASKS, decide
+
+__all__ = ["decide"]  # re-exported: the decision rule every consumer of the metadata shares
+
+FORMAT_VERSION = 1
+# Every exported model is a family of files named after it: <name>_int8.tflite,
+# <name>_fp16.tflite, <name>.keras, <name>_labels.txt and its metadata <name>.json.
+DEFAULT_NAMES = {"binary": "pneumocnn", "subtype": "pneumocnn_subtype"}
+
+
+def model_files(name: str) -> dict[str, str]:
+    """The file names of the exported model `name`, by role.
+
+    Example:
+
+    >>> model_files("pneumocnn_subtype")["int8"]
+    'pneumocnn_subtype_int8.tflite'
+    """
+    return {
+        "int8": f"{name}_int8.tflite",
+        "fp16": f"{name}_fp16.tflite",
+        # For stock image classifiers: RGB in, one score per class (see pneumocnn.edge).
+        "rgb_int8": f"{name}_rgb_int8.tflite",
+        "keras": f"{name}.keras",
+        "labels": f"{name}_labels.txt",
+        "metadata": f"{name}.json",
+    }
+
+
+_BINARY = model_files(DEFAULT_NAMES["binary"])
+METADATA_FILE = _BINARY["metadata"]
+LABELS_FILE = _BINARY["labels"]
+KERAS_FILE = _BINARY["keras"]
+INT8_FILE = _BINARY["int8"]
+FP16_FILE = _BINARY["fp16"]
+SUBTYPE_FILES = model_files(DEFAULT_NAMES["subtype"])
+PREPROCESSING = (
+    "Decode the JPEG or PNG, convert to one grayscale channel (ITU-R 601-2 luma for colour "
+    "images; 16-bit images stretched from their minimum to maximum), resize to image_size x "
+    "image_size with bilinear filtering (no crop, no padding), and feed raw 0-255 pixel values. "
+    "No normalisation outside the model: it rescales inside itself. "
+    "pneumocnn.data.images.load_image does exactly this."
+)
+_REQUIRED = {
+    "format_version": int,
+    "image_size": int,
+    "channels": int,
+    "class_names": list,
+    "threshold": float,
+    "sha256": dict,
+    "config": dict,
+}
+# A threshold this close to 0 or 1 turns every film into one class; no validation set chooses it.
+THRESHOLD_MARGIN = 1e-6
+
+
+class MetadataError(ValueError):
+    """Raised when a metadata file is missing, malformed, or does not match its model."""
+
+
+def sha256_of(path: str | Path) -> str:
+    """Returns the hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_name(model_path: str | Path) -> str:
+    """The exported model's name from one of its files: `pneumocnn_subtype_int8.tflite` ->
+    `pneumocnn_subtype`; `pneumocnn_rgb_int8.tflite` and `pneumocnn.keras` -> `pneumocnn`."""
+    stem = Path(model_path).stem
+    for suffix in ("_rgb_int8", "_int8", "_fp16"):
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def find_metadata(model_path: str | Path) -> Path:
+    """Returns the metadata file beside `model_path`: `<name>.json` (see `model_name`).
+
+    Raises:
+        MetadataError: if there is none.
+    """
+    model_path = Path(model_path)
+    path = model_path.parent / f"{model_name(model_path)}.json"
+    if not path.is_file():
+        raise MetadataError(
+            f"No metadata file '{path.name}' beside the model '{model_path}'. Received: "
+            f"model='{model_path}'. Export the model with `python -m pneumocnn.export`, which "
+            "writes <name>.json next to <name>_int8.tflite, <name>_fp16.tflite and "
+            "<name>.keras; keep the files together and keep their names."
+        )
+    return path
+
+
+def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dict[str, Any]:
+    """Reads and validates a metadata file; optionally checks a model file's SHA-256 against it.
+
+    Args:
+        path: the `pneumocnn.json` file.
+        model_path: a model file listed in it, whose checksum must match. Defaults to `None`.
+
+    Returns:
+        The metadata dict.
+
+    Raises:
+        MetadataError: if the file is unreadable, misses a field, has a newer format, a
+            threshold outside (0, 1), or the model's SHA-256 differs from the recorded one.
+    """
+    path = Path(path)
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise MetadataError(
+            f"Cannot read metadata file '{path}' ({error}). Received: path='{path}'. It must be "
+            "the JSON file the export wrote beside the model; re-export the model with "
+            "`python -m pneumocnn.export RUN_DIR` to write it again."
+        ) from error
+    for key, kind in _REQUIRED.items():
+        value = metadata.get(key) if isinstance(metadata, dict) else None
+        if kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind):
+            raise MetadataError(
+                f"Metadata file '{path}' lacks a valid `{key}` ({kind.__name__}). "
+                f"Received: {key}={value!r}. Re-export the model with `python -m pneumocnn.export`."
+            )
+    if metadata["format_version"] > FORMAT_VERSION:
+        raise MetadataError(
+            f"Metadata file '{path}' has format_version {metadata['format_version']}, newer than "
+            f"this pneumocnn understands ({FORMAT_VERSION}). Upgrade pneumocnn."
+        )
+    names = metadata["class_names"]
+    if len(names) < 2 or not all(isinstance(name, str) and name for name in names):
+        raise MetadataError(
+            f"Metadata file '{path}' needs at least two class names. "
+            f"Received: class_names={names!r}."
+        )
+    task = metadata.get("task", "binary")
+    if task not in TASKS or (task == "subtype" and len(names) != 3):
+        raise MetadataError(
+            f"Metadata file '{path}' has a task pneumocnn does not know. Received: "
+            f"task={task!r}, class_names={names!r}; expected 'binary', or 'subtype' with three "
+            "classes (NORMAL first)."
+        )
+    if metadata["image_size"] < 8 or metadata["channels"] != 1:
+        raise MetadataError(
+            f"Metadata file '{path}' describes an input pneumocnn cannot feed. Received: "
+            f"image_size={metadata['image_size']!r}, channels={metadata['channels']!r}; "
+            "expected image_size >= 8 and channels = 1."
+        )
+    if not THRESHOLD_MARGIN <= metadata["threshold"] <= 1.0 - THRESHOLD_MARGIN:
+        raise MetadataError(
+            f"Metadata file '{path}' has a threshold outside [{THRESHOLD_MARGIN:g}, "
+            f"1 - {THRESHOLD_MARGIN:g}]: it would give every film one label. Received: "
+            f"threshold={metadata['threshold']!r}. Choose it again with `python -m "
+            "pneumocnn.evaluate RUN_DIR --split val` and re-export."
+        )
+    _check_agreement(metadata, path)
+    if model_path is not None:
+        name = Path(model_path).name
+        expected = metadata["sha256"].get(name)
+        if expected is None or sha256_of(model_path) != expected:
+            raise MetadataError(
+                f"Model file '{model_path}' does not match the SHA-256 recorded for '{name}' in "
+                f"'{path}'. The model was changed or replaced after export; re-export it so model "
+                "and metadata agree."
+            )
+    return metadata
+
+
+def _disagree(path: Path, what: str, first: str, second: str) -> MetadataError:
+    return MetadataError(
+        f"Metadata file '{path}' contradicts itself: {what}. Received: {first}, {second}. "
+        "The class order decides which output is which class, so no label can be trusted; "
+        "re-export the model with `python -m pneumocnn.export` instead of editing the files."
+    )
+
+
+def _check_agreement(metadata: dict[str, Any], path: Path) -> None:
+    """The fields that say the same thing twice must agree: `config` against the top-level
+    image size and task, `positive_class` and the labels file against `class_names`."""
+    from pneumocnn.core.task import PNEUMONIA
+
+    names, task, config = (
+        metadata["class_names"],
+        metadata.get("task", "binary"),
+        metadata["config"],
+    )
+    for key, value in (("image_size", metadata["image_size"]), ("task", task)):
+        if key in config and config[key] != value:
+            raise _disagree(
+                path,
+                f"config.{key} is not {key}",
+                f"config.{key}={config[key]!r}",
+                f"{key}={value!r}",
+            )
+    if "positive_class" in metadata:
+        expected = PNEUMONIA if task == "subtype" else names[1]
+        if metadata["positive_class"] != expected:
+            raise _disagree(
+                path,
+                f"positive_class is not {'PNEUMONIA' if task == 'subtype' else 'class_names[1]'}",
+                f"positive_class={metadata['positive_class']!r}",
+                f"class_names={names!r}",
+            )
+    labels_name = (
+        metadata.get("files", {}).get("labels") if isinstance(metadata.get("files"), dict) else None
+    )
+    labels_path = path.parent / labels_name if isinstance(labels_name, str) else None
+    if labels_path is not None and labels_path.is_file():
+        labels = [line.strip() for line in labels_path.read_text().splitlines() if line.strip()]
+        if labels != list(names):
+            raise _disagree(
+                path,
+                f"the labels file '{labels_path.name}' lists other classes",
+                f"labels={labels!r}",
+                f"class_names={names!r}",
+            )
+
+
+def check_model_io(
+    model: str | Path,
+    image_size: int,
+    class_names: list[str],
+    input_shape: tuple,
+    output_units: int,
+) -> None:
+    """Checks a model's input and output against what its metadata (or run folder) says.
+
+    Args:
+        model: the model file, named in the error.
+        image_size: the side the images are resized to.
+        class_names: index = label.
+        input_shape: the model's input shape, `(batch, height, width, channels)`.
+        output_units: the size of one output (1 for a binary model's sigmoid, else one per class).
+
+    Raises:
+        MetadataError: if the input is not `image_size` square, or the output does not have one
+            unit per class (one or two for two classes).
+    """
+    side = tuple(input_shape[1:3])
+    # One channel; three for the RGB variant of an export (see `pneumocnn.edge`).
+    if side != (image_size, image_size) or input_shape[-1] not in (1, 3):
+        raise MetadataError(
+            f"Model '{model}' takes inputs of shape {tuple(input_shape)}, but its metadata says "
+            f"image_size={image_size}. Received: input_shape={tuple(input_shape)}, "
+            f"image_size={image_size}. Re-export the model so they agree."
+        )
+    # A binary model has one sigmoid unit (its RGB variant, one score per class).
+    allowed = {1, 2} if len(class_names) == 2 else {len(class_names)}
+    if output_units not in allowed:
+        raise MetadataError(
+            f"Model '{model}' has {output_units} output unit(s), but its metadata names "
+            f"{len(class_names)} classes, which need {' or '.join(map(str, sorted(allowed)))}. "
+            f"Received: output_units={output_units}, class_names={class_names!r}. Use the "
+            "metadata exported with this model."
+        )
+
+
+def write_json_atomically(path: str | Path, payload: Any) -> None:
+    """Writes JSON to a temporary name, then renames it into place (see `pneumocnn.core.files`)."""
+    from pneumocnn.core.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")

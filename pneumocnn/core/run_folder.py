@@ -1,0 +1,145 @@
+"""The run folder: its file names, and what a model from it (or from an export) needs.
+
+A run folder describes itself (`config.json`, `split.csv`, `history.csv`, `best.keras`,
+`summary.json`, and `threshold.json` once a threshold is chosen); an exported model's metadata
+does the same for it. `resolve_source` reads either. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from pneumocnn.core.config import Config
+from pneumocnn.core.metadata import find_metadata, load_metadata
+from pneumocnn.core.task import BINARY_CLASS_NAMES
+
+# The artefacts of a run folder, by role.
+CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.csv"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "best.keras"
+SUMMARY_FILE = "summary.json"
+BACKUP_DIR = "backup"
+# In BACKUP_DIR: the epoch the backup holds and the callback counters (callbacks.EpochBackup).
+BACKUP_STATE_FILE = "state.json"
+THRESHOLD_FILE = "threshold.json"
+EVAL_DIR = "eval"
+# Where export writes by default: inside the run, so the shipped saved_models/ changes only when
+# asked for (`--output-dir saved_models`).
+EXPORT_DIR = "export"
+# What evaluate writes into its output folder.
+METRICS_FILE = "metrics.json"
+SPLITS = ("val", "test", "all")
+
+
+def tf_config_task() -> tuple[str | None, int, bool]:
+    """This process's task in a multi-worker cluster, read from `$TF_CONFIG`.
+
+    Returns:
+        `(task_type, task_index, is_chief)`: `(None, 0, True)` without `$TF_CONFIG`. The chief
+        is the "chief" task, or worker 0 when the cluster has none (TensorFlow's rule).
+    """
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task", {})
+    task_type, index = task.get("type"), int(task.get("index", 0))
+    if task_type is None:
+        return None, 0, True
+    has_chief = "chief" in tf_config.get("cluster", {})
+    is_chief = task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief)
+    return task_type, index, is_chief
+
+
+def worker_dir(run_dir: Path, strategy: str) -> Path:
+    """The folder this process writes its run files to.
+
+    In a multi-worker run every worker saves what the callbacks save (Keras's multi-worker
+    pattern), but only the chief writes the run folder; another worker writes to
+    `.<run name>.<task>-<index>` beside it, which survives a crash (so a restarted worker
+    resumes from its own backup) and is removed when the run finishes.
+
+    Args:
+        run_dir: the run folder.
+        strategy: `Config.strategy`.
+    """
+    if strategy != "multiworker":
+        return run_dir
+    task_type, index, is_chief = tf_config_task()
+    return run_dir if is_chief else run_dir.parent / f".{run_dir.name}.{task_type}-{index}"
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True for a training run folder (it holds `config.json`)."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+@dataclasses.dataclass
+class Source:
+    """A model with what it needs to be run and reported.
+
+    Args:
+        model_path: `.keras` or `.tflite` file.
+        config: the run's config (task, image size, data folder, split settings).
+        class_names: class names, index = label.
+        threshold: the stored threshold, or `None` if none was chosen yet.
+        run_dir: the run folder, when the model comes from one (holds split.csv, history.csv
+            and threshold.json); else `None`.
+    """
+
+    model_path: Path
+    config: Config
+    class_names: list[str]
+    threshold: float | None
+    run_dir: Path | None
+
+
+def resolve_source(path: str | Path) -> Source:
+    """Finds the model, config and threshold for a run folder, a `.keras` or a `.tflite`.
+
+    Raises:
+        FileNotFoundError: if the path does not exist, or a run folder has no `best.keras`.
+        MetadataError: if an exported model's metadata is missing or does not match.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Model not found. Received: model='{path}'. Pass a run folder (runs/<timestamp>), "
+            "a .keras file, or an exported .tflite with its pneumocnn.json beside it."
+        )
+    run_dir = path if path.is_dir() else path.parent
+    if is_run_dir(run_dir):
+        model_path = run_dir / MODEL_FILE if path.is_dir() else path
+        if not model_path.is_file():
+            raise FileNotFoundError(
+                f"Run folder '{run_dir}' has no {MODEL_FILE}: the run did not finish. "
+                f"Received: model='{path}'. Train again or pick a finished run."
+            )
+        summary_path = run_dir / SUMMARY_FILE
+        class_names = (
+            json.loads(summary_path.read_text())["class_names"]
+            if summary_path.is_file()
+            else list(BINARY_CLASS_NAMES)
+        )
+        return Source(
+            model_path,
+            Config.load(run_dir / CONFIG_FILE),
+            class_names,
+            read_threshold(run_dir),
+            run_dir,
+        )
+    metadata = load_metadata(find_metadata(path), path)
+    return Source(
+        path,
+        Config.from_dict(metadata["config"]),
+        metadata["class_names"],
+        metadata["threshold"],
+        None,
+    )
+
+
+def read_threshold(run_dir: str | Path) -> float | None:
+    """The threshold stored in a run folder's `threshold.json`, or `None` if none was chosen."""
+    path = Path(run_dir) / THRESHOLD_FILE
+    return json.loads(path.read_text())["threshold"] if path.is_file() else None

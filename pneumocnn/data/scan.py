@@ -1,0 +1,125 @@
+"""Walking a folder of films: which entries are images, and why the others were left out.
+
+`scan_folder` never opens or blocks on an entry (FIFOs, devices, link loops are refused by their
+type), so a hostile folder cannot hang it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import stat
+from pathlib import Path
+
+from pneumocnn.core.files import display_name, is_utf8_name
+from pneumocnn.data.images import is_image_file
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Folder walks
+
+
+NOT_AN_IMAGE = "not a JPEG, PNG or DICOM file name"
+_LINK_TO_FOLDER = "link to a folder (not followed)"
+_NOT_INPUTS = frozenset({"hidden", NOT_AN_IMAGE, _LINK_TO_FOLDER, "ignored folder"})
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderScan:
+    """What a folder walk found.
+
+    Args:
+        files: the image files, sorted by path (`str`).
+        skipped: `(name, reason)` for every entry left out and why, the name escaped for
+            printing (see `pneumocnn.core.files.display_name`).
+    """
+
+    files: list[str]
+    skipped: list[tuple[str, str]]
+
+    @property
+    def refused(self) -> list[tuple[str, str]]:
+        """The skipped entries that are inputs gone wrong (unreadable folders, dangling links,
+        link loops, FIFOs and devices, names that are not UTF-8), as opposed to entries that are
+        simply not images (hidden or other files, links to folders, ignored folders)."""
+        return [(name, reason) for name, reason in self.skipped if reason not in _NOT_INPUTS]
+
+    def log_skipped(self, log: logging.Logger = logger) -> None:
+        """Logs one warning per reason: how many entries, and the first few names."""
+        by_reason: dict[str, list[str]] = {}
+        for entry, reason in self.skipped:
+            by_reason.setdefault(reason, []).append(entry)
+        for reason, entries in by_reason.items():
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            log.warning("Skipped %d entries: %s (%s)", len(entries), reason, shown)
+
+
+def scan_folder(folder: str | Path, ignored_dirs: frozenset[str] = frozenset()) -> FolderScan:
+    """Lists the image files under `folder`, recursively, and every entry left out and why.
+
+    Never opens a file and never blocks: it only reads folder listings and `lstat`/`stat`
+    results. Links to files are followed when they lead to a regular file; links to folders are
+    not followed (no loops). Left out, each with its reason: hidden entries, names that are not
+    UTF-8 (they cannot be written to a CSV or JSON report), dangling links and link loops,
+    links to folders, FIFOs, sockets and devices, unreadable folders, and files whose extension
+    is not an image's.
+
+    Args:
+        folder: the folder to walk.
+        ignored_dirs: folder names to leave out (e.g. `__MACOSX`), reported as "ignored
+            folder". Defaults to none.
+
+    Returns:
+        A `FolderScan`.
+    """
+    files: list[str] = []
+    skipped: list[tuple[str, str]] = []
+
+    def skip(path: str, reason: str) -> None:
+        skipped.append((display_name(path), reason))
+
+    pending = [os.fspath(folder)]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as entries:
+                listing = list(entries)
+        except OSError as error:
+            skip(current, f"unreadable folder ({error.strerror or type(error).__name__})")
+            continue
+        for entry in listing:
+            path = entry.path
+            if entry.name.startswith("."):
+                skip(path, "hidden")
+                continue
+            if not is_utf8_name(path):
+                skip(path, "name is not valid UTF-8; rename the file")
+                continue
+            is_link = entry.is_symlink()
+            try:
+                target = entry.stat(follow_symlinks=True)
+            except OSError as error:
+                if not is_link:
+                    reason = "unreadable entry"
+                else:
+                    reason = "link loop" if error.errno == errno.ELOOP else "dangling link"
+                skip(path, f"{reason} ({error.strerror or type(error).__name__})")
+                continue
+            if stat.S_ISDIR(target.st_mode):
+                if is_link:
+                    skip(path, _LINK_TO_FOLDER)
+                elif entry.name in ignored_dirs:
+                    skip(path, "ignored folder")
+                else:
+                    pending.append(path)
+            elif not stat.S_ISREG(target.st_mode):
+                skip(path, "not a regular file (a FIFO, socket or device)")
+            elif not is_image_file(path):
+                skip(path, NOT_AN_IMAGE)
+            else:
+                files.append(path)
+    return FolderScan(sorted(files), sorted(skipped))

@@ -1,0 +1,8 @@
+"""The edge stage: the exported file family that apps embed.
+
+`export` runs the named steps over a run folder: `prepare` (the run, its validation films, the
+threshold, the training sample), `convert` (int8 and float16 TFLite, with `equalize`), `rgb`
+(the variant for stock image classifiers), `parity` (int8 against float, RGB against int8),
+`describe` (the metadata), `embedded` (the TFLite metadata inside each file), `card` (the model
+card) and `family` (writing the files into place). `recalibrate` gives a family a new threshold.
+"""

@@ -1,0 +1,179 @@
+"""The metadata `<name>.json` of an exported family: what every consumer needs to verify and
+run its files (tensors, checksums, threshold, preprocessing, the guard's calibration, figures)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pneumocnn.core.config import Config
+from typing import TYPE_CHECKING
+
+from pneumocnn.edge.family import MODEL_ROLES
+from pneumocnn.edge.prepare import guard_calibration
+
+if TYPE_CHECKING:
+    from pneumocnn.edge.prepare import Prepared
+
+
+def tensor_description(details: dict[str, Any]) -> dict[str, Any]:
+    """The dtype, shape and quantization of one TFLite tensor, JSON-ready."""
+    import numpy as np
+
+    scale, zero_point = details["quantization"]
+    return {
+        "dtype": np.dtype(details["dtype"]).name,
+        "shape": [int(v) for v in details["shape_signature"]],
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+    }
+
+
+def _portable_config(config: Config) -> dict[str, Any]:
+    """The config as recorded in shipped metadata: folders by their name only, so no path of
+    the exporting machine travels with the model."""
+    values = config.to_dict()
+    for key in ("data_dir", "output_dir"):
+        if values.get(key):
+            values[key] = Path(values[key]).name
+    return values
+
+
+def file_metadata(
+    prepared: Prepared, scratch: Path, files: dict[str, str], name: str
+) -> dict[str, Any]:
+    """Step 3: the metadata of the files in `scratch` (what `LiteModel` needs to verify and run
+    them), before any check."""
+    from pneumocnn import __version__
+    from pneumocnn.core.metadata import FORMAT_VERSION, PREPROCESSING, sha256_of
+    from pneumocnn.core.run_folder import THRESHOLD_FILE
+    from pneumocnn.core.task import PNEUMONIA
+
+    config, source = prepared.config, prepared.source
+    model_names = [files[role] for role in MODEL_ROLES]
+    return {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "task": config.task,
+        "name": name,
+        "files": files,
+        "image_size": config.image_size,
+        "channels": 1,
+        "class_names": list(source.class_names),
+        "positive_class": PNEUMONIA if config.task == "subtype" else source.class_names[1],
+        "threshold": prepared.threshold,
+        **_threshold_record(source.run_dir / THRESHOLD_FILE),
+        "preprocessing": PREPROCESSING,
+        "sha256": {file: sha256_of(scratch / file) for file in model_names},
+        "file_bytes": {file: (scratch / file).stat().st_size for file in model_names},
+        "config": _portable_config(config),
+    }
+
+
+def _threshold_record(path: Path) -> dict[str, Any]:
+    """The threshold's rule, and its site calibration record when it came from
+    `python -m pneumocnn.evaluate RUN --calibrate-on DIR` (see
+    `pneumocnn.adaptation.calibration.calibrate`)."""
+    stored = json.loads(path.read_text())
+    record = {"threshold_rule": stored["rule"]}
+    if "calibration" in stored:
+        record["calibration"] = stored["calibration"]
+    return record
+
+
+def describe(
+    prepared: Prepared,
+    scratch: Path,
+    files: dict[str, str],
+    metadata: dict[str, Any],
+    parity: dict[str, Any],
+    int8_probabilities: np.ndarray,
+    rgb_parity: dict[str, Any],
+) -> dict[str, Any]:
+    """Step 6: completes the metadata: tensors, output contract, training data, validation
+    metrics of the int8 and float models, the parity figures, the int8 model's stability under
+    one grey level of pixel noise, the edge variants, the warning, training facts and the
+    config."""
+    from pneumocnn.edge.convert import BATCH_SIZE
+    from pneumocnn.edge.embedded import WARNING
+    from pneumocnn.evaluation.metrics import compute_metrics, headline
+    from pneumocnn.evaluation.stability import pixel_noise_sensitivity
+    from pneumocnn.runtime.lite import LiteModel
+
+    config, source, val = prepared.config, prepared.source, prepared.val
+    lite = {role: LiteModel(scratch / files[role]) for role in ("int8", "fp16", "rgb_int8")}
+    summary = prepared.summary
+    tensors = {
+        files[role]: {
+            "input": tensor_description(model.input),
+            "output": tensor_description(model.output),
+        }
+        for role, model in lite.items()
+    }
+    tensors[files["keras"]] = {
+        "input": {"dtype": "float32", "shape": [-1, config.image_size, config.image_size, 1]},
+        "output": {"dtype": "float32", "shape": [-1, int(prepared.keras_model.output_shape[-1])]},
+    }
+
+    def figures(probabilities):
+        return headline(
+            compute_metrics(val.labels, probabilities, prepared.threshold, source.class_names)
+        )
+
+    return {
+        **metadata,
+        "tensors": tensors,
+        "output": (
+            "Softmax over class_names (NORMAL first). P(pneumonia) = 1 - P(NORMAL); "
+            "decision: pneumonia when P(pneumonia) >= threshold, then the likelier of the "
+            "other classes; else NORMAL."
+            if config.task == "subtype"
+            else "P(positive_class): a probability in [0, 1]; positive when >= threshold."
+        ),
+        "training_data": {
+            "source": "Kaggle 'Chest X-Ray Images (Pneumonia)' (Kermany et al., 2018, "
+            "CC BY 4.0), train/ split",
+            "data_dir": Path(config.data_dir).name if config.data_dir else None,
+            "split": f"patient-grouped, class-stratified, val_fraction={config.val_fraction}, "
+            f"seed={config.split_seed_used}",
+            "train_images": summary["train_images"],
+            "val_images": summary["val_images"],
+            "unreadable_files": summary["unreadable_files"],
+        },
+        "validation_metrics": {
+            "int8": figures(int8_probabilities),
+            "float": figures(prepared.float_probabilities),
+        },
+        "parity": parity,
+        "stability": {
+            **pixel_noise_sensitivity(lite["int8"].predict_proba, val.images),
+            "films_used": "validation",
+            "what": "change of the int8 model's P(pneumonia) when every pixel moves by -1, 0 "
+            "or +1 grey level (another JPEG decoder or resizer does about that)",
+        },
+        "guard": guard_calibration(prepared.split, prepared.root, config, val.images).to_dict(),
+        "warning": WARNING,
+        "edge": {
+            "batch_size": BATCH_SIZE,
+            "embedded_metadata": "Every .tflite carries TFLite metadata (name, description, "
+            "version, author, licence, input, labels), written with MediaPipe's writer.",
+            "rgb_variant": {
+                "file": files["rgb_int8"],
+                "output": "One score per class, in class_names order; the highest names the "
+                "decision at the threshold. For stock image classifiers (MediaPipe Tasks, "
+                "Android).",
+                "parity_with_int8": rgb_parity,
+            },
+        },
+        "training": {
+            key: summary[key]
+            for key in ("best_epoch", "epochs_run", "parameters", "seconds_per_epoch")
+        },
+        "config": _portable_config(config),
+    }

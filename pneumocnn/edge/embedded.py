@@ -1,0 +1,249 @@
+"""The TFLite metadata embedded in every exported `.tflite` (name, description, version,
+author, licence, input description, labels as an associated file), written with MediaPipe's
+maintained metadata writer (`embed_metadata`; embedding again replaces it, which a site
+recalibration does when the threshold in the description changes) and read back with
+`read_embedded_metadata`. Needs `mediapipe` (the `train` extra).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import types
+import zipfile
+from typing import Any
+
+from pneumocnn import __version__
+
+AUTHOR = "The pneumocnn authors"
+LICENSE = (
+    "Apache-2.0 (model and code). Trained on the Kaggle 'Chest X-Ray Images (Pneumonia)' data "
+    "(Kermany et al., 2018), CC BY 4.0."
+)
+WARNING = (
+    "Research tool for paediatric chest X-rays (children aged one to five, frontal films). "
+    "It is not a medical device and does not give a diagnosis: a clinician must read every film."
+)
+
+
+def _mediapipe_metadata_writer():
+    """Imports MediaPipe's metadata writer.
+
+    mediapipe 1.2's wheel leaves out the compiled helper `_pywrap_metadata_version` that its
+    `metadata` module imports (to stamp the minimum metadata parser version), so the writer cannot
+    be imported as shipped. When that module is missing, a stand-in with the same function is
+    installed first: `minimum_parser_version`, the rule of MediaPipe's `metadata_version.cc`.
+    """
+    try:
+        import mediapipe.tasks.cc.metadata.python._pywrap_metadata_version  # noqa: F401
+    except ImportError:
+        # A module and the packages above it that the wheel lacks: `from a.b import c` needs both.
+        parent = "mediapipe.tasks"
+        for part in ("cc", "metadata", "python", "_pywrap_metadata_version"):
+            name = f"{parent}.{part}"
+            module = sys.modules.get(name) or types.ModuleType(name)
+            module.__path__ = getattr(module, "__path__", [])
+            sys.modules[name] = module
+            setattr(sys.modules[parent], part, module)
+            parent = name
+        sys.modules[parent].GetMinimumMetadataParserVersion = minimum_parser_version
+    try:
+        from mediapipe.tasks.python.metadata.metadata_writers import metadata_info, metadata_writer
+    except ImportError as error:
+        raise ImportError(
+            "Embedding TFLite metadata needs MediaPipe's metadata writer. Install it with: "
+            f'pip install "pneumocnn[train]" (or pip install mediapipe). ({error})'
+        ) from error
+    return metadata_writer, metadata_info
+
+
+def minimum_parser_version(metadata_buffer: bytes) -> str:
+    """The lowest metadata parser version that reads every field of a metadata flatbuffer.
+
+    The rule of MediaPipe's `metadata_version.cc`: 1.0.0, raised by each member added later
+    (vocabulary files 1.0.1, process units 1.1.0, tensor groups 1.2.0, audio 1.3.0, ScaNN index
+    files 1.4.0, versioned associated files 1.4.1, custom metadata 1.5.0, tokenizers).
+    """
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
+
+    model = schema.ModelMetadataT.InitFromObj(
+        schema.ModelMetadata.GetRootAsModelMetadata(bytearray(metadata_buffer), 0)
+    )
+    versions = [(1, 0, 0)]
+    tokenizers = {
+        schema.ProcessUnitOptions.BertTokenizerOptions: (1, 1, 0),
+        schema.ProcessUnitOptions.SentencePieceTokenizerOptions: (1, 1, 0),
+        schema.ProcessUnitOptions.RegexTokenizerOptions: (1, 2, 1),
+    }
+
+    def files(items):
+        for item in items or []:
+            if item.type == schema.AssociatedFileType.VOCABULARY:
+                versions.append((1, 0, 1))
+            if item.type == schema.AssociatedFileType.SCANN_INDEX_FILE:
+                versions.append((1, 4, 0))
+            if item.version is not None:
+                versions.append((1, 4, 1))
+
+    def units(items):
+        for item in items or []:
+            versions.append(tokenizers.get(item.optionsType, (1, 0, 0)))
+
+    for subgraph in model.subgraphMetadata or []:
+        for tensor in [
+            *(subgraph.inputTensorMetadata or []),
+            *(subgraph.outputTensorMetadata or []),
+        ]:
+            files(tensor.associatedFiles)
+            units(tensor.processUnits)
+            content = tensor.content
+            if content is not None and (
+                content.contentPropertiesType == schema.ContentProperties.AudioProperties
+            ):
+                versions.append((1, 3, 0))
+        files(subgraph.associatedFiles)
+        for group in (subgraph.inputProcessUnits, subgraph.outputProcessUnits):
+            if group is not None:
+                versions.append((1, 1, 0))
+                units(group)
+        for group in (subgraph.inputTensorGroups, subgraph.outputTensorGroups):
+            if group is not None:
+                versions.append((1, 2, 0))
+        if subgraph.customMetadata is not None:
+            versions.append((1, 5, 0))
+    files(model.associatedFiles)
+    return ".".join(str(part) for part in max(versions))
+
+
+def embed_metadata(
+    model: bytes,
+    class_names: list[str],
+    name: str,
+    description: str,
+    input_description: str,
+    channels: int,
+    version: str = __version__,
+) -> bytes:
+    """Embeds TFLite metadata in a classifier `.tflite`, so stock clients can name its classes.
+
+    Written with MediaPipe's metadata writer: general information (name, description, version,
+    author, licence), the image input (colour space, no normalisation: the model takes raw
+    0-255 pixels), and the classification output with the labels as an associated file
+    (`labels.txt`, one class a line, in output order). A model that already carries metadata
+    gets the new metadata instead (the same bytes as embedding into the bare model).
+
+    Args:
+        model: the `.tflite` flatbuffer, with or without metadata.
+        class_names: one label per output score, in order.
+        name: the model's name.
+        description: what the model does (and must not be used for).
+        input_description: what to feed it.
+        channels: 1 (grayscale) or 3 (RGB).
+        version: the model's version. Defaults to the package version.
+
+    Returns:
+        The `.tflite` flatbuffer with the metadata and the labels file packed in.
+    """
+    metadata_writer, metadata_info = _mediapipe_metadata_writer()
+    color_space = metadata_writer.MetadataWriter.color_space_types
+    writer = metadata_writer.MetadataWriter.create(bytearray(without_packed_files(model)))
+    writer.add_general_info(name, description)
+    # The writer's add_general_info takes a name and a description only; the schema's GeneralMd
+    # carries version, author and licence too.
+    writer._general_md = metadata_info.GeneralMd(  # noqa: SLF001
+        name=name, version=version, description=description, author=AUTHOR, licenses=LICENSE
+    )
+    writer.add_image_input(
+        norm_mean=[0.0],
+        norm_std=[1.0],
+        color_space_type=color_space.RGB if channels == 3 else color_space.GRAYSCALE,
+        name="image",
+        description=input_description,
+    )
+    writer.add_classification_output(
+        metadata_writer.Labels().add(list(class_names)),
+        name="scores",
+        description="One score per class, in the order of the labels file.",
+    )
+    content, _ = writer.populate()
+    del writer  # its __del__ removes a temporary folder; at interpreter exit it would fail
+    return bytes(content)
+
+
+def without_packed_files(model: bytes) -> bytes:
+    """The `.tflite` flatbuffer without the zip archive of associated files that MediaPipe's
+    writer appends to it (the writer refuses to pack a file twice); the model unchanged when it
+    has none. The metadata buffer inside the flatbuffer stays: the writer replaces it."""
+    if not zipfile.is_zipfile(io.BytesIO(model)):
+        return model
+    with zipfile.ZipFile(io.BytesIO(model)) as archive:
+        # Offsets count from the start of the file, so the first member's marks the archive's.
+        return model[: min(info.header_offset for info in archive.infolist())]
+
+
+def read_embedded_labels(model: bytes) -> list[str]:
+    """The labels packed in a `.tflite` by `embed_metadata` (for tests and checks)."""
+    with zipfile.ZipFile(io.BytesIO(model)) as archive:
+        return archive.read("labels.txt").decode().split()
+
+
+def read_embedded_metadata(model: bytes) -> dict[str, Any] | None:
+    """The TFLite metadata embedded in a `.tflite` (name, description, version, author, licence,
+    tensors), as MediaPipe's metadata displayer reads it; `None` when the model has none."""
+    _mediapipe_metadata_writer()  # the displayer's module imports what the writer's does
+    from mediapipe.tasks.python.metadata.metadata import MetadataDisplayer
+
+    try:
+        displayer = MetadataDisplayer.with_model_buffer(bytearray(model))
+    except ValueError:  # "The model does not have metadata."
+        return None
+    return json.loads(displayer.get_metadata_json())
+
+
+def embed_pneumocnn_metadata(model: bytes, metadata: dict[str, Any], channels: int) -> bytes:
+    """`embed_metadata` with the texts and labels of an exported model's own metadata.
+
+    A grayscale model's output is pneumocnn's own (binary: one unit, P(positive class), so its
+    labels file names that class alone; subtype: the softmax over the classes). An rgb variant's
+    output is one operating score per class (see `rgb_classifier`).
+
+    Args:
+        model: the `.tflite` flatbuffer.
+        metadata: the model's `pneumocnn.json` contents (name, task, class names, threshold).
+        channels: 1 for the grayscale models, 3 for the rgb variant.
+
+    Returns:
+        The `.tflite` flatbuffer with TFLite metadata.
+    """
+    names = list(metadata["class_names"])
+    size = metadata["image_size"]
+    threshold = metadata["threshold"]
+    classes = " / ".join(names)
+    if channels == 3:
+        labels = names
+        output = (
+            f"Scores per class whose highest names the decision at the operating threshold "
+            f"{threshold:.4f} on P(pneumonia)."
+        )
+        image = (
+            f"RGB, {size} x {size}, raw 0-255 pixel values as float32 (no normalisation); "
+            "grayscale inside the model."
+        )
+    else:
+        labels = names if metadata["task"] == "subtype" else names[1:]
+        output = (
+            f"P({names[1]}) (one unit); {names[1]} when it reaches {threshold:.4f}."
+            if metadata["task"] != "subtype"
+            else f"Softmax over {classes}; pneumonia when 1 - P({names[0]}) reaches "
+            f"{threshold:.4f}, then the likelier subtype."
+        )
+        image = (
+            f"Grayscale, {size} x {size}, raw 0-255 pixels: decode, convert to grayscale, "
+            "resize with bilinear filtering (as Pillow does), no normalisation."
+        )
+    description = (
+        f"pneumocnn: a small CNN telling {classes} on paediatric chest X-rays. Output: {output} "
+        f"{WARNING}"
+    )
+    return embed_metadata(model, labels, metadata["name"], description, image, channels)

@@ -1,0 +1,260 @@
+"""Export: the file family users embed, written from a run folder.
+
+From a run folder it writes, into `RUN_DIR/export/` by default: `pneumocnn_int8.tflite` (full
+integer: uint8 input of raw pixels, int8 builtin ops only, uint8 output),
+`pneumocnn_fp16.tflite`, `pneumocnn_rgb_int8.tflite` (for stock image classifiers: float32 RGB
+in, raw pixels; the same int8 network; one float32 score per class whose argmax is the decision
+at the threshold), `pneumocnn.keras`, `pneumocnn_labels.txt`, the model card `MODEL_CARD.md` (see
+`pneumocnn.edge.card`), and the metadata `pneumocnn.json` (see `pneumocnn.edge.describe`). A
+`--task subtype` run's files are named `pneumocnn_subtype*` instead. Every `.tflite` has a fixed
+batch of 1 and embedded TFLite metadata (see `pneumocnn.edge.embedded`).
+
+`export` is a list of named steps: `prepare` (the run, its validation split, the float model and
+the threshold), `convert_family` (int8, float16, RGB int8, `.keras`, labels), `check_int8`
+(parity), `check_rgb` (the RGB variant's parity), `describe` (the metadata) and `write_family`
+(rename into place). Nothing is written unless every check passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+from typing import TYPE_CHECKING
+
+from pneumocnn.edge.convert import convert, representative_images
+from pneumocnn.edge.describe import describe, file_metadata
+from pneumocnn.edge.family import SCRATCH_OWNER, SCRATCH_PREFIX, remove_stale_scratch, write_family
+from pneumocnn.edge.parity import check_parity, rgb_parity
+from pneumocnn.edge.prepare import prepare
+
+if TYPE_CHECKING:
+    from pneumocnn.edge.prepare import Prepared
+
+
+logger = logging.getLogger(__name__)
+
+
+def convert_family(
+    prepared: Prepared,
+    scratch: Path,
+    files: dict[str, str],
+    calibration_images: int,
+    name: str,
+    equalize: bool = True,
+) -> dict[str, Any] | None:
+    """Step 2: writes the int8, float16 and RGB int8 `.tflite` (a batch of 1, TFLite metadata
+    embedded; see `pneumocnn.edge`), the `.keras` and the labels into `scratch`.
+
+    With `equalize`, the `.tflite` files are converted from the activation-equalized form of
+    the model (`pneumocnn.edge.equalize`: the same float function, its channels stretched to share
+    int8's range), which rounds less in int8; the `.keras` is the trained model as it is.
+
+    Returns:
+        The equalization's metadata record, or `None` without `equalize` (or when no layer
+        could be equalized: a model that is not a chain of layers, such as an ensemble).
+    """
+    from pneumocnn.edge.convert import fixed_batch_saved_model
+    from pneumocnn.edge.embedded import embed_pneumocnn_metadata
+    from pneumocnn.edge.equalize import equalize_activations
+    from pneumocnn.edge.rgb import rgb_variant
+
+    config = prepared.config
+    calibration = representative_images(
+        prepared.split, prepared.root, config.image_size, calibration_images, config.seed
+    )
+    model, record = prepared.keras_model, None
+    if equalize:
+        equalized = equalize_activations(model, calibration)
+        if equalized.relu_layers or equalized.depthwise_layers:
+            model, record = equalized.model, equalized.record()
+        logger.info(
+            "Equalized the int8 ranges of %d ReLU outputs and %d depthwise results (outputs "
+            "change by %.1e at most)",
+            len(equalized.relu_layers),
+            len(equalized.depthwise_layers),
+            equalized.max_output_change,
+        )
+    saved_model = fixed_batch_saved_model(model, scratch / "saved_model")
+    card = {
+        "name": name,
+        "task": config.task,
+        "class_names": list(prepared.source.class_names),
+        "threshold": prepared.threshold,
+        "image_size": config.image_size,
+    }
+    logger.info("Converting to int8 with %d calibration images", len(calibration))
+    int8 = convert(saved_model, calibration)
+    (scratch / files["int8"]).write_bytes(embed_pneumocnn_metadata(int8, card, channels=1))
+    logger.info("Converting to float16")
+    fp16 = convert(saved_model, None)
+    (scratch / files["fp16"]).write_bytes(embed_pneumocnn_metadata(fp16, card, channels=1))
+    logger.info("Converting the RGB variant to int8")
+    rgb = rgb_variant(model, prepared.threshold, calibration, convert, scratch)
+    (scratch / files["rgb_int8"]).write_bytes(embed_pneumocnn_metadata(rgb, card, channels=3))
+    # Saved uncompiled: loading it needs plain Keras only, not pneumocnn's training metrics.
+    prepared.keras_model.save(scratch / files["keras"])
+    (scratch / files["labels"]).write_text("\n".join(prepared.source.class_names) + "\n")
+    return record
+
+
+def check_int8(
+    prepared: Prepared, scratch: Path, files: dict[str, str], require_parity: bool
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Step 4: runs the int8 model in `scratch` on the validation split and checks it against
+    the float model (see `check_parity`).
+
+    Returns:
+        `(parity, int8_probabilities)`.
+
+    Raises:
+        ParityError: if the check fails and `require_parity` is True.
+    """
+    from pneumocnn.runtime.lite import LiteModel
+
+    int8_probabilities = LiteModel(scratch / files["int8"]).predict_proba(prepared.val.images)
+    parity = check_parity(
+        prepared.val.labels,
+        prepared.float_probabilities,
+        int8_probabilities,
+        prepared.threshold,
+        list(prepared.source.class_names),
+        strict=require_parity,
+    )
+    if not parity["passed"]:
+        logger.warning("Writing despite failed parity (require_parity=False): %s", parity)
+    logger.info("int8 parity on validation: %s", parity)
+    return parity, int8_probabilities
+
+
+def check_rgb(
+    prepared: Prepared,
+    scratch: Path,
+    files: dict[str, str],
+    int8_probabilities: np.ndarray,
+    require_parity: bool,
+) -> dict[str, Any]:
+    """Step 5: runs the RGB variant on the validation split (as gray RGB) and checks that its
+    highest score names the int8 model's decision on every film (see `rgb_parity`).
+
+    Returns:
+        The parity figures.
+
+    Raises:
+        ParityError: if the check fails and `require_parity` is True.
+    """
+    from pneumocnn.runtime.lite import LiteModel
+
+    return rgb_parity(
+        LiteModel(scratch / files["rgb_int8"]),
+        prepared.val.images,
+        int8_probabilities,
+        prepared.threshold,
+        list(prepared.source.class_names),
+        require_parity,
+    )
+
+
+def export(
+    run_dir: str | Path,
+    output_dir: str | Path | None = None,
+    calibration_images: int = 300,
+    target_sensitivity: float | None = None,
+    require_parity: bool = True,
+    name: str | None = None,
+    equalize: bool = True,
+) -> dict[str, Any]:
+    """Exports a run folder's best model as int8 and float16 TFLite, `.keras` and metadata.
+
+    The files are named after the model (see `pneumocnn.core.metadata.model_files`):
+    `pneumocnn_int8.tflite` and friends for a binary run, `pneumocnn_subtype_int8.tflite` and
+    friends for a subtype run, so both can sit in one folder.
+
+    Args:
+        run_dir: a finished training run.
+        output_dir: where to write; pass "saved_models" to replace the shipped models. Defaults
+            to `None`: the run's own `export/` folder.
+        calibration_images: training images for int8 calibration. Defaults to 300.
+        target_sensitivity: choose the threshold for this sensitivity on validation instead of
+            the stored one (or Youden's J when none is stored). Defaults to `None`.
+        require_parity: refuse to write when the int8 model fails the parity check. Only a
+            smoke run turns it off: the notebooks' quick mode and the test fixtures, whose toy
+            models (32-64 px, a few epochs, a few dozen validation images) can hold a film
+            within one quantization step of the threshold, so whether they pass is a near-tie
+            that flips between machines. The parity figures are then still measured and
+            recorded, with `parity["passed"]` telling whether they met the bars. Defaults to
+            True.
+        name: the model's name, the stem of its files. Defaults to `None`: "pneumocnn" for a
+            binary run, "pneumocnn_subtype" for a subtype run.
+        equalize: convert the activation-equalized form of the model (`pneumocnn.edge.equalize`;
+            the same float function, less int8 rounding). Defaults to True.
+
+    Returns:
+        The metadata written to `<name>.json`.
+
+    Raises:
+        ParityError: if the int8 model disagrees with the float model (nothing is written).
+    """
+    from pneumocnn.core.metadata import DEFAULT_NAMES, model_files, write_json_atomically
+    from pneumocnn.core.run_folder import EXPORT_DIR
+    from pneumocnn.edge.card import card_file
+
+    prepared = prepare(run_dir, target_sensitivity)
+    name = name or DEFAULT_NAMES[prepared.config.task]
+    files = {**model_files(name), "card": card_file(name)}
+    output_dir = Path(output_dir) if output_dir else prepared.source.run_dir / EXPORT_DIR
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch(output_dir)
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=SCRATCH_PREFIX) as scratch:
+        scratch = Path(scratch)
+        (scratch / SCRATCH_OWNER).write_text(f"{os.getpid()}\n")
+        equalization = convert_family(prepared, scratch, files, calibration_images, name, equalize)
+        metadata = file_metadata(prepared, scratch, files, name)
+        metadata["int8_conversion"] = {
+            "calibration_images": calibration_images,
+            "equalization": equalization,
+        }
+        # Provisional metadata, so LiteModel can verify and run the new files.
+        write_json_atomically(scratch / files["metadata"], metadata)
+        parity, int8_probabilities = check_int8(prepared, scratch, files, require_parity)
+        rgb_parity = check_rgb(prepared, scratch, files, int8_probabilities, require_parity)
+        metadata = describe(
+            prepared, scratch, files, metadata, parity, int8_probabilities, rgb_parity
+        )
+        write_family(scratch, output_dir, files, metadata)
+    return metadata
+
+
+def recalibration_advice(metadata: dict[str, Any], output_dir: str | Path) -> str | None:
+    """What to run so an exported family's site-calibrated threshold is the int8 file's own.
+
+    A run folder is calibrated on its float model (`best.keras`); the int8 file makes a few calls
+    differently, so at that threshold it can miss the target sensitivity by a film or two (the
+    shipped model did: 0.959 against 0.96). Calibrating the exported int8 file on the same folder
+    fixes it.
+
+    Args:
+        metadata: an exported family's metadata.
+        output_dir: the folder the family was written to.
+
+    Returns:
+        The advice, or `None` when the threshold is not a site calibration or was already chosen
+        on the int8 file's own outputs.
+    """
+    record = metadata.get("calibration")
+    int8 = metadata["files"]["int8"]
+    if not record or record.get("model") == int8:
+        return None
+    return (
+        f"The threshold {metadata['threshold']:.4f} is a site calibration of the float model "
+        f"({record.get('model')}) on '{record['folder']}'; the int8 file makes a few calls "
+        "differently. To make it the int8 file's own, run: python -m pneumocnn.evaluate "
+        f"{Path(output_dir) / int8} --calibrate-on {record['folder']} --target-sensitivity "
+        f"{record['target_sensitivity']} (with the path of that folder)"
+    )

@@ -1,0 +1,181 @@
+"""The checks an export must pass before anything is written.
+
+`check_parity`: the int8 model's decisions agree with the float model's on at least 99% of
+validation films, and its ROC AUC is within 0.005. `rgb_parity`: the RGB variant names the int8
+model's class on every film.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pneumocnn.core.errors import CheckFailedError
+from pneumocnn.core.task import class_probabilities, decide, pneumonia_probability
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pneumocnn.runtime.lite import LiteModel
+from pneumocnn.edge.rgb import operating_scores
+
+logger = logging.getLogger(__name__)
+
+
+def check_rgb_parity(
+    gray_probabilities: np.ndarray,
+    rgb_scores: np.ndarray,
+    threshold: float,
+    class_names: list[str],
+    step: float = 1 / 256,
+) -> dict[str, float]:
+    """How often the rgb variant's argmax names the class the grayscale model's decision names.
+
+    A film whose grayscale output lies within one output step of a decision boundary (P(pneumonia)
+    within `step` of the threshold, or, for a subtype call, the two subtypes within `step` of
+    each other) is a near-tie, where any other rounding of the output would matter; the agreement
+    on the other films is reported apart. (`rgb_variant` computes the grayscale model's output
+    exactly, so it agrees on near-ties too.)
+
+    Args:
+        gray_probabilities: the grayscale int8 model's outputs on some films.
+        rgb_scores: the rgb variant's scores on the same films (as RGB).
+        threshold: the operating threshold.
+        class_names: index = label.
+        step: the int8 output's quantization step. Defaults to 1/256.
+
+    Returns:
+        `images`, `agreement` (share of identical labels), `near_ties` (films within a step of a
+        boundary), `agreement_beyond_ties` (on the others), and `max_abs_difference` between the
+        rgb scores and `operating_scores` of the grayscale outputs.
+    """
+    rows = class_probabilities(np.asarray(gray_probabilities, np.float64))
+    gray_labels = np.array(decide(rows, threshold, class_names))
+    rgb_labels = np.array([class_names[int(index)] for index in np.argmax(rgb_scores, axis=1)])
+    near = np.abs(pneumonia_probability(rows) - threshold) <= step
+    if rows.shape[1] > 2:  # a subtype call: the two likeliest subtypes within a step
+        subtypes = np.sort(rows[:, 1:], axis=1)
+        near |= subtypes[:, -1] - subtypes[:, -2] <= step
+    same = gray_labels == rgb_labels
+    expected = operating_scores(rows, threshold)
+    return {
+        "images": int(len(same)),
+        "agreement": float(np.mean(same)),
+        "near_ties": int(np.sum(near)),
+        "agreement_beyond_ties": float(np.mean(same[~near])) if np.any(~near) else 1.0,
+        "max_abs_difference": float(np.max(np.abs(expected - rgb_scores))),
+    }
+
+MIN_AGREEMENT = 0.99
+# The RGB variant runs the int8 model's network quantized the same way, with its luma and head in
+# float32: it must name the int8 model's class on every film, with scores within this of
+# `pneumocnn.edge.rgb.operating_scores` of the int8 model's output.
+RGB_SCORE_TOLERANCE = 1e-4
+MAX_AUC_DROP = 0.005
+
+
+class ParityError(CheckFailedError):
+    """Raised when the int8 model strays too far from the float model."""
+
+
+def check_parity(
+    labels: np.ndarray,
+    float_probabilities: np.ndarray,
+    int8_probabilities: np.ndarray,
+    threshold: float,
+    class_names: list[str],
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Compares int8 and float predictions on validation images (see
+    `pneumocnn.evaluation.metrics.parity`).
+
+    Args:
+        labels: true labels.
+        float_probabilities: the float model's per-class probabilities.
+        int8_probabilities: the int8 model's, same shape.
+        threshold: the decision threshold on P(pneumonia).
+        class_names: index = label.
+        strict: raise when the check fails. Defaults to True.
+
+    Returns:
+        `images`, `agreement` (share of identical decisions), `auc_float`, `auc_int8`,
+        `auc_drop`, `max_abs_difference` of the probabilities, the bars (`min_agreement`,
+        `max_auc_drop`), `passed`, and, when it failed, `message`.
+
+    Raises:
+        ParityError: if agreement is below 99% or the AUC drops by more than 0.005, and
+            `strict` (the default) is True.
+    """
+    from pneumocnn.evaluation.metrics import parity as measure_parity
+
+    parity = measure_parity(labels, float_probabilities, int8_probabilities, threshold, class_names)
+    parity["min_agreement"], parity["max_auc_drop"] = MIN_AGREEMENT, MAX_AUC_DROP
+    parity["passed"] = parity["agreement"] >= MIN_AGREEMENT and parity["auc_drop"] <= MAX_AUC_DROP
+    if not parity["passed"]:
+        calls = (
+            f"; its pneumonia-vs-NORMAL calls alone on {parity['pneumonia_agreement']:.2%}"
+            if len(class_names) > 2
+            else ""
+        )
+        parity["message"] = (
+            f"The int8 model strays too far from the float model on {parity['images']} "
+            f"validation images: decisions agree on {parity['agreement']:.2%} (need >= "
+            f"{MIN_AGREEMENT:.0%}{calls}), AUC {parity['auc_int8']:.4f} vs "
+            f"{parity['auc_float']:.4f} "
+            f"(drop {parity['auc_drop']:.4f}, allowed {MAX_AUC_DROP}). Nothing was written. "
+            "Try more --calibration-images."
+        )
+        if strict:
+            raise ParityError(parity["message"])
+    return parity
+
+
+def rgb_parity(
+    rgb: LiteModel,
+    images: np.ndarray,
+    int8_probabilities: np.ndarray,
+    threshold: float,
+    class_names: list[str],
+    require_parity: bool,
+    films: str = "validation",
+) -> dict[str, Any]:
+    """Runs the RGB variant on grayscale films (repeated to gray RGB) and checks that its highest
+    score names the int8 model's decision at `threshold` on every film, and that its scores are
+    `pneumocnn.edge.rgb.operating_scores` of the int8 model's output within `RGB_SCORE_TOLERANCE`
+    (see `pneumocnn.edge.parity.check_rgb_parity`).
+
+    Args:
+        rgb: the RGB variant.
+        images: raw 0-255 grayscale films `(n, H, W, 1)`.
+        int8_probabilities: the int8 model's probabilities on them.
+        threshold: the operating threshold baked into `rgb`.
+        class_names: index = label.
+        require_parity: raise when the check fails.
+        films: what the films are, for the messages. Defaults to "validation".
+
+    Returns:
+        The parity figures, with `passed`.
+
+    Raises:
+        ParityError: if the check fails and `require_parity` is True.
+    """
+    import numpy as np
+
+    from pneumocnn.edge.parity import check_rgb_parity
+
+    scores = rgb.predict_proba(np.repeat(images, 3, axis=-1))
+    parity = check_rgb_parity(int8_probabilities, scores, threshold, class_names)
+    parity["passed"] = (
+        parity["agreement"] == 1.0 and parity["max_abs_difference"] <= RGB_SCORE_TOLERANCE
+    )
+    logger.info("RGB variant against the int8 model on %s films: %s", films, parity)
+    if not parity["passed"] and require_parity:
+        raise ParityError(
+            f"The RGB variant names the int8 model's class on {parity['agreement']:.2%} of the "
+            f"{parity['images']} {films} films (need all), and its scores differ from the int8 "
+            f"model's operating scores by up to {parity['max_abs_difference']:.2g} (need <= "
+            f"{RGB_SCORE_TOLERANCE:g}). Nothing was written."
+        )
+    return parity

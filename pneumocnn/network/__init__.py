@@ -1,0 +1,1 @@
+"""The network: the grayscale CNN (`model`), built from a `Config` and loaded from `.keras`."""

@@ -1,0 +1,193 @@
+"""The network: a grayscale CNN of Conv2D and SeparableConv2D blocks, built from a `Config`.
+
+`Rescaling` sits inside the model, so every saved form takes raw 0-255 pixels. `build_model`
+makes it, `load_model` reads a `.keras` file in Keras's safe mode; the layer names here
+(`LAST_CONV_LAYER`, `OUTPUT_LAYER`) are what Grad-CAM and the export look for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pneumocnn.core.config import Config
+
+# Grad-CAM and the export look layers up by these names, never by index.
+LAST_CONV_LAYER = "last_conv"
+OUTPUT_LAYER = "predictions"
+# With `Config.train_on_subtypes`, the three-class softmax that trains, before the fixed head.
+SUBTYPE_HEAD_LAYER = "subtypes"
+
+
+def num_classes_of(config: Config) -> int:
+    """Outputs of the head: 2 classes share one sigmoid unit; "subtype" has three."""
+    return 3 if config.task == "subtype" else 2
+
+
+def training_classes_of(config: Config) -> int:
+    """Classes the network trains on: three for "subtype" and for `train_on_subtypes`."""
+    return 3 if config.task == "subtype" or config.binary_from_subtypes else 2
+
+
+# Keras's default BatchNormalization momentum (0.99) needs ~500 steps to forget the initial
+# moving variance of 1; with ~130 steps an epoch, early validation then saw nearly constant
+# outputs (val AUC 0.5 for the first epochs, measured). 0.9 forgets it within one epoch.
+BATCHNORM_MOMENTUM = 0.9
+
+
+def _conv_bn_relu(x, layer, name: str, synchronized: bool = False):
+    x = layer(x)
+    x = keras.layers.BatchNormalization(
+        momentum=BATCHNORM_MOMENTUM, synchronized=synchronized, name=f"{name}_bn"
+    )(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_model(config: Config) -> keras.Model:
+    """Builds the uncompiled classifier.
+
+    Input `(image_size, image_size, 1)` float32 raw 0-255 pixels -> `Rescaling` to [-1, 1] ->
+    Conv2D stem (stride 2) -> `num_blocks` blocks of two SeparableConv2D (the first block keeps
+    the stem's width, each later block doubles it) with max-pooling between blocks -> global
+    average pooling -> Dropout -> the head named "predictions": one sigmoid unit
+    (P(PNEUMONIA)) for `task="binary"`, a softmax over NORMAL / BACTERIAL / VIRAL for
+    `task="subtype"`. With `train_on_subtypes`, a softmax over the three classes named
+    "subtypes" and then a fixed head "predictions" that outputs 1 - P(NORMAL).
+
+    With a distributed `strategy`, BatchNormalization uses the statistics of the global batch
+    (`synchronized=True`), so every replica updates its moving statistics alike and every
+    worker ends with the same weights; otherwise each would keep its own (measured: trainable
+    weights identical, moving statistics apart by up to 0.01 after three epochs).
+
+    Args:
+        config: uses `task`, `train_on_subtypes`, `image_size`, `base_filters`, `num_blocks`,
+            `dropout_rate`, `input_normalization`, `normalization_clip` and `strategy`.
+
+    Returns:
+        A `keras.Model` named "pneumocnn".
+
+    Example:
+
+    >>> model = build_model(Config(image_size=64))
+    >>> model.output_shape
+    (None, 1)
+    """
+    size, width = config.image_size, config.base_filters
+    synchronized = config.strategy != "default"
+    inputs = keras.Input(shape=(size, size, 1), name="image")
+    # To [-1, 1]: zero-centred inputs give the stem's BatchNormalization statistics near its
+    # initial ones, so early validation (inference mode) is already meaningful.
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)
+    if config.input_normalization == "per_image":
+        # Each film to zero mean and unit variance over its own pixels (LayerNormalization
+        # over height, width and channel, with no learnt scale or shift), so the overall
+        # exposure of a batch of films cannot be a cue; converts to int8 TFLite ops.
+        x = keras.layers.LayerNormalization(
+            axis=(1, 2, 3), center=False, scale=False, epsilon=1e-3, name="standardize"
+        )(x)
+        if config.normalization_clip > 0:
+            # Clipped to [-c, c] (shifted to [0, 2c]) with built-in layers, so the saved model
+            # loads in plain Keras: the int8 range of this tensor is then fixed by design, not
+            # stretched by a film's few extreme pixels.
+            clip = config.normalization_clip
+            x = keras.layers.Rescaling(1.0, offset=clip, name="standardize_shift")(x)
+            x = keras.layers.ReLU(max_value=2 * clip, name="standardize_clip")(x)
+    x = _conv_bn_relu(
+        x,
+        keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem"),
+        "stem",
+        synchronized,
+    )
+    for block in range(1, config.num_blocks + 1):
+        filters = width * 2 ** (block - 1)
+        if block > 1:
+            x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        for conv in (1, 2):
+            is_last = block == config.num_blocks and conv == 2
+            name = LAST_CONV_LAYER if is_last else f"block{block}_conv{conv}"
+            layer = keras.layers.SeparableConv2D(
+                filters, 3, padding="same", use_bias=False, name=name
+            )
+            x = _conv_bn_relu(x, layer, name, synchronized)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
+    if config.binary_from_subtypes:
+        # P(pneumonia) = P(BACTERIAL) + P(VIRAL) = 1 - P(NORMAL): a fixed, non-trainable Dense
+        # (weights 0, 1, 1), which every runtime (int8 TFLite included) runs as it is.
+        x = keras.layers.Dense(3, activation="softmax", name=SUBTYPE_HEAD_LAYER)(x)
+        head = keras.layers.Dense(1, use_bias=False, trainable=False, name=OUTPUT_LAYER)
+        model = keras.Model(inputs, head(x), name="pneumocnn")
+        head.set_weights([np.array([[0.0], [1.0], [1.0]], dtype="float32")])
+        return model
+    classes = num_classes_of(config)
+    outputs = (
+        keras.layers.Dense(classes, activation="softmax", name=OUTPUT_LAYER)(x)
+        if classes > 2
+        else keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER)(x)
+    )
+    return keras.Model(inputs, outputs, name="pneumocnn")
+
+
+def fitting_model(model: keras.Model) -> keras.Model:
+    """The model that trains: `model` itself, or for `train_on_subtypes` its three-class
+    softmax (the same layers and weights, without the fixed pneumonia head).
+
+    Example:
+
+    >>> model = build_model(Config(image_size=64, train_on_subtypes=True))
+    >>> model.output_shape, fitting_model(model).output_shape
+    ((None, 1), (None, 3))
+    """
+    if SUBTYPE_HEAD_LAYER not in [layer.name for layer in model.layers]:
+        return model
+    return keras.Model(
+        model.inputs, model.get_layer(SUBTYPE_HEAD_LAYER).output, name="pneumocnn_subtypes"
+    )
+
+
+def with_pneumonia_head(trained: keras.Model, config: Config) -> keras.Model:
+    """The shipped form of a `train_on_subtypes` run: `build_model(config)` holding the weights
+    of `trained` (its `fitting_model`, e.g. the checkpoint), so its one output is
+    1 - P(NORMAL).
+
+    Args:
+        trained: the three-class model that trained.
+        config: the run's config (`train_on_subtypes=True`).
+
+    Returns:
+        The binary model.
+    """
+    model = build_model(config)
+    for layer in trained.layers:
+        model.get_layer(layer.name).set_weights(layer.get_weights())
+    return model
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Loads a `.keras` model for inference, in Keras's safe mode (no arbitrary code).
+
+    Args:
+        path: a `.keras` file written by training or export.
+
+    Returns:
+        The model, uncompiled.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is not a loadable `.keras` model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Model file not found. Received: model='{path}'. Pass a run's best.keras or "
+            "saved_models/pneumocnn.keras."
+        )
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, TypeError, OSError) as error:
+        raise ValueError(
+            f"Cannot load '{path}' as a pneumocnn .keras model ({type(error).__name__}: "
+            f"{error}). Use a model written by `python -m pneumocnn.train` or the export."
+        ) from error
