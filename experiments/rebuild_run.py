@@ -22,6 +22,13 @@ import shutil
 from pathlib import Path
 
 from pneumocnn.core.config import Config
+from pneumocnn.core.run_folder import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+    write_threshold,
+)
 from pneumocnn.data.folders import find_dataset
 from pneumocnn.data.split import prepare_split
 
@@ -40,22 +47,17 @@ def main(metadata_path: str, keras_path: str, run_dir: str, keep_threshold: bool
         "weight_averaging": "none",
     }
     config = Config.from_dict({**pinned, **{k: v for k, v in values.items() if k in known}})
-    config.save(run / "config.json")
+    config.save(run / CONFIG_FILE)
     dataset = find_dataset(config.data_dir)
-    prepare_split(config, dataset).to_csv(run / "split.csv", index=False)
-    shutil.copy(keras_path, run / "best.keras")
+    prepare_split(config, dataset).to_csv(run / SPLIT_FILE, index=False)
+    shutil.copy(keras_path, run / MODEL_FILE)
     if keep_threshold:
-        (run / "threshold.json").write_text(
-            json.dumps(
-                {
-                    "threshold": metadata["threshold"],
-                    "rule": metadata.get("threshold_rule", "youden"),
-                    "chosen_on": "val",
-                    "images": metadata["training_data"]["val_images"],
-                    "model": "best.keras",
-                }
-            )
-            + "\n"
+        write_threshold(
+            run,
+            metadata["threshold"],
+            metadata.get("threshold_rule", "youden"),
+            "val",
+            metadata["training_data"]["val_images"],
         )
     summary = {
         "class_names": metadata["class_names"],
@@ -65,7 +67,7 @@ def main(metadata_path: str, keras_path: str, run_dir: str, keep_threshold: bool
             for k in ("train_images", "val_images", "unreadable_files")
         },
     }
-    (run / "summary.json").write_text(json.dumps(summary) + "\n")
+    (run / SUMMARY_FILE).write_text(json.dumps(summary) + "\n")
     print(f"Rebuilt {run}")
 
 

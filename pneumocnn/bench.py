@@ -1,172 +1,22 @@
 """Benchmarks: `python -m pneumocnn.bench` measures speed and size against the usual models.
 
-The shipped int8 model against ResNet-50, DenseNet-121, MobileNetV2 and a tutorial CNN (see
-`pneumocnn.benchmark.reference`), each exported to int8 `.tflite` the same way and timed in its
-own process (`pneumocnn.benchmark.timing`) on the same machine in the same run; with `--training`,
-the training throughput too. Prints a markdown table and writes JSON.
+The shipped int8 model against ResNet-50, DenseNet-121, MobileNetV2 and a tutorial CNN, each
+exported to int8 `.tflite` the same way and timed in its own process on the same machine in the
+same run, and the training throughput (see `pneumocnn.benchmark.suite`). Prints a markdown table
+and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
-from pneumocnn.benchmark.reference import REFERENCE_MODELS, export_reference, tutorial_cnn
-from pneumocnn.benchmark.timing import measure_in_subprocess, run_job
-from pneumocnn.benchmark.training_speed import (
-    bfloat16_training_speed,
-    decode_each_epoch_speed,
-    pipeline_speed,
-    training_speed,
-)
 from pneumocnn.core.locations import default_model_dir
-from pneumocnn.core.metadata import DEFAULT_NAMES, model_files
 
-# --------------------------------------------------------------------------------------------
-# The whole run.
-
-
-def run_benchmarks(
-    model_dir: Path, output_dir: Path, quick: bool = False, runs: int = 50
-) -> dict[str, Any]:
-    """Runs every benchmark and writes `bench.json` and `bench.md` into `output_dir`.
-
-    Args:
-        model_dir: the exported pneumocnn model (`saved_models/`).
-        output_dir: where to write.
-        quick: the smallest setting (pneumocnn and the tutorial CNN at 64 px, few runs), for
-            the smoke test. Defaults to False.
-        runs: timed single-image runs per measurement. Defaults to 50.
-    """
-    from pneumocnn.core.config import Config
-    from pneumocnn.core.metadata import load_metadata
-    from pneumocnn.network.model import build_model
-
-    files = model_files(DEFAULT_NAMES["binary"])
-    metadata = load_metadata(model_dir / files["metadata"])
-    warmup, runs = (2, 5) if quick else (10, runs)
-    all_threads = os.cpu_count() or 1
-    references = ("tutorial_cnn",) if quick else REFERENCE_MODELS
-    output_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        candidates = [
-            ("pneumocnn int8", model_dir / files["int8"], metadata["training"]["parameters"]),
-            ("pneumocnn fp16", model_dir / files["fp16"], metadata["training"]["parameters"]),
-            ("pneumocnn .keras", model_dir / files["keras"], metadata["training"]["parameters"]),
-        ]
-        for name in references:
-            path, parameters = export_reference(
-                name, scratch, 4 if quick else 16, 64 if quick else None
-            )
-            candidates.append((f"{name} int8", path, parameters))
-        for name, path, parameters in candidates:
-            one = measure_in_subprocess(path, 1, warmup, runs)
-            many = measure_in_subprocess(path, all_threads, warmup, runs)
-            rows.append(
-                {
-                    "model": name,
-                    "parameters": parameters,
-                    "file_bytes": path.stat().st_size,
-                    "median_ms_1_thread": one["median_ms"],
-                    "p95_ms_1_thread": one["p95_ms"],
-                    "median_ms_all_threads": many["median_ms"],
-                    "p95_ms_all_threads": many["p95_ms"],
-                    "images_per_second_1_thread": 1000 / one["median_ms"],
-                    "peak_memory_mb": max(one["peak_memory_mb"], many["peak_memory_mb"]),
-                }
-            )
-    base = rows[0]
-    for row in rows:
-        row["size_ratio_to_pneumocnn_int8"] = row["file_bytes"] / base["file_bytes"]
-        row["time_ratio_to_pneumocnn_int8"] = row["median_ms_1_thread"] / base["median_ms_1_thread"]
-
-    config = Config(image_size=64 if quick else metadata["image_size"])
-    steps, repeats = (2, 2) if quick else (10, 5)
-    batch_size = config.batch_size
-    training = {
-        "batch_size": batch_size,
-        "pneumocnn_images_per_second": training_speed(
-            build_model(config), batch_size, steps, repeats
-        ),
-        "pneumocnn_xla_images_per_second": training_speed(
-            build_model(config), batch_size, steps, repeats, jit_compile=True
-        ),
-        "pneumocnn_bfloat16_images_per_second": bfloat16_training_speed(
-            config, batch_size, steps, repeats
-        ),
-        "tutorial_cnn_images_per_second": training_speed(
-            tutorial_cnn(64 if quick else 180), batch_size, steps, repeats
-        ),
-        "input_pipeline_images_per_second": pipeline_speed(config, 4 if quick else 30, repeats),
-        "decode_each_epoch_images_per_second": decode_each_epoch_speed(
-            config, 4 if quick else 30, repeats, parallel=False
-        ),
-        "decode_each_epoch_parallel_images_per_second": decode_each_epoch_speed(
-            config, 4 if quick else 30, repeats, parallel=True
-        ),
-        "pneumocnn_image_size": config.image_size,
-    }
-    report = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": all_threads,
-            "python": platform.python_version(),
-        },
-        "quick": quick,
-        "runs": runs,
-        "inference": rows,
-        "training": training,
-    }
-    (output_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (output_dir / "bench.md").write_text(markdown(report))
-    return report
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown tables."""
-    lines = [
-        f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPU "
-        f"threads, Python {report['machine']['python']}; median of {report['runs']} runs.",
-        "",
-        "| model | parameters | file KB | ms/image 1 thread (median / p95) | ms/image all "
-        "threads (median / p95) | images/s 1 thread | peak MB | size x | time x |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in report["inference"]:
-        lines.append(
-            f"| {row['model']} | {row['parameters']:,} | {row['file_bytes'] / 1024:,.0f} | "
-            f"{row['median_ms_1_thread']:.2f} / {row['p95_ms_1_thread']:.2f} | "
-            f"{row['median_ms_all_threads']:.2f} / {row['p95_ms_all_threads']:.2f} | "
-            f"{row['images_per_second_1_thread']:,.0f} | {row['peak_memory_mb']:.0f} | "
-            f"{row['size_ratio_to_pneumocnn_int8']:.1f} | "
-            f"{row['time_ratio_to_pneumocnn_int8']:.1f} |"
-        )
-    training = report["training"]
-    lines += [
-        "",
-        f"Training, batch {training['batch_size']}: pneumocnn "
-        f"({training['pneumocnn_image_size']} px) "
-        f"{training['pneumocnn_images_per_second']:.0f} images/s per training step "
-        f"(with XLA {training['pneumocnn_xla_images_per_second']:.0f}, with mixed bfloat16 "
-        f"{training['pneumocnn_bfloat16_images_per_second']:.0f}); tutorial "
-        f"CNN {training['tutorial_cnn_images_per_second']:.0f} images/s. The input pipeline "
-        f"alone (decoded once, cached, parallel augmentation, prefetch) "
-        f"{training['input_pipeline_images_per_second']:.0f} images/s; decoding the JPEG files "
-        f"every epoch instead: {training['decode_each_epoch_images_per_second']:.0f} images/s, "
-        f"{training['decode_each_epoch_parallel_images_per_second']:.0f} with parallel maps and "
-        "prefetch.",
-        "",
-    ]
-    return "\n".join(lines)
+# The benchmarks need TensorFlow: imported in `main` once the flags are read. A `--worker`
+# process (one model timed alone) imports only LiteRT, so its peak memory is the model's own.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,8 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
+        from pneumocnn.benchmark.timing import run_job
+
         print(json.dumps(run_job(json.loads(args.worker))))
         return 0
+    from pneumocnn.benchmark.suite import markdown, run_benchmarks
+
     report = run_benchmarks(Path(args.model_dir), Path(args.output_dir), args.quick, args.runs)
     print(markdown(report))
     return 0

@@ -31,11 +31,12 @@ import argparse
 import sys
 
 from pneumocnn import cli
-from pneumocnn.adaptation.calibration import calibrate, format_calibration
 from pneumocnn.core.errors import EXIT_OK
 from pneumocnn.core.locations import default_model
 from pneumocnn.core.run_folder import METRICS_FILE, SPLITS
-from pneumocnn.evaluation.scoring import evaluate
+
+# The evaluation stage (pandas, scikit-learn, and TensorFlow for .keras models) is imported in
+# `_command`, so `--help` and flag errors come at once.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(args: argparse.Namespace) -> int:
+    from pneumocnn.adaptation.calibration import calibrate, format_calibration
     from pneumocnn.evaluation.reports import format_summary
+    from pneumocnn.evaluation.scoring import evaluate
 
     if args.calibrate_on:
         target = 0.96 if args.target_sensitivity is None else args.target_sensitivity

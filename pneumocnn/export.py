@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pneumocnn import cli
 from pneumocnn.core.errors import EXIT_OK, UsageError
-from pneumocnn.edge.export import export, recalibration_advice
+
+# The edge stage needs TensorFlow: imported in `_command`, so `--help` comes at once.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +67,7 @@ def _command(args: argparse.Namespace) -> int:
             "(default 300)."
         )
     from pneumocnn.core.run_folder import EXPORT_DIR
+    from pneumocnn.edge.export import export, recalibration_advice
 
     output_dir = Path(args.output_dir) if args.output_dir else Path(args.run_dir) / EXPORT_DIR
     metadata = export(

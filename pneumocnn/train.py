@@ -14,19 +14,13 @@ import sys
 from pathlib import Path
 
 from pneumocnn import cli
-from pneumocnn.core.config import Config, add_config_arguments, config_from_args
+from pneumocnn.core.config import Config
 from pneumocnn.core.errors import EXIT_OK, ResumableError, UsageError
+from pneumocnn.core.run_folder import CONFIG_FILE, SUMMARY_FILE, worker_dir
+from pneumocnn.core.settings import add_config_arguments, config_from_args
 
-# The artefacts of a run folder, by role.
-from pneumocnn.core.run_folder import (
-    CONFIG_FILE,
-    SUMMARY_FILE,
-    worker_dir,
-)
-
-# TensorFlow, Keras and the data pipeline are imported inside the functions that use them, so
+# TensorFlow, and the training stage that needs it, are imported inside `_command`'s steps, so
 # `--help` and flag errors come at once and without TensorFlow's start-up messages.
-from pneumocnn.training.loop import train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pneumocnn.train",
         description="Train the pneumocnn classifier and write a run folder.",
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, Config)
     parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -47,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_or_explain_a_lost_worker(config: Config, resume: bool = False) -> Path:
     """`train`, with a message that says how to go on when a worker of the run was lost."""
     import tensorflow as tf
+
+    from pneumocnn.training.loop import train
 
     try:
         return train(config, resume=resume)
@@ -80,7 +76,7 @@ def _command(args: argparse.Namespace) -> int:
             dataclasses.replace(config, output_dir=args.resume), resume=True
         )
     else:
-        config = config_from_args(args)
+        config = config_from_args(args, Config)
         run_dir = _train_or_explain_a_lost_worker(config)
     if worker_dir(run_dir, config.strategy) != run_dir:
         print(f"Worker finished; the chief wrote the run folder {run_dir}")

@@ -4,18 +4,19 @@ import json
 
 import pytest
 
-from pneumocnn.core.config import Config, add_config_arguments, config_from_args
+from pneumocnn.core.config import Config
+from pneumocnn.core.settings import add_config_arguments, config_from_args
 
 
 def parse(argv):
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
-    return config_from_args(parser.parse_args(argv))
+    add_config_arguments(parser, Config)
+    return config_from_args(parser.parse_args(argv), Config)
 
 
 def test_every_field_has_a_flag_with_its_default_in_help():
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
+    add_config_arguments(parser, Config)
     help_text = parser.format_help()
     for field in dataclasses.fields(Config):
         assert "--" + field.name.replace("_", "-") in help_text

@@ -7,11 +7,22 @@ export then copies it into every file), or an exported family, rewritten consist
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
-from pneumocnn.core.errors import UsageError
+import numpy as np
+
+from pneumocnn.core.errors import DataError, UsageError
+from pneumocnn.core.run_folder import is_run_dir, resolve_source, write_threshold
+from pneumocnn.core.task import pneumonia_labels
+from pneumocnn.data.split import load_evaluation_images
+from pneumocnn.edge.family import read_family
+from pneumocnn.edge.recalibrate import recalibrate
+from pneumocnn.evaluation.metrics import pneumonia_figures
+from pneumocnn.evaluation.thresholds import choose_pneumonia_threshold
 from pneumocnn.evaluation.uncertainty import uncertainty_of
+from pneumocnn.runtime.runners import predict_probabilities
 
 
 def calibrate(
@@ -47,18 +58,6 @@ def calibrate(
         ParityError: if an exported model's retargeted RGB variant fails its check against the
             int8 model on the folder's films (nothing is written).
     """
-    import datetime
-
-    import numpy as np
-
-    from pneumocnn.core.errors import DataError
-    from pneumocnn.core.metadata import write_json_atomically
-    from pneumocnn.core.run_folder import THRESHOLD_FILE, is_run_dir, resolve_source
-    from pneumocnn.core.task import pneumonia_labels
-    from pneumocnn.data.split import load_evaluation_images
-    from pneumocnn.evaluation.metrics import pneumonia_figures
-    from pneumocnn.evaluation.thresholds import choose_pneumonia_threshold
-    from pneumocnn.runtime.runners import predict_probabilities
 
     if not 0 < target_sensitivity <= 1:
         raise UsageError(
@@ -73,9 +72,6 @@ def calibrate(
         )
     family = None
     if Path(model).is_file() and not is_run_dir(Path(model).parent):
-        from pneumocnn.edge.family import read_family
-        from pneumocnn.edge.recalibrate import recalibrate
-
         # Before anything is run: it completes an interrupted recalibration and verifies the
         # family's checksums.
         family = read_family(model)
@@ -108,21 +104,16 @@ def calibrate(
     }
     rule = f"target_sensitivity={target_sensitivity} on {record['folder']}"
     if source.run_dir is not None:
-        write_json_atomically(
-            source.run_dir / THRESHOLD_FILE,
-            {
-                "threshold": threshold,
-                "rule": rule,
-                "chosen_on": record["folder"],
-                "images": record["films"],
-                "model": source.model_path.name,
-                "calibration": record,
-            },
+        write_threshold(
+            source.run_dir,
+            threshold,
+            rule,
+            record["folder"],
+            record["films"],
+            record,
+            model=source.model_path.name,
         )
     else:
-        from pneumocnn.edge.family import read_family
-        from pneumocnn.edge.recalibrate import recalibrate
-
         recalibrate(
             family,
             {"threshold": threshold, "threshold_rule": rule, "calibration": record},

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
+from keras import layers
+
+from pneumocnn.edge.convert import convert
 
 REFERENCE_MODELS = ("ResNet50", "DenseNet121", "MobileNetV2", "tutorial_cnn")
 
@@ -21,8 +25,6 @@ def tutorial_cnn(image_size: int = 180):
     BatchNormalization, max-pooling; dropout after the last two), then dense blocks of 512, 128
     and 64 units with dropout, and one sigmoid unit, on 180x180x3 inputs.
     """
-    import keras
-    from keras import layers
 
     def conv_block(x, filters):
         x = layers.SeparableConv2D(filters, 3, activation="relu", padding="same")(x)
@@ -56,7 +58,6 @@ def tutorial_cnn(image_size: int = 180):
 
 def reference_model(name: str, image_size: int | None = None):
     """A reference architecture with random weights and a one-unit sigmoid head."""
-    import keras
 
     if name == "tutorial_cnn":
         return tutorial_cnn(image_size or 180)
@@ -77,7 +78,6 @@ def export_reference(
     Returns:
         `(tflite_path, parameters)`.
     """
-    from pneumocnn.edge.convert import convert
 
     model = reference_model(name, image_size)
     saved_model = work_dir / f"{name}_saved_model"

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from pneumocnn.runtime.lite import open_interpreter
+
 # --------------------------------------------------------------------------------------------
 # One measurement, in its own process.
 
@@ -26,7 +28,6 @@ def _percentiles(times: list[float]) -> dict[str, float]:
 
 def measure_tflite(path: str, threads: int, warmup: int, runs: int) -> dict[str, Any]:
     """Times single-image inference of a `.tflite` with LiteRT."""
-    from pneumocnn.runtime.lite import open_interpreter
 
     interpreter = open_interpreter(path, threads)
     details = interpreter.get_input_details()[0]
@@ -45,6 +46,8 @@ def measure_tflite(path: str, threads: int, warmup: int, runs: int) -> dict[str,
 
 def measure_keras(path: str, threads: int, warmup: int, runs: int) -> dict[str, Any]:
     """Times single-image inference of a `.keras` model (a traced function, on the CPU)."""
+    # Imported here: a worker timing a .tflite must not load TensorFlow, whose own memory
+    # would count in the model's peak.
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -7,7 +7,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from pneumocnn.data.pipeline import build_augmentation, make_datasets
+from pneumocnn.data.split import LoadedSplit
+from pneumocnn.network.model import build_model
 
 # --------------------------------------------------------------------------------------------
 # Training speed.
@@ -25,7 +32,6 @@ def training_speed(
         repeats: timings; the median is returned.
         jit_compile: compile the step with XLA. Defaults to False.
     """
-    import keras
 
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=jit_compile
@@ -46,9 +52,6 @@ def training_speed(
 
 def bfloat16_training_speed(config, batch_size: int, steps: int, repeats: int) -> float:
     """`training_speed` of pneumocnn under Keras's mixed_bfloat16 policy (restored after)."""
-    import keras
-
-    from pneumocnn.network.model import build_model
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")
@@ -60,8 +63,6 @@ def bfloat16_training_speed(config, batch_size: int, steps: int, repeats: int) -
 
 def pipeline_speed(config, batches: int, repeats: int) -> float:
     """Median images per second of the training input pipeline alone (cached, augmented)."""
-    from pneumocnn.data.pipeline import make_datasets
-    from pneumocnn.data.split import LoadedSplit
 
     rng = np.random.default_rng(0)
     count = config.batch_size * 8
@@ -94,10 +95,6 @@ def decode_each_epoch_speed(config, batches: int, repeats: int, parallel: bool) 
 
     The files are 224x224 JPEGs like the training data's, written to a temporary folder.
     """
-    import tensorflow as tf
-    from PIL import Image
-
-    from pneumocnn.data.pipeline import build_augmentation
 
     rng = np.random.default_rng(0)
     calls = tf.data.AUTOTUNE if parallel else None

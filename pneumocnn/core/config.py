@@ -1,22 +1,17 @@
-"""One frozen `Config` for every stage, and the command-line flags generated from it.
+"""One frozen `Config` for every stage of a training run; its flags come from its fields.
 
 Every knob of the pipeline is a field of `Config`, with its default and a one-line reason beside
 it. `build_model(config)`, `make_datasets(config, ...)` and `train(config)` take it explicitly; no
-module reads a global setting. The flags of `python -m pneumocnn.train` are made from the fields,
-so adding a knob is one line here.
+module reads a global setting. The flags of `python -m pneumocnn.train` are made from the fields
+(see `pneumocnn.core.settings`), so adding a knob is one line here.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import types
-import typing
-from pathlib import Path
 from typing import Any, Literal
 
-from pneumocnn.core.files import write_text_atomic
+from pneumocnn.core.settings import Settings, setting
 
 BALANCE_CHOICES = ("none", "class_weight", "oversample")
 STRATEGY_CHOICES = ("default", "mirrored", "multiworker")
@@ -27,12 +22,8 @@ SCHEDULE_CHOICES = ("plateau", "cosine", "restarts")
 LOSS_CHOICES = ("crossentropy", "focal")
 
 
-def _field(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Settings):
     """Everything that defines a training run.
 
     Saved as `config.json` in the run folder, so a run describes itself and later stages
@@ -46,146 +37,146 @@ class Config:
     """
 
     # Task and data.
-    task: Literal["binary", "subtype"] = _field(
+    task: Literal["binary", "subtype"] = setting(
         "binary",
         "binary: NORMAL vs PNEUMONIA (sigmoid). subtype: NORMAL vs BACTERIAL vs VIRAL (softmax), "
         "the pneumonia subtype read from the file names (person<ID>_bacteria_/_virus_).",
     )
-    train_on_subtypes: bool = _field(
+    train_on_subtypes: bool = setting(
         False,
         "binary task: train a three-class head (NORMAL / BACTERIAL / VIRAL, from the file names, "
         "as --task subtype) and output its P(pneumonia) = 1 - P(NORMAL), so the saved model "
         "still has one output. Off: in the shift study it did not beat framing (row "
         "framing_3class). A subtype model trains on the three classes anyway.",
     )
-    data_dir: str | None = _field(
+    data_dir: str | None = setting(
         None,
         "Kaggle-style chest_xray folder. Default: $PNEUMOCNN_DATA_DIR, else a kagglehub download.",
     )
-    output_dir: str | None = _field(None, "Run folder to write. Default: runs/<timestamp>.")
-    val_fraction: float = _field(
+    output_dir: str | None = setting(None, "Run folder to write. Default: runs/<timestamp>.")
+    val_fraction: float = setting(
         0.2, "Share of patients held out for validation (grouped by patient, by class)."
     )
-    limit_per_class: int = _field(
+    limit_per_class: int = setting(
         0, "Use at most this many images per class (0 = all); for quick runs."
     )
-    seed: int = _field(42, "Seeds the split, the shuffles, augmentation and initial weights.")
-    split_seed: int | None = _field(
+    seed: int = setting(42, "Seeds the split, the shuffles, augmentation and initial weights.")
+    split_seed: int | None = setting(
         None,
         "Seeds the train/validation split (and the --limit-per-class sample) instead of --seed, "
         "so runs of several seeds share one split: seeds compared on the same validation films, "
         "or the members of an ensemble. None: --seed.",
     )
-    deterministic: bool = _field(
+    deterministic: bool = setting(
         False, "TensorFlow op determinism: the same seed gives the same weights; slower."
     )
-    strategy: Literal["default", "mirrored", "multiworker"] = _field(
+    strategy: Literal["default", "mirrored", "multiworker"] = setting(
         "default", "tf.distribute: one device, all local GPUs (mirrored), or $TF_CONFIG workers."
     )
 
     # Input pipeline.
-    image_size: int = _field(
+    image_size: int = setting(
         128,
         "Side of the square grayscale input; 128 scored as well as 160 on the shifted test "
         "films in the shift study at two thirds of the cost.",
     )
-    batch_size: int = _field(32, "Images per step; small batches regularise a small dataset.")
-    balance: Literal["none", "class_weight", "oversample"] = _field(
+    batch_size: int = setting(32, "Images per step; small batches regularise a small dataset.")
+    balance: Literal["none", "class_weight", "oversample"] = setting(
         "class_weight",
         "Class imbalance (PNEUMONIA is ~3x NORMAL): none, class_weight or oversample.",
     )
-    augment_strength: float = _field(
+    augment_strength: float = setting(
         1.0, "Scales rotation, shift, zoom and contrast augmentation; 0 turns it off."
     )
-    intensity_strength: float = _field(
+    intensity_strength: float = setting(
         1.0,
         "Scales brightness, blur and noise augmentation (exposure and detector changes); the "
         "test films come from another batch, so robustness to them is chosen over validation.",
     )
-    normal_augment_strength: float = _field(
+    normal_augment_strength: float = setting(
         0.0, "If above 0, NORMAL films get this augment_strength instead (more minority variety)."
     )
-    mixup_alpha: float = _field(
+    mixup_alpha: float = setting(
         0.3,
         "Mixup: blend pairs of training films with Beta(alpha, alpha) weights; 0 is off. "
         "A regulariser against memorising one hospital's films.",
     )
-    distill_from: str = _field(
+    distill_from: str = setting(
         "",
         "Distillation: comma-separated teacher .keras files (e.g. other seeds' best.keras, same "
         "task and image size); each training target becomes (1 - distill_weight) x label + "
         "distill_weight x the teachers' mean prediction on the augmented, mixed film. Empty is "
         "off.",
     )
-    distill_weight: float = _field(
+    distill_weight: float = setting(
         0.5, "With distill_from: the teachers' share of each training target, in (0, 1]."
     )
-    framing_strength: float = _field(
+    framing_strength: float = setting(
         1.0,
         "Random zoom-in crops (up to 25% x strength of the side) and shifts (8% x strength), "
         "for both classes: the test films are framed tighter, and framing must not be a cue.",
     )
-    gamma_strength: float = _field(
+    gamma_strength: float = setting(
         0.0,
         "Random gamma per film, in [1/(1+0.5s), 1+0.5s]: exposure curves differ between "
         "batches of films; 0 is off.",
     )
-    label_smoothing: float = _field(
+    label_smoothing: float = setting(
         0.0, "Pulls the 0/1 targets towards 0.5 by this much; discourages overconfidence."
     )
-    loss: Literal["crossentropy", "focal"] = _field(
+    loss: Literal["crossentropy", "focal"] = setting(
         "crossentropy",
         "focal: focal cross-entropy (gamma 2), which weighs down the films the model already "
         "gets right; label_smoothing applies to both.",
     )
-    horizontal_flip: bool = _field(
+    horizontal_flip: bool = setting(
         False, "Mirror training images; off because the heart sits on the left of a chest film."
     )
 
     # Model.
-    base_filters: int = _field(16, "Filters of the stem; each block doubles them.")
-    num_blocks: int = _field(
+    base_filters: int = setting(16, "Filters of the stem; each block doubles them.")
+    num_blocks: int = setting(
         5, "SeparableConv2D blocks, each halving the resolution; 5 keeps int8 under 200 KB."
     )
-    dropout_rate: float = _field(0.3, "Dropout before the head; the dataset is small.")
-    input_normalization: Literal["none", "per_image"] = _field(
+    dropout_rate: float = setting(0.3, "Dropout before the head; the dataset is small.")
+    input_normalization: Literal["none", "per_image"] = setting(
         "none",
         "per_image: each film is standardised to zero mean and unit variance inside the model "
         "(LayerNormalization over the image), so overall exposure cannot be a cue.",
     )
-    normalization_clip: float = _field(
+    normalization_clip: float = setting(
         0.0,
         "With per_image: clips the standardised film to [-c, c] standard deviations, so its int8 "
         "quantization spends its 256 levels on that range; 0 is off.",
     )
 
     # Optimisation.
-    epochs: int = _field(
+    epochs: int = setting(
         15, "Upper bound; the shift study's schedule (early stopping usually ends it sooner)."
     )
-    learning_rate: float = _field(1e-3, "Adam's initial learning rate.")
-    early_stopping_patience: int = _field(
+    learning_rate: float = setting(1e-3, "Adam's initial learning rate.")
+    early_stopping_patience: int = setting(
         4, "Epochs without a better val_auc before training stops (the shift study's)."
     )
-    early_stopping_min_delta: float = _field(
+    early_stopping_min_delta: float = setting(
         5e-4, "Smallest val_auc gain that counts; smaller gains are noise on ~1,000 images."
     )
-    reduce_lr_patience: int = _field(
+    reduce_lr_patience: int = setting(
         2, "Epochs without a lower val_loss before the learning rate is cut (the study's)."
     )
-    reduce_lr_factor: float = _field(0.3, "Multiplies the learning rate at each plateau.")
-    lr_schedule: Literal["plateau", "cosine", "restarts"] = _field(
+    reduce_lr_factor: float = setting(0.3, "Multiplies the learning rate at each plateau.")
+    lr_schedule: Literal["plateau", "cosine", "restarts"] = setting(
         "plateau",
         "plateau: cut the rate when val_loss stalls; cosine: decay to 1% over `epochs`; "
         "restarts: cosine decay to 1% over `restart_epochs`, then back to the full rate "
         "(warm restarts, SGDR), over and over.",
     )
-    restart_epochs: int = _field(
+    restart_epochs: int = setting(
         5,
         "With lr_schedule=restarts: epochs of each cosine cycle; keep early_stopping_patience "
         "longer than a cycle, or a restart's dip ends the run.",
     )
-    weight_averaging: Literal["none", "ema"] = _field(
+    weight_averaging: Literal["none", "ema"] = setting(
         "none",
         "ema: validate, checkpoint and ship an exponential moving average of the weights "
         "(momentum 0.99), which is smoother than the last step's weights.",
@@ -249,123 +240,17 @@ class Config:
         """Whether a binary model trains on the three classes (`train_on_subtypes`)."""
         return self.task == "binary" and self.train_on_subtypes
 
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the fields as a JSON-ready dict."""
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | Path) -> None:
-        """Writes the config as JSON to `path` (under a temporary name, then renamed)."""
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        """Builds a config from a dict, refusing keys that are not fields.
+        """Builds a config from a dict, refusing keys that are not fields (see
+        `Settings.from_dict`).
 
         A field left out takes its default, except `train_on_subtypes` in a dict of every other
         field (a run's `config.json` from before that field): False, as that run trained.
-
-        Raises:
-            ValueError: if `values` holds a key that is not a `Config` field.
         """
         known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown config keys {unknown}. Expected some of {sorted(known)}. "
-                f"Received: keys={sorted(values)}"
-            )
         if known - set(values) == {"train_on_subtypes"}:
             # A run's config.json holds every field; one that lacks only this one was written
             # before it existed, by a version that trained a plain sigmoid head.
             values = {**values, "train_on_subtypes": False}
-        return cls(**values)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Config:
-        """Reads a config written by `Config.save` (or by hand).
-
-        Raises:
-            FileNotFoundError: if `path` does not exist.
-            ValueError: if the file is not a JSON object of `Config` fields.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Config file not found. Received: path='{path}'. Pass a JSON file written by "
-                "a previous run (its config.json) or one you wrote with some Config fields."
-            )
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"Config file '{path}' is not valid JSON ({error}). Received: path='{path}'. "
-                "Fix the file, or pass --config a run's config.json."
-            ) from error
-        if not isinstance(values, dict):
-            raise ValueError(
-                f"Config file '{path}' holds a JSON {type(values).__name__}, not an object of "
-                f"Config fields. Received: path='{path}'. Write it as "
-                '{"field": value, ...} (e.g. {"image_size": 128}), as a run\'s config.json is.'
-            )
-        return cls.from_dict(values)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _parser_type(annotation: Any) -> tuple[Any, tuple[str, ...] | None]:
-    """Returns (converter, choices) for a field's type annotation."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return str, typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        return _parser_type(inner[0])
-    return annotation, None
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds one flag per `Config` field, plus `--config FILE`, to `parser`.
-
-    A flag left out keeps the value from `--config` (if given), else the field's default.
-    """
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="JSON file of Config fields (e.g. a run's config.json); flags override it.",
-    )
-    hints = typing.get_type_hints(Config)
-    for field in dataclasses.fields(Config):
-        converter, choices = _parser_type(hints[field.name])
-        # argparse expands %-formats in help: a literal "25%" must reach it as "25%%".
-        help_text = f"{field.metadata['help']} (default: {field.default!r})".replace("%", "%%")
-        if converter is bool:
-            parser.add_argument(
-                _flag(field.name),
-                dest=field.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-        else:
-            parser.add_argument(
-                _flag(field.name),
-                dest=field.name,
-                type=converter,
-                choices=choices,
-                default=None,
-                metavar=None if choices else field.name.upper(),
-                help=help_text,
-            )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Builds the `Config` from parsed flags: field defaults < `--config` file < flags."""
-    base = Config.load(args.config) if getattr(args, "config", None) else Config()
-    overrides = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(Config)
-        if getattr(args, field.name, None) is not None
-    }
-    return dataclasses.replace(base, **overrides)
+        return super().from_dict(values)

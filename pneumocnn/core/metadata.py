@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pneumocnn.core.task import TASKS, decide
+from pneumocnn.core.files import write_text_atomic
+from pneumocnn.core.task import PNEUMONIA, TASKS, decide
 
 __all__ = ["decide"]  # re-exported: the decision rule every consumer of the metadata shares
 
@@ -198,7 +199,6 @@ def _disagree(path: Path, what: str, first: str, second: str) -> MetadataError:
 def _check_agreement(metadata: dict[str, Any], path: Path) -> None:
     """The fields that say the same thing twice must agree: `config` against the top-level
     image size and task, `positive_class` and the labels file against `class_names`."""
-    from pneumocnn.core.task import PNEUMONIA
 
     names, task, config = (
         metadata["class_names"],
@@ -278,6 +278,5 @@ def check_model_io(
 
 def write_json_atomically(path: str | Path, payload: Any) -> None:
     """Writes JSON to a temporary name, then renames it into place (see `pneumocnn.core.files`)."""
-    from pneumocnn.core.files import write_text_atomic
 
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")

@@ -11,9 +11,10 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from pneumocnn.core.config import Config
-from pneumocnn.core.metadata import find_metadata, load_metadata
+from pneumocnn.core.metadata import find_metadata, load_metadata, write_json_atomically
 from pneumocnn.core.task import BINARY_CLASS_NAMES
 
 # The artefacts of a run folder, by role.
@@ -26,6 +27,8 @@ BACKUP_DIR = "backup"
 # In BACKUP_DIR: the epoch the backup holds and the callback counters (callbacks.EpochBackup).
 BACKUP_STATE_FILE = "state.json"
 THRESHOLD_FILE = "threshold.json"
+# An adapted run folder's recipe and what it learnt from (see pneumocnn.adaptation.adapt).
+ADAPTATION_FILE = "adaptation.json"
 EVAL_DIR = "eval"
 # Where export writes by default: inside the run, so the shipped saved_models/ changes only when
 # asked for (`--output-dir saved_models`).
@@ -139,7 +142,50 @@ def resolve_source(path: str | Path) -> Source:
     )
 
 
+def read_threshold_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run folder's `threshold.json` (see `write_threshold`), or `None` if none was chosen."""
+    path = Path(run_dir) / THRESHOLD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def read_threshold(run_dir: str | Path) -> float | None:
     """The threshold stored in a run folder's `threshold.json`, or `None` if none was chosen."""
-    path = Path(run_dir) / THRESHOLD_FILE
-    return json.loads(path.read_text())["threshold"] if path.is_file() else None
+    record = read_threshold_record(run_dir)
+    return None if record is None else record["threshold"]
+
+
+def write_threshold(
+    run_dir: str | Path,
+    threshold: float,
+    rule: str,
+    chosen_on: str,
+    images: int,
+    calibration: dict[str, Any] | None = None,
+    model: str = MODEL_FILE,
+) -> dict[str, Any]:
+    """Writes a run folder's `threshold.json`, the one place a run's threshold is stored (the
+    export copies it into the metadata and every edge file).
+
+    Args:
+        run_dir: the run folder.
+        threshold: the threshold on P(pneumonia).
+        rule: how it was chosen, e.g. "youden" or "target_sensitivity=0.96".
+        chosen_on: the films it was chosen on ("val", or a site folder's name).
+        images: how many.
+        calibration: the site calibration record, when it was chosen on a site's films.
+            Defaults to `None`.
+        model: the model file whose outputs chose it. Defaults to `best.keras`.
+
+    Returns:
+        What was written.
+    """
+    record = {
+        "threshold": float(threshold),
+        "rule": rule,
+        "chosen_on": chosen_on,
+        "images": int(images),
+        "model": model,
+        **({"calibration": calibration} if calibration is not None else {}),
+    }
+    write_json_atomically(Path(run_dir) / THRESHOLD_FILE, record)
+    return record

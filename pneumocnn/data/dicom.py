@@ -3,6 +3,9 @@
 The header is read first and checked against `pneumocnn.data.pixels.MAX_DECODED_BYTES`; the
 pixels are then windowed as a viewer shows them (VOI LUT, or the stored window), MONOCHROME1
 inverted. `pneumocnn.data.images.read_grayscale` calls `read_dicom` for DICOM files.
+
+pydicom is optional (the `lite` and `app` extras): each function imports what it needs of it,
+so JPEG and PNG films load without it.
 """
 
 from __future__ import annotations
@@ -202,7 +205,6 @@ def read_dicom(handle: BinaryIO, name: str) -> Image.Image:
     elif pixels.ndim != 2:
         raise ImageLoadError(f"DICOM file '{name}' decoded to an array of shape {pixels.shape}.")
     else:
-
         def to_display(block: np.ndarray) -> np.ndarray:
             return apply_voi_lut(apply_modality_lut(block, header), header)
 

@@ -8,6 +8,7 @@ films sits against the training films.
 
 Example:
 
+
 >>> import numpy as np
 >>> film = np.zeros((64, 64), np.uint8); film[16:48, 16:48] = 200
 >>> stats = film_statistics(film)

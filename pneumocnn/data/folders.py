@@ -191,19 +191,26 @@ def list_images(
     return pd.DataFrame(rows, columns=["path", "label"]).sort_values("path", ignore_index=True)
 
 
-def patient_id(path: str | Path) -> str:
-    """Returns the patient an image belongs to, from its file name.
+def match_patient(path: str | Path) -> str | None:
+    """The patient a Kaggle file name names, or `None` when it follows no known scheme.
 
     `person12_virus_3.jpeg` -> `person12`; `IM-0115-0001.jpeg` -> `IM-0115`;
-    `NORMAL2-IM-0135-0001.jpeg` -> `NORMAL2-IM-0135`. A name matching no scheme is its own
-    patient (the file name without extension).
+    `NORMAL2-IM-0135-0001.jpeg` -> `NORMAL2-IM-0135`.
     """
     name = Path(path).name
     for pattern in _PATIENT_PATTERNS:
         match = pattern.match(name)
         if match:
             return match.group(1)
-    return Path(name).stem
+    return None
+
+
+def patient_id(path: str | Path) -> str:
+    """Returns the patient an image belongs to, from its file name (see `match_patient`).
+
+    A name matching no scheme is its own patient (the file name without extension).
+    """
+    return match_patient(path) or Path(path).stem
 
 
 def subtype_of(path: str | Path) -> str | None:

@@ -26,7 +26,17 @@ if TYPE_CHECKING:
     from pneumocnn.core.run_folder import Source
 from typing import TYPE_CHECKING
 
-from pneumocnn.data.folders import label_for_task, list_images, patient_id
+from pneumocnn.core import errors
+from pneumocnn.data import folders as data_folders
+from pneumocnn.data import split as data_split
+from pneumocnn.data.folders import (
+    find_dataset,
+    label_for_task,
+    list_images,
+    patient_id,
+    resolve_data_dir,
+    task_class_names,
+)
 
 if TYPE_CHECKING:
     from pneumocnn.data.folders import Dataset
@@ -52,13 +62,6 @@ def load_evaluation_images(
     Raises:
         DataError: if the folder has no such split, or its classes differ from the model's.
     """
-    import pandas as pd
-
-    from pneumocnn.core import errors
-    from pneumocnn.data import folders as data_folders
-    from pneumocnn.data import split as data_split
-    from pneumocnn.data.folders import find_dataset, resolve_data_dir, task_class_names
-    from pneumocnn.data.images import load_images
 
     dataset = find_dataset(resolve_data_dir(data_dir or source.config.data_dir))
     task = source.config.task

@@ -9,6 +9,7 @@ Standard library only, so the edge install can render it too.
 
 Example:
 
+
 >>> text = model_card({"name": "pneumocnn", "class_names": ["NORMAL", "PNEUMONIA"],
 ...                    "threshold": 0.27, "image_size": 160})
 >>> "Performance on films from other hospitals is unknown" in text

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import tensorflow as tf
+
+from pneumocnn.data.split import limit_per_class, load_split
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,7 +39,6 @@ def fixed_batch_saved_model(keras_model, path: str | Path) -> Path:
     Returns:
         `path`.
     """
-    import tensorflow as tf
 
     shape = (BATCH_SIZE, *keras_model.input_shape[1:])
     signature = [tf.TensorSpec(shape, tf.float32, name="image")]
@@ -50,7 +52,6 @@ def representative_images(
     """A seeded, class-stratified sample of `count` training images (raw 0-255; an equal share
     per class of the split, so three classes of a subtype run share `count` too) for
     calibration."""
-    from pneumocnn.data.split import limit_per_class, load_split
 
     train = split[split["subset"] == "train"]
     sample = limit_per_class(train, max(1, count // train["label"].nunique()), seed)
@@ -61,7 +62,6 @@ def pin_input_range(images: np.ndarray) -> np.ndarray:
     """A copy of calibration images whose observed range is exactly 0-255 (two pixels of the
     first image set to 0 and 255), so the uint8 input gets scale 1 and zero point 0: an app
     feeds raw pixels unchanged."""
-    import numpy as np
 
     images = np.array(images, copy=True)
     images[0, 0, 0, 0], images[0, 0, 1, 0] = 0, 255
@@ -87,8 +87,6 @@ def convert(
     Returns:
         The `.tflite` flatbuffer.
     """
-    import numpy as np
-    import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -124,7 +122,6 @@ def _layer_tensors(saved_model: Path, layers: Sequence[str]) -> list[str]:
     """The TFLite tensor names of Keras layers' ops (and of the model's output, which the last
     op writes under the signature's name), read from a float conversion of the same
     SavedModel: the names selective quantization takes."""
-    import tensorflow as tf
 
     interpreter = tf.lite.Interpreter(
         model_content=tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert()

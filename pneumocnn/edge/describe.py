@@ -14,8 +14,19 @@ if TYPE_CHECKING:
     from pneumocnn.core.config import Config
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from pneumocnn import __version__
+from pneumocnn.core.metadata import FORMAT_VERSION, PREPROCESSING, sha256_of
+from pneumocnn.core.run_folder import ADAPTATION_FILE, read_threshold_record
+from pneumocnn.core.task import PNEUMONIA
+from pneumocnn.edge.convert import BATCH_SIZE
+from pneumocnn.edge.embedded import WARNING
 from pneumocnn.edge.family import MODEL_ROLES
 from pneumocnn.edge.prepare import guard_calibration
+from pneumocnn.evaluation.metrics import compute_metrics, headline
+from pneumocnn.evaluation.stability import pixel_noise_sensitivity
+from pneumocnn.runtime.lite import LiteModel
 
 if TYPE_CHECKING:
     from pneumocnn.edge.prepare import Prepared
@@ -23,7 +34,6 @@ if TYPE_CHECKING:
 
 def tensor_description(details: dict[str, Any]) -> dict[str, Any]:
     """The dtype, shape and quantization of one TFLite tensor, JSON-ready."""
-    import numpy as np
 
     scale, zero_point = details["quantization"]
     return {
@@ -49,10 +59,6 @@ def file_metadata(
 ) -> dict[str, Any]:
     """Step 3: the metadata of the files in `scratch` (what `LiteModel` needs to verify and run
     them), before any check."""
-    from pneumocnn import __version__
-    from pneumocnn.core.metadata import FORMAT_VERSION, PREPROCESSING, sha256_of
-    from pneumocnn.core.run_folder import THRESHOLD_FILE
-    from pneumocnn.core.task import PNEUMONIA
 
     config, source = prepared.config, prepared.source
     model_names = [files[role] for role in MODEL_ROLES]
@@ -68,7 +74,7 @@ def file_metadata(
         "class_names": list(source.class_names),
         "positive_class": PNEUMONIA if config.task == "subtype" else source.class_names[1],
         "threshold": prepared.threshold,
-        **_threshold_record(source.run_dir / THRESHOLD_FILE),
+        **_threshold_record(source.run_dir),
         "preprocessing": PREPROCESSING,
         "sha256": {file: sha256_of(scratch / file) for file in model_names},
         "file_bytes": {file: (scratch / file).stat().st_size for file in model_names},
@@ -76,14 +82,17 @@ def file_metadata(
     }
 
 
-def _threshold_record(path: Path) -> dict[str, Any]:
-    """The threshold's rule, and its site calibration record when it came from
+def _threshold_record(run_dir: Path) -> dict[str, Any]:
+    """The threshold's rule, its site calibration record when it came from
     `python -m pneumocnn.evaluate RUN --calibrate-on DIR` (see
-    `pneumocnn.adaptation.calibration.calibrate`)."""
-    stored = json.loads(path.read_text())
+    `pneumocnn.adaptation.calibration.calibrate`) or an adaptation, and the adaptation's own
+    record (see `pneumocnn.adaptation.adapt`)."""
+    stored = read_threshold_record(run_dir)
     record = {"threshold_rule": stored["rule"]}
     if "calibration" in stored:
         record["calibration"] = stored["calibration"]
+    if (run_dir / ADAPTATION_FILE).is_file():
+        record["adaptation"] = json.loads((run_dir / ADAPTATION_FILE).read_text())
     return record
 
 
@@ -100,11 +109,6 @@ def describe(
     metrics of the int8 and float models, the parity figures, the int8 model's stability under
     one grey level of pixel noise, the edge variants, the warning, training facts and the
     config."""
-    from pneumocnn.edge.convert import BATCH_SIZE
-    from pneumocnn.edge.embedded import WARNING
-    from pneumocnn.evaluation.metrics import compute_metrics, headline
-    from pneumocnn.evaluation.stability import pixel_noise_sensitivity
-    from pneumocnn.runtime.lite import LiteModel
 
     config, source, val = prepared.config, prepared.source, prepared.val
     lite = {role: LiteModel(scratch / files[role]) for role in ("int8", "fp16", "rgb_int8")}

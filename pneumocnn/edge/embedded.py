@@ -65,6 +65,8 @@ def minimum_parser_version(metadata_buffer: bytes) -> str:
     (vocabulary files 1.0.1, process units 1.1.0, tensor groups 1.2.0, audio 1.3.0, ScaNN index
     files 1.4.0, versioned associated files 1.4.1, custom metadata 1.5.0, tokenizers).
     """
+    # Imported here, not at the top: MediaPipe's metadata modules import the helper that
+    # `_mediapipe_metadata_writer` stands in for, so they load only after it has run.
     from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
 
     model = schema.ModelMetadataT.InitFromObj(
@@ -192,7 +194,7 @@ def read_embedded_metadata(model: bytes) -> dict[str, Any] | None:
     """The TFLite metadata embedded in a `.tflite` (name, description, version, author, licence,
     tensors), as MediaPipe's metadata displayer reads it; `None` when the model has none."""
     _mediapipe_metadata_writer()  # the displayer's module imports what the writer's does
-    from mediapipe.tasks.python.metadata.metadata import MetadataDisplayer
+    from mediapipe.tasks.python.metadata.metadata import MetadataDisplayer  # after the stand-in
 
     try:
         displayer = MetadataDisplayer.with_model_buffer(bytearray(model))

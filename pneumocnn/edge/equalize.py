@@ -22,7 +22,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 if TYPE_CHECKING:
     import keras
@@ -79,7 +81,6 @@ def _factors(peaks: np.ndarray) -> np.ndarray:
 
 def _passes_scaling(layer) -> bool:
     """Layers through which a positive per-channel factor passes unchanged."""
-    import keras
 
     return isinstance(
         layer,
@@ -91,8 +92,6 @@ def _passes_scaling(layer) -> bool:
 
 
 def _is_plain_relu(layer) -> bool:
-    import keras
-
     return (
         isinstance(layer, keras.layers.ReLU)
         and layer.max_value is None
@@ -148,8 +147,6 @@ def equalize_activations(model: keras.Model, images: np.ndarray) -> Equalized:
     >>> equalized.max_output_change < 1e-4
     True
     """
-    import keras
-    import tensorflow as tf
 
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())

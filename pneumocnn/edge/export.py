@@ -28,11 +28,18 @@ if TYPE_CHECKING:
 
 from typing import TYPE_CHECKING
 
-from pneumocnn.edge.convert import convert, representative_images
+from pneumocnn.core.metadata import DEFAULT_NAMES, model_files, write_json_atomically
+from pneumocnn.core.run_folder import EXPORT_DIR
+from pneumocnn.edge.card import card_file
+from pneumocnn.edge.convert import convert, fixed_batch_saved_model, representative_images
 from pneumocnn.edge.describe import describe, file_metadata
+from pneumocnn.edge.embedded import embed_pneumocnn_metadata
+from pneumocnn.edge.equalize import equalize_activations
 from pneumocnn.edge.family import SCRATCH_OWNER, SCRATCH_PREFIX, remove_stale_scratch, write_family
 from pneumocnn.edge.parity import check_parity, rgb_parity
 from pneumocnn.edge.prepare import prepare
+from pneumocnn.edge.rgb import rgb_variant
+from pneumocnn.runtime.lite import LiteModel
 
 if TYPE_CHECKING:
     from pneumocnn.edge.prepare import Prepared
@@ -60,10 +67,6 @@ def convert_family(
         The equalization's metadata record, or `None` without `equalize` (or when no layer
         could be equalized: a model that is not a chain of layers, such as an ensemble).
     """
-    from pneumocnn.edge.convert import fixed_batch_saved_model
-    from pneumocnn.edge.embedded import embed_pneumocnn_metadata
-    from pneumocnn.edge.equalize import equalize_activations
-    from pneumocnn.edge.rgb import rgb_variant
 
     config = prepared.config
     calibration = representative_images(
@@ -116,7 +119,6 @@ def check_int8(
     Raises:
         ParityError: if the check fails and `require_parity` is True.
     """
-    from pneumocnn.runtime.lite import LiteModel
 
     int8_probabilities = LiteModel(scratch / files["int8"]).predict_proba(prepared.val.images)
     parity = check_parity(
@@ -149,7 +151,6 @@ def check_rgb(
     Raises:
         ParityError: if the check fails and `require_parity` is True.
     """
-    from pneumocnn.runtime.lite import LiteModel
 
     return rgb_parity(
         LiteModel(scratch / files["rgb_int8"]),
@@ -201,9 +202,6 @@ def export(
     Raises:
         ParityError: if the int8 model disagrees with the float model (nothing is written).
     """
-    from pneumocnn.core.metadata import DEFAULT_NAMES, model_files, write_json_atomically
-    from pneumocnn.core.run_folder import EXPORT_DIR
-    from pneumocnn.edge.card import card_file
 
     prepared = prepare(run_dir, target_sensitivity)
     name = name or DEFAULT_NAMES[prepared.config.task]

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pneumocnn.core.metadata import find_metadata, load_metadata, model_name, write_json_atomically
+from pneumocnn.edge.card import card_file, model_card
+
 logger = logging.getLogger(__name__)
 # The model files of an export, by role (see `pneumocnn.core.metadata.model_files`).
 MODEL_ROLES = ("int8", "fp16", "rgb_int8", "keras")
@@ -34,8 +37,6 @@ def write_family(
     `scratch` was moved already (by a run that was interrupted after writing the metadata, see
     `finish_recalibration`). The card is written every time, so it always tells what the
     metadata holds (a recalibrated threshold included)."""
-    from pneumocnn.core.metadata import write_json_atomically
-    from pneumocnn.edge.card import card_file, model_card
 
     card = files.get("card") or card_file(Path(files["metadata"]).stem)
     (scratch / card).write_text(model_card(metadata))
@@ -127,9 +128,6 @@ def finish_recalibration(metadata_path: Path) -> bool:
     Returns:
         True if an interrupted recalibration was completed.
     """
-    import shutil
-
-    from pneumocnn.core.metadata import model_name
 
     scratch = metadata_path.parent / f"{RECALIBRATION_PREFIX}{model_name(metadata_path)}"
     if not scratch.is_dir():
@@ -156,7 +154,6 @@ def read_family(model_path: str | Path) -> Family:
     Raises:
         MetadataError: if the metadata is missing, or a file does not match it.
     """
-    from pneumocnn.core.metadata import find_metadata, load_metadata
 
     metadata_path = find_metadata(model_path)
     finish_recalibration(metadata_path)

@@ -19,7 +19,10 @@ if TYPE_CHECKING:
     import numpy as np
 
     from pneumocnn.runtime.lite import LiteModel
+import numpy as np
+
 from pneumocnn.edge.rgb import operating_scores
+from pneumocnn.evaluation.metrics import parity as measure_parity
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +111,6 @@ def check_parity(
         ParityError: if agreement is below 99% or the AUC drops by more than 0.005, and
             `strict` (the default) is True.
     """
-    from pneumocnn.evaluation.metrics import parity as measure_parity
 
     parity = measure_parity(labels, float_probabilities, int8_probabilities, threshold, class_names)
     parity["min_agreement"], parity["max_auc_drop"] = MIN_AGREEMENT, MAX_AUC_DROP
@@ -161,9 +163,6 @@ def rgb_parity(
     Raises:
         ParityError: if the check fails and `require_parity` is True.
     """
-    import numpy as np
-
-    from pneumocnn.edge.parity import check_rgb_parity
 
     scores = rgb.predict_proba(np.repeat(images, 3, axis=-1))
     parity = check_rgb_parity(int8_probabilities, scores, threshold, class_names)

@@ -13,6 +13,16 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
+from pneumocnn.core.run_folder import SPLIT_FILE, SUMMARY_FILE, resolve_source
+from pneumocnn.data.folders import find_dataset, resolve_data_dir
+from pneumocnn.data.split import limit_per_class, load_split
+from pneumocnn.evaluation.scoring import ensure_threshold
+from pneumocnn.network.model import load_model
+from pneumocnn.runtime import guard
+from pneumocnn.runtime.runners import keras_probabilities
+
 if TYPE_CHECKING:
     import keras
     import numpy as np
@@ -65,14 +75,6 @@ def prepare(run_dir: str | Path, target_sensitivity: float | None = None) -> Pre
     Raises:
         ValueError: if `run_dir` is not a training run folder.
     """
-    import pandas as pd
-
-    from pneumocnn.core.run_folder import SPLIT_FILE, SUMMARY_FILE, resolve_source
-    from pneumocnn.data.folders import find_dataset, resolve_data_dir
-    from pneumocnn.data.split import load_split
-    from pneumocnn.evaluation.scoring import ensure_threshold
-    from pneumocnn.network.model import load_model
-    from pneumocnn.runtime.runners import keras_probabilities
 
     source = resolve_source(run_dir)
     if source.run_dir is None:
@@ -107,8 +109,6 @@ def guard_calibration(
     Returns:
         A `pneumocnn.runtime.guard.GuardCalibration`.
     """
-    from pneumocnn.data.split import limit_per_class, load_split
-    from pneumocnn.runtime import guard
 
     train = split[split["subset"] == "train"]
     per_class = max(1, fit_images // max(1, train["label"].nunique()))

@@ -23,7 +23,13 @@ from pneumocnn.edge.family import _PROVISIONAL, write_family
 
 if TYPE_CHECKING:
     from pneumocnn.edge.family import Family
+import shutil
+
+from pneumocnn.core.metadata import sha256_of, write_json_atomically
+from pneumocnn.edge.embedded import embed_pneumocnn_metadata, read_embedded_metadata
 from pneumocnn.edge.parity import rgb_parity
+from pneumocnn.edge.rgb import retarget_rgb_variant
+from pneumocnn.runtime.lite import LiteModel
 
 
 def retarget_rgb(family: Family, metadata: dict[str, Any]) -> list[str]:
@@ -38,8 +44,6 @@ def retarget_rgb(family: Family, metadata: dict[str, Any]) -> list[str]:
     Raises:
         UsageError: if the RGB variant was not made by this version's export.
     """
-    from pneumocnn.edge.embedded import embed_pneumocnn_metadata
-    from pneumocnn.edge.rgb import retarget_rgb_variant
 
     if "rgb_int8" not in family.files:
         return []
@@ -65,7 +69,6 @@ def reembed(family: Family, metadata: dict[str, Any]) -> list[str]:
     Returns:
         The roles written into the scratch folder.
     """
-    from pneumocnn.edge.embedded import embed_pneumocnn_metadata, read_embedded_metadata
 
     written = []
     for role in ("int8", "fp16"):
@@ -98,8 +101,6 @@ def check_recalibrated(
     Raises:
         ParityError: if the RGB variant fails the check (nothing is written).
     """
-    from pneumocnn.core.metadata import sha256_of, write_json_atomically
-    from pneumocnn.runtime.lite import LiteModel
 
     scratch, files = family.scratch, family.files
     metadata = json.loads(json.dumps(metadata))  # a deep copy: the family's stays as read
@@ -169,7 +170,6 @@ def recalibrate(
         ParityError: if the retargeted RGB variant fails its check (nothing is written).
         UsageError: if the RGB variant was not made by this version's export.
     """
-    import shutil
 
     metadata = {**family.metadata, **updates}
     family.scratch.mkdir()

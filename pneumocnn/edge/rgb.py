@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
+from keras import ops
+from tensorflow.lite.tools import flatbuffer_utils
 
 from pneumocnn.core.task import class_probabilities, pneumonia_probability
 from pneumocnn.edge.convert import BATCH_SIZE, fixed_batch_saved_model
@@ -71,8 +74,6 @@ def rgb_classifier(keras_model, threshold: float):
     Returns:
         A Keras model with input `(1, H, W, 3)` and output `(1, classes)` (2 for binary).
     """
-    import keras
-    from keras import ops
 
     if not 0.0 < threshold < 1.0:
         raise ValueError(
@@ -103,7 +104,6 @@ def _operating_scores_op(probabilities, threshold: float):
     """`operating_scores` in Keras ops, on a binary model's `(n, 1)` P(pneumonia) or a subtype
     model's softmax `(n, classes)`, NORMAL first, with the odds of `_threshold_odds` (the one
     constant that depends on the threshold; `retarget_rgb_variant` rewrites it)."""
-    from keras import ops
 
     odds = _threshold_odds(threshold)
     if probabilities.shape[-1] == 1:
@@ -141,7 +141,6 @@ def retarget_rgb_variant(model: bytes, threshold: float, new_threshold: float) -
             exactly one constant with `threshold`'s odds (not an RGB variant made with
             `threshold` by this version of `rgb_variant`).
     """
-    from tensorflow.lite.tools import flatbuffer_utils
 
     if not 0.0 < new_threshold < 1.0:
         raise ValueError(

@@ -15,12 +15,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pneumocnn.core.metadata import write_json_atomically
-from pneumocnn.core.run_folder import EVAL_DIR, HISTORY_FILE, METRICS_FILE, SPLITS, THRESHOLD_FILE
+from pneumocnn.core.run_folder import EVAL_DIR, HISTORY_FILE, METRICS_FILE, SPLITS, write_threshold
 
 if TYPE_CHECKING:
     from pneumocnn.core.run_folder import Source
+import pandas as pd
+
+from pneumocnn.core.errors import DataError
+from pneumocnn.core.run_folder import resolve_source
+from pneumocnn.data import split as data_split
 from pneumocnn.data.split import load_evaluation_images
+from pneumocnn.evaluation import reports, scoring
+from pneumocnn.evaluation.metrics import compute_metrics
+from pneumocnn.evaluation.thresholds import choose_pneumonia_threshold
 from pneumocnn.evaluation.uncertainty import uncertainty_of
+from pneumocnn.runtime.runners import predict_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +55,6 @@ def ensure_threshold(
     Raises:
         ValueError: if a new threshold is asked of an exported model.
     """
-    from pneumocnn.evaluation.thresholds import choose_pneumonia_threshold
 
     if source.threshold is not None and target_sensitivity is None:
         return source.threshold
@@ -57,23 +65,14 @@ def ensure_threshold(
             f"target_sensitivity={target_sensitivity}."
         )
     if val_predictions is None:
-        from pneumocnn.runtime.runners import predict_probabilities
-
         images, labels, *_ = load_evaluation_images(source, "val", None)
         val_predictions = labels, predict_probabilities(source.model_path, images)
     labels, probabilities = val_predictions
     # For a subtype model, the threshold is on P(pneumonia) = 1 - P(NORMAL).
     threshold = choose_pneumonia_threshold(labels, probabilities, target_sensitivity)
     rule = "youden" if target_sensitivity is None else f"target_sensitivity={target_sensitivity}"
-    write_json_atomically(
-        source.run_dir / THRESHOLD_FILE,
-        {
-            "threshold": threshold,
-            "rule": rule,
-            "chosen_on": "val",
-            "images": int(len(labels)),
-            "model": source.model_path.name,
-        },
+    write_threshold(
+        source.run_dir, threshold, rule, "val", len(labels), model=source.model_path.name
     )
     logger.info("Threshold %.4f chosen on validation (%s)", threshold, rule)
     source.threshold = threshold
@@ -111,15 +110,6 @@ def evaluate(
         ValueError: if `split` is unknown, or a new threshold is asked of an exported model.
         DataError: if the split has no readable image, or the data folder does not fit.
     """
-    import pandas as pd
-
-    from pneumocnn.core.errors import DataError
-    from pneumocnn.core.metadata import write_json_atomically
-    from pneumocnn.core.run_folder import resolve_source
-    from pneumocnn.data import split as data_split
-    from pneumocnn.evaluation import reports, scoring
-    from pneumocnn.evaluation.metrics import compute_metrics
-    from pneumocnn.runtime.runners import predict_probabilities
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")

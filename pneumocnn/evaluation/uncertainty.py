@@ -13,6 +13,7 @@ from pneumocnn.core.task import (
     pneumonia_labels,
     pneumonia_probability,
 )
+from pneumocnn.data.folders import film_group, patient_id
 from pneumocnn.evaluation.metrics import pneumonia_figures
 
 
@@ -134,9 +135,6 @@ def uncertainty_of(labels, probabilities, threshold: float, paths: list[str]) ->
     """Patient-bootstrap intervals and the per-group breakdown (see
     `pneumocnn.evaluation.uncertainty.uncertainty`), patients and groups read from the file
     names."""
-    from pneumocnn.core.task import pneumonia_labels
-    from pneumocnn.data.folders import film_group, patient_id
-    from pneumocnn.evaluation.uncertainty import uncertainty
 
     positive = pneumonia_labels(labels)
     return uncertainty(

@@ -18,6 +18,7 @@ a NORMAL call, the likelier subtype), or the class asked for.
 
 Example:
 
+
 >>> cam = GradCam(load_model("saved_models/pneumocnn.keras"))  # doctest: +SKIP
 >>> explain_image(cam, load_image("chest.jpeg", cam.image_size), 0.27).label  # doctest: +SKIP
 'PNEUMONIA'
@@ -30,6 +31,9 @@ import dataclasses
 import keras
 import numpy as np
 import tensorflow as tf
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from pneumocnn.core.task import BINARY_CLASS_NAMES, PNEUMONIA, SUBTYPE_CLASS_NAMES, decide
@@ -244,9 +248,6 @@ def overlay_figure(
             (binary models).
         note: a last line under the title (e.g. the input guard's verdict). Defaults to "".
     """
-    from matplotlib import colormaps
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
 
     figure = Figure(figsize=(5.4, 5.2), layout="constrained")
     ax = figure.subplots()

@@ -21,6 +21,7 @@ unchanged (it has one output) and costs microseconds.
 
 Example:
 
+
 >>> verdict = Verdict("flagged", ("unlike the training films (OOD score 1.80 > 1)",), 1.8)
 >>> str(verdict)
 'flagged: unlike the training films (OOD score 1.80 > 1)'
@@ -35,6 +36,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from pneumocnn.data.pixels import COLOURFULNESS_KEY
 
 OK, FLAGGED, REFUSED = "ok", "flagged", "refused"
 GUARD_VERSION = 1
@@ -87,7 +90,6 @@ class Verdict:
 def colourfulness_of(gray: Image.Image) -> float:
     """The colourfulness the loader recorded for a decoded image (0 when it recorded none, as
     for DICOM or an array; see `pneumocnn.data.images.colourfulness`)."""
-    from pneumocnn.data.pixels import COLOURFULNESS_KEY
 
     return float(gray.info.get(COLOURFULNESS_KEY, 0.0))
 

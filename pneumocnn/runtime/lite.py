@@ -5,6 +5,7 @@ Needs only `ai-edge-litert`, numpy and Pillow; it never imports TensorFlow, and 
 
 Example:
 
+
 >>> model = LiteModel("saved_models/pneumocnn_int8.tflite")  # doctest: +SKIP
 >>> model.predict_file("chest.jpeg")  # doctest: +SKIP
 Prediction(path='chest.jpeg', label='PNEUMONIA', probability=0.97, threshold=0.61, ...)

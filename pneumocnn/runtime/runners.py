@@ -10,6 +10,7 @@ a `.keras` file or a run folder.
 
 Example:
 
+
 >>> model = open_model(default_model())  # doctest: +SKIP
 >>> model.predict_file("chest.jpeg").label  # doctest: +SKIP
 'PNEUMONIA'
@@ -36,6 +37,8 @@ from pneumocnn.runtime.prediction import Prediction, classify
 if TYPE_CHECKING:
     import keras
 from pneumocnn.core.locations import default_model
+from pneumocnn.core.run_folder import MODEL_FILE, THRESHOLD_FILE, resolve_source
+from pneumocnn.data.images import read_grayscale
 
 MODEL_SUFFIXES = (".tflite", ".keras")
 
@@ -110,7 +113,8 @@ class KerasModel:
             MetadataError: if an exported model's metadata is missing or does not match.
             ValueError: if a run folder has no threshold yet (nothing is written to it).
         """
-        from pneumocnn.core.run_folder import THRESHOLD_FILE, resolve_source
+        # Keras is imported only for a Keras model: the edge install (no TensorFlow) runs
+        # `.tflite` files through this module too.
         from pneumocnn.network.model import load_model
 
         source = resolve_source(path)
@@ -159,7 +163,6 @@ class KerasModel:
     def predict_file(self, path: str | Path, threshold: float | None = None) -> Prediction:
         """Loads an image file, checks it with the input guard, and classifies it (see
         `LiteModel.predict_file`)."""
-        from pneumocnn.data.images import read_grayscale
 
         return classify(self, read_grayscale(path), path, threshold)
 
@@ -204,7 +207,7 @@ def predict_probabilities(model_path: str | Path, images: np.ndarray) -> np.ndar
     model_path = check_model_path(model_path)
     if model_path.suffix == ".tflite":
         return LiteModel(model_path).predict_proba(images)
-    from pneumocnn.network.model import load_model
+    from pneumocnn.network.model import load_model  # Keras only for a Keras model (see above)
 
     return keras_probabilities(load_model(model_path), images)
 
@@ -219,7 +222,6 @@ def keras_beside(path: str | Path) -> Path:
         FileNotFoundError: if the `.keras` is not beside a `.tflite`.
         MetadataError: if the `.tflite`'s metadata is missing.
     """
-    from pneumocnn.core.run_folder import MODEL_FILE
 
     path = check_model_path(path)
     if path.is_dir():

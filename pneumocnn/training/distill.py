@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pneumocnn.core.config import Config
+from pneumocnn.network.model import load_model
 
 
 def load_teachers(config: Config, num_classes: int) -> list:
@@ -17,7 +18,6 @@ def load_teachers(config: Config, num_classes: int) -> list:
         FileNotFoundError: if a teacher file does not exist.
         ValueError: if a teacher's input size or outputs do not match the run's.
     """
-    from pneumocnn.network.model import load_model
 
     teachers = []
     for path in [part.strip() for part in config.distill_from.split(",") if part.strip()]:

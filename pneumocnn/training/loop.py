@@ -19,8 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
 from pneumocnn.core.config import Config
-from pneumocnn.core.errors import UsageError
+from pneumocnn.core.errors import DataError, UsageError
 from pneumocnn.core.files import atomic_path, write_text_atomic
 
 # The artefacts of a run folder, by role.
@@ -33,6 +38,40 @@ from pneumocnn.core.run_folder import (
     SUMMARY_FILE,
     tf_config_task,
     worker_dir,
+)
+from pneumocnn.core.task import pneumonia_labels
+from pneumocnn.data.folders import (
+    find_dataset,
+    label_for_task,
+    resolve_data_dir,
+    task_class_names,
+)
+from pneumocnn.data.pipeline import make_datasets
+from pneumocnn.data.split import load_split, prepare_split
+from pneumocnn.network.model import (
+    build_model,
+    fitting_model,
+    load_model,
+    training_classes_of,
+    with_pneumonia_head,
+)
+from pneumocnn.training.callbacks import (
+    BestModelCheckpoint,
+    EpochBackup,
+    EpochTimer,
+    HistoryLogger,
+    fast_forward,
+    read_backup,
+    restore_backup,
+)
+from pneumocnn.training.compile import compile_model
+from pneumocnn.training.distill import load_teachers
+from pneumocnn.training.distribute import (
+    MultiWorkerBackupAndRestore,
+    is_multi_worker,
+    make_strategy,
+    shard_by_data,
+    weights_digest,
 )
 
 # TensorFlow, Keras and the data pipeline are imported inside the functions that use them, so
@@ -82,15 +121,6 @@ def make_callbacks(
         strategy: the `tf.distribute` strategy; with several workers, the backup is a
             `pneumocnn.training.distribute.MultiWorkerBackupAndRestore`. Defaults to `None`.
     """
-    import keras
-
-    from pneumocnn.training.callbacks import (
-        BestModelCheckpoint,
-        EpochBackup,
-        EpochTimer,
-        HistoryLogger,
-    )
-    from pneumocnn.training.distribute import MultiWorkerBackupAndRestore, is_multi_worker
 
     # With weight averaging, validation, the checkpoint and early stopping see the averaged
     # weights: SwapEMAWeights swaps them in at each epoch's end, so it must come before them.
@@ -193,7 +223,6 @@ def read_history(run_dir: Path) -> pd.DataFrame:
 
     An absent or empty file (training stopped before any epoch ended) gives an empty table.
     """
-    import pandas as pd
 
     path = run_dir / HISTORY_FILE
     if not path.exists() or path.stat().st_size == 0:
@@ -214,7 +243,6 @@ def summarise(
     wall_seconds: float,
 ) -> dict[str, Any]:
     """Builds `summary.json`: the best epoch's validation metrics and the cost of the run."""
-    import numpy as np
 
     best = int(np.argmax(history[SELECTION_METRIC].to_numpy()))
     epoch_seconds = history["epoch_seconds"].dropna().to_numpy()
@@ -267,10 +295,6 @@ def train(
             resuming, a finished run).
         TrainingDivergedError: if the loss became NaN or infinite.
     """
-    import keras
-    import numpy as np
-    import pandas as pd
-    import tensorflow as tf
 
     start = time.perf_counter()
     if config.strategy == "multiworker" and not config.output_dir:
@@ -281,33 +305,8 @@ def train(
         )
     # First, before TensorFlow runs any op: a multi-worker strategy configures the collective
     # ops at startup and cannot be made later in the process.
-    from pneumocnn.training.distribute import (
-        is_multi_worker,
-        make_strategy,
-        shard_by_data,
-        weights_digest,
-    )
 
     strategy = make_strategy(config.strategy)
-
-    from pneumocnn.core.errors import DataError
-    from pneumocnn.data.folders import (
-        find_dataset,
-        label_for_task,
-        resolve_data_dir,
-        task_class_names,
-    )
-    from pneumocnn.data.pipeline import make_datasets
-    from pneumocnn.data.split import load_split, prepare_split
-    from pneumocnn.network.model import (
-        build_model,
-        fitting_model,
-        training_classes_of,
-        with_pneumonia_head,
-    )
-    from pneumocnn.training.callbacks import fast_forward, read_backup, restore_backup
-    from pneumocnn.training.compile import compile_model
-    from pneumocnn.training.distill import load_teachers
 
     # Fail on bad data or a taken folder before any long work.
     data_dir = resolve_data_dir(config.data_dir)
@@ -412,9 +411,6 @@ def train(
             )
         )
     if config.binary_from_subtypes and (own_dir / MODEL_FILE).exists():
-        from pneumocnn.core.task import pneumonia_labels
-        from pneumocnn.network.model import load_model
-
         # The checkpoint is the three-class model; the run's model is its binary form.
         best = with_pneumonia_head(load_model(own_dir / MODEL_FILE), config)
         with atomic_path(own_dir / MODEL_FILE) as temporary:
