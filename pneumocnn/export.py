@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from pneumocnn import cli
 from pneumocnn.core.errors import EXIT_OK, UsageError
+from pneumocnn.core.run_folder import CALIBRATION_IMAGES, export_dir
 
 # The edge stage needs TensorFlow: imported in `_command`, so `--help` comes at once.
 
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--calibration-images",
         type=int,
-        default=300,
-        help="Training images used to calibrate int8 ranges (default: 300).",
+        default=CALIBRATION_IMAGES,
+        help=f"Training images used to calibrate int8 ranges (default: {CALIBRATION_IMAGES}).",
     )
     parser.add_argument(
         "--target-sensitivity",
@@ -64,12 +64,11 @@ def _command(args: argparse.Namespace) -> int:
         raise UsageError(
             "--calibration-images must be at least 1. "
             f"Received: calibration_images={args.calibration_images}. Pass a positive count "
-            "(default 300)."
+            f"(default {CALIBRATION_IMAGES})."
         )
-    from pneumocnn.core.run_folder import EXPORT_DIR
     from pneumocnn.edge.export import export, recalibration_advice
 
-    output_dir = Path(args.output_dir) if args.output_dir else Path(args.run_dir) / EXPORT_DIR
+    output_dir = export_dir(args.run_dir, args.output_dir)
     metadata = export(
         args.run_dir,
         output_dir,

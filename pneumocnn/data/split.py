@@ -218,3 +218,39 @@ def load_split(split: pd.DataFrame, subset: str, image_size: int, root: str | Pa
     images, kept, skipped = load_images(paths, image_size)
     labels = rows["label"].to_numpy()[kept].astype(np.int32)
     return LoadedSplit(images, labels, [paths[i] for i in kept], skipped)
+
+
+def training_samples(
+    split: pd.DataFrame, root: str | Path, image_size: int, counts: dict[str, int], seed: int
+) -> dict[str, np.ndarray]:
+    """Seeded, class-stratified samples of the training subset, every film decoded once.
+
+    Each sample takes an equal share of its count per class (`limit_per_class` with the same
+    seed), so samples of different sizes overlap, and the union of their films is decoded once.
+
+    Args:
+        split: from `prepare_split` (or a run's `split.csv`).
+        root: the data folder the paths are relative to.
+        image_size: side of the square images.
+        counts: how many films each named sample holds, e.g. `{"calibration": 300}`.
+        seed: seeds the samples.
+
+    Returns:
+        The decoded films of each sample, by name, in the order `limit_per_class` keeps them
+        (unreadable films left out).
+    """
+    train = split[split["subset"] == "train"]
+    classes = max(1, train["label"].nunique())
+    samples = {
+        name: limit_per_class(train, max(1, count // classes), seed)
+        for name, count in counts.items()
+    }
+    union = pd.concat(samples.values()).drop_duplicates("path")
+    loaded = load_split(union, "train", image_size, root)
+    where = {path: index for index, path in enumerate(loaded.paths)}
+    return {
+        name: loaded.images[
+            [where[key] for key in (str(Path(root) / p) for p in sample["path"]) if key in where]
+        ]
+        for name, sample in samples.items()
+    }

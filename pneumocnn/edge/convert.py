@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
-from pneumocnn.data.split import limit_per_class, load_split
+from pneumocnn.data.split import training_samples
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,9 +53,8 @@ def representative_images(
     per class of the split, so three classes of a subtype run share `count` too) for
     calibration."""
 
-    train = split[split["subset"] == "train"]
-    sample = limit_per_class(train, max(1, count // train["label"].nunique()), seed)
-    return pin_input_range(load_split(sample, "train", image_size, root).images)
+    films = training_samples(split, root, image_size, {"calibration": count}, seed)
+    return pin_input_range(films["calibration"])
 
 
 def pin_input_range(images: np.ndarray) -> np.ndarray:

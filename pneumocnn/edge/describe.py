@@ -23,9 +23,9 @@ from pneumocnn.core.task import PNEUMONIA
 from pneumocnn.edge.convert import BATCH_SIZE
 from pneumocnn.edge.embedded import WARNING
 from pneumocnn.edge.family import MODEL_ROLES
-from pneumocnn.edge.prepare import guard_calibration
 from pneumocnn.evaluation.metrics import compute_metrics, headline
 from pneumocnn.evaluation.stability import pixel_noise_sensitivity
+from pneumocnn.runtime import guard
 from pneumocnn.runtime.lite import LiteModel
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def _threshold_record(run_dir: Path) -> dict[str, Any]:
 
 def describe(
     prepared: Prepared,
-    scratch: Path,
+    models: dict[str, LiteModel],
     files: dict[str, str],
     metadata: dict[str, Any],
     parity: dict[str, Any],
@@ -111,14 +111,13 @@ def describe(
     config."""
 
     config, source, val = prepared.config, prepared.source, prepared.val
-    lite = {role: LiteModel(scratch / files[role]) for role in ("int8", "fp16", "rgb_int8")}
     summary = prepared.summary
     tensors = {
         files[role]: {
             "input": tensor_description(model.input),
             "output": tensor_description(model.output),
         }
-        for role, model in lite.items()
+        for role, model in models.items()
     }
     tensors[files["keras"]] = {
         "input": {"dtype": "float32", "shape": [-1, config.image_size, config.image_size, 1]},
@@ -156,12 +155,12 @@ def describe(
         },
         "parity": parity,
         "stability": {
-            **pixel_noise_sensitivity(lite["int8"].predict_proba, val.images),
+            **pixel_noise_sensitivity(models["int8"].predict_proba, val.images),
             "films_used": "validation",
             "what": "change of the int8 model's P(pneumonia) when every pixel moves by -1, 0 "
             "or +1 grey level (another JPEG decoder or resizer does about that)",
         },
-        "guard": guard_calibration(prepared.split, prepared.root, config, val.images).to_dict(),
+        "guard": guard.fit(prepared.guard_films, val.images).to_dict(),
         "warning": WARNING,
         "edge": {
             "batch_size": BATCH_SIZE,

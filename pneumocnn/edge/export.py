@@ -9,10 +9,11 @@ at the threshold), `pneumocnn.keras`, `pneumocnn_labels.txt`, the model card `MO
 `--task subtype` run's files are named `pneumocnn_subtype*` instead. Every `.tflite` has a fixed
 batch of 1 and embedded TFLite metadata (see `pneumocnn.edge.embedded`).
 
-`export` is a list of named steps: `prepare` (the run, its validation split, the float model and
-the threshold), `convert_family` (int8, float16, RGB int8, `.keras`, labels), `check_int8`
-(parity), `check_rgb` (the RGB variant's parity), `describe` (the metadata) and `write_family`
-(rename into place). Nothing is written unless every check passes.
+`export` is a list of named steps: `prepare` (the run, its validation split, the float model,
+the threshold and the training films), `convert_family` (int8, float16, RGB int8, `.keras`,
+labels), `open_family` (the new files, opened once), `check_int8` (parity), `check_rgb` (the RGB
+variant's parity), `describe` (the metadata) and `write_family` (rename into place). Nothing is
+written unless every check passes.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ if TYPE_CHECKING:
 from typing import TYPE_CHECKING
 
 from pneumocnn.core.metadata import DEFAULT_NAMES, model_files, write_json_atomically
-from pneumocnn.core.run_folder import EXPORT_DIR
+from pneumocnn.core.run_folder import CALIBRATION_IMAGES, export_dir
 from pneumocnn.edge.card import card_file
-from pneumocnn.edge.convert import convert, fixed_batch_saved_model, representative_images
+from pneumocnn.edge.convert import convert, fixed_batch_saved_model
 from pneumocnn.edge.describe import describe, file_metadata
 from pneumocnn.edge.embedded import embed_pneumocnn_metadata
 from pneumocnn.edge.equalize import equalize_activations
@@ -49,29 +50,20 @@ logger = logging.getLogger(__name__)
 
 
 def convert_family(
-    prepared: Prepared,
-    scratch: Path,
-    files: dict[str, str],
-    calibration_images: int,
-    name: str,
-    equalize: bool = True,
+    prepared: Prepared, scratch: Path, files: dict[str, str], name: str, equalize: bool = True
 ) -> dict[str, Any] | None:
     """Step 2: writes the int8, float16 and RGB int8 `.tflite` (a batch of 1, TFLite metadata
-    embedded; see `pneumocnn.edge`), the `.keras` and the labels into `scratch`.
+    embedded; see `pneumocnn.edge.embedded`), the `.keras` and the labels into `scratch`.
 
     With `equalize`, the `.tflite` files are converted from the activation-equalized form of
-    the model (`pneumocnn.edge.equalize`: the same float function, its channels stretched to share
-    int8's range), which rounds less in int8; the `.keras` is the trained model as it is.
+    the model (`pneumocnn.edge.equalize`: the same float function, its channels stretched to
+    share int8's range), which rounds less in int8; the `.keras` is the trained model as it is.
 
     Returns:
         The equalization's metadata record, or `None` without `equalize` (or when no layer
         could be equalized: a model that is not a chain of layers, such as an ensemble).
     """
-
-    config = prepared.config
-    calibration = representative_images(
-        prepared.split, prepared.root, config.image_size, calibration_images, config.seed
-    )
+    config, calibration = prepared.config, prepared.calibration
     model, record = prepared.keras_model, None
     if equalize:
         equalized = equalize_activations(model, calibration)
@@ -99,7 +91,7 @@ def convert_family(
     fp16 = convert(saved_model, None)
     (scratch / files["fp16"]).write_bytes(embed_pneumocnn_metadata(fp16, card, channels=1))
     logger.info("Converting the RGB variant to int8")
-    rgb = rgb_variant(model, prepared.threshold, calibration, convert, scratch)
+    rgb = rgb_variant(model, prepared.threshold, calibration, scratch)
     (scratch / files["rgb_int8"]).write_bytes(embed_pneumocnn_metadata(rgb, card, channels=3))
     # Saved uncompiled: loading it needs plain Keras only, not pneumocnn's training metrics.
     prepared.keras_model.save(scratch / files["keras"])
@@ -107,11 +99,17 @@ def convert_family(
     return record
 
 
+def open_family(scratch: Path, files: dict[str, str]) -> dict[str, LiteModel]:
+    """Step 3: opens the three new `.tflite` files once (their provisional metadata beside
+    them), for the checks and the description that follow."""
+    return {role: LiteModel(scratch / files[role]) for role in ("int8", "fp16", "rgb_int8")}
+
+
 def check_int8(
-    prepared: Prepared, scratch: Path, files: dict[str, str], require_parity: bool
+    prepared: Prepared, int8: LiteModel, require_parity: bool
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Step 4: runs the int8 model in `scratch` on the validation split and checks it against
-    the float model (see `check_parity`).
+    """Step 4: runs the new int8 model on the validation split and checks it against the float
+    model (see `pneumocnn.edge.parity.check_parity`).
 
     Returns:
         `(parity, int8_probabilities)`.
@@ -119,8 +117,7 @@ def check_int8(
     Raises:
         ParityError: if the check fails and `require_parity` is True.
     """
-
-    int8_probabilities = LiteModel(scratch / files["int8"]).predict_proba(prepared.val.images)
+    int8_probabilities = int8.predict_proba(prepared.val.images)
     parity = check_parity(
         prepared.val.labels,
         prepared.float_probabilities,
@@ -136,24 +133,17 @@ def check_int8(
 
 
 def check_rgb(
-    prepared: Prepared,
-    scratch: Path,
-    files: dict[str, str],
-    int8_probabilities: np.ndarray,
-    require_parity: bool,
+    prepared: Prepared, rgb: LiteModel, int8_probabilities: np.ndarray, require_parity: bool
 ) -> dict[str, Any]:
     """Step 5: runs the RGB variant on the validation split (as gray RGB) and checks that its
-    highest score names the int8 model's decision on every film (see `rgb_parity`).
-
-    Returns:
-        The parity figures.
+    highest score names the int8 model's decision on every film (see
+    `pneumocnn.edge.parity.rgb_parity`).
 
     Raises:
         ParityError: if the check fails and `require_parity` is True.
     """
-
     return rgb_parity(
-        LiteModel(scratch / files["rgb_int8"]),
+        rgb,
         prepared.val.images,
         int8_probabilities,
         prepared.threshold,
@@ -165,7 +155,7 @@ def check_rgb(
 def export(
     run_dir: str | Path,
     output_dir: str | Path | None = None,
-    calibration_images: int = 300,
+    calibration_images: int = CALIBRATION_IMAGES,
     target_sensitivity: float | None = None,
     require_parity: bool = True,
     name: str | None = None,
@@ -181,7 +171,8 @@ def export(
         run_dir: a finished training run.
         output_dir: where to write; pass "saved_models" to replace the shipped models. Defaults
             to `None`: the run's own `export/` folder.
-        calibration_images: training images for int8 calibration. Defaults to 300.
+        calibration_images: training images for int8 calibration. Defaults to
+            `CALIBRATION_IMAGES` (300).
         target_sensitivity: choose the threshold for this sensitivity on validation instead of
             the stored one (or Youden's J when none is stored). Defaults to `None`.
         require_parity: refuse to write when the int8 model fails the parity check. Only a
@@ -203,16 +194,16 @@ def export(
         ParityError: if the int8 model disagrees with the float model (nothing is written).
     """
 
-    prepared = prepare(run_dir, target_sensitivity)
+    prepared = prepare(run_dir, target_sensitivity, calibration_images)
     name = name or DEFAULT_NAMES[prepared.config.task]
     files = {**model_files(name), "card": card_file(name)}
-    output_dir = Path(output_dir) if output_dir else prepared.source.run_dir / EXPORT_DIR
+    output_dir = export_dir(prepared.source.run_dir, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(output_dir)
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=SCRATCH_PREFIX) as scratch:
         scratch = Path(scratch)
         (scratch / SCRATCH_OWNER).write_text(f"{os.getpid()}\n")
-        equalization = convert_family(prepared, scratch, files, calibration_images, name, equalize)
+        equalization = convert_family(prepared, scratch, files, name, equalize)
         metadata = file_metadata(prepared, scratch, files, name)
         metadata["int8_conversion"] = {
             "calibration_images": calibration_images,
@@ -220,10 +211,11 @@ def export(
         }
         # Provisional metadata, so LiteModel can verify and run the new files.
         write_json_atomically(scratch / files["metadata"], metadata)
-        parity, int8_probabilities = check_int8(prepared, scratch, files, require_parity)
-        rgb_parity = check_rgb(prepared, scratch, files, int8_probabilities, require_parity)
+        models = open_family(scratch, files)
+        parity, int8_probabilities = check_int8(prepared, models["int8"], require_parity)
+        rgb_parity = check_rgb(prepared, models["rgb_int8"], int8_probabilities, require_parity)
         metadata = describe(
-            prepared, scratch, files, metadata, parity, int8_probabilities, rgb_parity
+            prepared, models, files, metadata, parity, int8_probabilities, rgb_parity
         )
         write_family(scratch, output_dir, files, metadata)
     return metadata

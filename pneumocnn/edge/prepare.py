@@ -1,8 +1,8 @@
 """The export's first step: read a run folder once, for every later step.
 
-`prepare` loads the run's config, split, validation films, float model and its outputs, and the
-threshold; the steps after it take the `Prepared` object it returns. `guard_calibration` fits the
-input guard on a sample of the training films.
+`prepare` loads the run's config, split, validation films, float model and its outputs, the
+threshold, and the training films that calibrate the int8 ranges and fit the input guard; the
+steps after it take the `Prepared` object it returns.
 """
 
 from __future__ import annotations
@@ -15,12 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pneumocnn.core.run_folder import SPLIT_FILE, SUMMARY_FILE, resolve_source
+from pneumocnn.core.run_folder import (
+    CALIBRATION_IMAGES,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+    resolve_source,
+)
 from pneumocnn.data.folders import find_dataset, resolve_data_dir
-from pneumocnn.data.split import limit_per_class, load_split
+from pneumocnn.data.split import load_split, training_samples
+from pneumocnn.edge.convert import pin_input_range
 from pneumocnn.evaluation.scoring import ensure_threshold
 from pneumocnn.network.model import load_model
-from pneumocnn.runtime import guard
 from pneumocnn.runtime.runners import keras_probabilities
 
 if TYPE_CHECKING:
@@ -41,7 +46,7 @@ GUARD_FIT_IMAGES = 2000
 
 @dataclasses.dataclass
 class Prepared:
-    """What every export step needs from the run folder.
+    """What every export step needs from the run folder, read once.
 
     Args:
         source: the run (see `pneumocnn.core.run_folder.resolve_source`).
@@ -52,6 +57,9 @@ class Prepared:
         float_probabilities: its per-class probabilities on `val`.
         threshold: the decision threshold, chosen on validation.
         summary: the run's `summary.json`.
+        calibration: the training films that calibrate the int8 ranges (see
+            `pneumocnn.edge.convert.pin_input_range`).
+        guard_films: the training films the input guard is fitted on.
     """
 
     source: Source
@@ -62,20 +70,26 @@ class Prepared:
     float_probabilities: np.ndarray
     threshold: float
     summary: dict[str, Any]
+    calibration: np.ndarray
+    guard_films: np.ndarray
 
     @property
     def config(self) -> Config:
         return self.source.config
 
 
-def prepare(run_dir: str | Path, target_sensitivity: float | None = None) -> Prepared:
-    """Step 1: reads the run folder, loads its validation split and float model, runs it, and
-    reads (or chooses and stores) the threshold.
+def prepare(
+    run_dir: str | Path,
+    target_sensitivity: float | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+) -> Prepared:
+    """Step 1: reads the run folder, loads its validation split and float model, runs it, reads
+    (or chooses and stores) the threshold, and decodes the training films that calibrate the
+    int8 ranges and fit the input guard (two seeded samples, each film decoded once).
 
     Raises:
         ValueError: if `run_dir` is not a training run folder.
     """
-
     source = resolve_source(run_dir)
     if source.run_dir is None:
         raise ValueError(
@@ -83,36 +97,30 @@ def prepare(run_dir: str | Path, target_sensitivity: float | None = None) -> Pre
             f"Received: run_dir='{run_dir}'. Pass the folder that `python -m pneumocnn.train` "
             "wrote (runs/<timestamp>)."
         )
-    dataset = find_dataset(resolve_data_dir(source.config.data_dir))
+    config = source.config
+    dataset = find_dataset(resolve_data_dir(config.data_dir))
     split = pd.read_csv(source.run_dir / SPLIT_FILE)
-    val = load_split(split, "val", source.config.image_size, dataset.root)
+    val = load_split(split, "val", config.image_size, dataset.root)
     keras_model = load_model(source.model_path)
     float_probabilities = keras_probabilities(keras_model, val.images)
     threshold = ensure_threshold(source, target_sensitivity, (val.labels, float_probabilities))
     summary = json.loads((source.run_dir / SUMMARY_FILE).read_text())
-    return Prepared(
-        source, dataset.root, split, val, keras_model, float_probabilities, threshold, summary
+    films = training_samples(
+        split,
+        dataset.root,
+        config.image_size,
+        {"calibration": calibration_images, "guard": GUARD_FIT_IMAGES},
+        config.seed,
     )
-
-
-def guard_calibration(
-    split: pd.DataFrame,
-    root: Path,
-    config: Config,
-    val_images: np.ndarray,
-    fit_images: int = GUARD_FIT_IMAGES,
-) -> Any:
-    """Fits the input guard's out-of-distribution score (see `pneumocnn.runtime.guard.fit`) on a
-    seeded, class-stratified sample of up to `fit_images` training films, with its threshold on the
-    validation films.
-
-    Returns:
-        A `pneumocnn.runtime.guard.GuardCalibration`.
-    """
-
-    train = split[split["subset"] == "train"]
-    per_class = max(1, fit_images // max(1, train["label"].nunique()))
-    sample = limit_per_class(train, per_class, config.seed)
-    logger.info("Fitting the input guard on %d training films", len(sample))
-    images = load_split(sample, "train", config.image_size, root).images
-    return guard.fit(images, val_images)
+    return Prepared(
+        source,
+        dataset.root,
+        split,
+        val,
+        keras_model,
+        float_probabilities,
+        threshold,
+        summary,
+        pin_input_range(films["calibration"]),
+        films["guard"],
+    )

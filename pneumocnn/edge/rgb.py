@@ -18,7 +18,7 @@ from keras import ops
 from tensorflow.lite.tools import flatbuffer_utils
 
 from pneumocnn.core.task import class_probabilities, pneumonia_probability
-from pneumocnn.edge.convert import BATCH_SIZE, fixed_batch_saved_model
+from pneumocnn.edge.convert import BATCH_SIZE, convert, fixed_batch_saved_model
 from pneumocnn.edge.embedded import without_packed_files
 
 # Pillow's "L" conversion of RGB, exactly: `L = (19595 R + 38470 G + 7471 B + 32768) >> 16`.
@@ -168,7 +168,7 @@ def retarget_rgb_variant(model: bytes, threshold: float, new_threshold: float) -
     return bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
 
 
-def rgb_variant(keras_model, threshold: float, calibration: np.ndarray, convert, folder: Path):
+def rgb_variant(keras_model, threshold: float, calibration: np.ndarray, folder: Path) -> bytes:
     """Converts `rgb_classifier` to int8 with its head in float32 (float32 RGB in, raw 0-255
     pixels; float32 scores out).
 
@@ -177,15 +177,14 @@ def rgb_variant(keras_model, threshold: float, calibration: np.ndarray, convert,
     them exactly), so it is quantized as the grayscale model is and computes the same output.
     So the operating decision is the grayscale model's exactly, and no two scores tie after
     rounding. The input is float32 (raw 0-255 pixels) because the converter's selective
-    quantization (`convert(..., float_layers=...)`) keeps float32 at both ends.
+    quantization (`pneumocnn.edge.convert.convert(..., float_layers=...)`, the converter the
+    grayscale models go through) keeps float32 at both ends.
 
     Args:
         keras_model: the trained grayscale model.
         threshold: the operating threshold.
         calibration: the grayscale calibration images `(n, H, W, 1)`, raw 0-255; repeated to
             three channels.
-        convert: the converter, `convert(saved_model_folder, calibration, float_layers=())
-            -> bytes` (the one the grayscale models go through).
         folder: a scratch folder for the SavedModel.
 
     Returns:
