@@ -57,6 +57,7 @@ def find_models(folder: Path) -> dict[str, dict[str, Any]]:
     Files that are not pneumocnn metadata are ignored.
     """
     from pneumocnn.core.metadata import MetadataError, load_metadata
+    from pneumocnn.core.task import Task
 
     models = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -66,7 +67,7 @@ def find_models(folder: Path) -> dict[str, dict[str, Any]]:
             continue
     return dict(
         sorted(
-            models.items(), key=lambda item: (item[1].get("task", "binary") != "binary", item[0])
+            models.items(), key=lambda item: (Task.of_metadata(item[1]).subtype, item[0])
         )
     )
 
@@ -90,6 +91,7 @@ def render() -> None:
     import streamlit as st
 
     from pneumocnn.core.metadata import MetadataError, load_metadata, model_files
+    from pneumocnn.core.task import Task
     from pneumocnn.data.images import read_grayscale, to_model_input
     from pneumocnn.data.pixels import NOTES_KEY, ImageLoadError
     from pneumocnn.edge.card import model_card
@@ -137,8 +139,8 @@ def render() -> None:
             f"{MODEL_DIR_ENV_VAR} to a folder holding one (such as RUN_DIR/export)."
         )
         st.stop()
-    class_names = list(metadata["class_names"])
-    subtype = metadata.get("task", "binary") == "subtype"
+    task = Task.of_metadata(metadata)
+    class_names, subtype = list(task.class_names), task.subtype
     st.title(f"pneumocnn: {', '.join(class_names[:-1])} or {class_names[-1]}?")
     # In the page, not the sidebar: a phone's browser hides the sidebar.
     st.warning(NOTICE)
@@ -232,7 +234,7 @@ def render() -> None:
                 st.pyplot(probabilities_figure(result.probabilities))
             image = to_model_input(gray, classifier.image_size)
             explanation = explain_image(
-                cam, image, result.threshold, class_names, result.label, result.probabilities
+                cam, image, result.threshold, task, result.label, result.probabilities
             )
             st.pyplot(
                 overlay_figure(

@@ -34,7 +34,7 @@ def explain_files(
     model_path: str | Path,
     output_dir: str | Path,
     threshold: float | None = None,
-    class_names: list[str] | None = None,
+    task: Any = None,
     classifier: Any = None,
     calibration: Any = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -46,7 +46,8 @@ def explain_files(
         output_dir: where to write `<image>_gradcam.png` (named by
             `pneumocnn.core.files.output_names`: unique, at most 255 bytes).
         threshold: the decision threshold, shown with the verdict. Defaults to `None`.
-        class_names: index = label. Defaults to `None` (see `explain_image`).
+        task: the model's task (a `pneumocnn.core.task.Task`). Defaults to `None`: read from
+            the width of the model's head (a bare `.keras` carries nothing else).
         classifier: the runner whose label and probability are shown (e.g. the int8
             `LiteModel`), with its input guard. Defaults to `None`: the float model's own.
         calibration: the input guard's calibration when there is no `classifier` (see
@@ -60,6 +61,7 @@ def explain_files(
         NoInputsError: if `inputs` hold no image file.
     """
     from pneumocnn.core.files import atomic_path, display_name, output_names
+    from pneumocnn.core.task import Task
     from pneumocnn.data.images import read_grayscale, to_model_input
     from pneumocnn.data.pixels import ImageLoadError
     from pneumocnn.network.model import load_model
@@ -70,6 +72,7 @@ def explain_files(
     if not files and not refused:
         cli.require_inputs(inputs)  # raises NoInputsError, naming the inputs
     cam = GradCam(load_model(model_path))
+    task = task or Task.of_head(cam.num_outputs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written, failed = [], list(refused)
@@ -94,7 +97,7 @@ def explain_files(
             failed.append((shown, f"'{shown}' was refused by the input guard: {verdict.reason}"))
             logger.warning("Refused %s: %s", shown, verdict.reason)
             continue
-        result = explain_image(cam, image, threshold, class_names, label, probabilities)
+        result = explain_image(cam, image, threshold, task, label, probabilities)
         target = output_dir / name
         note = f"flagged: {verdict.reason}" if verdict.status == guard.FLAGGED else ""
         figure = overlay_figure(
@@ -133,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command(args: argparse.Namespace) -> int:
     from pneumocnn.core.metadata import load_metadata, model_name
+    from pneumocnn.core.task import Task
     from pneumocnn.runtime import guard
     from pneumocnn.runtime.runners import keras_beside, open_model
 
@@ -142,14 +146,14 @@ def _command(args: argparse.Namespace) -> int:
     classifier = open_model(args.model) if Path(args.model).suffix == ".tflite" else None
     if model_path != Path(args.model):
         logger.info("Grad-CAM needs the float model: using %s", model_path)
-    threshold, class_names, calibration = None, None, None
+    threshold, task, calibration = None, None, None
     metadata_path = model_path.parent / f"{model_name(model_path)}.json"
     if metadata_path.is_file():
         metadata = load_metadata(metadata_path, model_path)
-        threshold, class_names = metadata["threshold"], metadata["class_names"]
+        threshold, task = metadata["threshold"], Task.of_metadata(metadata)
         calibration = guard.calibration_of(metadata)
     written, failed = explain_files(
-        args.inputs, model_path, args.output_dir, threshold, class_names, classifier, calibration
+        args.inputs, model_path, args.output_dir, threshold, task, classifier, calibration
     )
     print(f"Wrote {len(written)} Grad-CAM overlays to {args.output_dir}")
     for name, reason in failed:

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from pneumocnn.core.config import Config
+from pneumocnn.core.task import Task
 from pneumocnn.network.model import LAST_CONV_LAYER, OUTPUT_LAYER, build_model, load_model
 from pneumocnn.runtime import gradcam
 
@@ -83,7 +84,7 @@ def test_the_evidence_never_exceeds_the_probability_the_user_is_shown(trained_ru
             cam,
             image,
             0.5,
-            ["NORMAL", "PNEUMONIA"],
+            Task.of("binary"),
             label="PNEUMONIA" if shown >= 0.5 else "NORMAL",
             probabilities={"NORMAL": 1 - shown, "PNEUMONIA": shown},
         )

@@ -21,7 +21,7 @@ def test_every_form_returns_one_probability_per_class(exported_model, images, na
     probabilities = model.predict_proba(images)
     assert probabilities.shape == (len(images), len(model.class_names)) == (6, 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
-    assert model.task == "binary" and 0 < model.threshold < 1
+    assert model.task.name == "binary" and 0 < model.threshold < 1
 
 
 def test_a_run_folder_and_its_export_give_the_same_float_probabilities(

@@ -11,7 +11,7 @@ from pneumocnn import explain, predict
 from pneumocnn.core.config import Config
 from pneumocnn.core.errors import DataError
 from pneumocnn.core.metadata import SUBTYPE_FILES, find_metadata, load_metadata
-from pneumocnn.core.task import decide
+from pneumocnn.core.task import Task, decide
 from pneumocnn.data.folders import find_dataset, label_for_task, list_images, subtype_of
 from pneumocnn.data.images import load_image
 from pneumocnn.data.pipeline import class_weights, make_datasets
@@ -204,7 +204,7 @@ def test_lite_and_keras_classifiers_give_three_probabilities(subtype_model, subt
     keras_model = open_model(subtype_model / SUBTYPE_FILES["keras"])
     int8, float_ = lite.predict_proba(val.images), keras_model.predict_proba(val.images)
     assert int8.shape == float_.shape == (len(val.labels), 3)
-    assert lite.task == keras_model.task == "subtype"
+    assert lite.task == keras_model.task and lite.task.name == "subtype"
     # A stated tolerance, several times the error measured on the toy model (0.011).
     tolerance = 0.05
     np.testing.assert_allclose(int8, float_, atol=tolerance)
@@ -250,7 +250,7 @@ def test_grad_cam_explains_the_decided_subtype(subtype_model, subtype_run, tmp_p
     metadata = load_metadata(subtype_model / SUBTYPE_FILES["metadata"])
     cam = gradcam.GradCam(load_model(subtype_model / SUBTYPE_FILES["keras"]))
     result = gradcam.explain_image(
-        cam, load_image(image, 32), metadata["threshold"], metadata["class_names"]
+        cam, load_image(image, 32), metadata["threshold"], Task.of_metadata(metadata)
     )
     assert result.explained == result.label and result.label in SUBTYPES
     assert (
@@ -271,5 +271,7 @@ def test_grad_cam_explains_a_decision_made_elsewhere(subtype_model, subtype_run)
     # The app shows the int8 model's label; the float model's Grad-CAM must explain that class.
     image = sorted((subtype_run.parent / "chest_xray" / "train" / "NORMAL").iterdir())[0]
     cam = gradcam.GradCam(load_model(subtype_model / SUBTYPE_FILES["keras"]))
-    result = gradcam.explain_image(cam, load_image(image, 32), 0.5, SUBTYPES, label="VIRAL")
+    result = gradcam.explain_image(
+        cam, load_image(image, 32), 0.5, Task.of("subtype"), label="VIRAL"
+    )
     assert result.explained == result.label == "VIRAL"

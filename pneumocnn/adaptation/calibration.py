@@ -20,21 +20,30 @@ from pneumocnn.data.split import load_evaluation_images
 from pneumocnn.edge.family import read_family
 from pneumocnn.edge.recalibrate import recalibrate
 from pneumocnn.evaluation.metrics import pneumonia_figures
-from pneumocnn.evaluation.thresholds import choose_pneumonia_threshold
+from pneumocnn.evaluation.thresholds import (
+    choose_pneumonia_threshold,
+    sensitivity_bound_threshold,
+)
 from pneumocnn.evaluation.uncertainty import uncertainty_of
 from pneumocnn.runtime.runners import predict_probabilities
 
 
 def calibrate(
-    model: str | Path, folder: str | Path, target_sensitivity: float = 0.96
+    model: str | Path,
+    folder: str | Path,
+    target_sensitivity: float = 0.96,
+    confidence: float | None = None,
 ) -> dict[str, Any]:
     """Site calibration: chooses the operating threshold on a labelled folder from the site.
 
     The threshold is the one of best specificity whose sensitivity on the folder reaches the
-    target. It is recorded, with the folder's name, its size, the achieved figures and their
-    95% patient-bootstrap intervals and the per-group breakdown, where the model's threshold
-    lives: a run folder's `threshold.json` (the export then copies it into the metadata and
-    every edge file), or an exported model's whole file family (see
+    target; or, with `confidence`, the one whose sensitivity on new films of the site reaches
+    the target with that confidence (the Neyman-Pearson order statistic of
+    `pneumocnn.evaluation.thresholds.sensitivity_bound_threshold`: the model never learnt from
+    the folder's films, so they stand for new ones). It is recorded, with the folder's name, its
+    size, the achieved figures and their 95% patient-bootstrap intervals and the per-group
+    breakdown, where the model's threshold lives: a run folder's `threshold.json` (the export then
+    copies it into the metadata and every edge file), or an exported model's whole file family (see
     `pneumocnn.edge.recalibrate.recalibrate`): its RGB variant gets the threshold in its scores (one
     constant of its float head; its int8 network is untouched) and is checked against the int8
     model on the folder's films, the TFLite metadata embedded in each `.tflite` names the new
@@ -47,6 +56,8 @@ def calibrate(
             PNEUMONIA/; for a subtype model the pneumonia films' names carry the subtype).
         target_sensitivity: the sensitivity the threshold must reach on the folder. Defaults
             to 0.96.
+        confidence: how sure the sensitivity must be to hold on new films, in (0, 1).
+            Defaults to `None`: the plain point estimate on the folder.
 
     Returns:
         The calibration record (also written, see above).
@@ -84,7 +95,13 @@ def calibrate(
             f"{source.class_names}. Received: calibrate_on='{folder}'."
         )
     probabilities = predict_probabilities(source.model_path, images)
-    threshold = choose_pneumonia_threshold(labels, probabilities, target_sensitivity)
+    point = choose_pneumonia_threshold(labels, probabilities, target_sensitivity)
+    bound = (
+        sensitivity_bound_threshold(labels, probabilities, target_sensitivity, confidence)
+        if confidence
+        else None
+    )
+    threshold = bound["threshold"] if bound else point
     spread = uncertainty_of(labels, probabilities, threshold, paths)
     record = {
         "folder": Path(root).name,
@@ -94,7 +111,10 @@ def calibrate(
         "unreadable_files": len(skipped),
         "model": source.model_path.name,
         "target_sensitivity": float(target_sensitivity),
+        "confidence": confidence,
         "threshold": threshold,
+        "bound": bound,
+        "point_estimate": {"threshold": point, **pneumonia_figures(labels, probabilities, point)},
         "achieved": pneumonia_figures(labels, probabilities, threshold),
         "intervals": spread["intervals"],
         "groups": spread["groups"],
@@ -102,7 +122,12 @@ def calibrate(
         "optimistic for it; films from elsewhere may score lower",
         "date": datetime.date.today().isoformat(),
     }
-    rule = f"target_sensitivity={target_sensitivity} on {record['folder']}"
+    rule = (
+        f"sensitivity >= {target_sensitivity} on new films of {record['folder']} with "
+        f"confidence {confidence}"
+        if bound
+        else f"target_sensitivity={target_sensitivity} on {record['folder']}"
+    )
     if source.run_dir is not None:
         write_threshold(
             source.run_dir,
@@ -127,11 +152,19 @@ def calibrate(
 def format_calibration(record: dict[str, Any]) -> str:
     """A readable summary of a calibration record."""
     achieved, intervals = record["achieved"], record["intervals"]
-    lines = [
-        f"Threshold {record['threshold']:.4f}: the best specificity reaching sensitivity "
-        f"{record['target_sensitivity']} on {record['folder']} ({record['films']} films "
-        f"{record['films_per_class']}, {record['patients']} patients)"
-    ]
+    films = (
+        f"{record['folder']} ({record['films']} films {record['films_per_class']}, "
+        f"{record['patients']} patients)"
+    )
+    rule = (
+        f"sensitivity >= {record['target_sensitivity']} on new films of the site with "
+        f"confidence {record['confidence']}, from the {record['bound']['rank']}-th lowest of "
+        f"{record['bound']['positives']} pneumonia scores of {films}"
+        if record.get("bound")
+        else f"the best specificity reaching sensitivity {record['target_sensitivity']} on "
+        f"{films}"
+    )
+    lines = [f"Threshold {record['threshold']:.4f}: {rule}"]
     for key in ("sensitivity", "specificity", "accuracy", "roc_auc"):
         low, high = intervals[key]
         lines.append(f"  {key:<12} {achieved[key]:.4f}  [95% {low:.4f}-{high:.4f}]")
@@ -143,4 +176,10 @@ def format_calibration(record: dict[str, Any]) -> str:
         )
     )
     lines.append(f"  ({record['note']})")
+    if record.get("bound"):
+        point = record["point_estimate"]
+        lines.append(
+            f"  The point estimate would be {point['threshold']:.4f} (specificity "
+            f"{point['specificity']:.4f} on these films, no guarantee on new ones)."
+        )
     return "\n".join(lines)

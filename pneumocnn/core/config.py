@@ -12,10 +12,10 @@ import dataclasses
 from typing import Any, Literal
 
 from pneumocnn.core.settings import Settings, setting
+from pneumocnn.core.task import TASKS
 
 BALANCE_CHOICES = ("none", "class_weight", "oversample")
 STRATEGY_CHOICES = ("default", "mirrored", "multiworker")
-TASK_CHOICES = ("binary", "subtype")
 NORMALIZATION_CHOICES = ("none", "per_image")
 AVERAGING_CHOICES = ("none", "ema")
 SCHEDULE_CHOICES = ("plateau", "cosine", "restarts")
@@ -37,7 +37,7 @@ class Config(Settings):
     """
 
     # Task and data.
-    task: Literal["binary", "subtype"] = setting(
+    task: Literal[TASKS] = setting(
         "binary",
         "binary: NORMAL vs PNEUMONIA (sigmoid). subtype: NORMAL vs BACTERIAL vs VIRAL (softmax), "
         "the pneumonia subtype read from the file names (person<ID>_bacteria_/_virus_).",
@@ -191,7 +191,7 @@ class Config(Settings):
             (0 < self.val_fraction < 1, "val_fraction", "a number between 0 and 1"),
             (self.limit_per_class >= 0, "limit_per_class", "0 (all images) or a positive integer"),
             (self.balance in BALANCE_CHOICES, "balance", f"one of {BALANCE_CHOICES}"),
-            (self.task in TASK_CHOICES, "task", f"one of {TASK_CHOICES}"),
+            (self.task in TASKS, "task", f"one of {TASKS}"),
             (self.strategy in STRATEGY_CHOICES, "strategy", f"one of {STRATEGY_CHOICES}"),
             (self.augment_strength >= 0, "augment_strength", "a number of at least 0"),
             (self.intensity_strength >= 0, "intensity_strength", "a number of at least 0"),

@@ -4,7 +4,7 @@ model.
 It is the contract between the exporter and every consumer (predict, LiteRT on a device, the
 app): task, image size, channels, class names, threshold, tensor types, preprocessing, and the
 SHA-256 of each model file. Needs only the standard library and numpy, so the edge install can
-read it. `decide` (from `pneumocnn.core.task`) is the decision rule they share.
+read it. `pneumocnn.core.task.Task.of_metadata` reads its task, the rule they all share.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumocnn.core.files import write_text_atomic
-from pneumocnn.core.task import PNEUMONIA, TASKS, decide
-
-__all__ = ["decide"]  # re-exported: the decision rule every consumer of the metadata shares
+from pneumocnn.core.task import Task
 
 FORMAT_VERSION = 1
 # Every exported model is a family of files named after it: <name>_int8.tflite,
@@ -155,13 +153,14 @@ def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dic
             f"Metadata file '{path}' needs at least two class names. "
             f"Received: class_names={names!r}."
         )
-    task = metadata.get("task", "binary")
-    if task not in TASKS or (task == "subtype" and len(names) != 3):
+    try:
+        Task.of_metadata(metadata)
+    except ValueError as error:
         raise MetadataError(
             f"Metadata file '{path}' has a task pneumocnn does not know. Received: "
-            f"task={task!r}, class_names={names!r}; expected 'binary', or 'subtype' with three "
-            "classes (NORMAL first)."
-        )
+            f"task={metadata.get('task')!r}, class_names={names!r}; expected 'binary' with two "
+            "classes, or 'subtype' with three (NORMAL first)."
+        ) from error
     if metadata["image_size"] < 8 or metadata["channels"] != 1:
         raise MetadataError(
             f"Metadata file '{path}' describes an input pneumocnn cannot feed. Received: "
@@ -200,12 +199,8 @@ def _check_agreement(metadata: dict[str, Any], path: Path) -> None:
     """The fields that say the same thing twice must agree: `config` against the top-level
     image size and task, `positive_class` and the labels file against `class_names`."""
 
-    names, task, config = (
-        metadata["class_names"],
-        metadata.get("task", "binary"),
-        metadata["config"],
-    )
-    for key, value in (("image_size", metadata["image_size"]), ("task", task)):
+    names, task, config = metadata["class_names"], Task.of_metadata(metadata), metadata["config"]
+    for key, value in (("image_size", metadata["image_size"]), ("task", task.name)):
         if key in config and config[key] != value:
             raise _disagree(
                 path,
@@ -214,11 +209,10 @@ def _check_agreement(metadata: dict[str, Any], path: Path) -> None:
                 f"{key}={value!r}",
             )
     if "positive_class" in metadata:
-        expected = PNEUMONIA if task == "subtype" else names[1]
-        if metadata["positive_class"] != expected:
+        if metadata["positive_class"] != task.positive_class:
             raise _disagree(
                 path,
-                f"positive_class is not {'PNEUMONIA' if task == 'subtype' else 'class_names[1]'}",
+                f"positive_class is not {'PNEUMONIA' if task.subtype else 'class_names[1]'}",
                 f"positive_class={metadata['positive_class']!r}",
                 f"class_names={names!r}",
             )
@@ -240,7 +234,7 @@ def _check_agreement(metadata: dict[str, Any], path: Path) -> None:
 def check_model_io(
     model: str | Path,
     image_size: int,
-    class_names: list[str],
+    task: Task,
     input_shape: tuple,
     output_units: int,
 ) -> None:
@@ -249,30 +243,29 @@ def check_model_io(
     Args:
         model: the model file, named in the error.
         image_size: the side the images are resized to.
-        class_names: index = label.
+        task: the model's task (see `pneumocnn.core.task.Task`).
         input_shape: the model's input shape, `(batch, height, width, channels)`.
         output_units: the size of one output (1 for a binary model's sigmoid, else one per class).
 
     Raises:
-        MetadataError: if the input is not `image_size` square, or the output does not have one
-            unit per class (one or two for two classes).
+        MetadataError: if the input is not `image_size` square, or the output is not one the
+            task's files have (`Task.output_units`).
     """
     side = tuple(input_shape[1:3])
-    # One channel; three for the RGB variant of an export (see `pneumocnn.edge`).
+    # One channel; three for the RGB variant of an export (see `pneumocnn.edge.rgb`).
     if side != (image_size, image_size) or input_shape[-1] not in (1, 3):
         raise MetadataError(
             f"Model '{model}' takes inputs of shape {tuple(input_shape)}, but its metadata says "
             f"image_size={image_size}. Received: input_shape={tuple(input_shape)}, "
             f"image_size={image_size}. Re-export the model so they agree."
         )
-    # A binary model has one sigmoid unit (its RGB variant, one score per class).
-    allowed = {1, 2} if len(class_names) == 2 else {len(class_names)}
+    allowed = task.output_units
     if output_units not in allowed:
         raise MetadataError(
             f"Model '{model}' has {output_units} output unit(s), but its metadata names "
-            f"{len(class_names)} classes, which need {' or '.join(map(str, sorted(allowed)))}. "
-            f"Received: output_units={output_units}, class_names={class_names!r}. Use the "
-            "metadata exported with this model."
+            f"{len(task.class_names)} classes, which need "
+            f"{' or '.join(map(str, sorted(allowed)))}. Received: output_units={output_units}, "
+            f"class_names={list(task.class_names)!r}. Use the metadata exported with this model."
         )
 
 

@@ -9,6 +9,7 @@ numpy, so the edge install can use it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -70,12 +71,6 @@ def pneumonia_labels(labels) -> np.ndarray:
     return (np.asarray(labels) > 0).astype(int)
 
 
-def binary_class_names(class_names: Sequence[str]) -> list[str]:
-    """The class names of the pneumonia-vs-NORMAL view: a binary model's own, else
-    `[NORMAL, PNEUMONIA]`."""
-    return list(class_names) if len(class_names) == 2 else [class_names[0], PNEUMONIA]
-
-
 def decide(probabilities, threshold: float, class_names: Sequence[str]) -> list[str]:
     """The label of each prediction, by the rule every consumer shares.
 
@@ -106,3 +101,133 @@ def decide(probabilities, threshold: float, class_names: Sequence[str]) -> list[
     pneumonia = pneumonia_probability(rows) >= threshold
     indices = np.where(pneumonia, 1 + np.argmax(rows[:, 1:], axis=1), 0)
     return [class_names[index] for index in indices]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """The task a model does, and every answer that depends on it.
+
+    Built from what a model says of itself: its metadata (`of_metadata`), its run's config
+    (`of`, with the data folder's class names for a binary model), or, for figures computed
+    from class names alone, `of_classes`. No other module reads the task from the number of
+    outputs or class names.
+
+    Args:
+        name: "binary" or "subtype".
+        class_names: index = label, NORMAL first.
+
+    Example:
+
+    >>> task = Task.of("subtype")
+    >>> task.class_names, task.positive_class, task.head_units
+    (('NORMAL', 'BACTERIAL', 'VIRAL'), 'PNEUMONIA', 3)
+    >>> Task.of("binary").decide([[0.3, 0.7]], 0.5)
+    ['PNEUMONIA']
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        expected = 3 if self.name == "subtype" else 2
+        if self.name not in TASKS or len(self.class_names) != expected:
+            raise ValueError(
+                f"A task is 'binary' with two classes or 'subtype' with three, NORMAL first. "
+                f"Received: task={self.name!r}, class_names={list(self.class_names)!r}."
+            )
+
+    @classmethod
+    def of(cls, name: str, class_names: Sequence[str] | None = None) -> Task:
+        """The task `name`, with `class_names` (default: the task's own, NORMAL first)."""
+        default = SUBTYPE_CLASS_NAMES if name == "subtype" else BINARY_CLASS_NAMES
+        return cls(name, tuple(class_names or default))
+
+    @classmethod
+    def of_metadata(cls, metadata: dict) -> Task:
+        """The task of an exported model, from its metadata (`task`, "binary" when a file from
+        before the subtype task has none, and `class_names`)."""
+        return cls.of(metadata.get("task", "binary"), metadata["class_names"])
+
+    @classmethod
+    def of_folders(cls, name: str, folder_names: Sequence[str]) -> Task:
+        """The task trained from class folders: a binary model's classes are the folders'; a
+        subtype model's are NORMAL / BACTERIAL / VIRAL, read from the names of the films in
+        `NORMAL/` and `PNEUMONIA/`."""
+        return cls.of(name, None if name == "subtype" else folder_names)
+
+    @classmethod
+    def of_head(cls, units: int) -> Task:
+        """The task of a bare `.keras` file that comes with neither metadata nor a run folder:
+        one sigmoid unit is the binary task, three softmax units the subtype task."""
+        return cls.of("binary" if units == 1 else "subtype")
+
+    @classmethod
+    def of_classes(cls, class_names: Sequence[str]) -> Task:
+        """The task whose classes these are: three (NORMAL first) is the subtype task."""
+        return cls.of("subtype" if len(class_names) == 3 else "binary", class_names)
+
+    @property
+    def subtype(self) -> bool:
+        """Whether the model tells the pneumonia subtypes apart."""
+        return self.name == "subtype"
+
+    @property
+    def folder_names(self) -> tuple[str, ...]:
+        """The class folders its labelled films sit in: its classes for a binary model;
+        `NORMAL/` and `PNEUMONIA/` for a subtype model (see `of_folders`)."""
+        return BINARY_CLASS_NAMES if self.subtype else self.class_names
+
+    @property
+    def head_units(self) -> int:
+        """The network's output units: one sigmoid unit for binary, one softmax unit a class."""
+        return len(self.class_names) if self.subtype else 1
+
+    @property
+    def output_units(self) -> frozenset[int]:
+        """The output widths a model file of this task may have: a binary model's own one unit,
+        or its RGB variant's score per class; a subtype model's one per class."""
+        return frozenset({len(self.class_names)} if self.subtype else {1, 2})
+
+    @property
+    def positive_class(self) -> str:
+        """The class a pneumonia call names in the pneumonia-vs-NORMAL view."""
+        return PNEUMONIA if self.subtype else self.class_names[1]
+
+    @property
+    def pneumonia_view(self) -> list[str]:
+        """The two class names of the pneumonia-vs-NORMAL view: a binary model's own, else
+        `[NORMAL, PNEUMONIA]`."""
+        return [self.class_names[0], self.positive_class]
+
+    @property
+    def output_contract(self) -> str:
+        """What a model file's output means, in words (the metadata's `output`)."""
+        if self.subtype:
+            return (
+                "Softmax over class_names (NORMAL first). P(pneumonia) = 1 - P(NORMAL); "
+                "decision: pneumonia when P(pneumonia) >= threshold, then the likelier of the "
+                "other classes; else NORMAL."
+            )
+        return "P(positive_class): a probability in [0, 1]; positive when >= threshold."
+
+    def probabilities(self, outputs) -> np.ndarray:
+        """A model's raw outputs as one probability per class (see `class_probabilities`)."""
+        return class_probabilities(outputs)
+
+    def pneumonia(self, probabilities) -> np.ndarray:
+        """P(pneumonia) of per-class probabilities (see `pneumonia_probability`)."""
+        return pneumonia_probability(self.probabilities(probabilities))
+
+    def decide(self, probabilities, threshold: float) -> list[str]:
+        """The label of each prediction (see `decide`)."""
+        return decide(probabilities, threshold, self.class_names)
+
+    def explained_index(self, probabilities: Sequence[float], label: str | None) -> int:
+        """The class Grad-CAM explains for one film: a binary model's positive class, whatever
+        the call; a subtype model's decided subtype or, for a NORMAL call (or none), the
+        likelier subtype (its map then faint)."""
+        if not self.subtype:
+            return 1
+        if label is not None and label != self.class_names[0]:
+            return self.class_names.index(label)
+        return 1 + int(np.argmax(list(probabilities)[1:]))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from pneumocnn.core.errors import DataError
-from pneumocnn.core.task import BINARY_CLASS_NAMES, SUBTYPE_CLASS_NAMES
+from pneumocnn.core.task import BINARY_CLASS_NAMES, Task
 from pneumocnn.data.scan import FolderScan, scan_folder
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def film_group(path: str | Path, is_pneumonia: bool) -> str:
 def task_class_names(task: str, folder_names: tuple[str, ...]) -> tuple[str, ...]:
     """The class names a model of `task` predicts, index = label: the class folders for
     "binary", NORMAL / BACTERIAL / VIRAL for "subtype"."""
-    return SUBTYPE_CLASS_NAMES if task == "subtype" else tuple(folder_names)
+    return Task.of_folders(task, folder_names).class_names
 
 
 def label_for_task(images: pd.DataFrame, class_names: tuple[str, ...], task: str) -> pd.DataFrame:
@@ -272,7 +272,7 @@ def label_for_task(images: pd.DataFrame, class_names: tuple[str, ...], task: str
         DataError: if the folders are not NORMAL/ and PNEUMONIA/, or a PNEUMONIA file name
             carries no subtype.
     """
-    if task != "subtype":
+    if not Task.of_folders(task, class_names).subtype:
         return images
     if tuple(class_names) != BINARY_CLASS_NAMES:
         raise DataError(

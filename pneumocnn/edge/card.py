@@ -23,6 +23,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pneumocnn.core.task import Task
+
 CARD_FILE = "MODEL_CARD.md"
 # The two findings of the shift study (issue #15) that the card reports as failure modes.
 SHIFT_FINDINGS = (
@@ -144,14 +146,23 @@ def _calibration(metadata: dict[str, Any]) -> list[str]:
         "",
     ]
     record = metadata.get("calibration")
-    if record:
+    if record and record.get("model") == "out-of-fold":
+        lines += _out_of_fold(record)
+    elif record:
         achieved = {**(record.get("achieved") or {}), "intervals": record.get("intervals")}
+        if record.get("bound"):
+            lines += [_promise(record), ""]
         lines += [
             f"It was calibrated for a site on `{record.get('folder')}` "
-            f"({_number(record.get('films'))} films): the best specificity reaching sensitivity "
-            f"{_number(record.get('target_sensitivity'), 2)} gave threshold "
-            f"{_number(record.get('threshold'), 4)}, with, on that folder (optimistic: it is "
-            "where the threshold was chosen):",
+            f"({_number(record.get('films'))} films): "
+            + (
+                "the threshold above"
+                if record.get("bound")
+                else f"the best specificity reaching sensitivity "
+                f"{_number(record.get('target_sensitivity'), 2)}"
+            )
+            + f" gave {_number(record.get('threshold'), 4)}, with, on that folder (optimistic: "
+            "it is where the threshold was chosen):",
             "",
             "| figure | value (95% interval) |",
             "|---|---|",
@@ -224,8 +235,8 @@ def model_card(metadata: dict[str, Any]) -> str:
         The card's Markdown text.
     """
     name = metadata.get("name", "pneumocnn")
-    classes = list(metadata.get("class_names") or ["NORMAL", "PNEUMONIA"])
-    subtype = metadata.get("task") == "subtype"
+    task = Task.of_metadata(metadata)
+    classes, subtype = list(task.class_names), task.subtype
     size = metadata.get("image_size")
     data = metadata.get("training_data") or {}
     config = metadata.get("config") or {}
@@ -355,6 +366,7 @@ def model_card(metadata: dict[str, Any]) -> str:
         "",
         XIN_2021,
         "",
+        *_adaptation(metadata),
         "## Operating point",
         "",
         *_calibration(metadata),
@@ -444,3 +456,80 @@ def write_card(metadata_path: str | Path) -> Path:
     temporary.write_text(model_card(metadata))
     temporary.replace(path)
     return path
+
+
+def _adaptation(metadata: dict[str, Any]) -> list[str]:
+    """The card's account of an adaptation to a site (see `pneumocnn.adaptation.adapt`)."""
+    adaptation = metadata.get("adaptation")
+    if not adaptation:
+        return []
+    recipe = adaptation.get("recipe") or {}
+    return [
+        "## Adapted to a site",
+        "",
+        f"This model is {adaptation.get('base_model')} fine-tuned on "
+        f"{_number(adaptation.get('films'))} labelled films of "
+        f"{_number(adaptation.get('patients'))} patients from `{adaptation.get('site')}`, with "
+        f"{_number(adaptation.get('training_films'))} of its own training films mixed in "
+        f"({_number(recipe.get('epochs'))} epochs, learning rate "
+        f"{recipe.get('learning_rate')}, BatchNormalization "
+        f"{'kept as trained' if recipe.get('freeze_batchnorm') else 'trained'}). It is meant "
+        "for new patients of that site; on other sites, measure it first.",
+        "",
+    ]
+
+
+def _out_of_fold(record: dict[str, Any]) -> list[str]:
+    """The threshold of an adapted model: chosen on out-of-fold scores of the site's films."""
+    achieved = {**(record.get("achieved") or {}), "intervals": record.get("intervals")}
+    bound, point = record.get("bound"), record.get("point_estimate") or {}
+    promise = _promise(record)
+    lines = [
+        f"It was chosen on `{record.get('folder')}` ({_number(record.get('films'))} films, "
+        f"{_number(record.get('patients'))} patients) from scores out of fold: "
+        f"{record.get('method')}. So every film was scored by a model that never learnt from "
+        "its patient.",
+        "",
+        promise,
+        "",
+        "Out of fold on those films, at this threshold:",
+        "",
+        "| figure | value (95% interval) |",
+        "|---|---|",
+        *(
+            f"| {title} | {_with_interval(achieved, key)} |"
+            for key, title in FIGURES
+            if key in achieved
+        ),
+        "",
+    ]
+    if bound and point:
+        lines += [
+            f"The point estimate ({_number(point.get('threshold'), 4)}) would give specificity "
+            f"{_number(point.get('specificity'))} there, with sensitivity "
+            f"{_number(point.get('sensitivity'))} on these films but no guarantee on new "
+            "patients.",
+            "",
+        ]
+    return lines + _groups_table(record.get("groups"))
+
+
+def _promise(record: dict[str, Any]) -> str:
+    """What a site threshold promises on new patients, in words a clinician reads."""
+    bound = record.get("bound")
+    if not bound:
+        return (
+            f"It is the plain point estimate: the best specificity whose sensitivity on those "
+            f"films reaches {_number(record.get('target_sensitivity'), 2)}, with no guarantee "
+            "on new patients."
+        )
+    return (
+        f"**With {_percent(record.get('confidence'))} confidence, this threshold calls at "
+        f"least {_percent(record.get('target_sensitivity'))} of pneumonia films pneumonia on "
+        f"new patients of `{record.get('folder')}`**, if they resemble the "
+        f"{_number(record.get('films'))} films it was chosen on. It is pneumonia score number "
+        f"{_number(bound.get('rank'))} of {_number(bound.get('positives'))}, counted from "
+        "the lowest: a threshold so placed misses more new pneumonia films than that only "
+        f"with probability {_percent(1 - record.get('confidence', 0))} (a Neyman-Pearson "
+        "order statistic). Films of one patient count as independent draws here."
+    )

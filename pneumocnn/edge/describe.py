@@ -19,7 +19,7 @@ import numpy as np
 from pneumocnn import __version__
 from pneumocnn.core.metadata import FORMAT_VERSION, PREPROCESSING, sha256_of
 from pneumocnn.core.run_folder import ADAPTATION_FILE, read_threshold_record
-from pneumocnn.core.task import PNEUMONIA
+from pneumocnn.core.task import Task
 from pneumocnn.edge.convert import BATCH_SIZE
 from pneumocnn.edge.embedded import WARNING
 from pneumocnn.edge.family import MODEL_ROLES
@@ -72,7 +72,7 @@ def file_metadata(
         "image_size": config.image_size,
         "channels": 1,
         "class_names": list(source.class_names),
-        "positive_class": PNEUMONIA if config.task == "subtype" else source.class_names[1],
+        "positive_class": Task.of(config.task, source.class_names).positive_class,
         "threshold": prepared.threshold,
         **_threshold_record(source.run_dir),
         "preprocessing": PREPROCESSING,
@@ -132,13 +132,7 @@ def describe(
     return {
         **metadata,
         "tensors": tensors,
-        "output": (
-            "Softmax over class_names (NORMAL first). P(pneumonia) = 1 - P(NORMAL); "
-            "decision: pneumonia when P(pneumonia) >= threshold, then the likelier of the "
-            "other classes; else NORMAL."
-            if config.task == "subtype"
-            else "P(positive_class): a probability in [0, 1]; positive when >= threshold."
-        ),
+        "output": Task.of(config.task, source.class_names).output_contract,
         "training_data": {
             "source": "Kaggle 'Chest X-Ray Images (Pneumonia)' (Kermany et al., 2018, "
             "CC BY 4.0), train/ split",

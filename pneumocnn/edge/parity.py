@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pneumocnn.core.errors import CheckFailedError
-from pneumocnn.core.task import class_probabilities, decide, pneumonia_probability
+from pneumocnn.core.task import Task, class_probabilities, decide, pneumonia_probability
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,7 +118,7 @@ def check_parity(
     if not parity["passed"]:
         calls = (
             f"; its pneumonia-vs-NORMAL calls alone on {parity['pneumonia_agreement']:.2%}"
-            if len(class_names) > 2
+            if Task.of_classes(class_names).subtype
             else ""
         )
         parity["message"] = (

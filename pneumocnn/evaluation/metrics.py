@@ -13,7 +13,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from pneumocnn.core.task import (
-    binary_class_names,
+    Task,
     class_probabilities,
     decide,
     pneumonia_labels,
@@ -132,13 +132,11 @@ def compute_metrics(
     """
     labels = np.asarray(labels)
     probabilities = class_probabilities(probabilities)
+    task = Task.of_classes(class_names)
     binary = binary_metrics(
-        pneumonia_labels(labels),
-        pneumonia_probability(probabilities),
-        threshold,
-        binary_class_names(class_names),
+        pneumonia_labels(labels), task.pneumonia(probabilities), threshold, task.pneumonia_view
     )
-    if len(class_names) == 2:
+    if not task.subtype:
         return binary
     name_index = {name: index for index, name in enumerate(class_names)}
     decided = np.array([name_index[n] for n in decide(probabilities, threshold, class_names)])

@@ -20,7 +20,7 @@ from sklearn import metrics as skm
 from sklearn.calibration import CalibrationDisplay
 
 from pneumocnn.core.task import (
-    binary_class_names,
+    Task,
     class_probabilities,
     pneumonia_labels,
     pneumonia_probability,
@@ -164,12 +164,13 @@ def write_plots(
         title: the first line of each plot's title.
     """
     probabilities = class_probabilities(probabilities)
-    subtype = len(class_names) > 2
+    task = Task.of_classes(class_names)
+    subtype = task.subtype
     binary = _binary_figures(
         pneumonia_labels(labels),
         pneumonia_probability(probabilities),
         report["binary"] if subtype else report,
-        binary_class_names(class_names),
+        task.pneumonia_view,
         title,
     )
     if subtype:

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from pneumocnn.core.config import Config
+from pneumocnn.core.task import Task
 
 # Grad-CAM and the export look layers up by these names, never by index.
 LAST_CONV_LAYER = "last_conv"
@@ -22,13 +23,14 @@ SUBTYPE_HEAD_LAYER = "subtypes"
 
 
 def num_classes_of(config: Config) -> int:
-    """Outputs of the head: 2 classes share one sigmoid unit; "subtype" has three."""
-    return 3 if config.task == "subtype" else 2
+    """Classes of the task (see `pneumocnn.core.task.Task`): two share one sigmoid unit;
+    "subtype" has three."""
+    return len(Task.of(config.task).class_names)
 
 
 def training_classes_of(config: Config) -> int:
-    """Classes the network trains on: three for "subtype" and for `train_on_subtypes`."""
-    return 3 if config.task == "subtype" or config.binary_from_subtypes else 2
+    """Classes the network trains on: the task's, or three for `train_on_subtypes`."""
+    return len(Task.of("subtype" if config.binary_from_subtypes else config.task).class_names)
 
 
 # Keras's default BatchNormalization momentum (0.99) needs ~500 steps to forget the initial

@@ -36,7 +36,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from pneumocnn.core.task import BINARY_CLASS_NAMES, PNEUMONIA, SUBTYPE_CLASS_NAMES, decide
+from pneumocnn.core.task import PNEUMONIA, Task
 from pneumocnn.network.model import LAST_CONV_LAYER, OUTPUT_LAYER
 
 # The coarsest map worth showing: a 5x5 map paints a lung with two cells.
@@ -170,8 +170,8 @@ class Explanation:
 def explain_image(
     cam: GradCam,
     image: np.ndarray,
-    threshold: float | None = None,
-    class_names: list[str] | None = None,
+    threshold: float | None,
+    task: Task,
     label: str | None = None,
     probabilities: dict[str, float] | None = None,
 ) -> Explanation:
@@ -179,14 +179,14 @@ def explain_image(
 
     A binary model explains PNEUMONIA (whatever the decision: the map shows what raised its
     score, and a NORMAL call's low probability keeps it faint). A subtype model explains the
-    pneumonia subtype it decided or, for a NORMAL call, the likelier subtype.
+    pneumonia subtype it decided or, for a NORMAL call, the likelier subtype (see
+    `pneumocnn.core.task.Task.explained_index`).
 
     Args:
         cam: the Grad-CAM of the float model.
         image: raw pixels `(image_size, image_size, 1)`.
-        threshold: the decision threshold. Defaults to `None`.
-        class_names: index = label. Defaults to `None`: NORMAL / PNEUMONIA, or NORMAL /
-            BACTERIAL / VIRAL for a three-class model.
+        threshold: the decision threshold, or `None`.
+        task: the model's task, with its class names.
         label: the decision shown to the user, when another model made it (the app and
             `explain` given a `.tflite` show the int8 model's). Defaults to `None`: the float
             model's own decision.
@@ -197,24 +197,16 @@ def explain_image(
     Returns:
         An `Explanation`.
     """
-    if class_names is None:
-        class_names = list(BINARY_CLASS_NAMES if cam.num_outputs == 1 else SUBTYPE_CLASS_NAMES)
+    class_names = list(task.class_names)
     if probabilities is None:
         outputs = np.asarray(cam.model(np.asarray(image, np.float32)[np.newaxis], training=False))
-        row = outputs.reshape(-1)
-        if cam.num_outputs == 1:
-            row = np.array([1.0 - row[0], row[0]])
+        row = task.probabilities(outputs.reshape(1, -1))[0]
         probabilities = dict(zip(class_names, map(float, row), strict=True))
     row = [probabilities[name] for name in class_names]
     if label is None and threshold is not None:
-        label = decide([row], threshold, class_names)[0]
-    if cam.num_outputs == 1:  # a sigmoid head explains its positive class, whatever the call
-        index = 1
-    elif label is not None and label != class_names[0]:
-        index = class_names.index(label)
-    else:  # a NORMAL call (or no decision): the likelier pneumonia subtype, faint
-        index = 1 + int(np.argmax(row[1:]))
-    relative, _ = cam.heatmap(image, None if cam.num_outputs == 1 else index)
+        label = task.decide([row], threshold)[0]
+    index = task.explained_index(row, label)
+    relative, _ = cam.heatmap(image, index if task.subtype else None)
     probability = float(row[index])
     evidence = np.clip(relative * probability, 0.0, 1.0).astype(np.float32)
     layer = f"{cam.layer_name}, {cam.cells[0]}x{cam.cells[1]}"
@@ -259,7 +251,7 @@ def overlay_figure(
     ax.imshow(colours)
     ax.axis("off")
     if threshold is not None and label is None:
-        label = decide([probability], threshold, BINARY_CLASS_NAMES)[0]
+        label = Task.of("binary").decide([probability], threshold)[0]
     name = title if len(title) <= 40 else f"{title[:18]}...{title[-19:]}"
     lines = [
         f"{label}: P({explained}) = {probability:.3f}"

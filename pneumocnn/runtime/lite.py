@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pneumocnn.core.metadata import check_model_io, find_metadata, load_metadata
-from pneumocnn.core.task import class_probabilities
+from pneumocnn.core.task import Task, class_probabilities
 from pneumocnn.data.images import read_grayscale
 from pneumocnn.runtime import guard
 from pneumocnn.runtime.prediction import classify
@@ -101,7 +101,8 @@ class LiteModel:
         metadata_path = metadata_path or find_metadata(self.model_path)
         self.metadata = load_metadata(metadata_path, self.model_path)
         self.image_size = int(self.metadata["image_size"])
-        self.class_names = list(self.metadata["class_names"])
+        self.task = Task.of_metadata(self.metadata)
+        self.class_names = list(self.task.class_names)
         self.threshold = float(self.metadata["threshold"])
         self.guard = guard.calibration_of(self.metadata)
         self.interpreter = open_interpreter(self.model_path, num_threads)
@@ -110,15 +111,10 @@ class LiteModel:
         check_model_io(
             self.model_path,
             self.image_size,
-            self.class_names,
+            self.task,
             tuple(int(n) for n in self.input["shape"]),
             int(np.prod(self.output["shape"][1:])),
         )
-
-    @property
-    def task(self) -> str:
-        """The task, "binary" or "subtype", from the metadata."""
-        return self.metadata.get("task", "binary")
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Returns the model's probabilities for raw-pixel images.

@@ -1,10 +1,10 @@
 """Running any saved form of a model: `.keras`, int8 or float16 `.tflite`, or a run folder.
 
-Every runner has one interface (`Classifier`): `image_size`, `class_names`, `threshold`,
-`guard` (the input guard's calibration, see `pneumocnn.runtime.guard`), `task`,
-`predict_proba(images)` -> one probability per class `(n, classes)` (see
-`pneumocnn.core.task`), and `predict_file(path, threshold=None)` -> a `Prediction` (guarded, see
-`pneumocnn.runtime.prediction.classify`). `open_model` picks the runner from the path:
+Every runner has one interface (`Classifier`): `image_size`, `task` (a
+`pneumocnn.core.task.Task`), `class_names`, `threshold`, `guard` (the input guard's calibration,
+see `pneumocnn.runtime.guard`), `predict_proba(images)` -> one probability per class `(n, classes)`
+(see `pneumocnn.core.task`), and `predict_file(path, threshold=None)` -> a `Prediction` (guarded,
+see `pneumocnn.runtime.prediction.classify`). `open_model` picks the runner from the path:
 `LiteModel` (`pneumocnn.runtime.lite`, LiteRT, no TensorFlow) for a `.tflite`, `KerasModel` for
 a `.keras` file or a run folder.
 
@@ -29,7 +29,7 @@ from pneumocnn.core.metadata import (
     load_metadata,
     model_files,
 )
-from pneumocnn.core.task import class_probabilities
+from pneumocnn.core.task import Task, class_probabilities
 from pneumocnn.runtime import guard
 from pneumocnn.runtime.lite import LiteModel
 from pneumocnn.runtime.prediction import Prediction, classify
@@ -47,12 +47,10 @@ class Classifier(Protocol):
     """What every runner offers (`LiteModel`, `KerasModel`)."""
 
     image_size: int
+    task: Task
     class_names: list[str]
     threshold: float
     guard: guard.GuardCalibration | None
-
-    @property
-    def task(self) -> str: ...
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray: ...
 
@@ -71,9 +69,8 @@ class KerasModel:
 
     Args:
         model: the loaded Keras model.
-        class_names: index = label, NORMAL first.
+        task: its task, with its class names (see `pneumocnn.core.task.Task`).
         threshold: the decision threshold on P(pneumonia).
-        task: "binary" or "subtype". Defaults to `None`: from the number of classes.
         model_path: the file it came from, if any. Defaults to `None`.
         calibration: the input guard's (see `pneumocnn.runtime.guard`). Defaults to `None`: refusal
             checks only.
@@ -82,24 +79,23 @@ class KerasModel:
     def __init__(
         self,
         model: keras.Model,
-        class_names: list[str],
+        task: Task,
         threshold: float,
-        task: str | None = None,
         model_path: str | Path | None = None,
         calibration: guard.GuardCalibration | None = None,
     ):
         self.model = model
         self.image_size = int(model.input_shape[1])
-        self.class_names = list(class_names)
+        self.task = task
+        self.class_names = list(task.class_names)
         check_model_io(
             model_path or model.name,
             self.image_size,
-            self.class_names,
+            task,
             tuple(model.input_shape),
             int(model.output_shape[-1]),
         )
         self.threshold = float(threshold)
-        self._task = task or ("binary" if len(self.class_names) == 2 else "subtype")
         self.model_path = Path(model_path) if model_path is not None else None
         self.guard = calibration
 
@@ -126,11 +122,12 @@ class KerasModel:
                 "and stores it."
             )
         model = load_model(source.model_path)
+        task = Task.of(source.config.task, source.class_names)
         # The run's or the metadata's image size, against the model's own input.
         check_model_io(
             source.model_path,
             source.config.image_size,
-            list(source.class_names),
+            task,
             tuple(model.input_shape),
             int(model.output_shape[-1]),
         )
@@ -141,19 +138,7 @@ class KerasModel:
             if source.run_dir is None
             else None
         )
-        return cls(
-            model,
-            source.class_names,
-            source.threshold,
-            source.config.task,
-            source.model_path,
-            calibration,
-        )
-
-    @property
-    def task(self) -> str:
-        """The task, "binary" or "subtype"."""
-        return self._task
+        return cls(model, task, source.threshold, source.model_path, calibration)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Per-class probabilities for raw-pixel images `(n, image_size, image_size, 1)`, as

@@ -1,0 +1,178 @@
+"""Tables of the adaptation study, made from its saved results only (`results/*.json`).
+
+For each row: the out-of-fold figures of each seed (ROC AUC; specificity at the first ROC point
+reaching 96% sensitivity; and sensitivity and specificity at the threshold the command would
+choose, the Neyman-Pearson bound for 96% sensitivity with confidence 0.95), their mean and
+spread over seeds, and 95% intervals of the seed mean from 1,000 patient-bootstrap resamples.
+Then how often each threshold rule holds 96% sensitivity on new patients: in 200 random halvings
+of the patients, the threshold chosen on one half's out-of-fold scores, the sensitivity measured
+on the other half. The generic model's figures on the same films come last (its recipe and
+threshold were chosen on them).
+
+Usage (writes the tables into README.md between its markers, and prints them):
+
+    python experiments/adaptation/tables.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+from pneumocnn.core.locations import default_model
+from pneumocnn.core.task import pneumonia_labels, pneumonia_probability
+from pneumocnn.evaluation.thresholds import choose_threshold, sensitivity_bound_threshold
+from pneumocnn.evaluation.uncertainty import bootstrap_intervals
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
+TARGET, CONFIDENCE = 0.96, 0.95
+FIGURES = ("auc", "spec_at_96", "np_sensitivity", "np_specificity")
+
+
+def figures(positive: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """The row's figures for one seed's out-of-fold scores (or a resample of them)."""
+    if positive.all() or not positive.any():
+        return dict.fromkeys(FIGURES, float("nan"))
+    point = choose_threshold(positive.astype(int), score, TARGET)
+    try:
+        bound = sensitivity_bound_threshold(positive.astype(int), score, TARGET, CONFIDENCE)
+        np_sens, np_spec = bound["sensitivity"], bound["specificity"]
+    except ValueError:  # a resample with too few pneumonia films for the bound
+        np_sens = np_spec = float("nan")
+    return {
+        "auc": float(skm.roc_auc_score(positive, score)),
+        "spec_at_96": float(np.mean(score[~positive] < point)),
+        "np_sensitivity": np_sens,
+        "np_specificity": np_spec,
+    }
+
+
+def load_rows() -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    for path in sorted(RESULTS.glob("*.json")):
+        result = json.loads(path.read_text())
+        rows.setdefault(result["row"], []).append(result)
+    return rows
+
+
+def seed_mean_intervals(results: list[dict], resamples: int = 1000) -> dict[str, list[float]]:
+    """95% patient-bootstrap intervals of the seeds' mean of each figure (all seeds score the
+    same films, so one resample of patients applies to every seed)."""
+    positive = pneumonia_labels(np.asarray(results[0]["labels"])).astype(bool)
+    scores = [pneumonia_probability(np.asarray(r["probabilities"])) for r in results]
+
+    def statistic(index: np.ndarray) -> dict[str, float]:
+        per_seed = [figures(positive[index], score[index]) for score in scores]
+        return {key: float(np.nanmean([f[key] for f in per_seed])) for key in FIGURES}
+
+    return bootstrap_intervals(statistic, results[0]["patients"], resamples)
+
+
+def coverage(result: dict, halvings: int = 200, seed: int = 0) -> dict[str, float]:
+    """Share of patient halvings where a threshold chosen on one half reaches 96% sensitivity on
+    the other: for the Neyman-Pearson bound and for the plain point estimate."""
+    positive = pneumonia_labels(np.asarray(result["labels"])).astype(bool)
+    score = pneumonia_probability(np.asarray(result["probabilities"]))
+    patients = np.asarray(result["patients"])
+    unique = np.unique(patients)
+    rng = np.random.default_rng(seed)
+    held = {"bound": [], "point": []}
+    for _ in range(halvings):
+        first = np.isin(patients, rng.permutation(unique)[: len(unique) // 2])
+        second = ~first
+        try:
+            bound = sensitivity_bound_threshold(
+                positive[first].astype(int), score[first], TARGET, CONFIDENCE
+            )["threshold"]
+        except ValueError:
+            continue
+        point = choose_threshold(positive[first].astype(int), score[first], TARGET)
+        for name, threshold in (("bound", bound), ("point", point)):
+            held[name].append(np.mean(score[second & positive] >= threshold) >= TARGET)
+    return {name: float(np.mean(values)) for name, values in held.items()}
+
+
+def generic_row(result: dict) -> dict[str, float]:
+    """The generic (shipped, not adapted) model on the same films, from its own outputs."""
+    from pneumocnn.data.images import load_images
+    from pneumocnn.runtime.runners import open_model
+
+    names = result["files"]
+    folder = Path(result.get("site_dir", "../shared/chest_xray/test"))
+    paths = [next(folder.glob(f"*/{name}")) for name in names]
+    model = open_model(default_model("int8"))
+    images, kept, _ = load_images(paths, model.image_size)
+    positive = pneumonia_labels(np.asarray(result["labels"]))[kept].astype(bool)
+    return figures(positive, model.task.pneumonia(model.predict_proba(images)))
+
+
+def fmt(values: list[float], interval: list[float] | None = None, digits: int = 3) -> str:
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return "n/a"
+    text = f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+    if interval is not None:
+        text += f" [{interval[0]:.{digits}f}-{interval[1]:.{digits}f}]"
+    return text
+
+
+def table() -> str:
+    rows = load_rows()
+    lines = [
+        "| row | recipe (changed fields) | seeds | ROC AUC | specificity at 96% sensitivity "
+        "(point) | sensitivity at the bound | specificity at the bound | bound holds 96% / "
+        "point holds 96% (halvings) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, results in rows.items():
+        changed = json.loads((HERE / "rows" / f"{name}.json").read_text())
+        per_seed = [
+            figures(
+                pneumonia_labels(np.asarray(r["labels"])).astype(bool),
+                pneumonia_probability(np.asarray(r["probabilities"])),
+            )
+            for r in results
+        ]
+        intervals = seed_mean_intervals(results)
+        held = [coverage(r) for r in results]
+        cells = [
+            fmt([f[key] for f in per_seed], intervals[key]) for key in FIGURES
+        ]
+        lines.append(
+            f"| {name} | {json.dumps(changed) if changed else 'defaults'} | {len(results)} | "
+            + " | ".join(cells)
+            + f" | {np.mean([h['bound'] for h in held]):.0%} / "
+            f"{np.mean([h['point'] for h in held]):.0%} |"
+        )
+    first = next(iter(rows.values()))[0]
+    generic = generic_row(first)
+    lines += [
+        "",
+        f"Generic model, not adapted (`{default_model('int8').name}`; its recipe and threshold "
+        f"were chosen on these films, so optimistic): ROC AUC {generic['auc']:.3f}, "
+        f"specificity at 96% sensitivity {generic['spec_at_96']:.3f}.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    text = table()
+    print(text)
+    if README.exists():
+        readme = README.read_text()
+        if BEGIN in readme and END in readme:
+            head, rest = readme.split(BEGIN, 1)
+            _, tail = rest.split(END, 1)
+            README.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

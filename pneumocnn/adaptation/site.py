@@ -1,0 +1,248 @@
+"""A site's labelled films: found, checked, decoded once, and split into patient folds.
+
+The site folder is laid out as the Kaggle data is (`NORMAL/` and `PNEUMONIA/`, each film's patient
+and, for a subtype model, its subtype read from its name), or its patients come from a CSV
+(`file,patient`). Everything that would make the adaptation meaningless is refused before any
+long work: one class, too few films, a film whose patient cannot be told, a training folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from pneumocnn.core.errors import DataError, UsageError
+from pneumocnn.core.files import display_name
+from pneumocnn.core.task import Task, pneumonia_labels
+from pneumocnn.data.folders import label_for_task, list_images, match_patient
+from pneumocnn.data.images import load_images
+
+logger = logging.getLogger(__name__)
+
+# Below this many films the adaptation learns little and its threshold says less: the learning
+# curve in experiments/adaptation/ starts here.
+MIN_FILMS = 50
+# Each class needs films in every fold, so every fold's model sees both.
+MIN_PER_CLASS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteFilms:
+    """The decoded films of a site.
+
+    Args:
+        images: uint8 `(n, size, size, 1)` raw pixels.
+        labels: the task's labels, `(n,)` (NORMAL = 0).
+        paths: the file of each film.
+        patients: the patient of each film.
+        folder: the site folder.
+        skipped: `(path, reason)` for each unreadable file.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    patients: list[str]
+    folder: Path
+    skipped: list[tuple[str, str]]
+
+    def subset(self, index: np.ndarray) -> SiteFilms:
+        """The films at `index`, in that order."""
+        index = np.asarray(index, int)
+        return dataclasses.replace(
+            self,
+            images=self.images[index],
+            labels=self.labels[index],
+            paths=[self.paths[i] for i in index],
+            patients=[self.patients[i] for i in index],
+        )
+
+    def counts(self) -> list[int]:
+        """Films per class label."""
+        return np.bincount(self.labels, minlength=int(self.labels.max()) + 1).tolist()
+
+
+def read_patients_csv(path: str | Path) -> dict[str, str]:
+    """The `file,patient` table of a site whose file names do not carry the patient.
+
+    `file` is a path relative to the site folder or a bare file name.
+
+    Raises:
+        UsageError: if the file is missing or lacks the two columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(
+            f"Patient table not found. Received: patients='{path}'. Pass a CSV with the columns "
+            "file,patient (one row per film)."
+        )
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"file", "patient"} <= set(rows[0]):
+        raise UsageError(
+            f"Patient table '{path}' needs the columns file,patient. Received: columns="
+            f"{sorted(rows[0]) if rows else []}. Write one row per film: file,patient."
+        )
+    return {row["file"].strip(): row["patient"].strip() for row in rows if row["patient"].strip()}
+
+
+def _patients_of(paths: list[str], folder: Path, table: dict[str, str] | None) -> list[str]:
+    """Each film's patient: from the table (by path relative to the folder, else by name), else
+    from the file name; refuses the films whose patient cannot be told."""
+    patients, unknown = [], []
+    for path in paths:
+        relative = Path(path).relative_to(folder).as_posix() if Path(path).is_absolute() else path
+        patient = None
+        if table is not None:
+            patient = table.get(relative) or table.get(Path(path).name)
+        patient = patient or match_patient(path)
+        patients.append(patient)
+        if patient is None:
+            unknown.append(display_name(Path(path).name))
+    if unknown:
+        raise DataError(
+            f"The patient of {len(unknown)} of {len(paths)} site films cannot be told, e.g. "
+            f"{unknown[:3]}. The folds and the threshold group films by patient, so that no "
+            "patient is learnt from and scored at once. Name the films as the Kaggle data does "
+            "(person<ID>_bacteria_<N>.jpeg, IM-<ID>-<N>.jpeg), or pass --patients FILE.csv with "
+            "the columns file,patient."
+        )
+    return patients
+
+
+def check_site_folder(site_dir: str | Path) -> Path:
+    """Refuses a folder that is missing or that holds training data (`train/`).
+
+    Raises:
+        UsageError: for either.
+    """
+    folder = Path(site_dir)
+    if not folder.is_dir():
+        raise UsageError(
+            f"Site folder not found. Received: site_dir='{site_dir}'. Pass a folder of the "
+            "site's labelled films, one subfolder per class (NORMAL/, PNEUMONIA/)."
+        )
+    if (folder / "train").is_dir():
+        raise UsageError(
+            f"'{folder}' holds train/: adapt to films from the site, not to training data. "
+            f"Received: site_dir='{site_dir}'. Pass a folder of class subfolders (e.g. "
+            "chest_xray/test)."
+        )
+    return folder
+
+
+def load_site(
+    site_dir: str | Path,
+    task: str,
+    class_names: list[str],
+    image_size: int,
+    patients_csv: str | Path | None = None,
+) -> SiteFilms:
+    """Finds, checks and decodes a site's labelled films for a model.
+
+    Args:
+        site_dir: the site folder, one subfolder per class of the binary task (`NORMAL/`,
+            `PNEUMONIA/`; a subtype model reads each pneumonia film's subtype from its name).
+        task: the model's task.
+        class_names: the model's classes, NORMAL first.
+        image_size: the model's input side.
+        patients_csv: a `file,patient` CSV. Defaults to `None`: patients from the file names.
+
+    Returns:
+        The decoded films.
+
+    Raises:
+        UsageError: if the folder is missing, holds `train/`, or the patient table is bad.
+        DataError: if a class folder is missing or empty, too few films are readable, or a
+            film's patient cannot be told.
+    """
+    folder = check_site_folder(site_dir)
+    folder_classes = Task.of(task, class_names).folder_names
+    missing = [name for name in folder_classes if not (folder / name).is_dir()]
+    if missing:
+        raise DataError(
+            f"Site folder '{folder}' has no {missing} subfolder: adaptation needs films of "
+            f"every class {list(folder_classes)}. Received: site_dir='{site_dir}'. Add the "
+            "missing class's films (a model adapted to one class would call everything that)."
+        )
+    table = label_for_task(list_images([folder], folder_classes), folder_classes, task)
+    paths = table["path"].tolist()
+    known = read_patients_csv(patients_csv) if patients_csv else None
+    patients = _patients_of(paths, folder, known)
+    logger.info("Decoding %d site films from %s", len(paths), folder)
+    images, kept, skipped = load_images(paths, image_size)
+    labels = table["label"].to_numpy()[kept].astype(np.int32)
+    site = SiteFilms(
+        images, labels, [paths[i] for i in kept], [patients[i] for i in kept], folder, skipped
+    )
+    check_enough(site, list(class_names))
+    return site
+
+
+def check_enough(site: SiteFilms, class_names: list[str]) -> None:
+    """Refuses too few films, or too few of a class, for a meaningful adaptation.
+
+    Raises:
+        DataError: naming the counts and how many the learning curve asks for.
+    """
+    counts = np.bincount(pneumonia_labels(site.labels), minlength=2)
+    if len(site.labels) < MIN_FILMS or counts.min() < MIN_PER_CLASS:
+        raise DataError(
+            f"Site folder '{site.folder}' has {len(site.labels)} readable films "
+            f"({counts[0]} NORMAL, {counts[1]} pneumonia); adaptation needs at least {MIN_FILMS}, "
+            f"with {MIN_PER_CLASS} or more of each. The learning curve (experiments/adaptation) "
+            "gains most from 100 to 300 films. Add labelled films of the site."
+        )
+
+
+def sample_patients(site: SiteFilms, films: int, seed: int) -> SiteFilms:
+    """About `films` films, drawn whole patients at a time (seeded), stratified by class as
+    far as patients allow: the learning curve's smaller sites. `films` 0 keeps all."""
+    if films <= 0 or films >= len(site.labels):
+        return site
+    frame = pd.DataFrame({"patient": site.patients, "label": pneumonia_labels(site.labels)})
+    rng = np.random.default_rng(seed)
+    picked = []
+    for _, group in frame.groupby("label"):
+        share = round(films * len(group) / len(frame))
+        # A numpy copy: pandas' string arrays are not sequences numpy shuffles in place safely.
+        patients = np.array(group["patient"].unique(), dtype=object)
+        rng.shuffle(patients)
+        chosen, total = [], 0
+        for patient in patients:
+            if total >= share:
+                break
+            members = group.index[group["patient"] == patient].tolist()
+            chosen += members
+            total += len(members)
+        picked += chosen
+    return site.subset(np.sort(np.array(picked)))
+
+
+def patient_folds(site: SiteFilms, folds: int, seed: int) -> list[np.ndarray]:
+    """`folds` held-out index sets, grouped by patient and stratified by class (scikit-learn's
+    `StratifiedGroupKFold`, seeded): each film is held out once, with all its patient's films.
+
+    Raises:
+        DataError: if a class has fewer patients than folds.
+    """
+    per_class = (
+        pd.Series(site.patients).groupby(pneumonia_labels(site.labels)).nunique().min()
+    )
+    if per_class < folds:
+        raise DataError(
+            f"A class of the site's films has {per_class} patients; {folds} patient folds need "
+            f"at least {folds} per class. Received: folds={folds}. Pass a smaller --folds or add "
+            "films."
+        )
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [
+        held_out
+        for _, held_out in splitter.split(site.paths, site.labels, groups=site.patients)
+    ]

@@ -1,0 +1,154 @@
+"""Adaptation to a site: the command, its refusals, the folds, and the sensitivity bound."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import beta
+
+from helpers import write_dataset
+from pneumocnn import adapt as adapt_command
+from pneumocnn.adaptation.site import load_site, patient_folds, sample_patients
+from pneumocnn.core.adapt_config import AdaptConfig
+from pneumocnn.core.errors import DataError
+from pneumocnn.core.metadata import load_metadata, model_files
+from pneumocnn.evaluation.thresholds import fewest_positives, sensitivity_bound_threshold
+
+# A quick recipe for the toy model: the behaviour, not the figures, is under test.
+QUICK = ["--folds", "3", "--epochs", "2", "--training-films", "40", "--confidence", "0.9"]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """A site's labelled films, Kaggle-named: 40 patients a class, two films each."""
+    root = write_dataset(tmp_path_factory.mktemp("site"), patients=40, seed=21)
+    return root / "train"  # NORMAL/ and PNEUMONIA/, no train/ inside
+
+
+@pytest.fixture(scope="module")
+def adapted(trained_run, site, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("adapted") / "family"
+    assert adapt_command.main([str(trained_run), "--site-dir", str(site), "--output-dir",
+                               str(output), *QUICK]) == 0
+    return output
+
+
+def test_adapt_writes_a_complete_family_with_an_out_of_fold_threshold(adapted, site):
+    files = model_files("pneumocnn")
+    for role in ("int8", "fp16", "rgb_int8", "keras", "labels", "metadata"):
+        assert (adapted / files[role]).is_file(), role
+    metadata = load_metadata(adapted / files["metadata"], adapted / files["int8"])
+    record, adaptation = metadata["calibration"], metadata["adaptation"]
+    assert record["model"] == "out-of-fold" and "3 models" in record["method"]
+    assert record["films"] == 160 and record["patients"] == 80
+    assert metadata["threshold"] == record["threshold"] == record["bound"]["threshold"]
+    assert record["confidence"] == 0.9 and record["bound"]["positives"] == 80
+    assert adaptation["site"] == site.name and adaptation["recipe"]["epochs"] == 2
+    assert adaptation["training_films"] == 40
+    card = (adapted / "MODEL_CARD.md").read_text()
+    assert "Adapted to a site" in card and "out of fold" in card
+
+
+def test_the_bound_threshold_misses_no_more_films_than_its_rank_allows(adapted):
+    record = load_metadata(adapted / model_files("pneumocnn")["metadata"])["calibration"]
+    bound = record["bound"]
+    assert bound["films_below"] <= bound["rank"] - 1
+    assert record["achieved"]["sensitivity"] >= 1 - (bound["rank"] - 1) / bound["positives"]
+
+
+def test_adapt_never_writes_over_its_input(exported_model, site, tmp_path):
+    folder = tmp_path / "family"
+    shutil.copytree(exported_model, folder)
+    code = adapt_command.main([str(folder), "--site-dir", str(site), "--output-dir",
+                               str(folder), *QUICK])
+    assert code == 2
+
+
+def test_a_site_folder_with_one_class_is_refused_before_any_work(trained_run, site, tmp_path):
+    one = tmp_path / "one"
+    shutil.copytree(site / "PNEUMONIA", one / "PNEUMONIA")
+    with pytest.raises(DataError, match="NORMAL"):
+        load_site(one, "binary", ["NORMAL", "PNEUMONIA"], 32)
+
+
+def test_too_few_films_are_refused_with_the_count_the_curve_asks_for(tmp_path):
+    root = write_dataset(tmp_path / "few", patients=8, seed=3) / "train"
+    with pytest.raises(DataError, match="at least 50"):
+        load_site(root, "binary", ["NORMAL", "PNEUMONIA"], 32)
+
+
+def test_films_whose_patient_cannot_be_told_are_refused_unless_a_table_names_it(site, tmp_path):
+    renamed = tmp_path / "renamed"
+    shutil.copytree(site, renamed)
+    odd = sorted((renamed / "NORMAL").iterdir())[0]
+    odd.rename(odd.with_name("scan 17" + odd.suffix))
+    with pytest.raises(DataError, match="--patients"):
+        load_site(renamed, "binary", ["NORMAL", "PNEUMONIA"], 32)
+    table = tmp_path / "patients.csv"
+    table.write_text(f"file,patient\nNORMAL/scan 17{odd.suffix},case-17\n")
+    films = load_site(renamed, "binary", ["NORMAL", "PNEUMONIA"], 32, table)
+    assert "case-17" in films.patients
+
+
+def test_a_training_folder_is_refused_as_a_site(trained_run, tmp_path):
+    data = Path(json.loads((trained_run / "config.json").read_text())["data_dir"])
+    code = adapt_command.main([str(trained_run), "--site-dir", str(data), "--output-dir",
+                               str(tmp_path / "out"), *QUICK])
+    assert code == 2
+
+
+def test_patient_folds_hold_each_film_out_once_with_all_its_patients_films(site):
+    films = load_site(site, "binary", ["NORMAL", "PNEUMONIA"], 32)
+    folds = patient_folds(films, 4, seed=0)
+    held = np.concatenate(folds)
+    assert sorted(held.tolist()) == list(range(len(films.labels)))
+    for fold in folds:
+        inside = {films.patients[i] for i in fold}
+        outside = {films.patients[i] for i in np.setdiff1d(held, fold)}
+        assert not inside & outside
+
+
+def test_sampled_sites_take_whole_patients(site):
+    films = load_site(site, "binary", ["NORMAL", "PNEUMONIA"], 32)
+    sample = sample_patients(films, 60, seed=1)
+    assert 55 <= len(sample.labels) <= 65
+    for patient in set(sample.patients):
+        assert sample.patients.count(patient) == films.patients.count(patient)
+
+
+def test_the_bound_needs_the_films_the_binomial_asks_for():
+    assert fewest_positives(0.96, 0.95) == 74
+    labels = np.r_[np.ones(73, int), np.zeros(20, int)]
+    scores = np.r_[np.linspace(0.5, 1, 73), np.linspace(0, 0.4, 20)]
+    with pytest.raises(ValueError, match="at least 74 pneumonia films"):
+        sensitivity_bound_threshold(labels, scores, 0.96, 0.95)
+    assert sensitivity_bound_threshold(
+        np.r_[labels, 1], np.r_[scores, 0.9], 0.96, 0.95
+    )["rank"] == 1
+
+
+def test_the_bound_holds_the_target_on_new_films_as_often_as_its_confidence_says():
+    # Draw a site's pneumonia scores, choose the threshold, and measure its true sensitivity on
+    # the score distribution itself: it must reach the target in at least ~95% of sites, where
+    # the plain point estimate reaches it in about half.
+    rng = np.random.default_rng(0)
+    target, held, held_point = 0.9, [], []
+    for _ in range(400):
+        scores = rng.beta(5, 2, 120)
+        labels = np.r_[np.ones(120, int), np.zeros(40, int)]
+        probabilities = np.r_[scores, rng.beta(2, 5, 40)]
+        threshold = sensitivity_bound_threshold(labels, probabilities, target, 0.95)["threshold"]
+        held.append(beta.sf(threshold, 5, 2) >= target)
+        point = np.quantile(scores, 1 - target)
+        held_point.append(beta.sf(point, 5, 2) >= target)
+    assert np.mean(held) >= 0.93
+    assert np.mean(held_point) < 0.7
+
+
+def test_adapt_config_refuses_a_confidence_of_one():
+    with pytest.raises(ValueError, match="confidence"):
+        AdaptConfig(confidence=1.0)
