@@ -252,6 +252,32 @@ def write_adapted_run(
     return run_dir
 
 
+def adaptation_record(
+    base: Base,
+    recipe: AdaptConfig,
+    learnt: SiteFilms,
+    training_films: int,
+    record: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """What `adaptation.json` and the family's metadata say of the adaptation: the model it
+    started from, the films it learnt from, the recipe, and the out-of-fold figures."""
+    return {
+        "base_model": base.described,
+        "site": learnt.folder.name,
+        "films": int(len(learnt.labels)),
+        "patients": len(set(learnt.patients)),
+        "training_films": int(training_films),
+        "recipe": recipe.to_dict(),
+        "seconds_per_epoch": seconds / recipe.epochs,
+        "cross_validation": {
+            "achieved": record["achieved"],
+            "intervals": record["intervals"],
+            "roc_auc": record["achieved"]["roc_auc"],
+        },
+    }
+
+
 def check_output(output_dir: Path, base: Base) -> None:
     """Refuses to write the adapted family over the model it starts from."""
     if output_dir.resolve() == base.folder.resolve() or (
@@ -319,20 +345,9 @@ def adapt(
     tuned_at = time.perf_counter()
     learn = sample_patients(site, recipe.site_films, recipe.seed * 100 + 99)
     adapted = fine_tune(base.keras_path, config, recipe, learn, mix, recipe.seed * 100 + 99)
-    adaptation = {
-        "base_model": base.described,
-        "site": site.folder.name,
-        "films": int(len(learn.labels)),
-        "patients": len(set(learn.patients)),
-        "training_films": int(len(mix.labels)),
-        "recipe": recipe.to_dict(),
-        "seconds_per_epoch": (time.perf_counter() - tuned_at) / recipe.epochs,
-        "cross_validation": {
-            "achieved": record["achieved"],
-            "intervals": record["intervals"],
-            "roc_auc": record["achieved"]["roc_auc"],
-        },
-    }
+    adaptation = adaptation_record(
+        base, recipe, learn, len(mix.labels), record, (time.perf_counter() - tuned_at)
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     run_dir = write_adapted_run(
         output_dir / RUN_DIR,

@@ -40,33 +40,53 @@ def run_benchmarks(
             the smoke test. Defaults to False.
         runs: timed single-image runs per measurement. Defaults to 50.
     """
-
-    files = model_files(DEFAULT_NAMES["binary"])
-    metadata = load_metadata(model_dir / files["metadata"])
+    metadata = load_metadata(model_dir / model_files(DEFAULT_NAMES["binary"])["metadata"])
     warmup, runs = (2, 5) if quick else (10, runs)
-    all_threads = os.cpu_count() or 1
-    references = ("tutorial_cnn",) if quick else REFERENCE_MODELS
     output_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count() or 1,
+            "python": platform.python_version(),
+        },
+        "quick": quick,
+        "runs": runs,
+        "inference": inference_rows(model_dir, metadata, quick, warmup, runs),
+        "training": training_figures(metadata, quick),
+    }
+    (output_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output_dir / "bench.md").write_text(markdown(report))
+    return report
+
+
+def inference_rows(
+    model_dir: Path, metadata: dict[str, Any], quick: bool, warmup: int, runs: int
+) -> list[dict[str, Any]]:
+    """One row per model file: the shipped model's three forms and each reference model in
+    int8, timed on one thread and on all, each in its own process, with their ratios to the
+    shipped int8 file."""
+    files = model_files(DEFAULT_NAMES["binary"])
+    parameters = metadata["training"]["parameters"]
+    all_threads = os.cpu_count() or 1
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
         candidates = [
-            ("pneumocnn int8", model_dir / files["int8"], metadata["training"]["parameters"]),
-            ("pneumocnn fp16", model_dir / files["fp16"], metadata["training"]["parameters"]),
-            ("pneumocnn .keras", model_dir / files["keras"], metadata["training"]["parameters"]),
+            (f"pneumocnn {label}", model_dir / files[role], parameters)
+            for label, role in (("int8", "int8"), ("fp16", "fp16"), (".keras", "keras"))
         ]
-        for name in references:
-            path, parameters = export_reference(
-                name, scratch, 4 if quick else 16, 64 if quick else None
+        for name in ("tutorial_cnn",) if quick else REFERENCE_MODELS:
+            path, count = export_reference(
+                name, Path(scratch), 4 if quick else 16, 64 if quick else None
             )
-            candidates.append((f"{name} int8", path, parameters))
-        for name, path, parameters in candidates:
+            candidates.append((f"{name} int8", path, count))
+        for name, path, count in candidates:
             one = measure_in_subprocess(path, 1, warmup, runs)
             many = measure_in_subprocess(path, all_threads, warmup, runs)
             rows.append(
                 {
                     "model": name,
-                    "parameters": parameters,
+                    "parameters": count,
                     "file_bytes": path.stat().st_size,
                     "median_ms_1_thread": one["median_ms"],
                     "p95_ms_1_thread": one["p95_ms"],
@@ -80,11 +100,16 @@ def run_benchmarks(
     for row in rows:
         row["size_ratio_to_pneumocnn_int8"] = row["file_bytes"] / base["file_bytes"]
         row["time_ratio_to_pneumocnn_int8"] = row["median_ms_1_thread"] / base["median_ms_1_thread"]
+    return rows
 
+
+def training_figures(metadata: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Images per second of the training step (plain, XLA, mixed bfloat16; the tutorial CNN's
+    too) and of the input pipeline (decoded once and cached, or decoded every epoch)."""
     config = Config(image_size=64 if quick else metadata["image_size"])
     steps, repeats = (2, 2) if quick else (10, 5)
-    batch_size = config.batch_size
-    training = {
+    batch_size, batches = config.batch_size, 4 if quick else 30
+    return {
         "batch_size": batch_size,
         "pneumocnn_images_per_second": training_speed(
             build_model(config), batch_size, steps, repeats
@@ -98,30 +123,15 @@ def run_benchmarks(
         "tutorial_cnn_images_per_second": training_speed(
             tutorial_cnn(64 if quick else 180), batch_size, steps, repeats
         ),
-        "input_pipeline_images_per_second": pipeline_speed(config, 4 if quick else 30, repeats),
+        "input_pipeline_images_per_second": pipeline_speed(config, batches, repeats),
         "decode_each_epoch_images_per_second": decode_each_epoch_speed(
-            config, 4 if quick else 30, repeats, parallel=False
+            config, batches, repeats, parallel=False
         ),
         "decode_each_epoch_parallel_images_per_second": decode_each_epoch_speed(
-            config, 4 if quick else 30, repeats, parallel=True
+            config, batches, repeats, parallel=True
         ),
         "pneumocnn_image_size": config.image_size,
     }
-    report = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": all_threads,
-            "python": platform.python_version(),
-        },
-        "quick": quick,
-        "runs": runs,
-        "inference": rows,
-        "training": training,
-    }
-    (output_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (output_dir / "bench.md").write_text(markdown(report))
-    return report
 
 
 def markdown(report: dict[str, Any]) -> str:

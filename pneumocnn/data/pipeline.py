@@ -124,82 +124,69 @@ def _distill(teachers: list, weight: float):
     return blend
 
 
-def make_datasets(
-    config: Config,
-    train: LoadedSplit,
-    val: LoadedSplit,
-    num_classes: int = 2,
-    teachers: list | None = None,
-) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
-    """Builds the training and validation `tf.data` pipelines from decoded images.
+def _targets(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Training targets: P(positive) `(n, 1)` for two classes, else one-hot `(n, classes)`."""
+    if num_classes > 2:
+        return np.eye(num_classes, dtype=np.float32)[labels]
+    return labels.astype(np.float32)[:, np.newaxis]
 
-    Training: cache -> shuffle (each epoch) -> batch -> augment -> (mixup) -> (distill) ->
-    prefetch, yielding
-    `(images, labels, sample_weights)`. With `balance="class_weight"` the sample weights are
-    the class weights of the training split (as weights they survive mixup, which Keras's
-    `class_weight` would not); with `"oversample"` each class is repeated and sampled equally,
-    so batches are balanced. With `normal_augment_strength`, NORMAL films (label 0) get their
-    own augmentation strength. Validation: cache -> batch -> prefetch, never augmented. Three
-    classes (`--task subtype`) get one-hot labels, so mixup and label smoothing apply as well.
 
-    Args:
-        config: uses `batch_size`, `balance`, `seed`, `mixup_alpha` and the augmentation fields.
-        train: decoded training images.
-        val: decoded validation images.
-        num_classes: number of classes. Defaults to 2.
-        teachers: Keras models whose mean prediction on each training film is blended into its
-            target with `config.distill_weight` (knowledge distillation; see `load_teachers`).
-            Defaults to `None`: none.
+def _class_index(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """The class of each target that `_targets` made."""
+    if num_classes > 2:
+        return tf.argmax(labels, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.round(labels[:, 0]), tf.int32)
 
-    Returns:
-        `(train_ds, val_ds, steps_per_epoch)`. Images are float32 raw pixels; labels float32 of
-        shape `(batch, 1)` for two classes (P(positive)), else one-hot `(batch, num_classes)`.
-    """
-    one_hot = num_classes > 2
 
-    def labelled(images: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
-        targets = (
-            np.eye(num_classes, dtype=np.float32)[labels]
-            if one_hot
-            else labels.astype(np.float32)[:, np.newaxis]
-        )
-        return tf.data.Dataset.from_tensor_slices((images, targets)).cache()
+def _labelled(images: np.ndarray, labels: np.ndarray, num_classes: int) -> tf.data.Dataset:
+    """Cached `(image, target)` pairs; cached as uint8 (a quarter of the memory)."""
+    targets = _targets(labels, num_classes)
+    return tf.data.Dataset.from_tensor_slices((images, targets)).cache()
 
-    def class_index(labels: tf.Tensor) -> tf.Tensor:
-        if one_hot:
-            return tf.argmax(labels, axis=-1, output_type=tf.int32)
-        return tf.cast(tf.round(labels[:, 0]), tf.int32)
 
-    steps = max(1, int(np.ceil(len(train.labels) / config.batch_size)))
+def _training_stream(config: Config, train: LoadedSplit, num_classes: int) -> tf.data.Dataset:
+    """The training films, shuffled each epoch, or with `balance="oversample"` each class
+    repeated and sampled equally, in float32 batches."""
     if config.balance == "oversample":
         per_class = [
-            labelled(train.images[train.labels == c], train.labels[train.labels == c])
+            _labelled(train.images[train.labels == c], train.labels[train.labels == c], num_classes)
             .shuffle(int(np.sum(train.labels == c)), seed=config.seed + c)
             .repeat()
             for c in range(num_classes)
             if np.any(train.labels == c)
         ]
-        train_ds = tf.data.Dataset.sample_from_datasets(
+        stream = tf.data.Dataset.sample_from_datasets(
             per_class, weights=[1.0 / len(per_class)] * len(per_class), seed=config.seed
         )
     else:
-        train_ds = labelled(train.images, train.labels).shuffle(
+        stream = _labelled(train.images, train.labels, num_classes).shuffle(
             len(train.labels), seed=config.seed, reshuffle_each_iteration=True
         )
-    # Cached as uint8 (a quarter of the memory); cast per batch.
-    train_ds = train_ds.batch(config.batch_size).map(_to_float, num_parallel_calls=AUTOTUNE)
+    return stream.batch(config.batch_size).map(_to_float, num_parallel_calls=AUTOTUNE)
 
+
+def _augmenter(config: Config, num_classes: int):
+    """The batch map that augments training films (`None` when nothing would change them):
+    the augmentation layers, NORMAL films' own strength, the exposure curve and detector
+    noise."""
     augmentation = build_augmentation(config)
     normal_augmentation = (
         build_augmentation(config, config.normal_augment_strength, "normal_augmentation")
         if config.normal_augment_strength > 0
         else None
     )
+    if not (
+        augmentation.layers
+        or normal_augmentation is not None
+        or config.intensity_strength > 0
+        or config.gamma_strength > 0
+    ):
+        return None
 
     def augment(images, labels):
         augmented = augmentation(images, training=True) if augmentation.layers else images
         if normal_augmentation is not None:
-            is_normal = tf.reshape(class_index(labels) == 0, [-1, 1, 1, 1])
+            is_normal = tf.reshape(_class_index(labels, num_classes) == 0, [-1, 1, 1, 1])
             augmented = tf.where(is_normal, normal_augmentation(images, training=True), augmented)
         if config.gamma_strength > 0:  # exposure curve: 255 * (x / 255) ** gamma, per film
             spread = float(np.log1p(0.5 * config.gamma_strength))
@@ -216,14 +203,45 @@ def make_datasets(
             augmented = tf.clip_by_value(augmented + noise, 0.0, 255.0)
         return augmented, labels
 
-    if (
-        augmentation.layers
-        or normal_augmentation is not None
-        or config.intensity_strength > 0
-        or config.gamma_strength > 0
-    ):
-        train_ds = train_ds.map(augment, num_parallel_calls=AUTOTUNE)
+    return augment
 
+
+def make_datasets(
+    config: Config,
+    train: LoadedSplit,
+    val: LoadedSplit,
+    num_classes: int = 2,
+    teachers: list | None = None,
+) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
+    """Builds the training and validation `tf.data` pipelines from decoded images.
+
+    Training: cache -> shuffle (each epoch) -> batch -> augment -> (mixup) -> (distill) ->
+    prefetch, yielding `(images, labels, sample_weights)`. With `balance="class_weight"` the
+    sample weights are the class weights of the training split (as weights they survive mixup,
+    which Keras's `class_weight` would not); with `"oversample"` each class is repeated and
+    sampled equally, so batches are balanced. With `normal_augment_strength`, NORMAL films
+    (label 0) get their own augmentation strength. Validation: cache -> batch -> prefetch, never
+    augmented. Three classes (`--task subtype`) get one-hot labels, so mixup and label
+    smoothing apply as well.
+
+    Args:
+        config: uses `batch_size`, `balance`, `seed`, `mixup_alpha` and the augmentation fields.
+        train: decoded training images.
+        val: decoded validation images.
+        num_classes: number of classes. Defaults to 2.
+        teachers: Keras models whose mean prediction on each training film is blended into its
+            target with `config.distill_weight` (knowledge distillation; see
+            `pneumocnn.training.distill.load_teachers`). Defaults to `None`: none.
+
+    Returns:
+        `(train_ds, val_ds, steps_per_epoch)`. Images are float32 raw pixels; labels float32 of
+        shape `(batch, 1)` for two classes (P(positive)), else one-hot `(batch, num_classes)`.
+    """
+    steps = max(1, int(np.ceil(len(train.labels) / config.batch_size)))
+    train_ds = _training_stream(config, train, num_classes)
+    augment = _augmenter(config, num_classes)
+    if augment is not None:
+        train_ds = train_ds.map(augment, num_parallel_calls=AUTOTUNE)
     table = (
         class_weights(train.labels, num_classes)
         if config.balance == "class_weight"
@@ -231,12 +249,12 @@ def make_datasets(
     )
     weight_of = tf.constant([table[c] for c in range(num_classes)], tf.float32)
     train_ds = train_ds.map(
-        lambda x, y: (x, y, tf.gather(weight_of, class_index(y))),
+        lambda x, y: (x, y, tf.gather(weight_of, _class_index(y, num_classes))),
         num_parallel_calls=AUTOTUNE,
     )
     if config.mixup_alpha > 0:
         train_ds = train_ds.map(_mixup(config.mixup_alpha, config.seed + 11))
     if teachers:
         train_ds = train_ds.map(_distill(teachers, config.distill_weight))
-    val_ds = labelled(val.images, val.labels).batch(config.batch_size).map(_to_float)
+    val_ds = _labelled(val.images, val.labels, num_classes).batch(config.batch_size).map(_to_float)
     return train_ds.prefetch(AUTOTUNE), val_ds.prefetch(AUTOTUNE), steps

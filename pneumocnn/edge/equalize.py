@@ -153,7 +153,51 @@ def equalize_activations(model: keras.Model, images: np.ndarray) -> Equalized:
     if not _is_chain(clone):
         logger.info("Activation equalization skipped: the model is not a chain of layers")
         return Equalized(clone, (), (), 0.0)
-    layers = clone.layers
+    pairs = _relu_pairs(clone.layers)
+    separable = [
+        layer
+        for layer in clone.layers
+        if isinstance(layer, keras.layers.SeparableConv2D) and layer.depth_multiplier == 1
+    ]
+    probe = keras.Model(
+        clone.inputs, [relu.output for _, relu, _ in pairs] + [layer.input for layer in separable]
+    )
+    outputs = probe.predict(images, batch_size=32, verbose=0)
+    if len(pairs) + len(separable) == 1:
+        outputs = [outputs]
+    reference = model.predict(images, batch_size=32, verbose=0)
+    # Depthwise results, measured before any change (the first step leaves them as they are).
+    depthwise_factors = [
+        _depthwise_factors(layer, inputs)
+        for layer, inputs in zip(separable, outputs[len(pairs) :], strict=True)
+    ]
+    for pair, activations in zip(pairs, outputs[: len(pairs)], strict=True):
+        _stretch_relu(*pair, _factors(activations.reshape(-1, activations.shape[-1]).max(axis=0)))
+    # Depthwise results: each filter times t, the pointwise weights it feeds / t.
+    for layer, factors in zip(separable, depthwise_factors, strict=True):
+        weights = layer.get_weights()
+        weights[0] = weights[0] * factors[None, None, :, None]
+        weights[1] = weights[1] / factors[None, None, :, None]
+        layer.set_weights(weights)
+    change = float(np.max(np.abs(clone.predict(images, batch_size=32, verbose=0) - reference)))
+    if change > TOLERANCE:
+        raise EqualizationError(
+            f"The equalized model's outputs differ from the original's by up to {change:.2e} "
+            f"(more than float32 rounding, {TOLERANCE}) on {len(images)} calibration images. "
+            "Received a model with a layer pattern the equalization misreads. Export with "
+            "--no-equalize and report the model's layers."
+        )
+    return Equalized(
+        clone,
+        tuple(relu.name for _, relu, _ in pairs),
+        tuple(layer.name for layer in separable),
+        change,
+    )
+
+
+def _relu_pairs(layers: list) -> list[tuple]:
+    """`(BatchNormalization, ReLU, consumer)` triples whose ReLU output can be stretched: the
+    consumer (past pooling and dropout) is a Dense or a SeparableConv2D of depth multiplier 1."""
     pairs = []
     for index, layer in enumerate(layers[1:-1], start=1):
         producer = layers[index - 1]
@@ -170,60 +214,30 @@ def equalize_activations(model: keras.Model, images: np.ndarray) -> Equalized:
             isinstance(consumer, keras.layers.SeparableConv2D) and consumer.depth_multiplier == 1
         ):
             pairs.append((producer, layer, consumer))
-    separable = [
-        layer
-        for layer in layers
-        if isinstance(layer, keras.layers.SeparableConv2D) and layer.depth_multiplier == 1
-    ]
-    probe = keras.Model(
-        clone.inputs, [relu.output for _, relu, _ in pairs] + [layer.input for layer in separable]
-    )
-    outputs = probe.predict(images, batch_size=32, verbose=0)
-    if len(pairs) + len(separable) == 1:
-        outputs = [outputs]
-    reference = model.predict(images, batch_size=32, verbose=0)
+    return pairs
 
-    # Depthwise results, measured before any change (the first step leaves them as they are).
-    depthwise_factors = []
-    for layer, inputs in zip(separable, outputs[len(pairs) :], strict=True):
-        result = tf.nn.depthwise_conv2d(
-            inputs,
-            layer.depthwise_kernel,
-            strides=(1, *layer.strides, 1),
-            padding=layer.padding.upper(),
-            dilations=layer.dilation_rate,
-        ).numpy()
-        flat = np.abs(result.reshape(-1, result.shape[-1]))
-        depthwise_factors.append(_factors(flat.max(axis=0)))
-    # ReLU outputs: the BatchNormalization's scale and shift times s, its consumer's inputs / s.
-    for (producer, _, consumer), activations in zip(pairs, outputs[: len(pairs)], strict=True):
-        factors = _factors(activations.reshape(-1, activations.shape[-1]).max(axis=0))
-        gamma, beta, *statistics = producer.get_weights()
-        producer.set_weights([gamma * factors, beta * factors, *statistics])
-        weights = consumer.get_weights()
-        if isinstance(consumer, keras.layers.SeparableConv2D):
-            weights[0] = weights[0] / factors[None, None, :, None]
-        else:
-            weights[0] = weights[0] / factors[:, None]
-        consumer.set_weights(weights)
-    # Depthwise results: each filter times t, the pointwise weights it feeds / t.
-    for layer, factors in zip(separable, depthwise_factors, strict=True):
-        weights = layer.get_weights()
-        weights[0] = weights[0] * factors[None, None, :, None]
-        weights[1] = weights[1] / factors[None, None, :, None]
-        layer.set_weights(weights)
 
-    change = float(np.max(np.abs(clone.predict(images, batch_size=32, verbose=0) - reference)))
-    if change > TOLERANCE:
-        raise EqualizationError(
-            f"The equalized model's outputs differ from the original's by up to {change:.2e} "
-            f"(more than float32 rounding, {TOLERANCE}) on {len(images)} calibration images. "
-            "Received a model with a layer pattern the equalization misreads. Export with "
-            "--no-equalize and report the model's layers."
-        )
-    return Equalized(
-        clone,
-        tuple(relu.name for _, relu, _ in pairs),
-        tuple(layer.name for layer in separable),
-        change,
-    )
+def _depthwise_factors(layer, inputs: np.ndarray) -> np.ndarray:
+    """The factors that bring each channel of a SeparableConv2D's depthwise result, on its
+    calibration `inputs`, to the same peak."""
+    result = tf.nn.depthwise_conv2d(
+        inputs,
+        layer.depthwise_kernel,
+        strides=(1, *layer.strides, 1),
+        padding=layer.padding.upper(),
+        dilations=layer.dilation_rate,
+    ).numpy()
+    return _factors(np.abs(result.reshape(-1, result.shape[-1])).max(axis=0))
+
+
+def _stretch_relu(producer, relu, consumer, factors: np.ndarray) -> None:
+    """Stretches a ReLU's output channels by `factors`: its BatchNormalization's scale and
+    shift times them (ReLU commutes with a positive scale), its consumer's inputs divided."""
+    gamma, beta, *statistics = producer.get_weights()
+    producer.set_weights([gamma * factors, beta * factors, *statistics])
+    weights = consumer.get_weights()
+    if isinstance(consumer, keras.layers.SeparableConv2D):
+        weights[0] = weights[0] / factors[None, None, :, None]
+    else:
+        weights[0] = weights[0] / factors[:, None]
+    consumer.set_weights(weights)

@@ -74,6 +74,14 @@ def fewest_positives(target_sensitivity: float, confidence: float) -> int:
     return int(np.ceil(np.log(1.0 - confidence) / np.log(target_sensitivity) - 1e-12))
 
 
+def _check_fractions(**values: float) -> None:
+    for name, value in values.items():
+        if not 0 < value < 1:
+            raise ValueError(
+                f"{name} must lie in (0, 1). Received: {name}={value!r}. Pass e.g. 0.96 and 0.95."
+            )
+
+
 def sensitivity_bound_threshold(
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -91,10 +99,9 @@ def sensitivity_bound_threshold(
     gives the best specificity with the guarantee (Tong, Feng and Li, "Neyman-Pearson
     classification algorithms and NP receiver operating characteristics", Science Advances
     4(2), 2018; their umbrella algorithm for the type I error, applied to missed pneumonia).
-    It holds for films drawn independently from the same site as the scored ones; scores
-    must come from a model that did not learn from those films (held-out or out-of-fold).
-    Ties only make it more cautious. (Written here because scikit-learn and scipy have no
-    Neyman-Pearson threshold; scipy gives the binomial distribution.)
+    It holds for films drawn independently from the site of the scored ones, scored by a model
+    that did not learn from them (held out or out of fold); ties only make it more cautious.
+    (Written here: scikit-learn and scipy have no Neyman-Pearson threshold.)
 
     Args:
         labels: true labels of either task (NORMAL = 0).
@@ -119,11 +126,7 @@ def sensitivity_bound_threshold(
     >>> result["rank"], round(result["threshold"], 3)
     (5, 0.52)
     """
-    for name, value in (("target_sensitivity", target_sensitivity), ("confidence", confidence)):
-        if not 0 < value < 1:
-            raise ValueError(
-                f"{name} must lie in (0, 1). Received: {name}={value!r}. Pass e.g. 0.96 and 0.95."
-            )
+    _check_fractions(target_sensitivity=target_sensitivity, confidence=confidence)
     positive = pneumonia_labels(labels).astype(bool)
     score = pneumonia_probability(class_probabilities(np.asarray(probabilities, np.float64)))
     if positive.all() or not positive.any():

@@ -83,19 +83,7 @@ def build_model(config: Config) -> keras.Model:
     # initial ones, so early validation (inference mode) is already meaningful.
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescaling")(inputs)
     if config.input_normalization == "per_image":
-        # Each film to zero mean and unit variance over its own pixels (LayerNormalization
-        # over height, width and channel, with no learnt scale or shift), so the overall
-        # exposure of a batch of films cannot be a cue; converts to int8 TFLite ops.
-        x = keras.layers.LayerNormalization(
-            axis=(1, 2, 3), center=False, scale=False, epsilon=1e-3, name="standardize"
-        )(x)
-        if config.normalization_clip > 0:
-            # Clipped to [-c, c] (shifted to [0, 2c]) with built-in layers, so the saved model
-            # loads in plain Keras: the int8 range of this tensor is then fixed by design, not
-            # stretched by a film's few extreme pixels.
-            clip = config.normalization_clip
-            x = keras.layers.Rescaling(1.0, offset=clip, name="standardize_shift")(x)
-            x = keras.layers.ReLU(max_value=2 * clip, name="standardize_clip")(x)
+        x = _standardize(x, config.normalization_clip)
     x = _conv_bn_relu(
         x,
         keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem"),
@@ -115,6 +103,28 @@ def build_model(config: Config) -> keras.Model:
             x = _conv_bn_relu(x, layer, name, synchronized)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
+    return _with_head(inputs, x, config)
+
+
+def _standardize(x, clip: float):
+    """Each film to zero mean and unit variance over its own pixels (LayerNormalization over
+    height, width and channel, with no learnt scale or shift), so the overall exposure of a
+    batch of films cannot be a cue; converts to int8 TFLite ops. With `clip`, clipped to
+    [-c, c] (shifted to [0, 2c]) with built-in layers, so the saved model loads in plain Keras:
+    the int8 range of this tensor is then fixed by design, not stretched by a film's few
+    extreme pixels."""
+    x = keras.layers.LayerNormalization(
+        axis=(1, 2, 3), center=False, scale=False, epsilon=1e-3, name="standardize"
+    )(x)
+    if clip > 0:
+        x = keras.layers.Rescaling(1.0, offset=clip, name="standardize_shift")(x)
+        x = keras.layers.ReLU(max_value=2 * clip, name="standardize_clip")(x)
+    return x
+
+
+def _with_head(inputs, x, config: Config) -> keras.Model:
+    """The model with its head named "predictions" on the pooled features `x` (see
+    `build_model`)."""
     if config.binary_from_subtypes:
         # P(pneumonia) = P(BACTERIAL) + P(VIRAL) = 1 - P(NORMAL): a fixed, non-trainable Dense
         # (weights 0, 1, 1), which every runtime (int8 TFLite included) runs as it is.
@@ -123,12 +133,9 @@ def build_model(config: Config) -> keras.Model:
         model = keras.Model(inputs, head(x), name="pneumocnn")
         head.set_weights([np.array([[0.0], [1.0], [1.0]], dtype="float32")])
         return model
-    classes = num_classes_of(config)
-    outputs = (
-        keras.layers.Dense(classes, activation="softmax", name=OUTPUT_LAYER)(x)
-        if classes > 2
-        else keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER)(x)
-    )
+    task = Task.of(config.task)
+    activation = "softmax" if task.subtype else "sigmoid"
+    outputs = keras.layers.Dense(task.head_units, activation=activation, name=OUTPUT_LAYER)(x)
     return keras.Model(inputs, outputs, name="pneumocnn")
 
 

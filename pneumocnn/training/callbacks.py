@@ -1,4 +1,4 @@
-"""Training callbacks of pneumocnn's own (the Keras ones are configured in `pneumocnn.train`),
+"""The training callbacks: `make_callbacks` (Keras's own, configured, and pneumocnn's),
 and the backup they keep for `--resume`.
 
 Every file they write goes through `pneumocnn.core.files.atomic_path`: a kill at any moment leaves
@@ -19,8 +19,16 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from pneumocnn.core.config import Config
 from pneumocnn.core.files import atomic_path, write_text_atomic
-from pneumocnn.core.run_folder import BACKUP_DIR, BACKUP_STATE_FILE, CONFIG_FILE
+from pneumocnn.core.run_folder import (
+    BACKUP_DIR,
+    BACKUP_STATE_FILE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+)
+from pneumocnn.training.distribute import MultiWorkerBackupAndRestore, is_multi_worker
 
 logger = logging.getLogger(__name__)
 
@@ -235,3 +243,86 @@ def fast_forward(dataset: tf.data.Dataset, epochs: int, steps: int) -> tf.data.D
         for _ in dataset:
             pass
     return dataset
+
+
+# Checkpointing and early stopping select on ranking quality, which the threshold (chosen
+# later, on validation) does not change; the learning rate follows the smoother loss.
+SELECTION_METRIC = "val_auc"
+
+
+def make_callbacks(
+    config: Config,
+    run_dir: Path,
+    resume: bool = False,
+    best_so_far: float | None = None,
+    extra: list[keras.callbacks.Callback] | None = None,
+    backup: dict[str, Any] | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+) -> list[keras.callbacks.Callback]:
+    """The training callbacks: timing, NaN guard, checkpoint, early stopping, LR schedule,
+    history, and a backup of the last finished epoch for `--resume`.
+
+    Args:
+        config: the run's settings.
+        run_dir: the run folder.
+        resume: append to `history.csv` instead of starting it. Defaults to False.
+        best_so_far: when resuming, the best `val_auc` already checkpointed, so a worse epoch
+            does not overwrite `best.keras`. Defaults to `None`.
+        extra: more callbacks, run after selection and before the history log (so what they
+            add to the logs lands in `history.csv`). Defaults to `None`.
+        backup: when resuming, the backup state (see `read_backup`) whose callback counters
+            are restored. Defaults to `None`.
+        strategy: the `tf.distribute` strategy; with several workers, the backup is a
+            `pneumocnn.training.distribute.MultiWorkerBackupAndRestore`. Defaults to `None`.
+    """
+
+    # With weight averaging, validation, the checkpoint and early stopping see the averaged
+    # weights: SwapEMAWeights swaps them in at each epoch's end, so it must come before them.
+    averaging = (
+        [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
+        if config.weight_averaging == "ema"
+        else []
+    )
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor=SELECTION_METRIC,
+        mode="max",
+        patience=config.early_stopping_patience,
+        min_delta=config.early_stopping_min_delta,
+        restore_best_weights=True,
+        # Its own message names the epoch of its last min_delta gain, which may differ from
+        # the checkpoint's strict maximum in best.keras; `train` logs what was kept instead.
+        verbose=0,
+    )
+    # A cosine schedule (with or without restarts) owns the learning rate; plateau cuts would
+    # fight it.
+    plateau = (
+        [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                mode="min",
+                factor=config.reduce_lr_factor,
+                patience=config.reduce_lr_patience,
+                min_lr=1e-6,
+                verbose=1,
+            )
+        ]
+        if config.lr_schedule == "plateau"
+        else []
+    )
+    return [
+        EpochTimer(),
+        keras.callbacks.TerminateOnNaN(),
+        *averaging,
+        BestModelCheckpoint(run_dir / MODEL_FILE, SELECTION_METRIC, best_so_far),
+        early_stopping,
+        *plateau,
+        *(extra or []),
+        HistoryLogger(run_dir / HISTORY_FILE, append=resume),
+        # Last, so an epoch is backed up only after everything above has recorded it. With
+        # several workers, Keras's backup (the workers agree on the epoch to resume from).
+        MultiWorkerBackupAndRestore(str(run_dir / BACKUP_DIR), strategy)
+        if is_multi_worker(strategy)
+        else EpochBackup(
+            run_dir / BACKUP_DIR, [*averaging, early_stopping, *plateau], restore=backup
+        ),
+    ]

@@ -17,7 +17,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 import numpy as np
@@ -30,7 +30,6 @@ from pneumocnn.core.files import atomic_path, write_text_atomic
 
 # The artefacts of a run folder, by role.
 from pneumocnn.core.run_folder import (
-    BACKUP_DIR,
     CONFIG_FILE,
     HISTORY_FILE,
     MODEL_FILE,
@@ -47,7 +46,7 @@ from pneumocnn.data.folders import (
     task_class_names,
 )
 from pneumocnn.data.pipeline import make_datasets
-from pneumocnn.data.split import load_split, prepare_split
+from pneumocnn.data.split import LoadedSplit, load_split, prepare_split
 from pneumocnn.network.model import (
     build_model,
     fitting_model,
@@ -56,122 +55,28 @@ from pneumocnn.network.model import (
     with_pneumonia_head,
 )
 from pneumocnn.training.callbacks import (
-    BestModelCheckpoint,
-    EpochBackup,
-    EpochTimer,
-    HistoryLogger,
+    SELECTION_METRIC,
     fast_forward,
+    make_callbacks,
     read_backup,
     restore_backup,
 )
 from pneumocnn.training.compile import compile_model
 from pneumocnn.training.distill import load_teachers
 from pneumocnn.training.distribute import (
-    MultiWorkerBackupAndRestore,
     is_multi_worker,
     make_strategy,
     shard_by_data,
     weights_digest,
 )
 
-# TensorFlow, Keras and the data pipeline are imported inside the functions that use them, so
-# `--help` and flag errors come at once and without TensorFlow's start-up messages.
-if TYPE_CHECKING:
-    import keras
-    import pandas as pd
-    import tensorflow as tf
-
-    from pneumocnn.data.split import LoadedSplit
-
-
 logger = logging.getLogger(__name__)
 
-# Checkpointing and early stopping select on ranking quality, which the threshold (chosen
-# later, on validation) does not change; the learning rate follows the smoother loss.
-SELECTION_METRIC = "val_auc"
 
 
 def default_run_dir() -> Path:
     """Returns `runs/<YYYYmmdd-HHMMSS>` under the current folder."""
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def make_callbacks(
-    config: Config,
-    run_dir: Path,
-    resume: bool = False,
-    best_so_far: float | None = None,
-    extra: list[keras.callbacks.Callback] | None = None,
-    backup: dict[str, Any] | None = None,
-    strategy: tf.distribute.Strategy | None = None,
-) -> list[keras.callbacks.Callback]:
-    """The training callbacks: timing, NaN guard, checkpoint, early stopping, LR schedule,
-    history, and a backup of the last finished epoch for `--resume`.
-
-    Args:
-        config: the run's settings.
-        run_dir: the run folder.
-        resume: append to `history.csv` instead of starting it. Defaults to False.
-        best_so_far: when resuming, the best `val_auc` already checkpointed, so a worse epoch
-            does not overwrite `best.keras`. Defaults to `None`.
-        extra: more callbacks, run after selection and before the history log (so what they
-            add to the logs lands in `history.csv`). Defaults to `None`.
-        backup: when resuming, the backup state (see `read_backup`) whose callback counters
-            are restored. Defaults to `None`.
-        strategy: the `tf.distribute` strategy; with several workers, the backup is a
-            `pneumocnn.training.distribute.MultiWorkerBackupAndRestore`. Defaults to `None`.
-    """
-
-    # With weight averaging, validation, the checkpoint and early stopping see the averaged
-    # weights: SwapEMAWeights swaps them in at each epoch's end, so it must come before them.
-    averaging = (
-        [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
-        if config.weight_averaging == "ema"
-        else []
-    )
-    early_stopping = keras.callbacks.EarlyStopping(
-        monitor=SELECTION_METRIC,
-        mode="max",
-        patience=config.early_stopping_patience,
-        min_delta=config.early_stopping_min_delta,
-        restore_best_weights=True,
-        # Its own message names the epoch of its last min_delta gain, which may differ from
-        # the checkpoint's strict maximum in best.keras; `train` logs what was kept instead.
-        verbose=0,
-    )
-    # A cosine schedule (with or without restarts) owns the learning rate; plateau cuts would
-    # fight it.
-    plateau = (
-        [
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss",
-                mode="min",
-                factor=config.reduce_lr_factor,
-                patience=config.reduce_lr_patience,
-                min_lr=1e-6,
-                verbose=1,
-            )
-        ]
-        if config.lr_schedule == "plateau"
-        else []
-    )
-    return [
-        EpochTimer(),
-        keras.callbacks.TerminateOnNaN(),
-        *averaging,
-        BestModelCheckpoint(run_dir / MODEL_FILE, SELECTION_METRIC, best_so_far),
-        early_stopping,
-        *plateau,
-        *(extra or []),
-        HistoryLogger(run_dir / HISTORY_FILE, append=resume),
-        # Last, so an epoch is backed up only after everything above has recorded it. With
-        # several workers, Keras's backup (the workers agree on the epoch to resume from).
-        MultiWorkerBackupAndRestore(str(run_dir / BACKUP_DIR), strategy)
-        if is_multi_worker(strategy)
-        else EpochBackup(
-            run_dir / BACKUP_DIR, [*averaging, early_stopping, *plateau], restore=backup
-        ),
-    ]
 
 
 class TrainingDivergedError(UsageError):
@@ -272,12 +177,32 @@ def summarise(
     }
 
 
+@dataclasses.dataclass
+class _Run:
+    """A run folder being trained, and what its steps share."""
+
+    config: Config
+    dataset: Any
+    run_dir: Path
+    own_dir: Path
+    resume: bool
+    split: pd.DataFrame | None = None
+    best_so_far: float | None = None
+    backup: dict[str, Any] | None = None
+
+
 def train(
     config: Config,
     resume: bool = False,
     callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> Path:
     """Trains a model as `config` says and writes the run folder.
+
+    The steps: the distribution strategy (first, before TensorFlow runs any op), `_open_run`
+    (the data and the run folder checked before any long work, or the interrupted run read
+    back), `_load_films` (`config.json` and `split.csv` written, the films decoded once),
+    `_build` (the pipeline and the compiled model), the fit, `_check_finite`, `_binary_form`
+    (for `train_on_subtypes`) and `_write_summary`.
 
     Args:
         config: the run's settings.
@@ -295,7 +220,6 @@ def train(
             resuming, a finished run).
         TrainingDivergedError: if the loss became NaN or infinite.
     """
-
     start = time.perf_counter()
     if config.strategy == "multiworker" and not config.output_dir:
         raise UsageError(
@@ -305,87 +229,14 @@ def train(
         )
     # First, before TensorFlow runs any op: a multi-worker strategy configures the collective
     # ops at startup and cannot be made later in the process.
-
     strategy = make_strategy(config.strategy)
-
-    # Fail on bad data or a taken folder before any long work.
-    data_dir = resolve_data_dir(config.data_dir)
-    dataset = find_dataset(data_dir)
-    run_dir, own_dir = _check_run_dir(config, resume)
-    config = dataclasses.replace(
-        config, data_dir=str(dataset.root.resolve()), output_dir=str(run_dir)
-    )
-    if config.deterministic:
-        # Same seed, same machine, same weights; some kernels get slower.
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(config.seed)
-    backup = None
-    if resume:
-        if not (own_dir / SPLIT_FILE).exists():
-            raise FileNotFoundError(
-                f"Run folder '{own_dir}' has no {SPLIT_FILE}: it stopped before training began, "
-                f"so there is nothing to resume. Received: resume='{run_dir}'. Start a new run."
-            )
-        split = pd.read_csv(own_dir / SPLIT_FILE)
-        history_so_far = read_history(own_dir)
-        best_so_far = float(history_so_far[SELECTION_METRIC].max()) if len(history_so_far) else None
-        backup = read_backup(own_dir)
-        logger.info(
-            "Resuming %s after %d finished epochs",
-            run_dir,
-            backup["epoch"] if backup else 0,
+    run = _open_run(config, resume)
+    config = run.config
+    with contextlib.nullcontext(run.own_dir) if resume else _new_run_dir(run.own_dir):
+        train_split, val_split = _load_films(run)
+        model, train_ds, val_ds, steps, initial_epoch = _build(
+            run, train_split, val_split, strategy
         )
-        guard = contextlib.nullcontext(own_dir)
-    else:
-        split = prepare_split(config, dataset)
-        best_so_far = None
-        guard = _new_run_dir(own_dir)
-    class_names = task_class_names(config.task, dataset.class_names)
-    logger.info("Run folder: %s; task %s, classes: %s", run_dir, config.task, list(class_names))
-
-    with guard:
-        if not resume:
-            config.save(own_dir / CONFIG_FILE)
-            with atomic_path(own_dir / SPLIT_FILE) as temporary:
-                split.to_csv(temporary, index=False)
-        # split.csv keeps the task's labels; `train_on_subtypes` trains on the subtypes.
-        fit_split = (
-            label_for_task(split, dataset.class_names, "subtype")
-            if config.binary_from_subtypes
-            else split
-        )
-        train_split = load_split(fit_split, "train", config.image_size, dataset.root)
-        val_split = load_split(fit_split, "val", config.image_size, dataset.root)
-        if len(train_split.labels) == 0 or len(val_split.labels) == 0:
-            subset = "train" if not len(train_split.labels) else "val"
-            raise DataError(
-                f"No readable images left in the {subset} subset of '{dataset.root}'. Check "
-                "the files listed in the warnings above."
-            )
-        train_ds, val_ds, steps = make_datasets(
-            config,
-            train_split,
-            val_split,
-            training_classes_of(config),
-            teachers=load_teachers(config, training_classes_of(config)),
-        )
-
-        if is_multi_worker(strategy):
-            train_ds, val_ds = shard_by_data(train_ds, val_ds)
-        with strategy.scope():
-            model = compile_model(fitting_model(build_model(config)), config, steps)
-            initial_epoch = 0
-            if backup is not None:
-                restore_backup(model, own_dir, backup)
-                initial_epoch = int(backup["epoch"])
-        train_ds = fast_forward(train_ds, initial_epoch, steps)
-    logger.info(
-        "Model: %s parameters; balance=%s; %d replica(s) (%s)",
-        f"{model.count_params():,}",
-        config.balance,
-        strategy.num_replicas_in_sync,
-        config.strategy,
-    )
     model.fit(
         train_ds,
         validation_data=val_ds,
@@ -394,63 +245,15 @@ def train(
         steps_per_epoch=steps,
         shuffle=False,  # the tf.data pipeline shuffles
         callbacks=make_callbacks(
-            config, own_dir, resume, best_so_far, callbacks, backup=backup, strategy=strategy
+            config, run.own_dir, resume, run.best_so_far, callbacks, run.backup, strategy
         ),
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    history = read_history(own_dir)
-    if len(history) == 0 or not np.all(np.isfinite(history["loss"].to_numpy(float))):
-        raise TrainingDivergedError(
-            f"Training diverged: the loss became NaN or infinite in epoch {len(history)}, and "
-            f"training stopped. Received: learning_rate={config.learning_rate}. Lower "
-            "--learning-rate (e.g. by 10x), or check the input images. "
-            + (
-                f"{own_dir / MODEL_FILE} holds the best epoch before that."
-                if (own_dir / MODEL_FILE).exists()
-                else "No model was saved."
-            )
-        )
-    if config.binary_from_subtypes and (own_dir / MODEL_FILE).exists():
-        # The checkpoint is the three-class model; the run's model is its binary form.
-        best = with_pneumonia_head(load_model(own_dir / MODEL_FILE), config)
-        with atomic_path(own_dir / MODEL_FILE) as temporary:
-            best.save(temporary)
-        train_split, val_split = (
-            dataclasses.replace(loaded, labels=pneumonia_labels(loaded.labels).astype(np.int32))
-            for loaded in (train_split, val_split)
-        )
-    summary = summarise(
-        history,
-        model=model,
-        class_names=class_names,
-        train=train_split,
-        val=val_split,
-        steps_per_epoch=steps,
-        batch_size=config.batch_size,
-        wall_seconds=time.perf_counter() - start,
+    history = _check_finite(run)
+    train_split, val_split = _binary_form(run, train_split, val_split)
+    summary = _write_summary(
+        run, history, model, train_split, val_split, steps, strategy, time.perf_counter() - start
     )
-    summary["stopped_early"] = summary["epochs_run"] < config.epochs
-    summary["replicas"] = int(strategy.num_replicas_in_sync)
-    summary["task"] = config.task
-    if config.binary_from_subtypes:
-        summary["trained_on"] = list(task_class_names("subtype", dataset.class_names))
-    summary["weights_sha256"] = weights_digest(model)
-    write_text_atomic(own_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-    logger.info(
-        "%s after epoch %d; %s holds epoch %d (highest %s %.4f)",
-        "Early stopping" if summary["stopped_early"] else "Finished",
-        summary["epochs_run"],
-        own_dir / MODEL_FILE,
-        summary["best_epoch"],
-        SELECTION_METRIC,
-        summary["val_auc"],
-    )
-    if summary["unreadable_files"]:
-        logger.warning(
-            "%d unreadable images were skipped (listed in %s)",
-            summary["unreadable_files"],
-            own_dir / SUMMARY_FILE,
-        )
     if is_multi_worker(strategy):
         task_type, index, is_chief = tf_config_task()
         logger.info(
@@ -461,5 +264,179 @@ def train(
             summary["weights_sha256"],
         )
         if not is_chief:
-            shutil.rmtree(own_dir)
-    return run_dir
+            shutil.rmtree(run.own_dir)
+    return run.run_dir
+
+
+def _open_run(config: Config, resume: bool) -> _Run:
+    """Checks the data and the run folder before any long work, seeds everything, and reads
+    back an interrupted run's split, history and backup when resuming."""
+    dataset = find_dataset(resolve_data_dir(config.data_dir))
+    run_dir, own_dir = _check_run_dir(config, resume)
+    config = dataclasses.replace(
+        config, data_dir=str(dataset.root.resolve()), output_dir=str(run_dir)
+    )
+    if config.deterministic:
+        # Same seed, same machine, same weights; some kernels get slower.
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    run = _Run(config, dataset, run_dir, own_dir, resume)
+    if not resume:
+        run.split = prepare_split(config, dataset)
+        return run
+    if not (own_dir / SPLIT_FILE).exists():
+        raise FileNotFoundError(
+            f"Run folder '{own_dir}' has no {SPLIT_FILE}: it stopped before training began, "
+            f"so there is nothing to resume. Received: resume='{run_dir}'. Start a new run."
+        )
+    run.split = pd.read_csv(own_dir / SPLIT_FILE)
+    history = read_history(own_dir)
+    run.best_so_far = float(history[SELECTION_METRIC].max()) if len(history) else None
+    run.backup = read_backup(own_dir)
+    logger.info(
+        "Resuming %s after %d finished epochs", run_dir, run.backup["epoch"] if run.backup else 0
+    )
+    return run
+
+
+def _load_films(run: _Run) -> tuple[LoadedSplit, LoadedSplit]:
+    """Writes a new run's `config.json` and `split.csv`, and decodes the training and
+    validation films once (labelled for what the network trains on: `split.csv` keeps the
+    task's labels; `train_on_subtypes` trains on the subtypes)."""
+    config, dataset = run.config, run.dataset
+    class_names = task_class_names(config.task, dataset.class_names)
+    logger.info("Run folder: %s; task %s, classes: %s", run.run_dir, config.task, list(class_names))
+    if not run.resume:
+        config.save(run.own_dir / CONFIG_FILE)
+        with atomic_path(run.own_dir / SPLIT_FILE) as temporary:
+            run.split.to_csv(temporary, index=False)
+    fit_split = (
+        label_for_task(run.split, dataset.class_names, "subtype")
+        if config.binary_from_subtypes
+        else run.split
+    )
+    train_split = load_split(fit_split, "train", config.image_size, dataset.root)
+    val_split = load_split(fit_split, "val", config.image_size, dataset.root)
+    if len(train_split.labels) == 0 or len(val_split.labels) == 0:
+        subset = "train" if not len(train_split.labels) else "val"
+        raise DataError(
+            f"No readable images left in the {subset} subset of '{dataset.root}'. Check "
+            "the files listed in the warnings above."
+        )
+    return train_split, val_split
+
+
+def _build(
+    run: _Run, train_split: LoadedSplit, val_split: LoadedSplit, strategy: tf.distribute.Strategy
+) -> tuple[keras.Model, tf.data.Dataset, tf.data.Dataset, int, int]:
+    """The input pipelines and the compiled model (restored from the backup when resuming).
+
+    Returns:
+        `(model, train_ds, val_ds, steps_per_epoch, initial_epoch)`.
+    """
+    config = run.config
+    classes = training_classes_of(config)
+    train_ds, val_ds, steps = make_datasets(
+        config, train_split, val_split, classes, teachers=load_teachers(config, classes)
+    )
+    if is_multi_worker(strategy):
+        train_ds, val_ds = shard_by_data(train_ds, val_ds)
+    with strategy.scope():
+        model = compile_model(fitting_model(build_model(config)), config, steps)
+        initial_epoch = 0
+        if run.backup is not None:
+            restore_backup(model, run.own_dir, run.backup)
+            initial_epoch = int(run.backup["epoch"])
+    logger.info(
+        "Model: %s parameters; balance=%s; %d replica(s) (%s)",
+        f"{model.count_params():,}",
+        config.balance,
+        strategy.num_replicas_in_sync,
+        config.strategy,
+    )
+    return model, fast_forward(train_ds, initial_epoch, steps), val_ds, steps, initial_epoch
+
+
+def _check_finite(run: _Run) -> pd.DataFrame:
+    """The run's history, refused when the loss became NaN or infinite.
+
+    Raises:
+        TrainingDivergedError: naming the epoch and the fix.
+    """
+    history = read_history(run.own_dir)
+    if len(history) == 0 or not np.all(np.isfinite(history["loss"].to_numpy(float))):
+        raise TrainingDivergedError(
+            f"Training diverged: the loss became NaN or infinite in epoch {len(history)}, and "
+            f"training stopped. Received: learning_rate={run.config.learning_rate}. Lower "
+            "--learning-rate (e.g. by 10x), or check the input images. "
+            + (
+                f"{run.own_dir / MODEL_FILE} holds the best epoch before that."
+                if (run.own_dir / MODEL_FILE).exists()
+                else "No model was saved."
+            )
+        )
+    return history
+
+
+def _binary_form(
+    run: _Run, train_split: LoadedSplit, val_split: LoadedSplit
+) -> tuple[LoadedSplit, LoadedSplit]:
+    """For `train_on_subtypes`: the checkpoint is the three-class model, and the run's model is
+    its binary form (rewritten in place); the films' labels become pneumonia-vs-NORMAL."""
+    path = run.own_dir / MODEL_FILE
+    if not run.config.binary_from_subtypes or not path.exists():
+        return train_split, val_split
+    best = with_pneumonia_head(load_model(path), run.config)
+    with atomic_path(path) as temporary:
+        best.save(temporary)
+    return tuple(
+        dataclasses.replace(loaded, labels=pneumonia_labels(loaded.labels).astype(np.int32))
+        for loaded in (train_split, val_split)
+    )
+
+
+def _write_summary(
+    run: _Run,
+    history: pd.DataFrame,
+    model: keras.Model,
+    train_split: LoadedSplit,
+    val_split: LoadedSplit,
+    steps: int,
+    strategy: tf.distribute.Strategy,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """Writes `summary.json` (see `summarise`) and logs how the run ended."""
+    config, dataset = run.config, run.dataset
+    summary = summarise(
+        history,
+        model=model,
+        class_names=task_class_names(config.task, dataset.class_names),
+        train=train_split,
+        val=val_split,
+        steps_per_epoch=steps,
+        batch_size=config.batch_size,
+        wall_seconds=wall_seconds,
+    )
+    summary["stopped_early"] = summary["epochs_run"] < config.epochs
+    summary["replicas"] = int(strategy.num_replicas_in_sync)
+    summary["task"] = config.task
+    if config.binary_from_subtypes:
+        summary["trained_on"] = list(task_class_names("subtype", dataset.class_names))
+    summary["weights_sha256"] = weights_digest(model)
+    write_text_atomic(run.own_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    logger.info(
+        "%s after epoch %d; %s holds epoch %d (highest %s %.4f)",
+        "Early stopping" if summary["stopped_early"] else "Finished",
+        summary["epochs_run"],
+        run.own_dir / MODEL_FILE,
+        summary["best_epoch"],
+        SELECTION_METRIC,
+        summary["val_auc"],
+    )
+    if summary["unreadable_files"]:
+        logger.warning(
+            "%d unreadable images were skipped (listed in %s)",
+            summary["unreadable_files"],
+            run.own_dir / SUMMARY_FILE,
+        )
+    return summary
