@@ -8,8 +8,10 @@ is compared with column 1 of today's `[1 - p, p]`) and exits 1 on any difference
 
 Example (before and after a refactor):
 
-    python experiments/same_predictions.py --data-dir ../shared/chest_xray/test --save before.npz
-    python experiments/same_predictions.py --data-dir ../shared/chest_xray/test --compare before.npz
+    python experiments/tools/same_predictions.py --data-dir ../shared/chest_xray/test \\
+        --save before.npz
+    python experiments/tools/same_predictions.py --data-dir ../shared/chest_xray/test \\
+        --compare before.npz
 """
 
 from __future__ import annotations

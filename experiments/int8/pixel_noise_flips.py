@@ -11,8 +11,8 @@ to the threshold the flipping films lie. Writes nothing; prints one JSON line pe
 
 Example:
 
-    python experiments/pixel_noise_flips.py --data-dir ../shared/chest_xray/test
-    python experiments/pixel_noise_flips.py --data-dir ../shared/chest_xray/test \\
+    python experiments/int8/pixel_noise_flips.py --data-dir ../shared/chest_xray/test
+    python experiments/int8/pixel_noise_flips.py --data-dir ../shared/chest_xray/test \\
         --model saved_models/pneumocnn_int8.tflite saved_models/pneumocnn.keras
 """
 

@@ -20,7 +20,7 @@ that metadata (the model files and their checksums are untouched).
 
 Example:
 
-    python experiments/guard_rates.py --data-dir ../shared/chest_xray
+    python experiments/guard/guard_rates.py --data-dir ../shared/chest_xray
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _skull(rng: np.random.Generator, side: int) -> Image.Image:
 def synthetic_images(rng: np.random.Generator) -> Iterator[tuple[str, Image.Image]]:
     """Noise, gradients, stripes, checkerboards, text, shapes, colour fields, radiograph-like
     phantoms, CT sinograms, and gray blob 'films' (the tests' synthetic X-rays)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
     from helpers import synthetic_xray
 
     for index in range(6):

@@ -7,15 +7,16 @@ For each `experiments/ablation/<name>.json` (and each `--seeds`), it runs
     python -m pneumocnn.evaluate runs/ablation/<name>-s<S> --split val
     python -m pneumocnn.export runs/ablation/<name>-s<S>   # into the run's export/ folder
 
-and appends one row to `experiments/ablation_results.csv`: validation AUC, and accuracy,
+and appends one row to `experiments/ablation/ablation_results.csv`: validation AUC, and accuracy,
 sensitivity and specificity at the threshold chosen on validation, parameters, int8 `.tflite`
 size, and training minutes. Rows already in the CSV are skipped, so the study resumes.
 
 Example:
 
-    python experiments/ablation.py --data-dir ../shared/chest_xray              # every experiment
-    python experiments/ablation.py --data-dir ../shared/chest_xray --only base --seeds 1 2 3
-    python experiments/ablation.py --table                                     # Markdown table
+    python experiments/ablation/ablation.py --data-dir ../shared/chest_xray     # every experiment
+    python experiments/ablation/ablation.py --data-dir ../shared/chest_xray --only base \\
+        --seeds 1 2 3
+    python experiments/ablation/ablation.py --table                            # Markdown table
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from pathlib import Path
 
 import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-EXPERIMENTS = HERE / "ablation"
-RESULTS = HERE / "ablation_results.csv"
+# The study's folder holds its configs and its results; runs go under the project root's runs/.
+EXPERIMENTS = Path(__file__).resolve().parent
+ROOT = EXPERIMENTS.parents[1]
+RESULTS = EXPERIMENTS / "ablation_results.csv"
 # The base first, so every other row has its reference.
 ORDER = ["base"]
 

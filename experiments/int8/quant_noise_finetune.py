@@ -9,12 +9,12 @@ training only (the noise layers live in a training twin that shares the run's la
 fine-tuned model is the run's architecture, built-in layers only). BatchNormalization stays
 frozen (inference mode), as the int8 model folds it. Writes a copy of the run folder with the
 fine-tuned `best.keras` (and no stored threshold, so the next step chooses it on validation as
-the export does); check it with `experiments/subtype_parity.py OUTPUT_DIR` or
+the export does); check it with `experiments/int8/subtype_parity.py OUTPUT_DIR` or
 `python -m pneumocnn.export OUTPUT_DIR`.
 
 Example:
 
-    python experiments/quant_noise_finetune.py runs/subtype-s1 --output-dir runs/subtype-s1-qn
+    python experiments/int8/quant_noise_finetune.py runs/subtype-s1 --output-dir runs/subtype-s1-qn
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ RGB JPEG turned by EXIF, a float TIFF), runs `predict` on each in its own proces
 `/usr/bin/time -v`, and prints the peak resident memory of each run next to a baseline run on a
 small film.
 
-    python experiments/loader_peak_memory.py
+    python experiments/loader/loader_peak_memory.py
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import write_dicom  # noqa: E402
 from pneumocnn.data.pixels import MAX_DECODED_BYTES  # noqa: E402

@@ -13,7 +13,7 @@ tie in float, and how far int8 moves P(pneumonia) and P(BACTERIAL) - P(VIRAL). W
 
 Example:
 
-    python experiments/subtype_parity.py runs/subtype-s3 --calibration-images 1000
+    python experiments/int8/subtype_parity.py runs/subtype-s3 --calibration-images 1000
 """
 
 from __future__ import annotations

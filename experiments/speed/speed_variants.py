@@ -7,7 +7,7 @@ table; the accuracy of a variant comes from training it (see experiments/ablatio
 
 Example:
 
-    python experiments/speed_variants.py
+    python experiments/speed/speed_variants.py
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ backup; a finished row is skipped, so the study spans sittings. A distillation r
 teachers as other rows' runs (`{runs_dir}/<row>-s<seed>/best.keras`): run those rows first. Tables
 are made from the saved results only:
 
-    python experiments/shift_study.py --data-dir ../shared/chest_xray            # every row
-    python experiments/shift_study.py --data-dir ../shared/chest_xray --only framing --seeds 1
-    python experiments/shift_study.py --table                                    # Markdown
-    python experiments/shift_study.py --write-readme README.md                   # the README's
+    python experiments/shift/shift_study.py --data-dir ../shared/chest_xray      # every row
+    python experiments/shift/shift_study.py --data-dir ../shared/chest_xray --only framing --seeds 1
+    python experiments/shift/shift_study.py --table                              # Markdown
+    python experiments/shift/shift_study.py --write-readme README.md             # the README's
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-ROWS = HERE / "shift"
+# The study's folder holds its rows (`<name>.json`, `order.txt`) and its results.
+ROWS = Path(__file__).resolve().parent
+ROOT = ROWS.parents[1]
 RESULTS = ROWS / "results"
 DEFAULT_SEEDS = (1, 2, 3)
 

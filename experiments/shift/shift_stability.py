@@ -4,14 +4,15 @@ For every saved result of the study (`experiments/shift/results/ROW-sSEED.json`)
 is still in `--runs-dir`, runs the float checkpoint (`best.keras`) on the development half with
 `pneumocnn.evaluation.stability.pixel_noise_sensitivity` (five seeded draws of -1, 0 or +1 grey
 level per pixel) and saves the figures to `experiments/shift/stability/ROW-sSEED.json`; runs already
-measured are skipped. `python experiments/shift_study.py --table` then shows `noise_mean` and
+measured are skipped. `python experiments/shift/shift_study.py --table` then shows `noise_mean` and
 `noise_p99` beside each row. A steadier model is one whose calls other clients (another JPEG
 decoder, MediaPipe's resize) reproduce more often; the int8 model is about twice as sensitive as
-its float checkpoint (`experiments/pixel_noise_flips.py`).
+its float checkpoint (`experiments/int8/pixel_noise_flips.py`).
 
 Example:
 
-    python experiments/shift_stability.py --data-dir ../shared/chest_xray --runs-dir runs/shift
+    python experiments/shift/shift_stability.py --data-dir ../shared/chest_xray \\
+        --runs-dir runs/shift
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "shift" / "results"
-STABILITY = ROOT / "experiments" / "shift" / "stability"
+STUDY = Path(__file__).resolve().parent
+ROOT = STUDY.parents[1]
+RESULTS = STUDY / "results"
+STABILITY = STUDY / "stability"
 
 
 @functools.cache
