@@ -41,6 +41,7 @@ from pneumocnn.core.locations import default_model
 from pneumocnn.core.metadata import find_metadata, load_metadata, write_json_atomically
 from pneumocnn.data.images import read_grayscale, to_model_input
 from pneumocnn.runtime import guard
+from pneumocnn.testing import synthetic_xray
 
 SKIMAGE_SAMPLES = (
     "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "colorwheel",
@@ -124,10 +125,8 @@ def _skull(rng: np.random.Generator, side: int) -> Image.Image:
 
 def synthetic_images(rng: np.random.Generator) -> Iterator[tuple[str, Image.Image]]:
     """Noise, gradients, stripes, checkerboards, text, shapes, colour fields, radiograph-like
-    phantoms, CT sinograms, and gray blob 'films' (the tests' synthetic X-rays)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-    from helpers import synthetic_xray
-
+    phantoms, CT sinograms, and gray blob 'films' (`pneumocnn.testing.synthetic_xray`, the
+    tests' synthetic X-rays)."""
     for index in range(6):
         size = (int(rng.integers(200, 700)), int(rng.integers(200, 700)))
         width, height = size

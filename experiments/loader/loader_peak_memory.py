@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pneumocnn.data.pixels import MAX_DECODED_BYTES
+from pneumocnn.testing import write_dicom
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from helpers import write_dicom  # noqa: E402
-from pneumocnn.data.pixels import MAX_DECODED_BYTES  # noqa: E402
 
 MODEL = ROOT / "saved_models" / "pneumocnn_int8.tflite"
 
