@@ -29,7 +29,14 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pneumocnn.core.run_folder import resolve_source
+from pneumocnn.core.run_folder import (
+    EXPORT_DIR,
+    METRICS_FILE,
+    MODEL_FILE,
+    SPLIT_FILE,
+    THRESHOLD_FILE,
+    resolve_source,
+)
 from pneumocnn.data.folders import find_dataset, resolve_data_dir
 from pneumocnn.data.pipeline import make_datasets
 from pneumocnn.data.split import load_split
@@ -105,7 +112,7 @@ def main() -> None:
     if output.exists():
         raise SystemExit(f"{output} exists: pass a new --output-dir.")
     dataset = find_dataset(resolve_data_dir(config.data_dir))
-    split = pd.read_csv(source.run_dir / "split.csv")
+    split = pd.read_csv(source.run_dir / SPLIT_FILE)
     model = load_model(source.model_path)
     calibration = representative_images(
         split, dataset.root, config.image_size, args.calibration_images, config.seed
@@ -135,12 +142,12 @@ def main() -> None:
     shutil.copytree(
         source.run_dir,
         output,
-        ignore=shutil.ignore_patterns("export", "threshold.json", "*.png", "metrics.json"),
+        ignore=shutil.ignore_patterns(EXPORT_DIR, THRESHOLD_FILE, "*.png", METRICS_FILE),
     )
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = True
-    model.save(output / "best.keras")
+    model.save(output / MODEL_FILE)
     report = {
         "run": str(args.run_dir),
         "epochs": args.epochs,

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pneumocnn.core.locations import default_model
 from pneumocnn.data.pixels import MAX_DECODED_BYTES
 from pneumocnn.testing import write_dicom
 
 ROOT = Path(__file__).resolve().parents[2]
 
-MODEL = ROOT / "saved_models" / "pneumocnn_int8.tflite"
+MODEL = default_model("int8")
 
 
 def _gradient(rows: int, columns: int, dtype, high: int) -> np.ndarray:

@@ -23,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 
+from pneumocnn.core.run_folder import CONFIG_FILE, MODEL_FILE
+
 STUDY = Path(__file__).resolve().parent
 ROOT = STUDY.parents[1]
 RESULTS = STUDY / "results"
@@ -48,9 +50,9 @@ def measure(run_dir: Path, data_dir: Path) -> dict:
     from pneumocnn.network.model import load_model
     from pneumocnn.runtime.runners import keras_probabilities
 
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
     images = development_half(data_dir, config["image_size"])
-    model = load_model(run_dir / "best.keras")
+    model = load_model(run_dir / MODEL_FILE)
     return pixel_noise_sensitivity(lambda x: keras_probabilities(model, x), images)
 
 
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.runs_dir) / result.stem
         if target.exists():
             continue
-        if not (run_dir / "best.keras").is_file():
+        if not (run_dir / MODEL_FILE).is_file():
             print(f"{result.stem}: no run folder in {args.runs_dir}, skipped", file=sys.stderr)
             continue
         figures = {"run": result.stem, **measure(run_dir, Path(args.data_dir)), "model": "float"}

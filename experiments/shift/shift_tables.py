@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumocnn.core.task import class_probabilities, pneumonia_probability
 from pneumocnn.data.folders import patient_id
 from pneumocnn.evaluation.metrics import pneumonia_figures, specificity_at_sensitivity
 from pneumocnn.evaluation.thresholds import choose_threshold
@@ -52,9 +53,8 @@ def load_results(folder: Path) -> list[dict]:
 
 
 def pneumonia_scores(outputs) -> np.ndarray:
-    outputs = np.asarray(outputs, dtype=np.float64)
-    outputs = outputs.reshape(len(outputs), -1)
-    return outputs[:, 0] if outputs.shape[1] == 1 else 1.0 - outputs[:, 0]
+    """P(pneumonia) of saved raw outputs: a sigmoid's `(n, 1)` or a softmax's `(n, classes)`."""
+    return pneumonia_probability(class_probabilities(np.asarray(outputs, dtype=np.float64)))
 
 
 def film_group(name: str, label: int) -> str:
