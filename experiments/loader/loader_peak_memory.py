@@ -11,6 +11,7 @@ small film.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import subprocess
@@ -138,6 +139,8 @@ def peak_mb(path: Path) -> tuple[float, str]:
 
 
 def main() -> int:
+    # No options: the parser answers --help (without it, the script would do its work).
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     print(f"Budget: MAX_DECODED_BYTES = {MAX_DECODED_BYTES:,} bytes\n")
     print("| input | file MB | peak RSS of predict, MB | result |")
     print("|---|---|---|---|")

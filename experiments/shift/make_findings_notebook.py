@@ -9,6 +9,7 @@ Kept as a script so the notebook's code is reviewed as code; the notebook itself
 package and the study's saved results, and copies none of the package's code.
 """
 
+import argparse
 from pathlib import Path
 
 import nbformat as nbf
@@ -332,6 +333,8 @@ show_gradcam(
 
 
 def main() -> None:
+    # No options: the parser answers --help (without it, the script would do its work).
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     notebook = nbf.v4.new_notebook()
     notebook.cells = [
         nbf.v4.new_markdown_cell(text) if kind == "md" else nbf.v4.new_code_cell(text)
