@@ -217,14 +217,18 @@ def fit_like_export(metadata: dict, data_dir: Path) -> guard.GuardCalibration:
     the export does."""
     from pneumocnn.core.config import Config
     from pneumocnn.data.folders import find_dataset
-    from pneumocnn.data.split import load_split, prepare_split
-    from pneumocnn.edge.prepare import guard_calibration
+    from pneumocnn.data.split import load_split, prepare_split, training_samples
+    from pneumocnn.edge.prepare import GUARD_FIT_IMAGES
 
     config = Config.from_dict({**metadata["config"], "data_dir": str(data_dir)})
     dataset = find_dataset(data_dir)
     split = prepare_split(config, dataset)
     val = load_split(split, "val", config.image_size, dataset.root)
-    return guard_calibration(split, dataset.root, config, val.images)
+    # The export's guard sample (`pneumocnn.edge.prepare.prepare`): the same seeded draw.
+    films = training_samples(
+        split, dataset.root, config.image_size, {"guard": GUARD_FIT_IMAGES}, config.seed
+    )
+    return guard.fit(films["guard"], val.images)
 
 
 def main(argv: list[str] | None = None) -> int:
