@@ -128,7 +128,7 @@ def render() -> None:
     choice = st.sidebar.radio("Model", list(choices), index=0)
     model_path = folder / choices[choice]
     try:
-        metadata = load_metadata(folder / f"{name}.json", model_path)
+        metadata = load_metadata(folder / model_files(name)["metadata"], model_path)
         classifier = load(str(model_path))
         cam = load_cam(str(folder / files["keras"]))
     except (FileNotFoundError, MetadataError, ValueError) as error:

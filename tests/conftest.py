@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_RUN, flags, write_dataset
+from helpers import TINY_RUN, flags
+from pneumocnn.testing import write_dataset
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def exported_model(trained_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def subtype_run(tmp_path_factory) -> Path:
     """A `--task subtype` run folder trained briefly on synthetic NORMAL / BACTERIAL / VIRAL
-    films (see `helpers.synthetic_xray`), 60 patients per folder."""
+    films (see `pneumocnn.testing.synthetic_xray`), 60 patients per folder."""
     base = tmp_path_factory.mktemp("subtype")
     root = write_dataset(
         base / "chest_xray", patients=60, images_per_patient=2, seed=11, subtypes=True

@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import synthetic_xray, write_dicom  # noqa: E402
-from pneumocnn.benchmark.timing import peak_memory_mb  # noqa: E402
-from pneumocnn.data.images import load_image  # noqa: E402
+from pneumocnn.benchmark.timing import peak_memory_mb
+from pneumocnn.data.images import load_image
 from pneumocnn.data.pixels import ImageLoadError
+from pneumocnn.testing import synthetic_xray, write_dicom
 
 HANG_SECONDS = 10.0
 MEMORY_LIMIT_MB = 1024

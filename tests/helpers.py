@@ -1,4 +1,9 @@
-"""Test helpers: tiny seeded synthetic images and data sets, and where the real data is.
+"""Test helpers that need pytest or the tests' own place: where the real data is and its markers,
+the tiny run's settings, CLI flags, a training subprocess, the browser tests' server.
+
+The synthetic films and the files made from them (`synthetic_xray`, `write_image`,
+`write_dataset`, `write_dicom`, `png_claiming`) live in `pneumocnn.testing`, where the
+experiments use them too.
 
 A plain module (not conftest.py) so tests can import it by name: the notebooks folder has a
 conftest.py of its own, and two modules named `conftest` cannot both be imported.
@@ -8,14 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import http.server
 import shutil
-import struct
 import subprocess
 import sys
 import threading
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,69 +48,12 @@ requires_real_data = pytest.mark.skipif(
 )
 
 
-def synthetic_xray(
-    rng: np.random.Generator, label: int, size: tuple[int, int], subtype: str = "bacteria"
-) -> np.ndarray:
-    """A gray 'film' whose class shows as a bright blotch (PNEUMONIA), or none (NORMAL).
-
-    With `subtype="virus"` the PNEUMONIA film shows a bright horizontal band across the middle
-    instead of a blotch, so a three-class model can tell the subtypes apart.
-    """
-    width, height = size
-    image = rng.normal(90, 20, (height, width))
-    yy, xx = np.mgrid[:height, :width]
-    if label == 1 and subtype == "virus":
-        image += 110 * np.exp(-((yy - height / 2) ** 2) / (2 * (height / 10) ** 2))
-    elif label == 1:
-        y, x = rng.integers(height // 4, 3 * height // 4), rng.integers(width // 4, 3 * width // 4)
-        image += 120 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * (min(size) / 6) ** 2))
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 def flags(**values) -> list[str]:
     """CLI flags from keyword arguments: `flags(image_size=32)` -> `["--image-size", "32"]`."""
     argv = []
     for name, value in values.items():
         argv += ["--" + name.replace("_", "-"), str(value)]
     return argv
-
-
-def write_image(path: Path, pixels: np.ndarray, mode: str = "L") -> Path:
-    """Saves `pixels` (2-D uint8) as `path` in `mode` (format from the extension)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels, mode="L").convert(mode).save(path)
-    return path
-
-
-def write_dataset(
-    root: Path,
-    patients: int = 6,
-    images_per_patient: int = 2,
-    seed: int = 0,
-    subtypes: bool = False,
-) -> Path:
-    """Writes a tiny Kaggle-layout data set `root/train/{NORMAL,PNEUMONIA}/` and returns `root`.
-
-    Kaggle-style names; a mix of JPEG and PNG, grayscale and RGB, and odd sizes. PNEUMONIA
-    patients are all `person<N>_bacteria_<K>`, or with `subtypes` alternately bacteria and
-    virus, with films to match (see `synthetic_xray`).
-    """
-    rng = np.random.default_rng(seed)
-    for label, name in enumerate(("NORMAL", "PNEUMONIA")):
-        for patient in range(patients):
-            subtype = "virus" if subtypes and patient % 2 else "bacteria"
-            for shot in range(images_per_patient):
-                if label == 0:
-                    stem = f"IM-{patient:04d}-{shot + 1:04d}"
-                else:
-                    stem = f"person{patient}_{subtype}_{shot + 1}"
-                extension, mode = [(".jpeg", "L"), (".png", "RGB"), (".jpeg", "RGB")][
-                    (patient + shot) % 3
-                ]
-                size = (int(rng.integers(40, 90)), int(rng.integers(40, 90)))
-                pixels = synthetic_xray(rng, label, size, subtype)
-                write_image(root / "train" / name / f"{stem}{extension}", pixels, mode)
-    return root
 
 
 def real_films(count: int) -> list[np.ndarray]:
@@ -125,88 +70,6 @@ def real_films(count: int) -> list[np.ndarray]:
         stretched = (gray - gray.min()) * 255 / (gray.max() - gray.min())
         films.append(np.rint(stretched).astype(np.uint8))
     return films
-
-
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    *,
-    window: tuple[float, float] | None = None,
-    rescale: tuple[float, float] | None = None,
-    voi_lut: tuple[list[int], np.ndarray] | None = None,
-    compress: str | None = None,
-    patient: tuple[str, str] = ("Doe^Jane", "SECRET-4711"),
-) -> Path:
-    """Writes `pixels` (rows x columns, or frames x rows x columns) as a DX DICOM file.
-
-    Args:
-        path: where to write.
-        pixels: uint8, uint16 or int16 stored values.
-        photometric: "MONOCHROME1" or "MONOCHROME2".
-        bits_stored: defaults to the dtype's bits.
-        window: `(center, width)`, or `None` for no window.
-        rescale: `(slope, intercept)` of the modality LUT, or `None`.
-        voi_lut: `(LUTDescriptor, LUTData)` of a VOI LUT Sequence, or `None`.
-        compress: a transfer syntax UID to compress with (pydicom's own encoders, e.g. RLE
-            Lossless), or `None` for Explicit VR Little Endian.
-        patient: `(PatientName, PatientID)`, which must never be printed.
-    """
-    from pydicom import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = DigitalXRayImageStorageForPresentation
-    dataset.Modality = "DX"
-    dataset.PatientName, dataset.PatientID = patient
-    bits = bits_stored or pixels.dtype.itemsize * 8
-    dataset.set_pixel_data(pixels, photometric, bits, generate_instance_uid=False)
-    # A UID from the pixels, so the same film always gives the same bytes (the fuzz test relies
-    # on it).
-    dataset.SOPInstanceUID = "2.25." + str(
-        int(hashlib.sha256(pixels.tobytes()).hexdigest()[:24], 16)
-    )
-    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    if window is not None:
-        dataset.WindowCenter, dataset.WindowWidth = window
-    if rescale is not None:
-        dataset.RescaleSlope, dataset.RescaleIntercept = rescale
-        dataset.RescaleType = "US"
-    if voi_lut is not None:
-        item = Dataset()
-        item.LUTDescriptor = voi_lut[0]
-        item.add_new(0x00283006, "US", [int(value) for value in voi_lut[1]])  # LUTData
-        dataset.VOILUTSequence = Sequence([item])
-    if compress == "1.2.840.10008.1.2.1.99":  # Deflated Explicit VR Little Endian
-        meta.TransferSyntaxUID = compress
-    elif compress is not None:
-        dataset.compress(compress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
-def png_claiming(width: int, height: int, depth: int = 8, colour: int = 0) -> bytes:
-    """A PNG whose header claims `width` x `height` (bit depth, colour type) but holds almost no
-    data: a decompression bomb's header."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-        + chunk(b"IEND", b"")
-    )
 
 
 def train_in_subprocess(argv: list[str], prelude: str = "", returncode: int = 0) -> None:

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from scipy.stats import beta
 
-from helpers import write_dataset
 from pneumocnn import adapt as adapt_command
 from pneumocnn.adaptation.site import load_site, patient_folds, sample_patients
 from pneumocnn.core.adapt_config import AdaptConfig
 from pneumocnn.core.errors import DataError
 from pneumocnn.core.metadata import load_metadata, model_files
 from pneumocnn.evaluation.thresholds import fewest_positives, sensitivity_bound_threshold
+from pneumocnn.testing import write_dataset
 
 # A quick recipe for the toy model: the behaviour, not the figures, is under test.
 QUICK = ["--folds", "3", "--epochs", "2", "--training-films", "40", "--confidence", "0.9"]

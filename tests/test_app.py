@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CHROMIUM, CHROMIUM_ARGS, requires_chromium, synthetic_xray
+from helpers import CHROMIUM, CHROMIUM_ARGS, requires_chromium
+from pneumocnn.testing import synthetic_xray
 
 pytest.importorskip("streamlit", reason="the app extra is not installed")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -166,7 +167,7 @@ def test_dicom_named_png_does_not_stop_the_batch(app, tmp_path):
     # The bug: the app's 16-bit check reopened every .png with Pillow outside the error
     # handling, so a DICOM named .png stopped the batch and no results table appeared.
     pytest.importorskip("pydicom", reason="the lite extra (pydicom) is not installed")
-    from helpers import write_dicom
+    from pneumocnn.testing import write_dicom
 
     film = synthetic_xray(np.random.default_rng(3), 1, (90, 120)).astype(np.uint16) * 16
     dicom = write_dicom(tmp_path / "x.dcm", film, "MONOCHROME1", 12, window=(2048, 4096))

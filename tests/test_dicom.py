@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import real_films, requires_real_data, write_dicom
+from helpers import real_films, requires_real_data
 from pneumocnn.data.images import load_image, read_grayscale
 from pneumocnn.data.pixels import MAX_DECODED_BYTES, NOTES_KEY, ImageLoadError
+from pneumocnn.testing import write_dicom
 
 pydicom = pytest.importorskip("pydicom", reason="the lite extra (pydicom) is not installed")
 from pydicom.uid import (  # noqa: E402

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import REAL_DATA, requires_real_data, synthetic_xray, write_image
+from helpers import REAL_DATA, requires_real_data
 from pneumocnn.core.locations import default_model_dir
 from pneumocnn.core.metadata import FP16_FILE, INT8_FILE, METADATA_FILE, model_files
 from pneumocnn.core.task import decide
@@ -17,6 +17,7 @@ from pneumocnn.edge.embedded import minimum_parser_version, read_embedded_labels
 from pneumocnn.edge.rgb import operating_scores, rgb_classifier
 from pneumocnn.network.model import load_model
 from pneumocnn.runtime.lite import LiteModel
+from pneumocnn.testing import synthetic_xray, write_image
 
 RGB_FILE = model_files("pneumocnn")["rgb_int8"]
 # Films whose int8 probability lies this close to the threshold may flip between two int8

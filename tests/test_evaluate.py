@@ -43,8 +43,8 @@ def test_missing_model_gives_a_clear_error(tmp_path, capsys):
 def test_exported_int8_model_is_scored_on_a_test_folder_at_its_stored_threshold(
     exported_model, tmp_path
 ):
-    from helpers import write_dataset
     from pneumocnn.core.metadata import INT8_FILE, load_metadata
+    from pneumocnn.testing import write_dataset
 
     root = write_dataset(tmp_path / "chest_xray", patients=5, images_per_patient=1, seed=11)
     (root / "train").rename(root / "test")
@@ -83,7 +83,7 @@ def test_an_exported_model_without_its_data_folder_names_the_fix(exported_model,
 
 def _site_folder(root):
     """A labelled site folder (class subfolders only) of tiny synthetic films."""
-    from helpers import write_dataset
+    from pneumocnn.testing import write_dataset
 
     data_root = write_dataset(root / "site_data", patients=8, images_per_patient=2, seed=21)
     return data_root / "train"
@@ -280,7 +280,7 @@ def test_a_recalibration_killed_after_its_commit_is_completed_by_the_next(
 
 
 def test_calibrating_on_training_data_is_refused(trained_run, tmp_path, capsys):
-    from helpers import write_dataset
+    from pneumocnn.testing import write_dataset
 
     root = write_dataset(tmp_path / "chest_xray", patients=4, images_per_patient=1, seed=3)
     assert evaluate.main([str(trained_run), "--calibrate-on", str(root)]) == 2

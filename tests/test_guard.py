@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import synthetic_xray
 from pneumocnn.core.metadata import INT8_FILE, METADATA_FILE
 from pneumocnn.data.images import colourfulness, read_grayscale, to_model_input
 from pneumocnn.runtime import guard
 from pneumocnn.runtime.lite import LiteModel
+from pneumocnn.testing import synthetic_xray
 
 
 def _chest(rng, size=32):

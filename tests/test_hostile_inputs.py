@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import flags, png_claiming, synthetic_xray, train_in_subprocess, write_dataset
+from helpers import flags, train_in_subprocess
 from pneumocnn import train
 from pneumocnn.core.files import atomic_path, display_name
 from pneumocnn.data.folders import list_images
 from pneumocnn.data.images import load_image, read_grayscale
 from pneumocnn.data.pixels import MAX_DECODED_BYTES, NOTES_KEY, ImageLoadError
 from pneumocnn.data.scan import scan_folder
+from pneumocnn.testing import png_claiming, synthetic_xray, write_dataset
 from pneumocnn.training.callbacks import BestModelCheckpoint
 from pneumocnn.training.loop import read_history
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import synthetic_xray
 from pneumocnn.core.metadata import INT8_FILE, METADATA_FILE, MetadataError
 from pneumocnn.data.pixels import ImageLoadError
 from pneumocnn.runtime.lite import LiteModel
+from pneumocnn.testing import synthetic_xray
 
 
 def test_lite_runs_without_importing_tensorflow(exported_model, tmp_path):

@@ -21,8 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 import pneumocnn
-from helpers import TINY_RUN, flags, write_dataset
+from helpers import TINY_RUN, flags
 from pneumocnn.core.errors import EXIT_RESUMABLE
+from pneumocnn.testing import write_dataset
 
 EPOCHS = 4
 PROJECT_ROOT = Path(pneumocnn.__file__).resolve().parents[1]

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import synthetic_xray
 from pneumocnn import predict
 from pneumocnn.core.metadata import INT8_FILE, KERAS_FILE
 from pneumocnn.data.images import IMAGE_EXTENSIONS
+from pneumocnn.testing import synthetic_xray
 
 
 def _images(folder):

@@ -16,12 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import flags, png_claiming, synthetic_xray, train_in_subprocess, write_dataset
+from helpers import flags, train_in_subprocess
 from pneumocnn import train
 from pneumocnn.core.metadata import METADATA_FILE, MetadataError, load_metadata
 from pneumocnn.data.folders import list_images
 from pneumocnn.data.images import load_image, load_images
 from pneumocnn.data.pixels import MAX_DECODED_BYTES, ImageLoadError
+from pneumocnn.testing import png_claiming, synthetic_xray, write_dataset
 from pneumocnn.training.loop import read_history
 
 ROOT = Path(__file__).resolve().parents[1]

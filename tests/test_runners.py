@@ -43,7 +43,7 @@ def test_a_binary_probability_is_kept_exactly_in_column_one(exported_model, imag
 def test_a_prediction_is_the_shared_decision_of_its_probabilities(exported_model, tmp_path):
     from PIL import Image
 
-    from helpers import synthetic_xray
+    from pneumocnn.testing import synthetic_xray
 
     path = tmp_path / "x.png"
     Image.fromarray(synthetic_xray(np.random.default_rng(0), 1, (40, 40))).save(path)

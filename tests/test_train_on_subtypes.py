@@ -32,7 +32,7 @@ TINY_MODEL = dict(image_size=32, base_filters=4, num_blocks=2, train_on_subtypes
 @pytest.fixture(scope="module")
 def subtype_trained_run(tmp_path_factory):
     """A binary run trained briefly on synthetic NORMAL / BACTERIAL / VIRAL films."""
-    from helpers import write_dataset
+    from pneumocnn.testing import write_dataset
 
     base = tmp_path_factory.mktemp("binary_on_subtypes")
     root = write_dataset(

@@ -26,13 +26,13 @@ from helpers import (
     requires_chromium,
     requires_real_data,
     serve_folder,
-    synthetic_xray,
 )
 from pneumocnn import web
 from pneumocnn.core.locations import default_model
 from pneumocnn.core.metadata import FP16_FILE, INT8_FILE, METADATA_FILE, SUBTYPE_FILES
 from pneumocnn.data.images import load_image, to_grayscale, to_model_input
 from pneumocnn.runtime.lite import LiteModel
+from pneumocnn.testing import synthetic_xray
 
 PROBABILITY_TOLERANCE = 1 / 256 + 1e-6
 FILMS_PER_CLASS = 20  # development-half films per class through the browser

@@ -8,8 +8,10 @@ is compared with column 1 of today's `[1 - p, p]`) and exits 1 on any difference
 
 Example (before and after a refactor):
 
-    python experiments/same_predictions.py --data-dir ../shared/chest_xray/test --save before.npz
-    python experiments/same_predictions.py --data-dir ../shared/chest_xray/test --compare before.npz
+    python experiments/tools/same_predictions.py --data-dir ../shared/chest_xray/test \\
+        --save before.npz
+    python experiments/tools/same_predictions.py --data-dir ../shared/chest_xray/test \\
+        --compare before.npz
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from pneumocnn.cli import require_inputs
 from pneumocnn.core.locations import default_model_dir
 from pneumocnn.core.metadata import DEFAULT_NAMES, model_files
-from pneumocnn.core.task import decide
+from pneumocnn.core.task import decide, pneumonia_probability
 from pneumocnn.data.images import load_images
 from pneumocnn.runtime.runners import open_model
 
@@ -60,7 +62,7 @@ def compare(saved: dict[str, np.ndarray], now: dict[str, np.ndarray]) -> list[st
             continue
         before = saved[key]
         if before.ndim == 1 and current.ndim == 2 and not key.endswith(":labels"):
-            current = current[:, 1]  # a binary model's P(positive), as it was recorded
+            current = pneumonia_probability(current)  # a binary model's, as it was recorded
         if before.shape != current.shape or not np.array_equal(before, current):
             differing = int(np.sum(np.any(np.atleast_2d(before != current), axis=0)))
             problems.append(f"{key}: differs ({differing} of {len(saved['files'])} images)")

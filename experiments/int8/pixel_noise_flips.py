@@ -11,8 +11,8 @@ to the threshold the flipping films lie. Writes nothing; prints one JSON line pe
 
 Example:
 
-    python experiments/pixel_noise_flips.py --data-dir ../shared/chest_xray/test
-    python experiments/pixel_noise_flips.py --data-dir ../shared/chest_xray/test \\
+    python experiments/int8/pixel_noise_flips.py --data-dir ../shared/chest_xray/test
+    python experiments/int8/pixel_noise_flips.py --data-dir ../shared/chest_xray/test \\
         --model saved_models/pneumocnn_int8.tflite saved_models/pneumocnn.keras
 """
 
@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from pneumocnn.cli import require_inputs
-from pneumocnn.core.locations import default_model_dir
+from pneumocnn.core.locations import default_model
 from pneumocnn.core.task import decide, pneumonia_probability
 from pneumocnn.data.images import load_images
 from pneumocnn.evaluation.stability import grey_level_noise
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     files = [str(path) for path in require_inputs([args.data_dir])]
-    for path in args.model or [default_model_dir() / "pneumocnn_int8.tflite"]:
+    for path in args.model or [default_model("int8")]:
         model = open_model(path)
         images, _, skipped = load_images(files, model.image_size)
         if skipped:

@@ -20,7 +20,7 @@ that metadata (the model files and their checksums are untouched).
 
 Example:
 
-    python experiments/guard_rates.py --data-dir ../shared/chest_xray
+    python experiments/guard/guard_rates.py --data-dir ../shared/chest_xray
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from pneumocnn.core.locations import default_model
 from pneumocnn.core.metadata import find_metadata, load_metadata, write_json_atomically
 from pneumocnn.data.images import read_grayscale, to_model_input
 from pneumocnn.runtime import guard
+from pneumocnn.testing import synthetic_xray
 
 SKIMAGE_SAMPLES = (
     "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "colorwheel",
@@ -124,10 +125,8 @@ def _skull(rng: np.random.Generator, side: int) -> Image.Image:
 
 def synthetic_images(rng: np.random.Generator) -> Iterator[tuple[str, Image.Image]]:
     """Noise, gradients, stripes, checkerboards, text, shapes, colour fields, radiograph-like
-    phantoms, CT sinograms, and gray blob 'films' (the tests' synthetic X-rays)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from helpers import synthetic_xray
-
+    phantoms, CT sinograms, and gray blob 'films' (`pneumocnn.testing.synthetic_xray`, the
+    tests' synthetic X-rays)."""
     for index in range(6):
         size = (int(rng.integers(200, 700)), int(rng.integers(200, 700)))
         width, height = size
@@ -218,14 +217,18 @@ def fit_like_export(metadata: dict, data_dir: Path) -> guard.GuardCalibration:
     the export does."""
     from pneumocnn.core.config import Config
     from pneumocnn.data.folders import find_dataset
-    from pneumocnn.data.split import load_split, prepare_split
-    from pneumocnn.edge.prepare import guard_calibration
+    from pneumocnn.data.split import load_split, prepare_split, training_samples
+    from pneumocnn.edge.prepare import GUARD_FIT_IMAGES
 
     config = Config.from_dict({**metadata["config"], "data_dir": str(data_dir)})
     dataset = find_dataset(data_dir)
     split = prepare_split(config, dataset)
     val = load_split(split, "val", config.image_size, dataset.root)
-    return guard_calibration(split, dataset.root, config, val.images)
+    # The export's guard sample (`pneumocnn.edge.prepare.prepare`): the same seeded draw.
+    films = training_samples(
+        split, dataset.root, config.image_size, {"guard": GUARD_FIT_IMAGES}, config.seed
+    )
+    return guard.fit(films["guard"], val.images)
 
 
 def main(argv: list[str] | None = None) -> int:

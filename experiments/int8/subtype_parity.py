@@ -13,7 +13,7 @@ tie in float, and how far int8 moves P(pneumonia) and P(BACTERIAL) - P(VIRAL). W
 
 Example:
 
-    python experiments/subtype_parity.py runs/subtype-s3 --calibration-images 1000
+    python experiments/int8/subtype_parity.py runs/subtype-s3 --calibration-images 1000
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn.core.task import class_probabilities, decide
+from pneumocnn.core.task import class_probabilities, decide, pneumonia_probability
 from pneumocnn.edge.convert import convert, fixed_batch_saved_model, representative_images
 from pneumocnn.edge.equalize import equalize_activations
 from pneumocnn.edge.parity import check_parity
@@ -113,7 +113,7 @@ def main() -> None:
             np.sum((float_calls[flipped] == names[0]) != (int8_calls[flipped] == names[0]))
         ),
     }
-    pneumonia_moved = np.abs(quantized[:, 0] - reference[:, 0])  # P(NORMAL) = 1 - P(pneumonia)
+    pneumonia_moved = np.abs(pneumonia_probability(quantized) - pneumonia_probability(reference))
     report["int8_change_of_p_pneumonia"] = {
         "mean": float(pneumonia_moved.mean()),
         "p90": float(np.percentile(pneumonia_moved, 90)),

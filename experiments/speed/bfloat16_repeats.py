@@ -5,7 +5,7 @@ alternates them, so drift in the machine's load hits both alike.
 
 Example:
 
-    python experiments/bfloat16_repeats.py --trials 3
+    python experiments/speed/bfloat16_repeats.py --trials 3
 """
 
 from __future__ import annotations

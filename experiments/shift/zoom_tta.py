@@ -3,7 +3,8 @@ the film (a centred crop of 95%, 90% or 85% of the side, resized back with bilin
 interpolation, as a Resizing layer inside a `.tflite` would do it) rank the development half
 better than the film alone?
 
-    python experiments/zoom_tta.py --data-dir ../shared/chest_xray/test MODEL.keras [MODEL ...]
+    python experiments/shift/zoom_tta.py --data-dir ../shared/chest_xray/test \\
+        MODEL.keras [MODEL ...]
 
 Prints, per model and per view or average of views, ROC AUC / specificity at 96% sensitivity on
 the folder (the development half, used for selection: a probe, not a result).

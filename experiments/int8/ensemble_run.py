@@ -18,7 +18,7 @@ Example:
     python -m pneumocnn.train --seed 1 --data-dir ../shared/chest_xray --output-dir runs/ens-s1
     python -m pneumocnn.train --seed 2 --split-seed 1 --data-dir ../shared/chest_xray \\
         --output-dir runs/ens-s2
-    python experiments/ensemble_run.py runs/ens-s1 runs/ens-s2 --output-dir runs/ensemble
+    python experiments/int8/ensemble_run.py runs/ens-s1 runs/ens-s2 --output-dir runs/ensemble
     python -m pneumocnn.evaluate runs/ensemble --data-dir ../shared/chest_xray --split val
 """
 

@@ -4,14 +4,15 @@ For every saved result of the study (`experiments/shift/results/ROW-sSEED.json`)
 is still in `--runs-dir`, runs the float checkpoint (`best.keras`) on the development half with
 `pneumocnn.evaluation.stability.pixel_noise_sensitivity` (five seeded draws of -1, 0 or +1 grey
 level per pixel) and saves the figures to `experiments/shift/stability/ROW-sSEED.json`; runs already
-measured are skipped. `python experiments/shift_study.py --table` then shows `noise_mean` and
+measured are skipped. `python experiments/shift/shift_study.py --table` then shows `noise_mean` and
 `noise_p99` beside each row. A steadier model is one whose calls other clients (another JPEG
 decoder, MediaPipe's resize) reproduce more often; the int8 model is about twice as sensitive as
-its float checkpoint (`experiments/pixel_noise_flips.py`).
+its float checkpoint (`experiments/int8/pixel_noise_flips.py`).
 
 Example:
 
-    python experiments/shift_stability.py --data-dir ../shared/chest_xray --runs-dir runs/shift
+    python experiments/shift/shift_stability.py --data-dir ../shared/chest_xray \\
+        --runs-dir runs/shift
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "shift" / "results"
-STABILITY = ROOT / "experiments" / "shift" / "stability"
+from pneumocnn.core.run_folder import CONFIG_FILE, MODEL_FILE
+
+STUDY = Path(__file__).resolve().parent
+ROOT = STUDY.parents[1]
+RESULTS = STUDY / "results"
+STABILITY = STUDY / "stability"
 
 
 @functools.cache
@@ -46,9 +50,9 @@ def measure(run_dir: Path, data_dir: Path) -> dict:
     from pneumocnn.network.model import load_model
     from pneumocnn.runtime.runners import keras_probabilities
 
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
     images = development_half(data_dir, config["image_size"])
-    model = load_model(run_dir / "best.keras")
+    model = load_model(run_dir / MODEL_FILE)
     return pixel_noise_sensitivity(lambda x: keras_probabilities(model, x), images)
 
 
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.runs_dir) / result.stem
         if target.exists():
             continue
-        if not (run_dir / "best.keras").is_file():
+        if not (run_dir / MODEL_FILE).is_file():
             print(f"{result.stem}: no run folder in {args.runs_dir}, skipped", file=sys.stderr)
             continue
         figures = {"run": result.stem, **measure(run_dir, Path(args.data_dir)), "model": "float"}

@@ -14,10 +14,10 @@ backup; a finished row is skipped, so the study spans sittings. A distillation r
 teachers as other rows' runs (`{runs_dir}/<row>-s<seed>/best.keras`): run those rows first. Tables
 are made from the saved results only:
 
-    python experiments/shift_study.py --data-dir ../shared/chest_xray            # every row
-    python experiments/shift_study.py --data-dir ../shared/chest_xray --only framing --seeds 1
-    python experiments/shift_study.py --table                                    # Markdown
-    python experiments/shift_study.py --write-readme README.md                   # the README's
+    python experiments/shift/shift_study.py --data-dir ../shared/chest_xray      # every row
+    python experiments/shift/shift_study.py --data-dir ../shared/chest_xray --only framing --seeds 1
+    python experiments/shift/shift_study.py --table                              # Markdown
+    python experiments/shift/shift_study.py --write-readme README.md             # the README's
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-ROWS = HERE / "shift"
+# The study's folder holds its rows (`<name>.json`, `order.txt`) and its results.
+ROWS = Path(__file__).resolve().parent
+ROOT = ROWS.parents[1]
 RESULTS = ROWS / "results"
 DEFAULT_SEEDS = (1, 2, 3)
 
@@ -66,6 +66,8 @@ def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
     from sklearn.metrics import roc_auc_score
 
     from pneumocnn.core.config import Config
+    from pneumocnn.core.run_folder import CONFIG_FILE, MODEL_FILE, SPLIT_FILE, SUMMARY_FILE
+    from pneumocnn.core.task import class_probabilities, pneumonia_probability
     from pneumocnn.data.folders import find_dataset, label_for_task, list_images, task_class_names
     from pneumocnn.data.images import load_images
     from pneumocnn.data.split import load_split
@@ -91,10 +93,6 @@ def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
     dev_names = [Path(p).name for p in dev_table["path"]]
     epochs_dir = run_dir / "dev_epochs"
 
-    def pneumonia(outputs: np.ndarray) -> np.ndarray:
-        outputs = outputs.reshape(len(outputs), -1)
-        return outputs[:, 0] if outputs.shape[1] == 1 else 1.0 - outputs[:, 0]
-
     class DevelopmentHalf(keras.callbacks.Callback):
         """Scores the development half after each epoch (read only), saving its outputs."""
 
@@ -103,14 +101,15 @@ def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
             epochs_dir.mkdir(parents=True, exist_ok=True)
             np.save(epochs_dir / f"epoch{epoch + 1:03d}.npy", outputs.astype(np.float32))
             if logs is not None:
-                logs["dev_auc"] = float(roc_auc_score(dev_labels > 0, pneumonia(outputs)))
+                p = pneumonia_probability(class_probabilities(outputs))
+                logs["dev_auc"] = float(roc_auc_score(dev_labels > 0, p))
 
-    resume = (run_dir / "config.json").exists() and not (run_dir / "summary.json").exists()
-    if not (run_dir / "summary.json").exists():
+    resume = (run_dir / CONFIG_FILE).exists() and not (run_dir / SUMMARY_FILE).exists()
+    if not (run_dir / SUMMARY_FILE).exists():
         train(config, resume=resume, callbacks=[DevelopmentHalf()])
-    summary = json.loads((run_dir / "summary.json").read_text())
-    model = load_model(run_dir / "best.keras")
-    split = pd.read_csv(run_dir / "split.csv")
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    model = load_model(run_dir / MODEL_FILE)
+    split = pd.read_csv(run_dir / SPLIT_FILE)
     val = load_split(split, "val", config.image_size, dataset.root)
     val_outputs = model.predict(val.images.astype(np.float32), batch_size=64, verbose=0)
     dev_outputs = model.predict(dev_images.astype(np.float32), batch_size=64, verbose=0)
@@ -123,7 +122,7 @@ def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
         "row": name,
         "seed": seed,
         "fields": fields,
-        "config": json.loads((run_dir / "config.json").read_text()),
+        "config": json.loads((run_dir / CONFIG_FILE).read_text()),
         "class_names": list(class_names),
         "summary": {
             key: summary[key]

@@ -11,9 +11,10 @@ Config fields the metadata lacks (a model older than them) take the values that 
 recipe: no framing or gamma augmentation, no per-image standardisation, the plateau schedule, no
 weight averaging.
 
-    python experiments/rebuild_run.py saved_models/pneumocnn.json saved_models/pneumocnn.keras \
-        runs/shipped-binary
-    python experiments/rebuild_run.py OLD_JSON OLD_KERAS runs/previous-subtype --keep-threshold
+    python experiments/tools/rebuild_run.py saved_models/pneumocnn.json \\
+        saved_models/pneumocnn.keras runs/shipped-binary
+    python experiments/tools/rebuild_run.py OLD_JSON OLD_KERAS runs/previous-subtype \\
+        --keep-threshold
 """
 
 import argparse

@@ -9,7 +9,7 @@ float model, as the export would measure it (same calibration films, the run's t
 
 Example:
 
-    python experiments/activation_clip_parity.py runs/subtype-s1 --calibration-images 300 \\
+    python experiments/int8/activation_clip_parity.py runs/subtype-s1 --calibration-images 300 \\
         --percentile 99.99
 """
 

@@ -7,11 +7,12 @@ table; the accuracy of a variant comes from training it (see experiments/ablatio
 
 Example:
 
-    python experiments/speed_variants.py
+    python experiments/speed/speed_variants.py
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 import tempfile
@@ -39,6 +40,8 @@ VARIANTS = {
 
 
 def main() -> int:
+    # No options: the parser answers --help (without it, the script would do its work).
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

@@ -6,11 +6,12 @@ RGB JPEG turned by EXIF, a float TIFF), runs `predict` on each in its own proces
 `/usr/bin/time -v`, and prints the peak resident memory of each run next to a baseline run on a
 small film.
 
-    python experiments/loader_peak_memory.py
+    python experiments/loader/loader_peak_memory.py
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import subprocess
@@ -21,12 +22,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from helpers import write_dicom  # noqa: E402
-from pneumocnn.data.pixels import MAX_DECODED_BYTES  # noqa: E402
+from pneumocnn.core.locations import default_model
+from pneumocnn.data.pixels import MAX_DECODED_BYTES
+from pneumocnn.testing import write_dicom
 
-MODEL = ROOT / "saved_models" / "pneumocnn_int8.tflite"
+ROOT = Path(__file__).resolve().parents[2]
+
+MODEL = default_model("int8")
 
 
 def _gradient(rows: int, columns: int, dtype, high: int) -> np.ndarray:
@@ -137,6 +139,8 @@ def peak_mb(path: Path) -> tuple[float, str]:
 
 
 def main() -> int:
+    # No options: the parser answers --help (without it, the script would do its work).
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     print(f"Budget: MAX_DECODED_BYTES = {MAX_DECODED_BYTES:,} bytes\n")
     print("| input | file MB | peak RSS of predict, MB | result |")
     print("|---|---|---|---|")

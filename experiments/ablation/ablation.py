@@ -7,15 +7,16 @@ For each `experiments/ablation/<name>.json` (and each `--seeds`), it runs
     python -m pneumocnn.evaluate runs/ablation/<name>-s<S> --split val
     python -m pneumocnn.export runs/ablation/<name>-s<S>   # into the run's export/ folder
 
-and appends one row to `experiments/ablation_results.csv`: validation AUC, and accuracy,
+and appends one row to `experiments/ablation/ablation_results.csv`: validation AUC, and accuracy,
 sensitivity and specificity at the threshold chosen on validation, parameters, int8 `.tflite`
 size, and training minutes. Rows already in the CSV are skipped, so the study resumes.
 
 Example:
 
-    python experiments/ablation.py --data-dir ../shared/chest_xray              # every experiment
-    python experiments/ablation.py --data-dir ../shared/chest_xray --only base --seeds 1 2 3
-    python experiments/ablation.py --table                                     # Markdown table
+    python experiments/ablation/ablation.py --data-dir ../shared/chest_xray     # every experiment
+    python experiments/ablation/ablation.py --data-dir ../shared/chest_xray --only base \\
+        --seeds 1 2 3
+    python experiments/ablation/ablation.py --table                            # Markdown table
 """
 
 from __future__ import annotations
@@ -28,10 +29,20 @@ from pathlib import Path
 
 import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-EXPERIMENTS = HERE / "ablation"
-RESULTS = HERE / "ablation_results.csv"
+from pneumocnn.core.metadata import DEFAULT_NAMES, model_files
+from pneumocnn.core.run_folder import (
+    CONFIG_FILE,
+    EVAL_DIR,
+    EXPORT_DIR,
+    METRICS_FILE,
+    MODEL_FILE,
+    SUMMARY_FILE,
+)
+
+# The study's folder holds its configs and its results; runs go under the project root's runs/.
+EXPERIMENTS = Path(__file__).resolve().parent
+ROOT = EXPERIMENTS.parents[1]
+RESULTS = EXPERIMENTS / "ablation_results.csv"
 # The base first, so every other row has its reference.
 ORDER = ["base"]
 
@@ -71,10 +82,10 @@ def run_experiment(name: str, seed: int, data_dir: str) -> dict:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     row = {"experiment": name, "seed": seed, "changes": json.dumps(changes_from_base(name))}
-    if not (run_dir / "summary.json").exists():
+    if not (run_dir / SUMMARY_FILE).exists():
         resume = (
             ["--resume", str(run_dir)]
-            if (run_dir / "config.json").exists()
+            if (run_dir / CONFIG_FILE).exists()
             else [
                 "--config",
                 str(config_file),
@@ -92,15 +103,17 @@ def run_experiment(name: str, seed: int, data_dir: str) -> dict:
         return {**row, "status": "evaluation failed"}
     # export writes into the run's own export/ folder by default.
     exported = run([python, "-m", "pneumocnn.export", str(run_dir)], log)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
     pinned = json.loads(config_file.read_text())
     differs = {key: (value, config[key]) for key, value in pinned.items() if config[key] != value}
     if differs:
         return {**row, "status": f"run config differs from {config_file.name}: {differs}"}
-    metrics = json.loads((run_dir / "eval" / "best-val" / "metrics.json").read_text())
+    # Where `evaluate RUN --split val` and `export RUN` write for a binary run.
+    evaluation = run_dir / EVAL_DIR / f"{Path(MODEL_FILE).stem}-val"
+    metrics = json.loads((evaluation / METRICS_FILE).read_text())
     at = metrics["at_threshold"]
-    int8 = run_dir / "export" / "pneumocnn_int8.tflite"
+    int8 = run_dir / EXPORT_DIR / model_files(DEFAULT_NAMES["binary"])["int8"]
     return {
         **row,
         "status": "ok" if exported else "int8 parity failed",

@@ -9,12 +9,12 @@ training only (the noise layers live in a training twin that shares the run's la
 fine-tuned model is the run's architecture, built-in layers only). BatchNormalization stays
 frozen (inference mode), as the int8 model folds it. Writes a copy of the run folder with the
 fine-tuned `best.keras` (and no stored threshold, so the next step chooses it on validation as
-the export does); check it with `experiments/subtype_parity.py OUTPUT_DIR` or
+the export does); check it with `experiments/int8/subtype_parity.py OUTPUT_DIR` or
 `python -m pneumocnn.export OUTPUT_DIR`.
 
 Example:
 
-    python experiments/quant_noise_finetune.py runs/subtype-s1 --output-dir runs/subtype-s1-qn
+    python experiments/int8/quant_noise_finetune.py runs/subtype-s1 --output-dir runs/subtype-s1-qn
 """
 
 from __future__ import annotations
@@ -29,7 +29,14 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pneumocnn.core.run_folder import resolve_source
+from pneumocnn.core.run_folder import (
+    EXPORT_DIR,
+    METRICS_FILE,
+    MODEL_FILE,
+    SPLIT_FILE,
+    THRESHOLD_FILE,
+    resolve_source,
+)
 from pneumocnn.data.folders import find_dataset, resolve_data_dir
 from pneumocnn.data.pipeline import make_datasets
 from pneumocnn.data.split import load_split
@@ -105,7 +112,7 @@ def main() -> None:
     if output.exists():
         raise SystemExit(f"{output} exists: pass a new --output-dir.")
     dataset = find_dataset(resolve_data_dir(config.data_dir))
-    split = pd.read_csv(source.run_dir / "split.csv")
+    split = pd.read_csv(source.run_dir / SPLIT_FILE)
     model = load_model(source.model_path)
     calibration = representative_images(
         split, dataset.root, config.image_size, args.calibration_images, config.seed
@@ -135,12 +142,12 @@ def main() -> None:
     shutil.copytree(
         source.run_dir,
         output,
-        ignore=shutil.ignore_patterns("export", "threshold.json", "*.png", "metrics.json"),
+        ignore=shutil.ignore_patterns(EXPORT_DIR, THRESHOLD_FILE, "*.png", METRICS_FILE),
     )
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = True
-    model.save(output / "best.keras")
+    model.save(output / MODEL_FILE)
     report = {
         "run": str(args.run_dir),
         "epochs": args.epochs,

@@ -7,7 +7,7 @@ patients with `pneumocnn.evaluation.uncertainty.bootstrap_intervals` (1,000 resa
 is scored at the threshold given after it (`.tflite` or `.keras`; its decision rule is
 `pneumocnn.core.task.decide`).
 
-    python experiments/subtype_intervals.py --data-dir ../shared/chest_xray/test \
+    python experiments/tools/subtype_intervals.py --data-dir ../shared/chest_xray/test \\
         saved_models/pneumocnn_subtype_int8.tflite 0.68359375 runs/shipped-subtype/best.keras 0.6296
 """
 

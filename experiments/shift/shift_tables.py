@@ -17,7 +17,7 @@ of:
 
 - `noise_mean`, `noise_p99`: how far the float checkpoint's P(pneumonia) moves on the
   development half when every pixel moves by one grey level (mean, and 99th percentile over films
-  and draws), from `experiments/shift_stability.py` where it was run; lower is steadier.
+  and draws), from `experiments/shift/shift_stability.py` where it was run; lower is steadier.
 
 A second table scores ensembles inside a row: for k = 1, 2, 3 seeds, the mean (and spread) over
 every set of k seeds of the development-half AUC and `spec@96` of the averaged P(pneumonia).
@@ -26,7 +26,7 @@ recipe: about 410 KB, still under the 500 KB limit).
 
 Example:
 
-    python experiments/shift_study.py --table
+    python experiments/shift/shift_study.py --table
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumocnn.core.task import class_probabilities, pneumonia_probability
 from pneumocnn.data.folders import patient_id
 from pneumocnn.evaluation.metrics import pneumonia_figures, specificity_at_sensitivity
 from pneumocnn.evaluation.thresholds import choose_threshold
@@ -52,9 +53,8 @@ def load_results(folder: Path) -> list[dict]:
 
 
 def pneumonia_scores(outputs) -> np.ndarray:
-    outputs = np.asarray(outputs, dtype=np.float64)
-    outputs = outputs.reshape(len(outputs), -1)
-    return outputs[:, 0] if outputs.shape[1] == 1 else 1.0 - outputs[:, 0]
+    """P(pneumonia) of saved raw outputs: a sigmoid's `(n, 1)` or a softmax's `(n, classes)`."""
+    return pneumonia_probability(class_probabilities(np.asarray(outputs, dtype=np.float64)))
 
 
 def film_group(name: str, label: int) -> str:
@@ -174,7 +174,7 @@ def ensemble_table(results: list[dict]) -> pd.DataFrame:
 
 
 def _stability(row: str, seed: int) -> dict | None:
-    path = Path(__file__).resolve().parent / "shift" / "stability" / f"{row}-s{seed}.json"
+    path = Path(__file__).resolve().parent / "stability" / f"{row}-s{seed}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 

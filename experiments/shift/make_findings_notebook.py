@@ -9,6 +9,7 @@ Kept as a script so the notebook's code is reviewed as code; the notebook itself
 package and the study's saved results, and copies none of the package's code.
 """
 
+import argparse
 from pathlib import Path
 
 import nbformat as nbf
@@ -28,7 +29,7 @@ figure; the other half of the test split is withheld and scores the shipped mode
 2. Where the model that was shipped before (`experiments/previous_model`) goes wrong, with
    Grad-CAM on the NORMAL films it called PNEUMONIA.
 3. A probe: change only the framing of the input and watch the model's answer move.
-4. The recipe study over seeds (`experiments/shift_study.py`), and the model it chose
+4. The recipe study over seeds (`experiments/shift/shift_study.py`), and the model it chose
    (`saved_models/`), seen through the same views.
 
 Films: Kermany et al., Cell 2018, CC BY 4.0 (Guangzhou Women and Children's Medical Center).""",
@@ -44,6 +45,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from pneumocnn.core.locations import default_model
 from pneumocnn.data.filmstats import statistics_table
 from pneumocnn.data.folders import film_group, find_dataset, list_images, patient_id
 from pneumocnn.data.images import load_images
@@ -52,8 +54,10 @@ from pneumocnn.data.images import load_images
 QUICK = os.environ.get("PNEUMOCNN_NOTEBOOK_QUICK") == "1"
 ROOT = Path.cwd().parent  # notebooks/ -> the project root
 DATA_DIR = Path(os.environ.get("PNEUMOCNN_DATA_DIR") or ROOT.parent / "shared" / "chest_xray")
-PREVIOUS = ROOT / "experiments" / "previous_model" / "pneumocnn_int8.tflite"
-CURRENT = ROOT / "saved_models" / "pneumocnn_int8.tflite"
+CURRENT = default_model("int8")  # the shipped model (saved_models/)
+# The model shipped before, kept for comparison, in files named as the shipped ones.
+PREVIOUS_DIR = ROOT / "experiments" / "previous_model"
+PREVIOUS = PREVIOUS_DIR / CURRENT.name
 RESAMPLES = 50 if QUICK else 1000
 dataset = find_dataset(DATA_DIR)
 print(f"quick mode: {QUICK}; data: {DATA_DIR}")""",
@@ -179,7 +183,7 @@ def show_gradcam(keras_path, images, indices, p, title, columns=4):
 missed = np.flatnonzero((dev_labels == 0) & (previous_p >= previous.threshold))
 print(f"{len(missed)} of {np.sum(dev_labels == 0)} NORMAL films called PNEUMONIA by the previous model")
 show_gradcam(
-    PREVIOUS.with_name("pneumocnn.keras"), previous_images, missed[:8], previous_p,
+    PREVIOUS_DIR / default_model("keras").name, previous_images, missed[:8], previous_p,
     "previous model: NORMAL films it called PNEUMONIA",
 );""",
     ),
@@ -229,7 +233,7 @@ probe(previous, previous_images)""",
 
 Each row trained three (or more) seeds with the package's own training code; nothing was trained
 on the development half, which each epoch only scored. The table comes from the saved results
-(`python experiments/shift_study.py --table`): seed mean ± standard deviation, and a 95% patient
+(`python experiments/shift/shift_study.py --table`): seed mean ± standard deviation, and a 95% patient
 bootstrap interval of the seed mean. `spec@96` is the best specificity at 96% sensitivity with the
 threshold chosen on the development half itself (what site calibration gives there: optimistic).""",
     ),
@@ -237,10 +241,11 @@ threshold chosen on the development half itself (what site calibration gives the
         "code",
         """import sys
 
-sys.path.insert(0, str(ROOT / "experiments"))
+STUDY = ROOT / "experiments" / "shift"
+sys.path.insert(0, str(STUDY))  # the study's own table code, a script beside its results
 from shift_tables import load_results, row_table, scores_of  # noqa: E402
 
-results = load_results(ROOT / "experiments" / "shift" / "results")
+results = load_results(STUDY / "results")
 table = row_table(results, resamples=50 if QUICK else 500)
 table.set_index("row")""",
     ),
@@ -288,7 +293,7 @@ probability_plot(current_p, f"current model: P(pneumonia) per film; threshold {c
         """still_missed = np.flatnonzero((dev_labels == 0) & (current_p >= current.threshold))
 print(f"{len(still_missed)} of {np.sum(dev_labels == 0)} NORMAL films called PNEUMONIA by the current model")
 show_gradcam(
-    CURRENT.with_name("pneumocnn.keras"), current_images, missed[:8], current_p,
+    default_model("keras"), current_images, missed[:8], current_p,
     "current model: the NORMAL films the previous model called PNEUMONIA",
 );""",
     ),
@@ -328,6 +333,8 @@ show_gradcam(
 
 
 def main() -> None:
+    # No options: the parser answers --help (without it, the script would do its work).
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     notebook = nbf.v4.new_notebook()
     notebook.cells = [
         nbf.v4.new_markdown_cell(text) if kind == "md" else nbf.v4.new_code_cell(text)
@@ -338,7 +345,7 @@ def main() -> None:
         "display_name": "Python 3",
         "language": "python",
     }
-    path = Path(__file__).resolve().parents[1] / "notebooks" / "04_findings.ipynb"
+    path = Path(__file__).resolve().parents[2] / "notebooks" / "04_findings.ipynb"
     nbf.write(notebook, path)
     print(f"Wrote {path}")
 
