@@ -3,7 +3,7 @@
 import json
 
 from pneumocnn.core.metadata import METADATA_FILE
-from pneumocnn.edge.card import NOT_MEASURED, card_file, model_card, write_card
+from pneumocnn.edge.card import NOT_MEASURED, card_file, model_card
 
 BASE = {
     "name": "pneumocnn",
@@ -57,8 +57,8 @@ def test_the_card_states_the_data_intended_use_limits_and_the_other_hospital_res
         "Performance on films from other hospitals is unknown",
         "0.95 on its test split to 0.54",
         "Xin, Li and Yi",
-        "26% of the NORMAL films named `IM-` and 47% of those named `NORMAL2-`",
         "--calibrate-on DIR --target-sensitivity 0.96",
+        "python -m pneumocnn.adapt MODEL --site-dir DIR",
     ):
         assert needle in card, needle
 
@@ -97,16 +97,50 @@ def test_the_export_writes_the_card_from_the_metadata_it_writes(exported_model):
     assert "Fitted on" in model_card(metadata)  # the guard's calibration is described
 
 
-def test_write_card_refreshes_the_card_from_changed_metadata(tmp_path):
-    metadata_path = tmp_path / "pneumocnn.json"
-    metadata_path.write_text(json.dumps(BASE))
-    path = write_card(metadata_path)
-    assert (
-        path == tmp_path / "MODEL_CARD.md"
-        and f"Site calibration: {NOT_MEASURED}" in path.read_text()
+def test_the_shortcut_failure_mode_gives_this_models_own_normal_groups_not_a_literal():
+    # The bug: "26% of the NORMAL films named IM- and 47% of NORMAL2-" were the previous
+    # model's figures, written into every card as a literal.
+    card = model_card({**BASE, "development_half": DEVELOPMENT})
+    line = next(line for line in card.splitlines() if "Framing and exposure" in line)
+    assert "25.7% of the 60 films of NORMAL IM-" in line and "47.0% of the 57" in line
+    assert "26% of the NORMAL films" not in model_card(BASE)
+    assert f"NORMAL groups: {NOT_MEASURED}" in model_card(BASE)
+
+
+def test_the_withheld_half_is_rendered_with_its_source_and_gives_the_predictive_values():
+    withheld = {
+        "source": "Scored by a scorer outside this repository",
+        "films": 311,
+        "threshold": 0.5234,
+        "achieved": {"roc_auc": 0.932, "accuracy": 0.887, "sensitivity": 0.938,
+                     "specificity": 0.803},
+        "intervals": {"roc_auc": [0.901, 0.960]},
+    }  # fmt: skip
+    card = model_card({**BASE, "withheld_half": withheld})
+    section = card.split("### Withheld half")[1].split("###")[0]
+    assert "Scored by a scorer outside this repository (311 films" in section
+    assert "| ROC AUC | 0.932 (0.901-0.960) |" in section
+    assert "sensitivity 0.938 and specificity 0.803 (withheld half)" in card
+    assert "| 10.0% | 0.346 | 0.991 |" in card  # PPV and NPV by Bayes' rule
+    assert f"Withheld half: {NOT_MEASURED}" in model_card(BASE)
+    assert f"Predictive values: {NOT_MEASURED}" in model_card(BASE)
+
+
+def test_the_integrator_block_gives_each_files_tensors_from_the_metadata(exported_model):
+    metadata = json.loads((exported_model / METADATA_FILE).read_text())
+    section = model_card(metadata).split("## For integrators")[1].split("## ")[0]
+    assert "| `pneumocnn_int8.tflite` |" in section and "uint8 [1, 32, 32, 1]" in section
+    assert "(value x 0.00390625 = probability)" in section
+    assert "| `pneumocnn_rgb_int8.tflite` | stock image classifiers" in section
+    assert f"**{metadata['threshold']:.4f}**" in section
+
+
+def test_the_validation_calibration_error_is_given_when_measured():
+    ece = {"int8": {**BASE["validation_metrics"]["int8"], "ece": 0.0941}}
+    assert "calibration error of P(pneumonia) there: 0.094" in model_card(
+        {**BASE, "validation_metrics": ece}
     )
-    metadata_path.write_text(json.dumps({**BASE, "calibration": CALIBRATION}))
-    assert "calibrated for a site on `test`" in write_card(metadata_path).read_text()
+    assert f"Calibration error: {NOT_MEASURED}" in model_card(BASE)
 
 
 def test_the_card_warns_that_calls_near_the_threshold_are_fragile_when_measured():

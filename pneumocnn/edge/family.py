@@ -163,3 +163,23 @@ def read_family(model_path: str | Path) -> Family:
         if role in files:
             load_metadata(metadata_path, metadata_path.parent / files[role])
     return Family(metadata_path.parent, metadata)
+
+
+def describe_again(family: Family, updates: dict[str, Any]) -> dict[str, Any]:
+    """Rewrites a family's metadata with `updates` (figures measured after its export, such
+    as a score on withheld films) and its card; the model files stay as they are.
+
+    The metadata and card are written into the family's scratch folder and renamed into
+    place, metadata last (see `write_family`), so a kill leaves the previous pair or the new
+    one; an interrupted rewrite is completed by the next `read_family`.
+
+    Returns:
+        The new metadata.
+    """
+    metadata = {**family.metadata, **updates}
+    family.scratch.mkdir()
+    try:
+        write_family(family.scratch, family.folder, family.files, metadata, roles=())
+    finally:
+        shutil.rmtree(family.scratch, ignore_errors=True)
+    return metadata
