@@ -99,6 +99,37 @@ def coverage(result: dict, halvings: int = 200, seed: int = 0) -> dict[str, floa
     return {name: float(np.mean(values)) for name, values in held.items()}
 
 
+def subtype_figures(result: dict) -> dict[str, float]:
+    """A subtype model's three-class figures at the bound's threshold, out of fold."""
+    labels = np.asarray(result["labels"])
+    probabilities = np.asarray(result["probabilities"])
+    threshold = sensitivity_bound_threshold(labels, probabilities, TARGET, CONFIDENCE)["threshold"]
+    decided = np.where(
+        pneumonia_probability(probabilities) >= threshold,
+        1 + np.argmax(probabilities[:, 1:], axis=1),
+        0,
+    )
+    pneumonia = labels > 0
+    return {
+        "three_class_accuracy": float(np.mean(decided == labels)),
+        "normal_recall": float(np.mean(decided[~pneumonia] == 0)),
+        "bacterial_vs_viral": float(
+            np.mean(1 + np.argmax(probabilities[pneumonia, 1:], axis=1) == labels[pneumonia])
+        ),
+    }
+
+
+def averaged(first: dict, second: dict) -> dict:
+    """A result whose P(pneumonia) is the mean of two results' on the same films (an
+    ensemble of the two adapted models, scored out of fold)."""
+    assert first["files"] == second["files"] and first["folds"] == second["folds"]
+    score = (
+        pneumonia_probability(np.asarray(first["probabilities"]))
+        + pneumonia_probability(np.asarray(second["probabilities"]))
+    ) / 2
+    return {**first, "probabilities": np.c_[1 - score, score].tolist()}
+
+
 def generic_row(result: dict) -> dict[str, float]:
     """The generic (shipped, not adapted) model on the same films, from its own outputs."""
     from pneumocnn.data.images import load_images
@@ -125,6 +156,14 @@ def fmt(values: list[float], interval: list[float] | None = None, digits: int = 
 
 def table() -> str:
     rows = load_rows()
+    pairs = [
+        (f"{row} + subtype-{row}", rows[row], rows[f"subtype-{row}"])
+        for row in list(rows)
+        if f"subtype-{row}" in rows
+    ]
+    for name, first, second in pairs:
+        by_seed = {r["seed"]: r for r in second}
+        rows[name] = [averaged(r, by_seed[r["seed"]]) for r in first if r["seed"] in by_seed]
     lines = [
         "| row | recipe (changed fields) | seeds | ROC AUC | specificity at 96% sensitivity "
         "(point) | sensitivity at the bound | specificity at the bound | bound holds 96% / "
@@ -132,7 +171,8 @@ def table() -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, results in rows.items():
-        changed = json.loads((HERE / "rows" / f"{name}.json").read_text())
+        row_file = HERE / "rows" / f"{results[0]['row']}.json"
+        changed = json.loads(row_file.read_text()) if " + " not in name else {"members": 2}
         per_seed = [
             figures(
                 pneumonia_labels(np.asarray(r["labels"])).astype(bool),
@@ -151,7 +191,26 @@ def table() -> str:
             + f" | {np.mean([h['bound'] for h in held]):.0%} / "
             f"{np.mean([h['point'] for h in held]):.0%} |"
         )
-    first = next(iter(rows.values()))[0]
+    subtype_rows = {name: results for name, results in rows.items() if name.startswith("subtype-")}
+    if subtype_rows:
+        lines += [
+            "",
+            "Subtype model, three-class figures at the bound's threshold (out of fold):",
+            "",
+            "| row | seeds | three-class accuracy | NORMAL recall | bacterial vs viral |",
+            "|---|---|---|---|---|",
+        ]
+        for name, results in subtype_rows.items():
+            figures3 = [subtype_figures(r) for r in results]
+            lines.append(
+                f"| {name} | {len(results)} | "
+                + " | ".join(
+                    fmt([f[key] for f in figures3])
+                    for key in ("three_class_accuracy", "normal_recall", "bacterial_vs_viral")
+                )
+                + " |"
+            )
+    first = next(r for name, results in rows.items() if "subtype" not in name for r in results)
     generic = generic_row(first)
     lines += [
         "",
