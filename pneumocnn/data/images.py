@@ -249,8 +249,8 @@ def load_images(
     Returns:
         A tuple `(images, kept, skipped)`: a uint8 array of shape
         `(len(kept), image_size, image_size, 1)`, the indices into `paths` of the images in it,
-        and `(path, reason)` for each file that could not be read (the path escaped for printing,
-        see `pneumocnn.core.files.display_name`).
+        and `(path, reason)` for each file that could not be read (the path as it is, for the
+        JSON reports; the reason names it escaped).
     """
     total = len(paths)
     workers = workers or os.cpu_count() or 1
@@ -269,7 +269,7 @@ def load_images(
         for index, result in enumerate(pool.map(read, range(total))):
             if isinstance(result, ImageLoadError):
                 logger.warning("Skipping unreadable image: %s", result)
-                skipped.append((display_name(paths[index]), str(result)))
+                skipped.append((os.fspath(paths[index]), str(result)))
             else:
                 images.append(result)
                 kept.append(index)

@@ -272,7 +272,7 @@ class GuardCalibration:
                 float(entry["distance_threshold"]),
                 size,
                 float(entry.get("quantile", QUANTILE)),
-                dict(entry.get("limits") or {}),
+                checked_limits(entry.get("limits") or {}),
                 dict(entry.get("fitted_on") or {}),
             )
             if mean.shape != (size * size,) or not (
@@ -290,6 +290,30 @@ class GuardCalibration:
                 "entry to run with the refusal checks only."
             ) from error
         return calibration
+
+
+def checked_limits(limits: Any) -> dict[str, float]:
+    """The refusal limits of a model's metadata, each a known name with a finite number of at
+    least 0 (see `DEFAULT_LIMITS`).
+
+    Raises:
+        ValueError: naming the first limit that is not one, and what was received.
+    """
+    if not isinstance(limits, dict):
+        raise ValueError(f"limits must be an object of numbers, not {type(limits).__name__}")
+    checked = {}
+    for key, value in limits.items():
+        if key not in DEFAULT_LIMITS:
+            raise ValueError(
+                f"unknown limit {str(key)[:60]!r}; the limits are {sorted(DEFAULT_LIMITS)}"
+            )
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not np.isfinite(value) or value < 0:
+            raise ValueError(
+                f"limit {key!r} must be a finite number of at least 0, not {str(value)[:60]!r}"
+            )
+        checked[key] = float(value)
+    return checked
 
 
 def fit(

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pneumocnn.core.metadata import check_model_io, find_metadata, load_metadata
+from pneumocnn.core.errors import UsageError
+from pneumocnn.core.metadata import (
+    MetadataError,
+    check_model_io,
+    find_metadata,
+    load_metadata,
+    model_files,
+    model_name,
+)
 from pneumocnn.core.task import Task, class_probabilities
 from pneumocnn.data.images import read_grayscale
 from pneumocnn.runtime import guard
@@ -104,7 +112,10 @@ class LiteModel:
         self.task = Task.of_metadata(self.metadata)
         self.class_names = list(self.task.class_names)
         self.threshold = float(self.metadata["threshold"])
-        self.guard = guard.calibration_of(self.metadata)
+        try:
+            self.guard = guard.calibration_of(self.metadata)
+        except ValueError as error:
+            raise MetadataError(f"Metadata file '{metadata_path}': {error}") from error
         self.interpreter = open_interpreter(self.model_path, num_threads)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -114,6 +125,29 @@ class LiteModel:
             self.task,
             tuple(int(n) for n in self.input["shape"]),
             int(np.prod(self.output["shape"][1:])),
+        )
+
+    @property
+    def channels(self) -> int:
+        """The channels of the model's input: 1, or 3 for an export's RGB variant (see
+        `pneumocnn.edge.rgb`)."""
+        return int(self.input["shape"][-1])
+
+    def require_grayscale(self) -> LiteModel:
+        """Returns the model itself, or refuses an export's RGB variant, which is for stock
+        image classifiers (RGB in, one score per class) and not for pneumocnn's own runners.
+
+        Raises:
+            UsageError: for the RGB variant, naming the grayscale file to use.
+        """
+        if self.channels == 1:
+            return self
+        int8 = self.model_path.parent / model_files(model_name(self.model_path))["int8"]
+        raise UsageError(
+            f"'{self.model_path}' is the RGB variant of an export, for stock image classifiers "
+            f"(float RGB in, one score per class); pneumocnn runs the grayscale models. "
+            f"Received: model='{self.model_path}' ({self.channels} input channels). Pass "
+            f"'{int8}' from the same folder."
         )
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
@@ -150,5 +184,6 @@ class LiteModel:
 
         Raises:
             ImageLoadError: if the file is not a readable image.
+            UsageError: if the model is an export's RGB variant (see `require_grayscale`).
         """
-        return classify(self, read_grayscale(path), path, threshold)
+        return classify(self.require_grayscale(), read_grayscale(path), path, threshold)
