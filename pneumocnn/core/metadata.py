@@ -15,6 +15,7 @@ import reprlib
 from pathlib import Path
 from typing import Any
 
+from pneumocnn.core.commit import settle_stale
 from pneumocnn.core.files import UnreadableJsonError, display_name, read_json, write_text_atomic
 from pneumocnn.core.task import Task
 
@@ -131,6 +132,44 @@ def find_metadata(model_path: str | Path) -> Path:
             "<name>.keras; keep the files together and keep their names."
         )
     return path
+
+
+# An export or recalibration writes a family through the scratch folder `.export-<name>` beside
+# it (see `pneumocnn.core.commit`, `pneumocnn.edge.family`).
+SCRATCH_PREFIX = ".export-"
+
+
+def family_scratch(folder: str | Path, name: str) -> Path:
+    """The scratch folder through which the family `name` in `folder` is written."""
+    return Path(folder) / f"{SCRATCH_PREFIX}{name}"
+
+
+def settle_family(metadata_path: str | Path) -> bool:
+    """Completes a write of the family of `metadata_path` (an export, a recalibration) that was
+    killed after its commit point, or removes one killed before it (see
+    `pneumocnn.core.commit.settle`); a write still running is left alone. Every reader of a
+    family calls it first, so it never sees files of two writes side by side.
+
+    Returns:
+        True if an interrupted write was completed.
+
+    Raises:
+        MetadataError: if the folder cannot be written to complete it.
+    """
+    metadata_path = Path(metadata_path)
+    scratch = family_scratch(metadata_path.parent, model_name(metadata_path))
+    if not scratch.is_dir():
+        return False
+    try:
+        settled = settle_stale(scratch.parent, scratch.name)
+    except OSError as error:
+        raise MetadataError(
+            f"The model files in '{display_name(scratch.parent)}' are those of a write that was "
+            f"interrupted, and completing it failed ({error.strerror or error}). Received: "
+            f"model='{display_name(metadata_path)}'. Run the export or calibration again with "
+            "write access to that folder: it completes the write first."
+        ) from error
+    return any(outcome == "rolled forward" for _, outcome in settled)
 
 
 def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from pneumocnn.core.budget import MAX_DECODED_BYTES, MAX_METADATA_BYTES  # noqa:
 
 # The key under which `read_grayscale` leaves notes on what it did (in the returned image's `info`).
 NOTES_KEY = "pneumocnn_notes"
+# Where `read_grayscale` records how many frames (or pages) the file holds; the first is read.
+FRAMES_KEY = "pneumocnn_frames"
 # Rows are converted in blocks of about this many pixels, so temporary arrays stay small.
 _BLOCK_PIXELS = 1 << 20
 # Where `read_grayscale` records the colourfulness of the image it converted (see
@@ -28,6 +30,11 @@ COLOURFULNESS_KEY = "pneumocnn_colourfulness"
 
 class ImageLoadError(ValueError):
     """Raised when a file cannot be read as an image; the message names the file."""
+
+
+def frames_note(kind: str, frames: int) -> str:
+    """What a reader says of a file of several frames: which one it read."""
+    return f"frame 1 of {frames} read (the {kind} file holds {frames} frames or pages)"
 
 
 def decoded_bytes(frames: int, rows: int, columns: int, bytes_per_pixel: int) -> int:

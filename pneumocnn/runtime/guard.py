@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pneumocnn.data.pixels import COLOURFULNESS_KEY
+from pneumocnn.data.pixels import COLOURFULNESS_KEY, FRAMES_KEY
 
 OK, FLAGGED, REFUSED = "ok", "flagged", "refused"
 GUARD_VERSION = 1
@@ -404,13 +404,22 @@ def judge(
             the loader.
 
     Returns:
-        A `Verdict`.
+        A `Verdict`: refused, flagged (also when the image is the first frame of several, see
+        `pneumocnn.data.pixels.FRAMES_KEY`), or ok.
     """
     limits = calibration.limits if calibration is not None else None
     reasons = refusal(gray, colourfulness, limits)
+    # Of a file of several frames (an APNG, a multi-page TIFF or DICOM) the first was read:
+    # said with the verdict, since a later frame may be the film.
+    frames = int(gray.info.get(FRAMES_KEY, 1))
+    several = (
+        [f"frame 1 of {frames} read (keep the film alone in a file of its own)"]
+        if frames > 1
+        else []
+    )
     if reasons:
-        return Verdict(REFUSED, tuple(reasons))
-    flags = []
+        return Verdict(REFUSED, tuple(reasons + several))
+    flags = list(several)
     if image_size is not None and min(gray.size) < image_size:
         flags.append(
             f"low resolution ({gray.width}x{gray.height} px, upscaled to the model's "

@@ -26,6 +26,7 @@ from pneumocnn.core.metadata import (
     load_metadata,
     model_files,
     model_name,
+    settle_family,
 )
 from pneumocnn.core.task import Task, class_probabilities
 from pneumocnn.data.images import read_grayscale
@@ -106,7 +107,9 @@ class LiteModel:
                 f"Model file not found. Received: model='{model_path}'. Pass the path of an "
                 "exported .tflite (e.g. saved_models/pneumocnn_int8.tflite)."
             )
-        metadata_path = metadata_path or find_metadata(self.model_path)
+        if metadata_path is None:
+            metadata_path = find_metadata(self.model_path)
+            settle_family(metadata_path)  # completes a write of the family that was killed
         self.metadata = load_metadata(metadata_path, self.model_path)
         self.image_size = int(self.metadata["image_size"])
         self.task = Task.of_metadata(self.metadata)
