@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pneumocnn.core.commit import WRITE_FAULTS
 from pneumocnn.core.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
@@ -31,16 +31,8 @@ from pneumocnn.core.files import display_name
 
 # The longest error message printed whole; a longer one (a library quoting a whole file) is cut.
 MAX_MESSAGE_CHARS = 2000
-# What a traceback may take on stderr before its middle is cut.
+# What a traceback may take on stderr before the rest is cut.
 MAX_TRACEBACK_CHARS = 20000
-# File system faults of the environment, each with its fix: exit code 2, not "a bug".
-_WRITE_FAULTS = {
-    errno.ENOSPC: "free space on that file system, or write elsewhere, and run it again",
-    errno.EDQUOT: "free space within your quota, or write elsewhere, and run it again",
-    errno.EROFS: "the file system is read-only: write elsewhere (e.g. --output-dir)",
-    errno.EACCES: "check its permissions, or write elsewhere",
-    errno.EPERM: "check its permissions, or write elsewhere",
-}
 
 
 def quiet_tensorflow() -> None:
@@ -103,12 +95,12 @@ def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 def _write_fault(error: BaseException) -> CannotWriteError | None:
     """A file system fault of the environment as the error the user sees, or `None`."""
-    if not isinstance(error, OSError) or error.errno not in _WRITE_FAULTS:
+    if not isinstance(error, OSError) or error.errno not in WRITE_FAULTS:
         return None
     path = error.filename if error.filename is not None else "?"
     return CannotWriteError(
         f"{error.strerror or type(error).__name__}: '{display_name(str(path))}'. Received: "
-        f"path='{display_name(str(path))}'. To fix it, {_WRITE_FAULTS[error.errno]}. Files that "
+        f"path='{display_name(str(path))}'. To fix it, {WRITE_FAULTS[error.errno]}. Files that "
         "were in place before were left as they were."
     )
 

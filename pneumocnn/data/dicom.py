@@ -238,7 +238,7 @@ def _check_luts(header, name: str) -> None:
         )
     low, high = apply_voi_lut(np.array([-1e30, 1e30]), header)
     shown = np.asarray(apply_voi_lut(_stored_range(header), header), dtype=np.float64)
-    if abs(float(shown[1] - shown[0])) * 255 < abs(float(high - low)):
+    if high <= low or abs(float(shown[1] - shown[0])) * 255 < float(high - low):
         data_low, data_high = _stored_range(header)
         raise ImageLoadError(
             f"DICOM file '{name}' has a window that shows every value the file can hold "

@@ -85,9 +85,10 @@ def _png_frames(handle: BinaryIO, name: str) -> int:
             handle.seek(-4, 1)
         if kind not in _PNG_PIXEL_CHUNKS:
             other += length
+            if length > MAX_METADATA_BYTES:
+                raise _too_much(name, f"a {kind.decode('latin-1')!r} chunk", length)
             if other > MAX_METADATA_BYTES:
-                what = f"a {kind.decode('latin-1')!r} chunk" if length == other else "chunks"
-                raise _too_much(name, what, other)
+                raise _too_much(name, "chunks", other)
         handle.seek(length + 4, 1)  # the data and its CRC
     raise ImageLoadError(
         f"Image '{name}' is a PNG of more than {MAX_PARTS:,} chunks, which no film needs. Save "
