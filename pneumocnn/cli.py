@@ -80,7 +80,8 @@ class GuardedOutput:
         return self._call("write", text)
 
     def flush(self) -> None:
-        self._call("flush")
+        if self.stream is not None:  # nothing was written to a closed output
+            self._call("flush")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)

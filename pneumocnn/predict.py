@@ -35,8 +35,10 @@ from typing import Any
 
 from pneumocnn import cli
 from pneumocnn.core.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
+from pneumocnn.core.files import csv_path, quoted_name, spreadsheet_cell
 from pneumocnn.core.locations import default_model
 from pneumocnn.core.metadata import INT8_FILE, THRESHOLD_MARGIN, is_usable_threshold
+from pneumocnn.runtime.prediction import ROW_DECIMALS, decimals_to_show
 
 FORMATS = ("table", "json", "csv")
 # Decimals of the table's probability and threshold, unless more are needed to keep their order.
@@ -114,8 +116,6 @@ def _row(result: Any, source: str) -> dict[str, Any]:
 
 
 def _error_row(path: Any, error: Exception | str, threshold: float, source: str) -> dict[str, Any]:
-    from pneumocnn.runtime.prediction import ROW_DECIMALS, decimals_to_show
-
     return {
         "path": os.fspath(path),
         "label": "",
@@ -129,9 +129,6 @@ def _error_row(path: Any, error: Exception | str, threshold: float, source: str)
 
 
 def _table_line(row: dict[str, Any]) -> str:
-    from pneumocnn.core.files import quoted_name
-    from pneumocnn.runtime.prediction import decimals_to_show
-
     digits = decimals_to_show([row["probability"], row["threshold"]], TABLE_DECIMALS)
     probability = "" if row["probability"] is None else f"{row['probability']:.{digits}f}"
     score = "" if row["ood_score"] is None else f"{row['ood_score']:.2f}"
@@ -145,8 +142,6 @@ def _table_line(row: dict[str, Any]) -> str:
 
 def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row as CSV cells: the path in `csv_path`'s spelling, no cell a spreadsheet formula."""
-    from pneumocnn.core.files import csv_path, spreadsheet_cell
-
     return {
         key: csv_path(value) if key == "path" else spreadsheet_cell(value)
         for key, value in row.items()

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from helpers import dead_process_id
 from pneumocnn import evaluate
 from pneumocnn.adaptation.calibration import calibrate
 from pneumocnn.evaluation import scoring
@@ -130,16 +131,6 @@ def test_site_calibration_of_a_run_reaches_the_target_and_feeds_the_export(train
     assert str(tmp_path / "exported" / "pneumocnn_int8.tflite") in advice
 
 
-def _dead_process_id() -> int:
-    """The id of a process that has ended (what a killed writer leaves in its scratch folder)."""
-    import subprocess
-    import sys
-
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True)  # fmt: skip
-    return int(finished.stdout)
-
-
 def _exported_copy(exported_model, tmp_path):
     """A copy of the shared exported fixture, to calibrate."""
     import shutil
@@ -243,7 +234,7 @@ def test_an_uncommitted_recalibration_leaves_the_previous_family(exported_model,
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
     scratch = folder / ".export-pneumocnn"
     scratch.mkdir()
-    (scratch / "owner.pid").write_text(f"{_dead_process_id()}\n")
+    (scratch / "owner.pid").write_text(f"{dead_process_id()}\n")
     (scratch / "pneumocnn_rgb_int8.tflite").write_bytes(b"half a model")
     family = read_family(folder / "pneumocnn_int8.tflite")
     assert not scratch.exists()
@@ -279,7 +270,7 @@ def test_a_recalibration_killed_after_its_commit_is_completed_by_the_next(
         load_metadata(folder / files["metadata"], folder / moved[0].name)
     monkeypatch.setattr(commit, "_move", move)
     scratch = folder / ".export-pneumocnn"
-    (scratch / "owner.pid").write_text(f"{_dead_process_id()}\n")  # as a kill leaves it
+    (scratch / "owner.pid").write_text(f"{dead_process_id()}\n")  # as a kill leaves it
     family = read_family(folder / files["int8"])
     assert not scratch.exists()
     for role in ("int8", "fp16", "rgb_int8", "keras"):

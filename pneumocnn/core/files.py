@@ -78,12 +78,14 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def display_name(path: str | Path | bytes) -> str:
-    """A file name safe to print on a terminal, in a log, a CSV or JSON.
+    """A file name safe to print in a message or a log, on a terminal.
 
     Bytes that are not UTF-8 (which Python keeps as lone surrogates in `str`) become `\\xNN`;
     newlines, tabs, terminal escape codes and other unprintable characters become `\\n`, `\\x1b`
     and so on, so a hostile name can neither forge lines of output nor drive the terminal.
-    Ordinary names come back unchanged.
+    Ordinary names come back unchanged. Two names can print alike (`a<newline>b` and a file
+    named `a\\nb`): where a name must identify its file (a report's path column), use
+    `quoted_name`.
 
     Args:
         path: a path or name, as `str`, `Path` or `bytes`.
