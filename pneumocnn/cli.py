@@ -9,15 +9,30 @@ work to `run`, which sets up logging, imports nothing heavy itself, and maps err
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from pneumocnn.core.errors import EXIT_INTERNAL, NoInputsError, exit_code_of
+from pneumocnn.core.commit import WRITE_FAULTS
+from pneumocnn.core.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL,
+    CannotWriteError,
+    NoInputsError,
+    OutputClosedError,
+    exit_code_of,
+)
 from pneumocnn.core.files import display_name
+
+# The longest error message printed whole; a longer one (a library quoting a whole file) is cut.
+MAX_MESSAGE_CHARS = 2000
+# What a traceback may take on stderr before the rest is cut.
+MAX_TRACEBACK_CHARS = 20000
 
 
 def quiet_tensorflow() -> None:
@@ -28,12 +43,94 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+class GuardedOutput:
+    """Standard output as a command writes it, with its faults named.
+
+    A closed standard output (`>&-`), a full disk (`> /dev/full`) or a read-only one raise
+    `CannotWriteError` (exit code 2) naming the fix; a reader that went away (`| head -1`)
+    raises `OutputClosedError` (exit code 141). Everything else is the wrapped stream's.
+
+    Args:
+        stream: the stream to write to; `None` when standard output is closed.
+    """
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def _call(self, method: str, *arguments: Any) -> Any:
+        if self.stream is None:
+            raise CannotWriteError(
+                "Standard output is closed, so the results cannot be written. Received: no "
+                "stdout (e.g. `>&-`). Run the command with its output to a terminal, a file or "
+                "a pipe (`> results.txt`; `> /dev/null` to discard it)."
+            )
+        try:
+            return getattr(self.stream, method)(*arguments)
+        except BrokenPipeError as error:
+            raise OutputClosedError("standard output: the reader went away") from error
+        except (OSError, ValueError) as error:  # ValueError: "I/O operation on closed file"
+            reason = getattr(error, "strerror", None) or str(error)
+            raise CannotWriteError(
+                f"Cannot write the results to standard output ({reason}). Received: "
+                f"stdout={display_name(getattr(self.stream, 'name', '?'))}. Send the output "
+                "somewhere it can be written (a file system with free space, a terminal, a pipe)."
+            ) from error
+
+    def write(self, text: str) -> int:
+        return self._call("write", text)
+
+    def flush(self) -> None:
+        if self.stream is not None:  # nothing was written to a closed output
+            self._call("flush")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text`, cut to `limit` characters with a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters left out)"
+
+
+def _write_fault(error: BaseException) -> CannotWriteError | None:
+    """A file system fault of the environment as the error the user sees, or `None`."""
+    if not isinstance(error, OSError) or error.errno not in WRITE_FAULTS:
+        return None
+    path = error.filename if error.filename is not None else "?"
+    return CannotWriteError(
+        f"{error.strerror or type(error).__name__}: '{display_name(str(path))}'. Received: "
+        f"path='{display_name(str(path))}'. To fix it, {WRITE_FAULTS[error.errno]}. Files that "
+        "were in place before were left as they were."
+    )
+
+
+def _silence(stream: Any) -> None:
+    """Points a broken standard output at /dev/null, so the interpreter's last flush of what is
+    still buffered cannot fail again (the recipe of Python's `signal` documentation)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
+def _tell(message: str) -> None:
+    """Prints `message` on stderr; a closed or broken stderr loses it rather than fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        print(message, file=sys.stderr)
+
+
 def run(
     parser: argparse.ArgumentParser,
     command: Callable[[argparse.Namespace], int],
     argv: list[str] | None = None,
 ) -> int:
     """Parses `argv`, runs `command(args)`, and returns its exit code, or the error's.
+
+    Standard output is written through `GuardedOutput` and flushed before the code is returned,
+    so a closed, full or broken output is an error of its own (see `pneumocnn.core.errors`);
+    messages are cut to `MAX_MESSAGE_CHARS`.
 
     Args:
         parser: the command's parser (argparse exits with 2 on a usage error).
@@ -46,23 +143,33 @@ def run(
     args = parser.parse_args(argv)
     quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    stdout = sys.stdout
+    sys.stdout = GuardedOutput(stdout)
     try:
-        return command(args)
+        code = command(args)
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
-        print("error: interrupted.", file=sys.stderr)
+        _tell("error: interrupted.")
         return 130
     except Exception as error:  # noqa: BLE001 - the boundary: every error gets its exit code.
+        error = _write_fault(error) or error
         code = exit_code_of(error)
+        if isinstance(error, OutputClosedError | CannotWriteError) and stdout is not None:
+            _silence(stdout)
+        if code == EXIT_BROKEN_PIPE:
+            return code
         if code == EXIT_INTERNAL:
-            traceback.print_exc()
-            print(
-                f"error: unexpected {type(error).__name__}: {error}. This is a bug in "
-                f"{parser.prog}; please report it with the traceback above.",
-                file=sys.stderr,
+            _tell(bounded("".join(traceback.format_exc()), MAX_TRACEBACK_CHARS))
+            _tell(
+                f"error: unexpected {type(error).__name__}: {bounded(str(error))}. This is a "
+                f"bug in {parser.prog}; please report it with the traceback above."
             )
         else:
-            print(f"error: {error}", file=sys.stderr)
+            _tell(f"error: {bounded(str(error))}")
         return code
+    finally:
+        sys.stdout = stdout
 
 
 def collect_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -71,10 +178,10 @@ def collect_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str
     entry). Every entry a folder walk leaves out is logged with its reason.
 
     Returns:
-        `(files, refused)`: the files, and `(name, reason)` for each entry that is an input gone
-        wrong (an unreadable folder, a dangling link or link loop, a FIFO or device, a name that
-        is not UTF-8), which a command reports as a failure (exit code 1). Names are escaped
-        for printing.
+        `(files, refused)`: the files, and `(path, reason)` for each entry that is an input gone
+        wrong (an unreadable folder, a dangling link or link loop, a FIFO or device named like
+        an image, a name that is not UTF-8), which a command reports as a failure (exit code
+        1). Paths are as they are: escape them to print them.
     """
     from pneumocnn.data.scan import scan_folder
 
@@ -108,7 +215,8 @@ def require_inputs(inputs: list[str | Path]) -> list[Path]:
         raise NoInputsError(
             "No JPEG, PNG or DICOM images found"
             + (
-                f" ({len(refused)} entries refused, e.g. {refused[0][0]}: {refused[0][1]})"
+                f" ({len(refused)} entries refused, e.g. {display_name(refused[0][0])}: "
+                f"{refused[0][1]})"
                 if refused
                 else ""
             )

@@ -75,7 +75,7 @@ def explain_files(
     task = task or Task.of_head(cam.num_outputs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    written, failed = [], list(refused)
+    written, failed = [], [(display_name(name), reason) for name, reason in refused]
     # Unique and short enough: a/x.jpeg and b/x.jpeg must not overwrite each other.
     names = output_names(files, "_gradcam.png")
     for index, (path, name) in enumerate(zip(files, names, strict=True), start=1):

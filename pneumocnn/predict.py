@@ -10,7 +10,14 @@ its out-of-distribution score. `--format` prints a table (default), one JSON obj
 files included. `--threshold` sets the decision threshold for this run; every row records the
 threshold used and where it came from. A bad file, or a folder entry that cannot be read (an
 unreadable folder, a dangling link, a FIFO), gets an error row and exit status 1; the other
-files are still classified. File names are printed escaped (`pneumocnn.core.files.display_name`).
+files are still classified.
+
+Every row names one file, and only one: JSON carries the name exactly (`os.fsencode` of it gives
+the bytes back); the table and CSV print it as it is, or, when it holds a newline, an escape
+code, a byte that is not UTF-8 or another invisible character, in the shell's `$'...'` quoting
+(`pneumocnn.core.files.quoted_name`; `unquote_name` reads it back). No CSV cell starts a
+spreadsheet formula. A closed or full standard output is an error (exit 2); a reader that went
+away (`| head -1`) stops the command quietly (exit 141).
 
 Example:
 
@@ -22,15 +29,20 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from typing import Any
 
 from pneumocnn import cli
 from pneumocnn.core.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
+from pneumocnn.core.files import csv_path, quoted_name, spreadsheet_cell
 from pneumocnn.core.locations import default_model
-from pneumocnn.core.metadata import INT8_FILE
+from pneumocnn.core.metadata import INT8_FILE, THRESHOLD_MARGIN, is_usable_threshold
+from pneumocnn.runtime.prediction import ROW_DECIMALS, decimals_to_show
 
 FORMATS = ("table", "json", "csv")
+# Decimals of the table's probability and threshold, unless more are needed to keep their order.
+TABLE_DECIMALS = 4
 # The CSV's leading columns; a subtype model adds P(<class>) for each class after them.
 COLUMNS = (
     "path",
@@ -49,10 +61,11 @@ def _threshold(text: str) -> float:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0.0 < value < 1.0:  # also refuses nan
+    if not is_usable_threshold(value):  # also refuses nan, and what metadata may not hold
         raise argparse.ArgumentTypeError(
-            f"the threshold is a probability strictly between 0 and 1. Received: {text!r}. "
-            "Pass e.g. --threshold 0.5."
+            f"the threshold is a probability strictly between 0 and 1, within "
+            f"[{THRESHOLD_MARGIN:g}, 1 - {THRESHOLD_MARGIN:g}] (closer to 0 or 1 it gives every "
+            f"film one label). Received: {text!r}. Pass e.g. --threshold 0.5."
         )
     return value
 
@@ -104,10 +117,10 @@ def _row(result: Any, source: str) -> dict[str, Any]:
 
 def _error_row(path: Any, error: Exception | str, threshold: float, source: str) -> dict[str, Any]:
     return {
-        "path": str(path),
+        "path": os.fspath(path),
         "label": "",
         "probability": None,
-        "threshold": round(threshold, 6),
+        "threshold": round(threshold, decimals_to_show([threshold], ROW_DECIMALS)),
         "threshold_source": source,
         "verdict": "unreadable",
         "ood_score": None,
@@ -116,18 +129,37 @@ def _error_row(path: Any, error: Exception | str, threshold: float, source: str)
 
 
 def _table_line(row: dict[str, Any]) -> str:
-    probability = "" if row["probability"] is None else f"{row['probability']:.4f}"
+    digits = decimals_to_show([row["probability"], row["threshold"]], TABLE_DECIMALS)
+    probability = "" if row["probability"] is None else f"{row['probability']:.{digits}f}"
     score = "" if row["ood_score"] is None else f"{row['ood_score']:.2f}"
     label = row["label"] or ("ERROR" if row["verdict"] == "unreadable" else "-")
     note = f": {row['reason']}" if row["reason"] else ""
     return (
-        f"{label:<10} {probability:>12} {row['threshold']:>9.4f}  {row['verdict']:<10} "
-        f"{score:>5}  {row['path']}{note}"
+        f"{label:<10} {probability:>12} {row['threshold']:>9.{digits}f}  {row['verdict']:<10} "
+        f"{score:>5}  {quoted_name(row['path'])}{note}"
     )
 
 
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as CSV cells: the path in `csv_path`'s spelling, no cell a spreadsheet formula."""
+    return {
+        key: csv_path(value) if key == "path" else spreadsheet_cell(value)
+        for key, value in row.items()
+    }
+
+
+def _json_line(row: dict[str, Any], class_names: list[str]) -> str:
+    """A row as one JSON object: the path exactly as it is (JSON escapes what must be)."""
+    if row["verdict"] == "unreadable":
+        row["error"] = row["reason"]
+    else:
+        row["probabilities"] = {
+            name: row.pop(f"P({name})") for name in class_names if f"P({name})" in row
+        }
+    return json.dumps(row)
+
+
 def _command(args: argparse.Namespace) -> int:
-    from pneumocnn.core.files import display_name
     from pneumocnn.data.pixels import ImageLoadError
     from pneumocnn.runtime.runners import open_model
 
@@ -156,17 +188,9 @@ def _command(args: argparse.Namespace) -> int:
 
     def report(row: dict[str, Any]) -> None:
         if writer is not None:
-            writer.writerow(row)
+            writer.writerow(_csv_row(row))
         elif output_format == "json":
-            if row["verdict"] == "unreadable":
-                row["error"] = row["reason"]
-            else:
-                row["probabilities"] = {
-                    name: row.pop(f"P({name})")
-                    for name in classifier.class_names
-                    if f"P({name})" in row
-                }
-            print(json.dumps(row))
+            print(_json_line(row, classifier.class_names))
         else:
             print(_table_line(row))
 
@@ -175,17 +199,16 @@ def _command(args: argparse.Namespace) -> int:
     for name, reason in refused:
         report(_error_row(name, reason, threshold, source))
     for path in files:
-        name = display_name(path)  # never a raw newline, escape code or undecodable byte
         try:
-            row = {**_row(classifier.predict_file(path, args.threshold), source), "path": name}
+            row = _row(classifier.predict_file(path, args.threshold), source)
         except ImageLoadError as error:
-            failures.append((name, str(error)))
-            row = _error_row(name, error, threshold, source)
-        report(row)
+            failures.append((str(path), str(error)))
+            row = _error_row(path, error, threshold, source)
+        report({**row, "path": os.fspath(path)})
     if output_format == "table" and args.threshold is not None:
         print(
-            f"Threshold {threshold:.4f} set on the command line (the model's: "
-            f"{classifier.threshold:.4f})."
+            f"Threshold {threshold:g} set on the command line (the model's: "
+            f"{classifier.threshold:g})."
         )
     if failures:
         total = len(files) + len(refused)

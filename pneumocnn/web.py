@@ -31,7 +31,13 @@ from typing import Any
 from pneumocnn import cli
 from pneumocnn.core.errors import EXIT_OK, UsageError
 from pneumocnn.core.locations import default_model
-from pneumocnn.core.metadata import MetadataError, find_metadata, load_metadata, model_name
+from pneumocnn.core.metadata import (
+    MetadataError,
+    find_metadata,
+    load_metadata,
+    member_path,
+    model_name,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_DIR = ROOT / "web"
@@ -122,16 +128,23 @@ def check_model(model: Path) -> dict[str, Any]:
         metadata = load_metadata(find_metadata(model), model)
     except (MetadataError, FileNotFoundError) as error:
         raise BuildError(f"Cannot use the model '{model}': {error}") from error
-    tensors = metadata.get("tensors", {}).get(model.name, {})
-    shape = tensors.get("input", {}).get("shape")
+    try:
+        tensors = metadata.get("tensors", {}).get(model.name, {})
+        shape = tensors.get("input", {}).get("shape")
+        dtypes = {role: tensors[role]["dtype"] for role in ("input", "output")}
+    except (AttributeError, KeyError, TypeError) as error:
+        raise BuildError(
+            f"The metadata of '{model}' does not describe the model's tensors "
+            f"({type(error).__name__}: {str(error)[:200]}). Re-export the model with the "
+            "current pneumocnn (`python -m pneumocnn.export RUN_DIR`)."
+        ) from error
     if not shape or shape[0] != 1:
         raise BuildError(
             f"The model '{model}' takes input of shape {shape}; LiteRT.js needs a fixed batch of "
             "1. Re-export it with the current pneumocnn (`python -m pneumocnn.export RUN_DIR`), "
             "whose models have a batch of 1."
         )
-    for role in ("input", "output"):
-        dtype = tensors[role]["dtype"]
+    for role, dtype in dtypes.items():
         if dtype not in LITERT_JS_DTYPES:
             raise BuildError(
                 f"The model's {role} is {dtype}; LiteRT.js handles {', '.join(LITERT_JS_DTYPES)}. "
@@ -174,7 +187,10 @@ def build(output_dir: str | Path, model: str | Path | None = None, web_dir: Path
         shutil.copyfile(source, output_dir / target)
     name = model_name(model)
     metadata_file = find_metadata(model)
-    labels = model.parent / metadata.get("files", {}).get("labels", f"{name}_labels.txt")
+    # A name the metadata lists is a file of the model's own folder (checked by load_metadata).
+    labels = member_path(
+        metadata_file, metadata.get("files", {}).get("labels", f"{name}_labels.txt")
+    )
     for path in (model, metadata_file, labels):
         if path.is_file():
             shutil.copyfile(path, output_dir / "model" / path.name)

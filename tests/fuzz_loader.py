@@ -1,5 +1,10 @@
 """Fuzzing the image loader: mutated films and crafted headers, PNG, JPEG, TIFF and DICOM.
 
+The bases include what issue "Hostile inputs and faults, round two" found: files of several
+frames (APNG, multi-page TIFF), other formats named like films (a GIF named .png), metadata
+chunks and segments (a PNG text chunk, JPEG APP segments), and DICOM files holding a JPEG or a
+JPEG 2000 frame, whose own size header the crafters rewrite as they rewrite DICOM's.
+
 Run as a script it prints what happened to each kind of input; `tests/test_fuzz_loader.py` runs
 it in a child process (so a hang is a timeout and the memory figure is the child's own) and
 demands: no exception but `ImageLoadError`, no input slower than `HANG_SECONDS`, a peak resident
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pneumocnn.benchmark.hostile_inputs import dicom_with_frame
 from pneumocnn.benchmark.timing import peak_memory_mb
 from pneumocnn.data.images import load_image
 from pneumocnn.data.pixels import ImageLoadError
@@ -66,6 +72,13 @@ def base_files(rng: np.random.Generator) -> dict[str, bytes]:
         "alpha.png": _encode(gray.convert("RGBA"), "PNG"),
         "raw.tiff": _encode(gray, "TIFF"),
         "lzw.tiff": _encode(gray, "TIFF", compression="tiff_lzw"),
+        "apng.png": _encode(gray, "PNG", save_all=True, append_images=[gray.rotate(90)]),
+        "pages.tiff": _encode(
+            gray, "TIFF", save_all=True, append_images=[gray.rotate(90)], compression="tiff_lzw"
+        ),
+        "gif.png": _encode(gray, "GIF"),
+        "text.png": _encode(gray, "PNG", pnginfo=_text_info()),
+        "app.jpeg": _encode(gray, "JPEG", exif=exif.tobytes(), comment=b"x" * 2000),
     }
     try:
         from pydicom.uid import RLELossless
@@ -84,7 +97,29 @@ def base_files(rng: np.random.Generator) -> dict[str, bytes]:
             files[name] = _dicom_bytes(pixels, photometric, bits, **options)
         except ImportError:
             pass
+    try:
+        from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+    except ImportError:
+        return files
+    rows, columns = film.shape
+    for name, frame, syntax in (
+        ("jpeg.dcm", _encode(gray, "JPEG"), JPEGBaseline8Bit),
+        ("j2k.dcm", _encode(gray, "JPEG2000", no_jp2=True), JPEG2000Lossless),
+    ):
+        with tempfile.TemporaryDirectory() as folder:
+            files[name] = dicom_with_frame(
+                Path(folder) / name, rows, columns, frame, syntax
+            ).read_bytes()
     return files
+
+
+def _text_info():
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "a film " * 200)
+    info.add_text("Software", "fuzz", zip=True)
+    return info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,6 +134,38 @@ def _png_header(content: bytes, rng: np.random.Generator) -> bytes:
     if rng.random() < 0.2:
         crc ^= 1  # a wrong checksum too
     return content[:16] + body + struct.pack(">I", crc) + content[33:]
+
+
+def _png_chunk(content: bytes, rng: np.random.Generator) -> bytes:
+    """Rewrites the length of one chunk after IHDR: none, one more, or gigabytes claimed."""
+    data, at, starts = bytearray(content), 8, []
+    while at + 8 <= len(data):
+        (length,) = struct.unpack_from(">I", data, at)
+        starts.append(at)
+        at += 12 + length
+    if len(starts) < 2:
+        return bytes(data)
+    at = starts[int(rng.integers(1, len(starts)))]
+    (length,) = struct.unpack_from(">I", data, at)
+    claimed = [0, length + 1, 600_000_000, 2**31 - 1][int(rng.integers(0, 4))]
+    struct.pack_into(">I", data, at, claimed)
+    return bytes(data)
+
+
+def _png_crafted(content: bytes, rng: np.random.Generator) -> bytes:
+    return (_png_header if rng.random() < 0.5 else _png_chunk)(content, rng)
+
+
+def _j2k_header(content: bytes, rng: np.random.Generator) -> bytes:
+    """Rewrites the size and component count of a JPEG 2000 SIZ segment."""
+    data = bytearray(content)
+    at = data.find(b"\xff\x51")
+    if at >= 0:
+        width, height = (int(rng.choice(DIMENSIONS)) for _ in range(2))
+        data[at + 6 : at + 14] = struct.pack(">II", width, height)
+        if rng.random() < 0.3:
+            struct.pack_into(">H", data, at + 38, int(rng.choice([0, 1, 3, 4, 255])))
+    return bytes(data)
 
 
 def _jpeg_header(content: bytes, rng: np.random.Generator) -> bytes:
@@ -157,11 +224,20 @@ def _dicom_header(content: bytes, rng: np.random.Generator) -> bytes:
     return buffer.getvalue()
 
 
+def _dicom_crafted(content: bytes, rng: np.random.Generator) -> bytes:
+    """DICOM's header fields, or the size header of the frame it encapsulates."""
+    if b"\xff\xd8\xff" in content and rng.random() < 0.5:
+        return _jpeg_header(content, rng)
+    if b"\xff\x4f\xff\x51" in content and rng.random() < 0.5:
+        return _j2k_header(content, rng)
+    return _dicom_header(content, rng)
+
+
 HEADERS: dict[str, Callable[[bytes, np.random.Generator], bytes]] = {
-    ".png": _png_header,
+    ".png": _png_crafted,
     ".jpeg": _jpeg_header,
     ".tiff": _tiff_header,
-    ".dcm": _dicom_header,
+    ".dcm": _dicom_crafted,
 }
 
 

@@ -26,8 +26,14 @@ import pytest
 from PIL import Image
 
 from pneumocnn import web
+from pneumocnn.testing import synthetic_xray
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "chest_xray"
+SHIPPED = Path(__file__).resolve().parents[1] / "saved_models"
+SHIPPED_INT8 = SHIPPED / "pneumocnn_int8.tflite"
+requires_shipped_model = pytest.mark.skipif(
+    not SHIPPED_INT8.is_file(), reason="the shipped int8 model is not in saved_models/"
+)
 
 # A tiny model (the fixtures' and the multi-worker test's), trained without augmentation or
 # mixup: these runs test the pipeline and the stages after it, not the recipe.
@@ -110,3 +116,38 @@ def serve_folder(folder: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def film_file(
+    path: Path, label: int = 1, seed: int = 0, size: tuple[int, int] = (200, 160)
+) -> Path:
+    """Saves a synthetic film (see `synthetic_xray`) as `path`, format from its extension."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(synthetic_xray(np.random.default_rng(seed), label, size)).save(path)
+    return path
+
+
+def shipped_copy(folder: Path) -> Path:
+    """A copy of the shipped binary family (`saved_models/pneumocnn*` and its card), to edit."""
+    folder.mkdir()
+    for path in SHIPPED.glob("pneumocnn*"):
+        if path.is_file() and not path.name.startswith("pneumocnn_subtype"):
+            shutil.copy(path, folder / path.name)
+    shutil.copy(SHIPPED / "MODEL_CARD.md", folder / "MODEL_CARD.md")
+    return folder
+
+
+def site_folder(root: Path, per_class: int) -> Path:
+    """A labelled site folder: `per_class` synthetic films in each of NORMAL/ and PNEUMONIA/."""
+    for label, name in enumerate(("NORMAL", "PNEUMONIA")):
+        for index in range(per_class):
+            film_file(root / name / f"person{index}_{name.lower()}.png", label, index)
+    return root
+
+
+def dead_process_id() -> int:
+    """The id of a process that has ended: what a killed writer leaves in its scratch folder."""
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(finished.stdout)

@@ -1,18 +1,23 @@
 """The CLI skeleton: quiet, instant `--help`, and documented exit codes for every command."""
 
+import errno
 import subprocess
 import sys
 
 import pytest
 
 from pneumocnn import cli
+from pneumocnn.core.commit import BusyError
 from pneumocnn.core.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_CHECK_FAILED,
     EXIT_INTERNAL,
     EXIT_SOME_INPUTS_FAILED,
     EXIT_USAGE,
+    CannotWriteError,
     DataError,
     NoInputsError,
+    OutputClosedError,
     UsageError,
     exit_code_of,
 )
@@ -62,6 +67,9 @@ def test_help_exits_0_and_prints_the_usage_only(command):
         (ImageLoadError("broken"), EXIT_USAGE),
         (ParityError("strays"), EXIT_CHECK_FAILED),
         (TrainingDivergedError("nan"), EXIT_USAGE),
+        (CannotWriteError("disk full"), EXIT_USAGE),
+        (BusyError("another export"), EXIT_USAGE),
+        (OutputClosedError("| head -1"), EXIT_BROKEN_PIPE),
         (ZeroDivisionError("a bug"), EXIT_INTERNAL),
     ],
 )
@@ -78,6 +86,24 @@ def test_an_unexpected_error_prints_the_traceback_and_exits_3(capsys):
     assert cli.run(argparse.ArgumentParser(prog="demo"), broken, []) == EXIT_INTERNAL
     err = capsys.readouterr().err
     assert "Traceback" in err and "bug in demo" in err
+
+
+@pytest.mark.parametrize(
+    "number, fix",
+    [(errno.ENOSPC, "free space"), (errno.EROFS, "read-only"), (errno.EACCES, "permissions")],
+)
+def test_a_file_system_fault_of_the_environment_exits_2_naming_the_path_and_the_fix(
+    capsys, number, fix
+):
+    import argparse
+    import os
+
+    def faulty(args):
+        raise OSError(number, os.strerror(number), "/some/out/file.json")
+
+    assert cli.run(argparse.ArgumentParser(prog="demo"), faulty, []) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "/some/out/file.json" in err and fix in err
 
 
 def test_a_bad_flag_exits_2_before_any_work():

@@ -19,7 +19,7 @@ from PIL import Image
 
 from helpers import real_films, requires_real_data
 from pneumocnn.data.images import load_image, read_grayscale
-from pneumocnn.data.pixels import MAX_DECODED_BYTES, NOTES_KEY, ImageLoadError
+from pneumocnn.data.pixels import FRAMES_KEY, MAX_DECODED_BYTES, NOTES_KEY, ImageLoadError
 from pneumocnn.testing import write_dicom
 
 pydicom = pytest.importorskip("pydicom", reason="the lite extra (pydicom) is not installed")
@@ -163,7 +163,8 @@ def test_multi_frame_dicom_uses_the_first_frame_and_says_so(tmp_path, films):
     dicom = write_dicom(tmp_path / "frames.dcm", np.stack(films[:2]), "MONOCHROME2", 8)
     gray = read_grayscale(dicom)
     np.testing.assert_array_equal(np.asarray(gray), films[0])
-    assert "first of 2 frames used" in gray.info[NOTES_KEY]
+    assert any(note.startswith("frame 1 of 2 read") for note in gray.info[NOTES_KEY])
+    assert gray.info[FRAMES_KEY] == 2  # the input guard flags it, saying so (see guard.judge)
 
 
 def _deflated_multi_frame(path: Path, frames: int, rows: int, columns: int) -> Path:

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from helpers import dead_process_id
 from pneumocnn import evaluate
 from pneumocnn.adaptation.calibration import calibrate
 from pneumocnn.evaluation import scoring
@@ -174,7 +175,7 @@ def test_site_calibration_of_an_exported_model_keeps_its_whole_family_consistent
     from pneumocnn.edge.export import recalibration_advice
 
     assert recalibration_advice(metadata, folder) is None  # calibrated on the int8 file itself
-    assert not list(folder.glob(".recalibrate-*"))
+    assert not list(folder.glob(".export-*"))
 
     int8 = LiteModel(folder / files["int8"])
     assert int8.threshold == threshold
@@ -231,8 +232,9 @@ def test_an_uncommitted_recalibration_leaves_the_previous_family(exported_model,
 
     folder = _exported_copy(exported_model, tmp_path)
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
-    scratch = folder / ".recalibrate-pneumocnn"
+    scratch = folder / ".export-pneumocnn"
     scratch.mkdir()
+    (scratch / "owner.pid").write_text(f"{dead_process_id()}\n")
     (scratch / "pneumocnn_rgb_int8.tflite").write_bytes(b"half a model")
     family = read_family(folder / "pneumocnn_int8.tflite")
     assert not scratch.exists()
@@ -243,37 +245,34 @@ def test_an_uncommitted_recalibration_leaves_the_previous_family(exported_model,
 def test_a_recalibration_killed_after_its_commit_is_completed_by_the_next(
     exported_model, tmp_path, monkeypatch
 ):
-    """A kill between the renames (after the new metadata is in the scratch folder) leaves a
-    family whose files disagree; the next recalibration of it completes the renames first."""
-    from pneumocnn.core.metadata import (
-        MetadataError,
-        load_metadata,
-        model_files,
-        write_json_atomically,
-    )
-    from pneumocnn.edge import family as edge_family
-    from pneumocnn.edge import recalibrate
+    """A kill between the renames (after the commit point) leaves a family whose files disagree;
+    the next reader of it completes the renames first."""
+    from pneumocnn.core import commit
+    from pneumocnn.core.metadata import MetadataError, load_metadata, model_files
     from pneumocnn.edge.family import read_family
 
     folder = _exported_copy(exported_model, tmp_path)
     files = model_files("pneumocnn")
     site = _site_folder(tmp_path)
-    write_family = edge_family.write_family
+    move = commit._move
+    moved = []
 
-    def killed_after_the_first_rename(scratch, output_dir, files, metadata, roles):
-        # write_family's steps, up to a kill after its first rename.
-        write_json_atomically(scratch / files["metadata"], metadata)
-        (scratch / files[roles[0]]).replace(output_dir / files[roles[0]])
-        raise KeyboardInterrupt
+    def killed_after_the_first_rename(source, target):
+        if moved:
+            raise KeyboardInterrupt
+        moved.append(target)
+        move(source, target)
 
-    monkeypatch.setattr(recalibrate, "write_family", killed_after_the_first_rename)
+    monkeypatch.setattr(commit, "_move", killed_after_the_first_rename)
     with pytest.raises(KeyboardInterrupt):
         calibrate(folder / files["int8"], site, 1.0)
     with pytest.raises(MetadataError):  # the old metadata does not match the renamed file
-        load_metadata(folder / files["metadata"], folder / files["rgb_int8"])
-    monkeypatch.setattr(recalibrate, "write_family", write_family)
+        load_metadata(folder / files["metadata"], folder / moved[0].name)
+    monkeypatch.setattr(commit, "_move", move)
+    scratch = folder / ".export-pneumocnn"
+    (scratch / "owner.pid").write_text(f"{dead_process_id()}\n")  # as a kill leaves it
     family = read_family(folder / files["int8"])
-    assert not (folder / ".recalibrate-pneumocnn").exists()
+    assert not scratch.exists()
     for role in ("int8", "fp16", "rgb_int8", "keras"):
         load_metadata(folder / files["metadata"], folder / files[role])
     assert family.metadata["calibration"]["folder"] == site.name

@@ -188,7 +188,7 @@ def test_folder_walk_reports_every_entry_it_skips_and_why(tmp_path, monkeypatch)
     assert reasons["loop_a.png"].startswith("link loop")
     assert reasons["back_to_root"] == "link to a folder (not followed)"
     assert reasons["locked"].startswith("unreadable folder (Permission denied")
-    assert reasons["bad-\\xff-name.png"].startswith("name is not valid UTF-8")
+    assert reasons[os.fsdecode(b"bad-\xff-name.png")].startswith("name is not valid UTF-8")
 
 
 def test_file_names_with_newlines_and_escape_codes_are_printed_escaped(tmp_path):

@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from pneumocnn.adaptation.site import check_site_folder
 from pneumocnn.core.errors import DataError, UsageError
+from pneumocnn.core.metadata import find_metadata, model_name
 from pneumocnn.core.run_folder import is_run_dir, resolve_source, write_threshold
 from pneumocnn.core.task import pneumonia_labels
 from pneumocnn.data.split import load_evaluation_images
-from pneumocnn.edge.family import read_family
+from pneumocnn.edge.family import Family, claim_family, read_family
 from pneumocnn.edge.recalibrate import recalibrate
 from pneumocnn.evaluation.metrics import pneumonia_figures
 from pneumocnn.evaluation.thresholds import (
@@ -26,6 +28,11 @@ from pneumocnn.evaluation.thresholds import (
 )
 from pneumocnn.evaluation.uncertainty import uncertainty_of
 from pneumocnn.runtime.runners import predict_probabilities
+
+# Fewer films of a class than this, and a threshold chosen on them says nothing: one film more
+# or less moves the sensitivity by a tenth or more, and the bootstrap interval collapses to a
+# point (one film per class gave "sensitivity 1.0000 [1.0000-1.0000]").
+MIN_FILMS_PER_CLASS = 10
 
 
 def calibrate(
@@ -63,8 +70,10 @@ def calibrate(
         The calibration record (also written, see above).
 
     Raises:
-        ValueError: if the target is not in (0, 1], the folder is a training-data folder
-            (it holds `train/`) or lacks a class.
+        ValueError: if the target is not in (0, 1], the folder is training data (see
+            `pneumocnn.adaptation.site.training_data_reason`), or holds fewer than
+            `MIN_FILMS_PER_CLASS` readable films of a class.
+        BusyError: if another calibration or export of the same exported family is running.
         UsageError: if an exported family's RGB variant was not made by this version.
         ParityError: if an exported model's retargeted RGB variant fails its check against the
             int8 model on the folder's films (nothing is written).
@@ -75,24 +84,34 @@ def calibrate(
             "--target-sensitivity must be in (0, 1]. "
             f"Received: target_sensitivity={target_sensitivity}. Pass e.g. 0.96."
         )
-    if (Path(folder) / "train").is_dir():
-        raise UsageError(
-            f"'{folder}' holds train/: calibrate on films from the site, not on training data. "
-            f"Received: calibrate_on='{folder}'. Pass a folder of class subfolders (e.g. "
-            "chest_xray/test)."
-        )
-    family = None
-    if Path(model).is_file() and not is_run_dir(Path(model).parent):
-        # Before anything is run: it completes an interrupted recalibration and verifies the
-        # family's checksums.
-        family = read_family(model)
+    if not (Path(model).is_file() and not is_run_dir(Path(model).parent)):
+        return _calibrate(model, folder, target_sensitivity, confidence, None)
+    metadata_path = find_metadata(model)
+    # Claimed before anything is run, so a second calibration or an export of the family is
+    # refused at once; reading it completes a write of it that was killed, and verifies it.
+    with claim_family(metadata_path.parent, model_name(metadata_path)):
+        return _calibrate(model, folder, target_sensitivity, confidence, read_family(model))
+
+
+def _calibrate(
+    model: str | Path,
+    folder: str | Path,
+    target_sensitivity: float,
+    confidence: float | None,
+    family: Family | None,
+) -> dict[str, Any]:
+    """`calibrate`'s work, for a run folder or a claimed and verified exported `family`."""
     source = resolve_source(model)
+    check_site_folder(folder, source.config.data_dir, "calibrate on", "calibrate_on")
     images, labels, skipped, root, paths = load_evaluation_images(source, "all", folder)
-    if len(np.unique(pneumonia_labels(labels))) < 2:
+    counts = np.bincount(pneumonia_labels(labels), minlength=2)
+    if counts.min() < MIN_FILMS_PER_CLASS:
         raise DataError(
-            f"Calibration needs NORMAL and pneumonia films; '{root}' has "
-            f"{np.bincount(labels, minlength=len(source.class_names)).tolist()} films per class "
-            f"{source.class_names}. Received: calibrate_on='{folder}'."
+            f"Calibration needs at least {MIN_FILMS_PER_CLASS} readable NORMAL and "
+            f"{MIN_FILMS_PER_CLASS} pneumonia films; '{root}' has {int(counts[0])} NORMAL and "
+            f"{int(counts[1])} pneumonia ({len(skipped)} unreadable). Received: "
+            f"calibrate_on='{folder}'. Add labelled films of the site: with fewer, one film "
+            "moves the sensitivity by a tenth or more."
         )
     probabilities = predict_probabilities(source.model_path, images)
     point = choose_pneumonia_threshold(labels, probabilities, target_sensitivity)
@@ -161,8 +180,7 @@ def format_calibration(record: dict[str, Any]) -> str:
         f"confidence {record['confidence']}, from the {record['bound']['rank']}-th lowest of "
         f"{record['bound']['positives']} pneumonia scores of {films}"
         if record.get("bound")
-        else f"the best specificity reaching sensitivity {record['target_sensitivity']} on "
-        f"{films}"
+        else f"the best specificity reaching sensitivity {record['target_sensitivity']} on {films}"
     )
     lines = [f"Threshold {record['threshold']:.4f}: {rule}"]
     for key in ("sensitivity", "specificity", "accuracy", "roc_auc"):

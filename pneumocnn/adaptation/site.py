@@ -116,8 +116,46 @@ def _patients_of(paths: list[str], folder: Path, table: dict[str, str] | None) -
     return patients
 
 
-def check_site_folder(site_dir: str | Path) -> Path:
-    """Refuses a folder that is missing or that holds training data (`train/`).
+def training_data_reason(folder: str | Path, data_dir: str | None = None) -> str | None:
+    """Why `folder` is training data rather than a site's films, or `None`.
+
+    It is when it holds `train/`; when it is a data set's `train/` split (a folder named `train`
+    beside `test/` or `val/`, the Kaggle layout); or when it is, or lies in, the `train/` of
+    the model's own data folder `data_dir`.
+
+    Args:
+        folder: the folder given as the site's.
+        data_dir: the model's training data folder (its config's), if known. Defaults to `None`.
+    """
+    folder = Path(folder)
+    if (folder / "train").is_dir():
+        return "holds train/"
+    resolved = folder.resolve()
+    if resolved.name == "train" and any(
+        (resolved.parent / name).is_dir() for name in ("test", "val")
+    ):
+        return "is the train/ split of a data set (it sits beside test/ or val/)"
+    if data_dir:
+        root = Path(data_dir).expanduser().resolve()
+        for train in (root / "train", root / "chest_xray" / "train"):
+            if resolved.is_relative_to(train):
+                return f"lies in the model's own training data ('{train}')"
+    return None
+
+
+def check_site_folder(
+    site_dir: str | Path,
+    data_dir: str | None = None,
+    verb: str = "adapt to",
+    flag: str = "site_dir",
+) -> Path:
+    """Refuses a folder that is missing or that is training data (see `training_data_reason`).
+
+    Args:
+        site_dir: the folder given as the site's.
+        data_dir: the model's training data folder, if known. Defaults to `None`.
+        verb: what the command does with the films, for the message. Defaults to "adapt to".
+        flag: the argument's name, for the message. Defaults to "site_dir".
 
     Raises:
         UsageError: for either.
@@ -125,13 +163,14 @@ def check_site_folder(site_dir: str | Path) -> Path:
     folder = Path(site_dir)
     if not folder.is_dir():
         raise UsageError(
-            f"Site folder not found. Received: site_dir='{site_dir}'. Pass a folder of the "
+            f"Site folder not found. Received: {flag}='{site_dir}'. Pass a folder of the "
             "site's labelled films, one subfolder per class (NORMAL/, PNEUMONIA/)."
         )
-    if (folder / "train").is_dir():
+    reason = training_data_reason(folder, data_dir)
+    if reason:
         raise UsageError(
-            f"'{folder}' holds train/: adapt to films from the site, not to training data. "
-            f"Received: site_dir='{site_dir}'. Pass a folder of class subfolders (e.g. "
+            f"'{folder}' {reason}: {verb} films from the site, not to training data. "
+            f"Received: {flag}='{site_dir}'. Pass a folder of class subfolders (e.g. "
             "chest_xray/test)."
         )
     return folder
@@ -232,9 +271,7 @@ def patient_folds(site: SiteFilms, folds: int, seed: int) -> list[np.ndarray]:
     Raises:
         DataError: if a class has fewer patients than folds.
     """
-    per_class = (
-        pd.Series(site.patients).groupby(pneumonia_labels(site.labels)).nunique().min()
-    )
+    per_class = pd.Series(site.patients).groupby(pneumonia_labels(site.labels)).nunique().min()
     if per_class < folds:
         raise DataError(
             f"A class of the site's films has {per_class} patients; {folds} patient folds need "
@@ -243,6 +280,5 @@ def patient_folds(site: SiteFilms, folds: int, seed: int) -> list[np.ndarray]:
         )
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [
-        held_out
-        for _, held_out in splitter.split(site.paths, site.labels, groups=site.patients)
+        held_out for _, held_out in splitter.split(site.paths, site.labels, groups=site.patients)
     ]

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from pathlib import Path
 from typing import Any
 
-from pneumocnn.core.files import write_text_atomic
+from pneumocnn.core.commit import settle_stale
+from pneumocnn.core.files import UnreadableJsonError, display_name, read_json, write_text_atomic
 from pneumocnn.core.task import Task
 
 FORMAT_VERSION = 1
@@ -67,6 +69,28 @@ _REQUIRED = {
 }
 # A threshold this close to 0 or 1 turns every film into one class; no validation set chooses it.
 THRESHOLD_MARGIN = 1e-6
+# A labels file names a few classes, one a line.
+MAX_LABELS_BYTES = 65_536
+# Values quoted in an error message are cut to this (a hostile file can hold anything).
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 120
+_SHOWN.maxlist = _SHOWN.maxdict = 8
+_SHOWN.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """`repr(value)`, cut short for an error message (see `_SHOWN`)."""
+    return _SHOWN.repr(value)
+
+
+def is_usable_threshold(value: object) -> bool:
+    """True for a decision threshold pneumocnn accepts anywhere (metadata, `--threshold`): a
+    number in [THRESHOLD_MARGIN, 1 - THRESHOLD_MARGIN] (NaN is not)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and THRESHOLD_MARGIN <= value <= 1.0 - THRESHOLD_MARGIN
+    )
 
 
 class MetadataError(ValueError):
@@ -110,6 +134,44 @@ def find_metadata(model_path: str | Path) -> Path:
     return path
 
 
+# An export or recalibration writes a family through the scratch folder `.export-<name>` beside
+# it (see `pneumocnn.core.commit`, `pneumocnn.edge.family`).
+SCRATCH_PREFIX = ".export-"
+
+
+def family_scratch(folder: str | Path, name: str) -> Path:
+    """The scratch folder through which the family `name` in `folder` is written."""
+    return Path(folder) / f"{SCRATCH_PREFIX}{name}"
+
+
+def settle_family(metadata_path: str | Path) -> bool:
+    """Completes a write of the family of `metadata_path` (an export, a recalibration) that was
+    killed after its commit point, or removes one killed before it (see
+    `pneumocnn.core.commit.settle`); a write still running is left alone. Every reader of a
+    family calls it first, so it never sees files of two writes side by side.
+
+    Returns:
+        True if an interrupted write was completed.
+
+    Raises:
+        MetadataError: if the folder cannot be written to complete it.
+    """
+    metadata_path = Path(metadata_path)
+    scratch = family_scratch(metadata_path.parent, model_name(metadata_path))
+    if not scratch.is_dir():
+        return False
+    try:
+        settled = settle_stale(scratch.parent, scratch.name)
+    except OSError as error:
+        raise MetadataError(
+            f"The model files in '{display_name(scratch.parent)}' are those of a write that was "
+            f"interrupted, and completing it failed ({error.strerror or error}). Received: "
+            f"model='{display_name(metadata_path)}'. Run the export or calibration again with "
+            "write access to that folder: it completes the write first."
+        ) from error
+    return any(outcome == "rolled forward" for _, outcome in settled)
+
+
 def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dict[str, Any]:
     """Reads and validates a metadata file; optionally checks a model file's SHA-256 against it.
 
@@ -126,21 +188,24 @@ def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dic
     """
     path = Path(path)
     try:
-        metadata = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        metadata = read_json(path)
+    except (OSError, UnreadableJsonError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         raise MetadataError(
-            f"Cannot read metadata file '{path}' ({error}). Received: path='{path}'. It must be "
-            "the JSON file the export wrote beside the model; re-export the model with "
-            "`python -m pneumocnn.export RUN_DIR` to write it again."
+            f"Cannot read metadata file '{display_name(path)}' ({reason}). Received: "
+            f"path='{display_name(path)}'. It must be the JSON file the export wrote beside the "
+            "model; re-export the model with `python -m pneumocnn.export RUN_DIR` to write it "
+            "again."
         ) from error
     for key, kind in _REQUIRED.items():
         value = metadata.get(key) if isinstance(metadata, dict) else None
-        if kind is float and isinstance(value, int):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, kind):
+        if not isinstance(value, kind) or isinstance(value, bool):
             raise MetadataError(
                 f"Metadata file '{path}' lacks a valid `{key}` ({kind.__name__}). "
-                f"Received: {key}={value!r}. Re-export the model with `python -m pneumocnn.export`."
+                f"Received: {key}={shown(value)}. Re-export the model with `python -m "
+                "pneumocnn.export`."
             )
     if metadata["format_version"] > FORMAT_VERSION:
         raise MetadataError(
@@ -151,29 +216,30 @@ def load_metadata(path: str | Path, model_path: str | Path | None = None) -> dic
     if len(names) < 2 or not all(isinstance(name, str) and name for name in names):
         raise MetadataError(
             f"Metadata file '{path}' needs at least two class names. "
-            f"Received: class_names={names!r}."
+            f"Received: class_names={shown(names)}."
         )
     try:
         Task.of_metadata(metadata)
     except ValueError as error:
         raise MetadataError(
             f"Metadata file '{path}' has a task pneumocnn does not know. Received: "
-            f"task={metadata.get('task')!r}, class_names={names!r}; expected 'binary' with two "
-            "classes, or 'subtype' with three (NORMAL first)."
+            f"task={shown(metadata.get('task'))}, class_names={shown(names)}; expected 'binary' "
+            "with two classes, or 'subtype' with three (NORMAL first)."
         ) from error
     if metadata["image_size"] < 8 or metadata["channels"] != 1:
         raise MetadataError(
             f"Metadata file '{path}' describes an input pneumocnn cannot feed. Received: "
-            f"image_size={metadata['image_size']!r}, channels={metadata['channels']!r}; "
-            "expected image_size >= 8 and channels = 1."
+            f"image_size={shown(metadata['image_size'])}, "
+            f"channels={shown(metadata['channels'])}; expected image_size >= 8 and channels = 1."
         )
-    if not THRESHOLD_MARGIN <= metadata["threshold"] <= 1.0 - THRESHOLD_MARGIN:
+    if not is_usable_threshold(metadata["threshold"]):
         raise MetadataError(
             f"Metadata file '{path}' has a threshold outside [{THRESHOLD_MARGIN:g}, "
             f"1 - {THRESHOLD_MARGIN:g}]: it would give every film one label. Received: "
-            f"threshold={metadata['threshold']!r}. Choose it again with `python -m "
+            f"threshold={shown(metadata['threshold'])}. Choose it again with `python -m "
             "pneumocnn.evaluate RUN_DIR --split val` and re-export."
         )
+    _check_file_names(metadata, path)
     _check_agreement(metadata, path)
     if model_path is not None:
         name = Path(model_path).name
@@ -195,6 +261,68 @@ def _disagree(path: Path, what: str, first: str, second: str) -> MetadataError:
     )
 
 
+def member_path(metadata_path: str | Path, name: str) -> Path:
+    """The file `name` of a model's family: `name` must be a plain file name, and the file
+    (through any link) must lie in the metadata's own folder.
+
+    Args:
+        metadata_path: the metadata file.
+        name: a name the metadata lists (in `files` or `sha256`).
+
+    Returns:
+        The path, inside the folder.
+
+    Raises:
+        MetadataError: if `name` is not a plain file name, or leads outside the folder.
+    """
+    metadata_path = Path(metadata_path)
+    folder = metadata_path.parent
+    plain = (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and Path(name).name == name
+        and not any(char in name for char in "/\\\0")
+    )
+    inside = plain and (folder / name).resolve().is_relative_to(folder.resolve())
+    if not inside:
+        raise MetadataError(
+            f"Metadata file '{display_name(metadata_path)}' names a file outside its folder. "
+            f"Received: {shown(name)}. A model's files are plain names in the folder of its "
+            "metadata (e.g. 'pneumocnn_labels.txt'); re-export the model with `python -m "
+            "pneumocnn.export` instead of editing the metadata."
+        )
+    return folder / name
+
+
+def _check_file_names(metadata: dict[str, Any], path: Path) -> None:
+    """Every name in `files` and `sha256` must be a file of the metadata's own folder."""
+    files = metadata.get("files", {})
+    if not isinstance(files, dict):
+        raise MetadataError(
+            f"Metadata file '{path}' has a `files` that is not an object of names by role. "
+            f"Received: files={shown(files)}. Re-export the model with `python -m "
+            "pneumocnn.export`."
+        )
+    for name in [*files.values(), *metadata["sha256"]]:
+        member_path(path, name)
+
+
+def _read_labels(labels_path: Path, path: Path) -> list[str]:
+    try:
+        with open(labels_path, "rb") as handle:
+            content = handle.read(MAX_LABELS_BYTES + 1)
+        if len(content) > MAX_LABELS_BYTES:
+            raise ValueError(f"it is larger than {MAX_LABELS_BYTES:,} bytes")
+        text = content.decode("utf-8")
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+        raise MetadataError(
+            f"Cannot read the labels file '{display_name(labels_path)}' that metadata file "
+            f"'{display_name(path)}' names ({shown(str(error))}): it must list the class names, "
+            "one a line, in UTF-8. Re-export the model with `python -m pneumocnn.export`."
+        ) from error
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _check_agreement(metadata: dict[str, Any], path: Path) -> None:
     """The fields that say the same thing twice must agree: `config` against the top-level
     image size and task, `positive_class` and the labels file against `class_names`."""
@@ -205,29 +333,27 @@ def _check_agreement(metadata: dict[str, Any], path: Path) -> None:
             raise _disagree(
                 path,
                 f"config.{key} is not {key}",
-                f"config.{key}={config[key]!r}",
-                f"{key}={value!r}",
+                f"config.{key}={shown(config[key])}",
+                f"{key}={shown(value)}",
             )
     if "positive_class" in metadata:
         if metadata["positive_class"] != task.positive_class:
             raise _disagree(
                 path,
                 f"positive_class is not {'PNEUMONIA' if task.subtype else 'class_names[1]'}",
-                f"positive_class={metadata['positive_class']!r}",
-                f"class_names={names!r}",
+                f"positive_class={shown(metadata['positive_class'])}",
+                f"class_names={shown(names)}",
             )
-    labels_name = (
-        metadata.get("files", {}).get("labels") if isinstance(metadata.get("files"), dict) else None
-    )
-    labels_path = path.parent / labels_name if isinstance(labels_name, str) else None
+    labels_name = metadata.get("files", {}).get("labels")
+    labels_path = member_path(path, labels_name) if labels_name is not None else None
     if labels_path is not None and labels_path.is_file():
-        labels = [line.strip() for line in labels_path.read_text().splitlines() if line.strip()]
+        labels = _read_labels(labels_path, path)
         if labels != list(names):
             raise _disagree(
                 path,
-                f"the labels file '{labels_path.name}' lists other classes",
-                f"labels={labels!r}",
-                f"class_names={names!r}",
+                f"the labels file '{display_name(labels_path.name)}' lists other classes",
+                f"labels={shown(labels)}",
+                f"class_names={shown(names)}",
             )
 
 

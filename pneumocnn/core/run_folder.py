@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from pneumocnn.core.config import Config
-from pneumocnn.core.metadata import find_metadata, load_metadata, write_json_atomically
+from pneumocnn.core.metadata import (
+    find_metadata,
+    load_metadata,
+    settle_family,
+    write_json_atomically,
+)
 from pneumocnn.core.task import BINARY_CLASS_NAMES
 
 # The artefacts of a run folder, by role.
@@ -141,7 +146,9 @@ def resolve_source(path: str | Path) -> Source:
             read_threshold(run_dir),
             run_dir,
         )
-    metadata = load_metadata(find_metadata(path), path)
+    metadata_path = find_metadata(path)
+    settle_family(metadata_path)  # completes a write of the family that was killed
+    metadata = load_metadata(metadata_path, path)
     return Source(
         path,
         Config.from_dict(metadata["config"]),
@@ -161,6 +168,25 @@ def read_threshold(run_dir: str | Path) -> float | None:
     """The threshold stored in a run folder's `threshold.json`, or `None` if none was chosen."""
     record = read_threshold_record(run_dir)
     return None if record is None else record["threshold"]
+
+
+def threshold_record(
+    threshold: float,
+    rule: str,
+    chosen_on: str,
+    images: int,
+    calibration: dict[str, Any] | None = None,
+    model: str = MODEL_FILE,
+) -> dict[str, Any]:
+    """What a run folder's `threshold.json` holds (see `write_threshold` for the fields)."""
+    return {
+        "threshold": float(threshold),
+        "rule": rule,
+        "chosen_on": chosen_on,
+        "images": int(images),
+        "model": model,
+        **({"calibration": calibration} if calibration is not None else {}),
+    }
 
 
 def write_threshold(
@@ -188,13 +214,6 @@ def write_threshold(
     Returns:
         What was written.
     """
-    record = {
-        "threshold": float(threshold),
-        "rule": rule,
-        "chosen_on": chosen_on,
-        "images": int(images),
-        "model": model,
-        **({"calibration": calibration} if calibration is not None else {}),
-    }
+    record = threshold_record(threshold, rule, chosen_on, images, calibration, model)
     write_json_atomically(Path(run_dir) / THRESHOLD_FILE, record)
     return record

@@ -10,20 +10,28 @@ so JPEG and PNG films load without it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import struct
+import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
+from pneumocnn.data.headers import codestream_size
 from pneumocnn.data.pixels import (
+    FRAMES_KEY,
     MAX_DECODED_BYTES,
+    MAX_METADATA_BYTES,
     NOTES_KEY,
     ImageLoadError,
     check_budget,
+    frames_note,
     to_uint8,
 )
 
@@ -32,9 +40,10 @@ logger = logging.getLogger(__name__)
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 # Large DICOM elements (overlays, private blobs) are read only if used: never, here.
 _DICOM_DEFER_BYTES = 1 << 16
-# A deflated DICOM data set is inflated whole before its header can be read; this much beyond
-# the budget is allowed for the elements around the pixel data.
-_DEFLATE_SLACK_BYTES = 16 << 20
+# The start of a compressed frame read for its codestream header (SOF or SIZ comes within the
+# first kilobytes; large APP segments could push it further).
+_CODESTREAM_HEAD_BYTES = 1 << 20
+_ITEM_TAG = (0xFFFE, 0xE000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +66,7 @@ def _check_deflated_size(handle: BinaryIO, name: str, transfer_syntax: str) -> N
 
     if transfer_syntax != pydicom.uid.DeflatedExplicitVRLittleEndian:
         return
-    limit = MAX_DECODED_BYTES + _DEFLATE_SLACK_BYTES
+    limit = MAX_DECODED_BYTES + MAX_METADATA_BYTES
     inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
     while chunk := handle.read(1 << 16):
         while chunk:
@@ -104,6 +113,166 @@ def _dicom_header(handle: BinaryIO, name: str):
         f" ({samples} sample(s) of {int(header.BitsAllocated)} bits)",
     )
     return header, transfer_syntax, frames
+
+
+def _first_fragment(handle: BinaryIO) -> bytes | None:
+    """The start of the first frame of encapsulated pixel data (after the basic offset table),
+    read through pydicom's own positioning at the pixel data; `None` if it is not there."""
+    from pydicom.pixels.utils import _array_common
+
+    handle.seek(0)
+    _array_common(handle, [])  # leaves the file at the start of the pixel data's value
+    for item in ("offset table", "fragment"):
+        raw = handle.read(8)
+        if len(raw) < 8:
+            return None
+        group, element, length = struct.unpack("<HHI", raw)
+        if (group, element) != _ITEM_TAG:
+            return None
+        if item == "fragment":
+            return handle.read(min(length, _CODESTREAM_HEAD_BYTES))
+        handle.seek(length, 1)
+    return None
+
+
+def _check_codestream(handle: BinaryIO, name: str, header, transfer_syntax: str) -> None:
+    """Checks what the compressed first frame will decode to, from its own header, against the
+    DICOM header and the budget, before a decoder (Pillow, pylibjpeg) decodes it whole.
+
+    A JPEG inside a DICOM file can claim another size than the file's Rows and Columns: a
+    224 x 224 header holding a 12,000 x 12,000 JPEG took 1.48 GB before the mismatch surfaced.
+    """
+    import pydicom.uid
+
+    syntax = pydicom.uid.UID(transfer_syntax)
+    if not syntax.is_compressed or syntax in (
+        pydicom.uid.RLELossless,
+        pydicom.uid.DeflatedExplicitVRLittleEndian,
+    ):
+        return  # the output of these decoders is the header's size
+    fragment = _first_fragment(handle)
+    size = codestream_size(fragment or b"")
+    if size is None:
+        raise ImageLoadError(
+            f"DICOM file '{name}' is compressed as {syntax.name}, but its first frame does not "
+            "start with a JPEG or JPEG 2000 header that says its size. Export the film again, "
+            "or uncompressed."
+        )
+    rows, columns, components, bits = size
+    bytes_per_pixel = (4 if components in (3, 4) else max(components, 1)) * (2 if bits > 8 else 1)
+    check_budget(name, 1, rows, columns, bytes_per_pixel, " in its compressed frame")
+    samples = int(header.get("SamplesPerPixel") or 1)
+    expected = (int(header.Rows), int(header.Columns), samples)
+    if (rows, columns, components) != expected:
+        raise ImageLoadError(
+            f"DICOM file '{name}' says its frames are {expected[1]}x{expected[0]} px with "
+            f"{samples} sample(s), but its compressed frame holds {columns}x{rows} px with "
+            f"{components} component(s). Received: Rows={expected[0]}, Columns={expected[1]}. "
+            "The file contradicts itself; export the film again."
+        )
+
+
+def _first_number(header, keyword: str, name: str) -> float:
+    value: object = "?"
+    try:  # pydicom converts a DS on access: text that is no number fails there
+        element = header[keyword]
+        value = element.value[0] if element.VM > 1 else element.value
+        number = float(value)
+    except (TypeError, ValueError, IndexError) as error:
+        value = value if value != "?" else str(error).rsplit(":", 1)[-1].strip()
+        number = math.nan
+    if not math.isfinite(number):
+        raise ImageLoadError(
+            f"DICOM file '{name}' has a {keyword} that is not a finite number. Received: "
+            f"{keyword}={str(value)[:60]!r}. Fix or remove the {keyword} in the file (a viewer "
+            "would not show it either)."
+        )
+    return number
+
+
+def _stored_range(header) -> np.ndarray:
+    """The lowest and highest value the stored bits can hold, through the modality LUT."""
+    from pydicom.pixels import apply_modality_lut
+
+    bits = int(header.get("BitsStored") or header.BitsAllocated)
+    signed = int(header.get("PixelRepresentation") or 0) == 1
+    first = -(2 ** (bits - 1)) if signed else 0
+    if bits <= 16:  # every code: a modality LUT may map them in any order
+        codes = np.arange(first, first + 2**bits, dtype=np.int64)
+    else:
+        codes = np.array([first, first + 2**bits - 1], dtype=np.int64)
+    mapped = np.asarray(apply_modality_lut(codes, header), dtype=np.float64)
+    return np.array([mapped.min(), mapped.max()])
+
+
+def _check_luts(header, name: str) -> None:
+    """Refuses a rescale or window a viewer could not apply (not a number, NaN, infinite, a
+    width below 1), or a window that shows every value the file can hold as one gray level."""
+    from pydicom.pixels import apply_voi_lut
+
+    if "RescaleSlope" in header or "RescaleIntercept" in header:
+        slope = _first_number(header, "RescaleSlope", name) if "RescaleSlope" in header else 1
+        if "RescaleIntercept" in header:
+            _first_number(header, "RescaleIntercept", name)
+        if slope == 0:
+            raise ImageLoadError(
+                f"DICOM file '{name}' has a RescaleSlope of 0: every pixel would be one value. "
+                "Received: RescaleSlope=0. Fix the rescale in the file."
+            )
+    windowed = [key for key in ("WindowCenter", "WindowWidth") if key in header]
+    if not windowed or header.get("VOILUTSequence"):
+        return
+    if len(windowed) == 1:
+        raise ImageLoadError(
+            f"DICOM file '{name}' has a {windowed[0]} but no "
+            f"{({'WindowCenter', 'WindowWidth'} - set(windowed)).pop()}: no window can be applied. "
+            "Add the missing one, or remove both to have the film's own range shown."
+        )
+    center = _first_number(header, "WindowCenter", name)
+    width = _first_number(header, "WindowWidth", name)
+    function = str(header.get("VOILUTFunction", "LINEAR")).upper()
+    if width < (1 if function == "LINEAR" else 1e-9):
+        raise ImageLoadError(
+            f"DICOM file '{name}' has a window width below 1, which no viewer applies. "
+            f"Received: WindowCenter={center:g}, WindowWidth={width:g}. Fix the window in the file."
+        )
+    low, high = apply_voi_lut(np.array([-1e30, 1e30]), header)
+    shown = np.asarray(apply_voi_lut(_stored_range(header), header), dtype=np.float64)
+    if high <= low or abs(float(shown[1] - shown[0])) * 255 < float(high - low):
+        data_low, data_high = _stored_range(header)
+        raise ImageLoadError(
+            f"DICOM file '{name}' has a window that shows every value the file can hold "
+            f"({data_low:g} to {data_high:g}) as one gray level: the window is the problem, "
+            f"not the film. Received: WindowCenter={center:g}, WindowWidth={width:g}. Fix the "
+            "window in the file, or remove it to have the film's own range shown."
+        )
+
+
+class _QuietDecoding(logging.Filter):
+    """Drops pydicom's logging of a failed decode while `read_dicom` decodes: the failure comes
+    back as the `ImageLoadError` naming the file, and the traceback pydicom logs at ERROR level
+    would only repeat it (on the terminal of `predict`). Other threads are not affected."""
+
+    state = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.state, "decoding", False)
+
+
+_QUIET = _QuietDecoding()
+# The loggers pydicom's decoding logs to (a logger's filter sees only its own records).
+_QUIET_LOGGERS = ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils")
+
+
+@contextlib.contextmanager
+def _decoding() -> Iterator[None]:
+    for logger_name in _QUIET_LOGGERS:  # adding the same filter again is a no-op
+        logging.getLogger(logger_name).addFilter(_QUIET)
+    _QUIET.state.decoding = True
+    try:
+        yield
+    finally:
+        _QUIET.state.decoding = False
 
 
 def _require_decoder(transfer_syntax: str, name: str) -> None:
@@ -169,6 +338,7 @@ def read_dicom(handle: BinaryIO, name: str) -> Image.Image:
         ) from error
     header, transfer_syntax, frames = _dicom_header(handle, name)
     _require_decoder(transfer_syntax, name)
+    _check_codestream(handle, name, header, transfer_syntax)
     photometric = str(header.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB") and not photometric.startswith(
         "YBR"
@@ -177,21 +347,33 @@ def read_dicom(handle: BinaryIO, name: str) -> Image.Image:
             f"DICOM file '{name}' has the photometric interpretation '{photometric}'; a chest "
             "film is MONOCHROME1 or MONOCHROME2 (or RGB). Export it as a grayscale image."
         )
+    if photometric.startswith("MONOCHROME"):
+        _check_luts(header, name)
     handle.seek(0)
     # YBR data from native and RLE syntaxes is kept as stored (raw): its Y channel is the
     # luminance, and pydicom's own YBR-to-RGB conversion works in float64, 8 bytes a sample,
     # eight times the budget. JPEG-family decoders return RGB themselves.
     encapsulated = pydicom.uid.UID(transfer_syntax).is_compressed
     raw = not encapsulated or transfer_syntax == pydicom.uid.RLELossless
-    if transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
-        # pydicom reads a deflated file's pixels only from the inflated data set, which
-        # `_dicom_header` has checked fits the budget.
-        pixels = pixel_array(pydicom.dcmread(handle), index=0, raw=raw)
-    else:
-        pixels = pixel_array(handle, index=0, raw=raw)  # reads and decodes the first frame only
+    try:
+        with _decoding():
+            if transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
+                # pydicom reads a deflated file's pixels only from the inflated data set, which
+                # `_dicom_header` has checked fits the budget.
+                pixels = pixel_array(pydicom.dcmread(handle), index=0, raw=raw)
+            else:
+                pixels = pixel_array(handle, index=0, raw=raw)  # decodes the first frame only
+    # pydicom and its plugins signal a bad frame with many types: all mean "cannot decode".
+    except Exception as error:  # noqa: BLE001
+        reason = " ".join(str(error).split())[:300]
+        raise ImageLoadError(
+            f"DICOM file '{name}': its pixel data ({pydicom.uid.UID(transfer_syntax).name}) "
+            f"cannot be decoded ({type(error).__name__}: {reason}). The file is damaged or cut "
+            "short; export the film again."
+        ) from error
     notes = [f"DICOM {photometric}, {int(header.BitsAllocated)}-bit"]
     if frames > 1:
-        notes.append(f"first of {frames} frames used")
+        notes.append(frames_note("DICOM", frames))
         logger.warning("'%s' has %d frames; only the first is used", name, frames)
     if pixels.ndim == 3 and raw and photometric.startswith("YBR"):
         luminance = pixels[..., 0]  # Y: the luminance, as stored (colour is never windowed)
@@ -224,4 +406,5 @@ def read_dicom(handle: BinaryIO, name: str) -> Image.Image:
             mode="L",
         )
     gray.info[NOTES_KEY] = notes
+    gray.info[FRAMES_KEY] = frames
     return gray

@@ -17,22 +17,31 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from pneumocnn.core.files import display_name
 from pneumocnn.data.dicom import DICOM_EXTENSIONS, is_dicom, read_dicom
+from pneumocnn.data.headers import check_container
 from pneumocnn.data.pixels import (
     COLOURFULNESS_KEY,
+    FRAMES_KEY,
     MAX_DECODED_BYTES,
     NOTES_KEY,
     ImageLoadError,
     check_budget,
+    frames_note,
     pillow_bytes_per_pixel,
     to_uint8,
 )
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", *DICOM_EXTENSIONS)
+# The formats a film comes in, by Pillow's names (a phone's multi-picture JPEG opens as one),
+# whatever the file is called; DICOM goes to pydicom. Everything else is refused by name, before
+# Pillow's plugin for it runs: GIF, WebP, BMP, ICO, TGA, PPM and the like hold animations,
+# screenshots and icons, JPEG 2000 outside DICOM is no film format, and EPS would start
+# Ghostscript.
+FILM_FORMATS = ("JPEG", "PNG", "TIFF")
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -94,12 +103,49 @@ def colourfulness(image: Image.Image) -> float:
 # The loader
 
 
+def _not_a_film(handle: BinaryIO, name: str, error: Exception) -> ImageLoadError:
+    """Why Pillow could not open a file as a film: a damaged film, another format (named from
+    its first bytes by Pillow's own format checks, which read nothing more), or no image."""
+    handle.seek(0)
+    prefix = handle.read(16)
+    Image.init()  # every plugin's check of the first bytes, to name the format
+    kinds = [kind for kind, (_, accept) in Image.OPEN.items() if accept and accept(prefix)]
+    handle.seek(0, os.SEEK_END)
+    if handle.tell() >= 26:  # TGA has no signature up front; version 2 ends with one
+        handle.seek(-18, os.SEEK_END)
+        if handle.read(18) == b"TRUEVISION-XFILE.\0":
+            kinds.append("TGA")
+    for kind in kinds:
+        if kind in FILM_FORMATS:
+            return ImageLoadError(
+                f"Cannot read '{name}' as a {kind} image: it is damaged "
+                f"({display_name(str(error))[:300]}). Replace or remove the file."
+            )
+        return ImageLoadError(
+            f"'{name}' is an image in the {kind} format, which is not a film's: pneumocnn reads "
+            f"JPEG, PNG, TIFF and DICOM files, whatever their names. Received: format={kind}. "
+            "Save the film as PNG or JPEG (one frame) and pass that."
+        )
+    return ImageLoadError(
+        f"Cannot read '{name}' as an image: it is not a JPEG, PNG, TIFF or DICOM file (it starts "
+        f"with {prefix[:8]!r}). Expected a JPEG, PNG or DICOM chest X-ray; replace or remove the "
+        "file."
+    )
+
+
 def _read_pillow(handle: BinaryIO, name: str) -> Image.Image:
-    with Image.open(handle) as image:
+    frames = check_container(handle, name)  # before Pillow reads the chunks, segments, tags
+    try:
+        opened = Image.open(handle, formats=FILM_FORMATS)
+    except UnidentifiedImageError as error:
+        raise _not_a_film(handle, name, error) from error
+    with opened as image:
         width, height = image.size
         check_budget(name, 1, height, width, pillow_bytes_per_pixel(image.mode))
+        if image.format != "TIFF":  # an APNG's or a multi-picture JPEG's, from its header
+            frames = max(frames, int(getattr(image, "n_frames", 1)))
         image.load()
-        notes = []
+        notes = [frames_note(image.format, frames)] if frames > 1 else []
         # Phones and many viewers store a film as shot and say in EXIF how to turn it upright.
         orientation = image.getexif().get(ExifTags.Base.Orientation)
         if orientation in (2, 3, 4, 5, 6, 7, 8):
@@ -115,6 +161,7 @@ def _read_pillow(handle: BinaryIO, name: str) -> Image.Image:
             gray = gray.copy()
     gray.info[NOTES_KEY] = notes
     gray.info[COLOURFULNESS_KEY] = colour
+    gray.info[FRAMES_KEY] = frames
     return gray
 
 
@@ -142,9 +189,14 @@ def read_grayscale(source: str | Path | BinaryIO, name: str | None = None) -> Im
     """Decodes an image file (JPEG, PNG, TIFF, or DICOM with pydicom) as a full-size, upright,
     8-bit grayscale image.
 
-    The EXIF orientation is applied. The header is checked against `MAX_DECODED_BYTES` before
-    any pixel data is decoded. DICOM: the first frame, through the modality and VOI LUT (or
-    window), MONOCHROME1 inverted. What was done is listed in `image.info[NOTES_KEY]`.
+    The format is read from the content, not the name; other formats (GIF, WebP, BMP, JPEG
+    2000, EPS, ...) are refused by name (see `FILM_FORMATS`). The EXIF orientation is applied.
+    The container is checked against the budget before Pillow or pydicom reads it (see
+    `pneumocnn.data.headers`), the header against `MAX_DECODED_BYTES` before any pixel data is
+    decoded. Of a file of several frames (an APNG, a multi-page TIFF, a multi-frame DICOM) the
+    first is read, and `image.info[FRAMES_KEY]` says how many there are. DICOM: through the
+    modality and VOI LUT (or window), MONOCHROME1 inverted. What was done is listed in
+    `image.info[NOTES_KEY]`.
 
     Args:
         source: a path, or a binary file object (e.g. an upload).
@@ -157,9 +209,9 @@ def read_grayscale(source: str | Path | BinaryIO, name: str | None = None) -> Im
         conversion (see `colourfulness`).
 
     Raises:
-        ImageLoadError: if the file is missing, not a regular file, empty, not an image,
-            truncated, compressed with a codec that is not installed, or over the memory
-            budget (checked from the header, before decoding).
+        ImageLoadError: if the file is missing, not a regular file, empty, not an image, in a
+            format that is not a film's, truncated, compressed with a codec that is not
+            installed, or over the memory budget (checked from the header, before decoding).
     """
     if name is None:  # a path names itself; a file object may carry a name (Path.name would not do)
         name = str(source) if isinstance(source, str | Path) else getattr(source, "name", "upload")
@@ -249,8 +301,8 @@ def load_images(
     Returns:
         A tuple `(images, kept, skipped)`: a uint8 array of shape
         `(len(kept), image_size, image_size, 1)`, the indices into `paths` of the images in it,
-        and `(path, reason)` for each file that could not be read (the path escaped for printing,
-        see `pneumocnn.core.files.display_name`).
+        and `(path, reason)` for each file that could not be read (the path as it is, for the
+        JSON reports; the reason names it escaped).
     """
     total = len(paths)
     workers = workers or os.cpu_count() or 1
@@ -269,7 +321,7 @@ def load_images(
         for index, result in enumerate(pool.map(read, range(total))):
             if isinstance(result, ImageLoadError):
                 logger.warning("Skipping unreadable image: %s", result)
-                skipped.append((display_name(paths[index]), str(result)))
+                skipped.append((os.fspath(paths[index]), str(result)))
             else:
                 images.append(result)
                 kept.append(index)

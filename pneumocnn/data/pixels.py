@@ -1,9 +1,10 @@
 """The memory budget every decoder keeps, and the pixel conversions they share.
 
-One budget, `MAX_DECODED_BYTES`: frames x rows x columns x bytes per pixel, read from the header,
-must fit before any pixel data is decoded (see `decoded_bytes`). The conversions after decoding
-work in bounded blocks of rows (`to_uint8`), so the peak memory stays within a small multiple of
-the budget whatever the file claims. Numpy only.
+One budget (`pneumocnn.core.budget`), `MAX_DECODED_BYTES`: frames x rows x columns x bytes per
+pixel, read from the header, must fit before any pixel data is decoded (see `decoded_bytes`),
+and `MAX_METADATA_BYTES` for what comes with the pixels. The conversions after decoding work in
+bounded blocks of rows (`to_uint8`), so the peak memory stays within a small multiple of the
+budget whatever the file claims. Numpy only.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-# The memory budget of one decoded image: frames x rows x columns x bytes per pixel. The largest
-# chest film in the Kaggle data is about 2,900 x 2,700 px (8 Mpx, 8 MB in 8-bit gray); a 16-bit
-# detector film of 4,300 x 3,500 px takes 30 MB. 128 MB leaves room for any real film, a
-# 32-Mpx colour photograph of one, and refuses decompression bombs before they are decoded.
-MAX_DECODED_BYTES = 128_000_000
+# Re-exported: the decoders (and their tests) import the budget from here.
+from pneumocnn.core.budget import MAX_DECODED_BYTES, MAX_METADATA_BYTES  # noqa: F401
+
 # The key under which `read_grayscale` leaves notes on what it did (in the returned image's `info`).
 NOTES_KEY = "pneumocnn_notes"
+# Where `read_grayscale` records how many frames (or pages) the file holds; the first is read.
+FRAMES_KEY = "pneumocnn_frames"
 # Rows are converted in blocks of about this many pixels, so temporary arrays stay small.
 _BLOCK_PIXELS = 1 << 20
 # Where `read_grayscale` records the colourfulness of the image it converted (see
@@ -29,6 +30,11 @@ COLOURFULNESS_KEY = "pneumocnn_colourfulness"
 
 class ImageLoadError(ValueError):
     """Raised when a file cannot be read as an image; the message names the file."""
+
+
+def frames_note(kind: str, frames: int) -> str:
+    """What a reader says of a file of several frames: which one it read."""
+    return f"frame 1 of {frames} read (the {kind} file holds {frames} frames or pages)"
 
 
 def decoded_bytes(frames: int, rows: int, columns: int, bytes_per_pixel: int) -> int:

@@ -34,8 +34,9 @@ class FolderScan:
 
     Args:
         files: the image files, sorted by path (`str`).
-        skipped: `(name, reason)` for every entry left out and why, the name escaped for
-            printing (see `pneumocnn.core.files.display_name`).
+        skipped: `(path, reason)` for every entry left out and why; the path as it is (escape
+            it to print it: `pneumocnn.core.files.display_name` in a message, `quoted_name` in a
+            report).
     """
 
     files: list[str]
@@ -52,7 +53,7 @@ class FolderScan:
         """Logs one warning per reason: how many entries, and the first few names."""
         by_reason: dict[str, list[str]] = {}
         for entry, reason in self.skipped:
-            by_reason.setdefault(reason, []).append(entry)
+            by_reason.setdefault(reason, []).append(display_name(entry))
         for reason, entries in by_reason.items():
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
             log.warning("Skipped %d entries: %s (%s)", len(entries), reason, shown)
@@ -64,9 +65,10 @@ def scan_folder(folder: str | Path, ignored_dirs: frozenset[str] = frozenset()) 
     Never opens a file and never blocks: it only reads folder listings and `lstat`/`stat`
     results. Links to files are followed when they lead to a regular file; links to folders are
     not followed (no loops). Left out, each with its reason: hidden entries, names that are not
-    UTF-8 (they cannot be written to a CSV or JSON report), dangling links and link loops,
-    links to folders, FIFOs, sockets and devices, unreadable folders, and files whose extension
-    is not an image's.
+    UTF-8 (they cannot be written to a CSV or JSON report), entries whose name is not an
+    image's (whatever they are: a `notes.txt`, a socket or a dangling link `notes`), and, of
+    the entries named like images, dangling links and link loops, links to folders, FIFOs,
+    sockets and devices, and unreadable folders.
 
     Args:
         folder: the folder to walk.
@@ -80,7 +82,7 @@ def scan_folder(folder: str | Path, ignored_dirs: frozenset[str] = frozenset()) 
     skipped: list[tuple[str, str]] = []
 
     def skip(path: str, reason: str) -> None:
-        skipped.append((display_name(path), reason))
+        skipped.append((path, reason))
 
     pending = [os.fspath(folder)]
     while pending:
@@ -103,6 +105,9 @@ def scan_folder(folder: str | Path, ignored_dirs: frozenset[str] = frozenset()) 
             try:
                 target = entry.stat(follow_symlinks=True)
             except OSError as error:
+                if not is_image_file(path):  # a dangling `notes` is no more an input than notes
+                    skip(path, NOT_AN_IMAGE)
+                    continue
                 if not is_link:
                     reason = "unreadable entry"
                 else:
@@ -116,10 +121,10 @@ def scan_folder(folder: str | Path, ignored_dirs: frozenset[str] = frozenset()) 
                     skip(path, "ignored folder")
                 else:
                     pending.append(path)
-            elif not stat.S_ISREG(target.st_mode):
-                skip(path, "not a regular file (a FIFO, socket or device)")
             elif not is_image_file(path):
                 skip(path, NOT_AN_IMAGE)
+            elif not stat.S_ISREG(target.st_mode):
+                skip(path, "not a regular file (a FIFO, socket or device)")
             else:
                 files.append(path)
     return FolderScan(sorted(files), sorted(skipped))

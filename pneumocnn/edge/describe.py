@@ -74,7 +74,7 @@ def file_metadata(
         "class_names": list(source.class_names),
         "positive_class": Task.of(config.task, source.class_names).positive_class,
         "threshold": prepared.threshold,
-        **_threshold_record(source.run_dir),
+        **_threshold_record(source.run_dir, prepared.threshold_record),
         "preprocessing": PREPROCESSING,
         "sha256": {file: sha256_of(scratch / file) for file in model_names},
         "file_bytes": {file: (scratch / file).stat().st_size for file in model_names},
@@ -82,12 +82,13 @@ def file_metadata(
     }
 
 
-def _threshold_record(run_dir: Path) -> dict[str, Any]:
+def _threshold_record(run_dir: Path, chosen: dict[str, Any] | None) -> dict[str, Any]:
     """The threshold's rule, its site calibration record when it came from
     `python -m pneumocnn.evaluate RUN --calibrate-on DIR` (see
     `pneumocnn.adaptation.calibration.calibrate`) or an adaptation, and the adaptation's own
-    record (see `pneumocnn.adaptation.adapt`)."""
-    stored = read_threshold_record(run_dir)
+    record (see `pneumocnn.adaptation.adapt`): from the threshold this export `chose`, else
+    the run's `threshold.json`."""
+    stored = chosen or read_threshold_record(run_dir)
     record = {"threshold_rule": stored["rule"]}
     if "calibration" in stored:
         record["calibration"] = stored["calibration"]

@@ -13,14 +13,19 @@ batch of 1 and embedded TFLite metadata (see `pneumocnn.edge.embedded`).
 the threshold and the training films), `convert_family` (int8, float16, RGB int8, `.keras`,
 labels), `open_family` (the new files, opened once), `check_int8` (parity), `check_rgb` (the RGB
 variant's parity), `describe` (the metadata) and `write_family` (rename into place). Nothing is
-written unless every check passes.
+written unless every check passes: the files are made in the family's scratch folder (see
+`pneumocnn.edge.family.claim_family`, which also refuses a second export or calibration of the
+family while one runs), and moved into place after a commit point, metadata last, then the run's
+`threshold.json` when the export chose the threshold. A kill before the commit leaves everything
+as it was; one after it is completed by whoever reads the family next. A failed export leaves no
+output folder it made, and a read-only or full disk is named as such (exit code 2).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,16 +34,17 @@ if TYPE_CHECKING:
 
 from typing import TYPE_CHECKING
 
+from pneumocnn.core.commit import write_fault
 from pneumocnn.core.metadata import DEFAULT_NAMES, model_files, write_json_atomically
-from pneumocnn.core.run_folder import CALIBRATION_IMAGES, export_dir
+from pneumocnn.core.run_folder import CALIBRATION_IMAGES, THRESHOLD_FILE, export_dir
 from pneumocnn.edge.card import card_file
 from pneumocnn.edge.convert import convert, fixed_batch_saved_model
 from pneumocnn.edge.describe import describe, file_metadata
 from pneumocnn.edge.embedded import embed_pneumocnn_metadata
 from pneumocnn.edge.equalize import equalize_activations
-from pneumocnn.edge.family import SCRATCH_OWNER, SCRATCH_PREFIX, remove_stale_scratch, write_family
+from pneumocnn.edge.family import PROVISIONAL, claim_family, remove_stale_scratch, write_family
 from pneumocnn.edge.parity import check_parity, rgb_parity
-from pneumocnn.edge.prepare import prepare
+from pneumocnn.edge.prepare import prepare, run_source
 from pneumocnn.edge.rgb import rgb_variant
 from pneumocnn.runtime.lite import LiteModel
 
@@ -100,9 +106,12 @@ def convert_family(
 
 
 def open_family(scratch: Path, files: dict[str, str]) -> dict[str, LiteModel]:
-    """Step 3: opens the three new `.tflite` files once (their provisional metadata beside
-    them), for the checks and the description that follow."""
-    return {role: LiteModel(scratch / files[role]) for role in ("int8", "fp16", "rgb_int8")}
+    """Step 3: opens the three new `.tflite` files once (with their provisional metadata, see
+    `pneumocnn.edge.family.PROVISIONAL`), for the checks and the description that follow."""
+    return {
+        role: LiteModel(scratch / files[role], scratch / PROVISIONAL)
+        for role in ("int8", "fp16", "rgb_int8")
+    }
 
 
 def check_int8(
@@ -192,33 +201,81 @@ def export(
 
     Raises:
         ParityError: if the int8 model disagrees with the float model (nothing is written).
+        BusyError: if another export or calibration of the family runs in `output_dir`.
+        CannotWriteError: if the disk is full or read-only, or the folder not writable
+            (nothing is changed).
     """
 
-    prepared = prepare(run_dir, target_sensitivity, calibration_images)
-    name = name or DEFAULT_NAMES[prepared.config.task]
+    source = run_source(run_dir)  # the config only, to name the files before long work
+    name = name or DEFAULT_NAMES[source.config.task]
     files = {**model_files(name), "card": card_file(name)}
-    output_dir = export_dir(prepared.source.run_dir, output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_scratch(output_dir)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=SCRATCH_PREFIX) as scratch:
-        scratch = Path(scratch)
-        (scratch / SCRATCH_OWNER).write_text(f"{os.getpid()}\n")
-        equalization = convert_family(prepared, scratch, files, name, equalize)
-        metadata = file_metadata(prepared, scratch, files, name)
-        metadata["int8_conversion"] = {
-            "calibration_images": calibration_images,
-            "equalization": equalization,
-        }
-        # Provisional metadata, so LiteModel can verify and run the new files.
-        write_json_atomically(scratch / files["metadata"], metadata)
-        models = open_family(scratch, files)
-        parity, int8_probabilities = check_int8(prepared, models["int8"], require_parity)
-        rgb_parity = check_rgb(prepared, models["rgb_int8"], int8_probabilities, require_parity)
-        metadata = describe(
-            prepared, models, files, metadata, parity, int8_probabilities, rgb_parity
-        )
-        write_family(scratch, output_dir, files, metadata)
+    output_dir = export_dir(source.run_dir, output_dir)
+    try:
+        with _output_folder(output_dir):
+            remove_stale_scratch(output_dir)
+            with claim_family(output_dir, name) as scratch:
+                prepared = prepare(run_dir, target_sensitivity, calibration_images)
+                metadata = _make_family(
+                    prepared, scratch, files, name, calibration_images, equalize, require_parity
+                )
+                write_family(
+                    scratch, output_dir, files, metadata, records=_records(prepared, scratch)
+                )
+    except Exception as error:  # noqa: BLE001 - a full or read-only disk, under any library's type
+        fault = write_fault(error, output_dir, "--output-dir")
+        if fault is None:
+            raise
+        raise fault from error
     return metadata
+
+
+def _make_family(
+    prepared: Prepared,
+    scratch: Path,
+    files: dict[str, str],
+    name: str,
+    calibration_images: int,
+    equalize: bool,
+    require_parity: bool,
+) -> dict[str, Any]:
+    """Steps 2-6 in the scratch folder: convert, open, check, describe. Returns the metadata."""
+    equalization = convert_family(prepared, scratch, files, name, equalize)
+    metadata = file_metadata(prepared, scratch, files, name)
+    metadata["int8_conversion"] = {
+        "calibration_images": calibration_images,
+        "equalization": equalization,
+    }
+    # Provisional metadata under another name, so LiteModel can verify and run the new files.
+    write_json_atomically(scratch / PROVISIONAL, metadata)
+    models = open_family(scratch, files)
+    parity, int8_probabilities = check_int8(prepared, models["int8"], require_parity)
+    rgb_parity = check_rgb(prepared, models["rgb_int8"], int8_probabilities, require_parity)
+    (scratch / PROVISIONAL).unlink()
+    return describe(prepared, models, files, metadata, parity, int8_probabilities, rgb_parity)
+
+
+def _records(prepared: Prepared, scratch: Path) -> tuple[tuple[str, Path], ...]:
+    """The run's new `threshold.json`, staged in the scratch folder, when the export chose the
+    threshold: it is moved into the run folder after the family, in the same commit."""
+    if prepared.threshold_record is None:
+        return ()
+    write_json_atomically(scratch / THRESHOLD_FILE, prepared.threshold_record)
+    return ((THRESHOLD_FILE, prepared.source.run_dir / THRESHOLD_FILE),)
+
+
+@contextlib.contextmanager
+def _output_folder(folder: Path) -> Iterator[Path]:
+    """Makes the export's folder for the block; removes it again when the block fails and the
+    folder, made for it, is still empty (a failed export leaves no empty `export/` behind)."""
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def recalibration_advice(metadata: dict[str, Any], output_dir: str | Path) -> str | None:

@@ -24,7 +24,7 @@ from pneumocnn.core.run_folder import (
 from pneumocnn.data.folders import find_dataset, resolve_data_dir
 from pneumocnn.data.split import load_split, training_samples
 from pneumocnn.edge.convert import pin_input_range
-from pneumocnn.evaluation.scoring import ensure_threshold
+from pneumocnn.evaluation.scoring import choose_threshold
 from pneumocnn.network.model import load_model
 from pneumocnn.runtime.runners import keras_probabilities
 
@@ -56,6 +56,9 @@ class Prepared:
         keras_model: the float model.
         float_probabilities: its per-class probabilities on `val`.
         threshold: the decision threshold, chosen on validation.
+        threshold_record: the run's new `threshold.json` when the threshold was chosen now (no
+            threshold stored yet, or a target sensitivity asked for); `None` when it is the
+            stored one. The export writes it only once its family is in place.
         summary: the run's `summary.json`.
         calibration: the training films that calibrate the int8 ranges (see
             `pneumocnn.edge.convert.pin_input_range`).
@@ -69,6 +72,7 @@ class Prepared:
     keras_model: keras.Model
     float_probabilities: np.ndarray
     threshold: float
+    threshold_record: dict[str, Any] | None
     summary: dict[str, Any]
     calibration: np.ndarray
     guard_films: np.ndarray
@@ -78,14 +82,8 @@ class Prepared:
         return self.source.config
 
 
-def prepare(
-    run_dir: str | Path,
-    target_sensitivity: float | None = None,
-    calibration_images: int = CALIBRATION_IMAGES,
-) -> Prepared:
-    """Step 1: reads the run folder, loads its validation split and float model, runs it, reads
-    (or chooses and stores) the threshold, and decodes the training films that calibrate the
-    int8 ranges and fit the input guard (two seeded samples, each film decoded once).
+def run_source(run_dir: str | Path) -> Source:
+    """The training run an export reads (see `pneumocnn.core.run_folder.resolve_source`).
 
     Raises:
         ValueError: if `run_dir` is not a training run folder.
@@ -97,13 +95,32 @@ def prepare(
             f"Received: run_dir='{run_dir}'. Pass the folder that `python -m pneumocnn.train` "
             "wrote (runs/<timestamp>)."
         )
+    return source
+
+
+def prepare(
+    run_dir: str | Path,
+    target_sensitivity: float | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+) -> Prepared:
+    """Step 1: reads the run folder, loads its validation split and float model, runs it, reads
+    (or chooses, in memory) the threshold, and decodes the training films that calibrate the
+    int8 ranges and fit the input guard (two seeded samples, each film decoded once). Nothing
+    is written.
+
+    Raises:
+        ValueError: if `run_dir` is not a training run folder.
+    """
+    source = run_source(run_dir)
     config = source.config
     dataset = find_dataset(resolve_data_dir(config.data_dir))
     split = pd.read_csv(source.run_dir / SPLIT_FILE)
     val = load_split(split, "val", config.image_size, dataset.root)
     keras_model = load_model(source.model_path)
     float_probabilities = keras_probabilities(keras_model, val.images)
-    threshold = ensure_threshold(source, target_sensitivity, (val.labels, float_probabilities))
+    threshold, record = choose_threshold(
+        source, target_sensitivity, (val.labels, float_probabilities)
+    )
     summary = json.loads((source.run_dir / SUMMARY_FILE).read_text())
     films = training_samples(
         split,
@@ -120,6 +137,7 @@ def prepare(
         keras_model,
         float_probabilities,
         threshold,
+        record,
         summary,
         pin_input_range(films["calibration"]),
         films["guard"],

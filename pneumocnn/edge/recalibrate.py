@@ -19,12 +19,10 @@ if TYPE_CHECKING:
 from typing import TYPE_CHECKING
 
 from pneumocnn.edge.describe import tensor_description
-from pneumocnn.edge.family import _PROVISIONAL, write_family
+from pneumocnn.edge.family import PROVISIONAL, write_family
 
 if TYPE_CHECKING:
     from pneumocnn.edge.family import Family
-import shutil
-
 from pneumocnn.core.metadata import sha256_of, write_json_atomically
 from pneumocnn.edge.embedded import embed_pneumocnn_metadata, read_embedded_metadata
 from pneumocnn.edge.parity import rgb_parity
@@ -110,8 +108,8 @@ def check_recalibrated(
     if "rgb_int8" not in roles:
         return metadata
     # Provisional metadata under another name: the metadata's own name is the commit mark.
-    write_json_atomically(scratch / _PROVISIONAL, metadata)
-    rgb = LiteModel(scratch / files["rgb_int8"], scratch / _PROVISIONAL)
+    write_json_atomically(scratch / PROVISIONAL, metadata)
+    rgb = LiteModel(scratch / files["rgb_int8"], scratch / PROVISIONAL)
     if int8_probabilities is None:
         int8_probabilities = LiteModel(family.folder / files["int8"]).predict_proba(images)
     parity = rgb_parity(
@@ -123,7 +121,7 @@ def check_recalibrated(
         require_parity=True,
         films=films,
     )
-    (scratch / _PROVISIONAL).unlink()
+    (scratch / PROVISIONAL).unlink()
     metadata.setdefault("tensors", {})[files["rgb_int8"]] = {
         "input": tensor_description(rgb.input),
         "output": tensor_description(rgb.output),
@@ -146,15 +144,15 @@ def recalibrate(
     bakes the threshold into its scores), `reembed` (the grayscale models' embedded
     descriptions name it), `check_recalibrated` (checksums, and the RGB variant against the
     int8 model on the site's films), then `write_family` with the changed files only. Every
-    new file is written into the scratch folder `.recalibrate-<name>` beside the family; the
-    new metadata is written there last (the commit point), then the files are renamed into
-    place, metadata last. A kill before the commit leaves the previous family untouched; one
-    after it leaves the rest of the renames to the next recalibration of the family (see
-    `finish_recalibration`), which completes them before anything else. The int8 and float16
-    models compute what they did: only their embedded description changes.
+    new file is written into the family's scratch folder `.export-<name>`, which the caller has
+    claimed (see `pneumocnn.edge.family.claim_family`); the commit point comes after every
+    check, then the files are renamed into place, metadata last. A kill before the commit
+    leaves the previous family untouched; one after it leaves the rest of the renames to
+    whoever reads the family next (see `pneumocnn.core.metadata.settle_family`). The int8 and
+    float16 models compute what they did: only their embedded description changes.
 
     Args:
-        family: the family (see `read_family`).
+        family: the family (see `read_family`), its scratch folder claimed.
         updates: the metadata fields to set: `threshold`, and `threshold_rule` and
             `calibration` (see `pneumocnn.adaptation.calibration.calibrate`).
         images: the site's films, raw 0-255 `(n, H, W, 1)`: they check the RGB variant.
@@ -172,14 +170,8 @@ def recalibrate(
     """
 
     metadata = {**family.metadata, **updates}
-    family.scratch.mkdir()
-    try:
-        roles = retarget_rgb(family, metadata)
-        roles += reembed(family, metadata)
-        metadata = check_recalibrated(family, metadata, roles, images, int8_probabilities, films)
-    except BaseException:
-        shutil.rmtree(family.scratch, ignore_errors=True)
-        raise
+    roles = retarget_rgb(family, metadata)
+    roles += reembed(family, metadata)
+    metadata = check_recalibrated(family, metadata, roles, images, int8_probabilities, films)
     write_family(family.scratch, family.folder, family.files, metadata, tuple(roles))
-    family.scratch.rmdir()
     return metadata

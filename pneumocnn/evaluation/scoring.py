@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pneumocnn.core.metadata import write_json_atomically
-from pneumocnn.core.run_folder import EVAL_DIR, HISTORY_FILE, METRICS_FILE, SPLITS, write_threshold
+from pneumocnn.core.run_folder import (
+    EVAL_DIR,
+    HISTORY_FILE,
+    METRICS_FILE,
+    SPLITS,
+    THRESHOLD_FILE,
+    threshold_record,
+)
 
 if TYPE_CHECKING:
     from pneumocnn.core.run_folder import Source
@@ -39,12 +46,31 @@ def ensure_threshold(
     target_sensitivity: float | None,
     val_predictions: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> float:
-    """Returns the stored threshold, choosing (and storing) it on validation when needed.
+    """Returns the stored threshold, choosing (and storing) it on validation when needed (see
+    `choose_threshold`; a new one is written to the run's `threshold.json` at once).
+
+    Raises:
+        ValueError: if a new threshold is asked of an exported model.
+    """
+    threshold, record = choose_threshold(source, target_sensitivity, val_predictions)
+    if record is not None:
+        write_json_atomically(source.run_dir / THRESHOLD_FILE, record)
+        source.threshold = threshold
+    return threshold
+
+
+def choose_threshold(
+    source: Source,
+    target_sensitivity: float | None,
+    val_predictions: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[float, dict[str, Any] | None]:
+    """The stored threshold, or one chosen on validation when needed, without writing anything.
 
     A run folder without `threshold.json`, or any `target_sensitivity`, triggers a choice on
     the run's own validation split (see
-    `pneumocnn.evaluation.thresholds.choose_pneumonia_threshold`), stored in `threshold.json`. An
-    exported model keeps the threshold in its metadata.
+    `pneumocnn.evaluation.thresholds.choose_pneumonia_threshold`). An exported model keeps the
+    threshold in its metadata. The caller stores a new choice when its own work succeeds (the
+    export, only once its family is in place; `ensure_threshold`, at once).
 
     Args:
         source: the model.
@@ -52,12 +78,16 @@ def ensure_threshold(
         val_predictions: `(labels, per-class probabilities)` on the validation split, if
             already computed. Defaults to `None`: computed here when a choice is needed.
 
+    Returns:
+        `(threshold, record)`: the record for `threshold.json` when the threshold was chosen
+        now (see `pneumocnn.core.run_folder.threshold_record`), else `None`.
+
     Raises:
         ValueError: if a new threshold is asked of an exported model.
     """
 
     if source.threshold is not None and target_sensitivity is None:
-        return source.threshold
+        return source.threshold, None
     if source.run_dir is None:
         raise ValueError(
             "An exported model's threshold is fixed in its metadata; choose a new one on a run "
@@ -71,12 +101,9 @@ def ensure_threshold(
     # For a subtype model, the threshold is on P(pneumonia) = 1 - P(NORMAL).
     threshold = choose_pneumonia_threshold(labels, probabilities, target_sensitivity)
     rule = "youden" if target_sensitivity is None else f"target_sensitivity={target_sensitivity}"
-    write_threshold(
-        source.run_dir, threshold, rule, "val", len(labels), model=source.model_path.name
-    )
+    record = threshold_record(threshold, rule, "val", len(labels), model=source.model_path.name)
     logger.info("Threshold %.4f chosen on validation (%s)", threshold, rule)
-    source.threshold = threshold
-    return threshold
+    return threshold, record
 
 
 def evaluate(
@@ -124,7 +151,7 @@ def evaluate(
         )
     probabilities = predict_probabilities(source.model_path, images)
     # Validation predictions double as the threshold's input; any other split never does.
-    threshold = scoring.ensure_threshold(
+    threshold, record = scoring.choose_threshold(
         source, target_sensitivity, (labels, probabilities) if split == "val" else None
     )
     report = compute_metrics(labels, probabilities, threshold, source.class_names)
@@ -148,4 +175,7 @@ def evaluate(
     reports.write_plots(
         output_dir, labels, probabilities, report, source.class_names, history, title
     )
+    if record is not None:  # stored once the report it belongs to is written
+        write_json_atomically(source.run_dir / THRESHOLD_FILE, record)
+        source.threshold = threshold
     return report, output_dir

@@ -7,12 +7,15 @@ makes it, `load_model` reads a `.keras` file in Keras's safe mode; the layer nam
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from pneumocnn.core.budget import MAX_DECODED_BYTES, MAX_METADATA_BYTES
 from pneumocnn.core.config import Config
+from pneumocnn.core.files import display_name
 from pneumocnn.core.task import Task
 
 # Grad-CAM and the export look layers up by these names, never by index.
@@ -174,8 +177,60 @@ def with_pneumonia_head(trained: keras.Model, config: Config) -> keras.Model:
     return model
 
 
+# A `.keras` zip holds config.json, metadata.json and model.weights.h5 (and maybe assets/).
+_MAX_KERAS_MEMBERS = 64
+# What Keras parses as JSON, and the weights it reads: what the zip says each will inflate to
+# (Python's zipfile never gives more than that) must fit the budget.
+_KERAS_JSON_MEMBERS = ("config.json", "metadata.json")
+# Of a library's error text, this much goes into the message (it may quote a whole config).
+_ERROR_TEXT_CHARS = 500
+
+
+def check_keras_archive(path: str | Path) -> None:
+    """Checks a `.keras` zip against the memory budget before Keras opens it.
+
+    Keras reads `config.json` whole and parses it, and the weights through h5py; a 5 MB file can
+    hold a 1 GB `config.json`. The sizes the zip's directory records are what Python's zipfile
+    will inflate each member to at most, so they are checked: the JSON members against
+    `MAX_METADATA_BYTES`, every member and their sum against `MAX_DECODED_BYTES` (the weights
+    of this package's models take under 10 MB).
+
+    Raises:
+        ValueError: if the file is not a zip, holds too many members, or one is too large.
+    """
+    shown = display_name(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise ValueError(
+            f"Cannot load '{shown}' as a .keras model: it is not a readable zip "
+            f"({type(error).__name__}: {str(error)[:_ERROR_TEXT_CHARS]}). Use a model written by "
+            "`python -m pneumocnn.train` or the export."
+        ) from error
+    largest = max(members, key=lambda member: member.file_size, default=None)
+    total = sum(member.file_size for member in members)
+    oversized = [
+        member
+        for member in members
+        if member.file_size
+        > (MAX_METADATA_BYTES if member.filename in _KERAS_JSON_MEMBERS else MAX_DECODED_BYTES)
+    ]
+    if len(members) > _MAX_KERAS_MEMBERS or oversized or total > MAX_DECODED_BYTES:
+        what = oversized[0] if oversized else largest
+        raise ValueError(
+            f"Cannot load '{shown}' as a .keras model: it holds {len(members)} members inflating "
+            f"to {total:,} bytes, '{display_name(what.filename) if what else '-'}' alone to "
+            f"{what.file_size if what else 0:,}; the limits are {_MAX_KERAS_MEMBERS} members, "
+            f"{MAX_METADATA_BYTES:,} bytes for config.json and metadata.json and "
+            f"{MAX_DECODED_BYTES:,} in all. Received: model='{shown}'. Use a model written by "
+            "`python -m pneumocnn.train` or the export."
+        )
+
+
 def load_model(path: str | Path) -> keras.Model:
-    """Loads a `.keras` model for inference, in Keras's safe mode (no arbitrary code).
+    """Loads a `.keras` model for inference, in Keras's safe mode (no arbitrary code), after
+    checking the archive against the memory budget (see `check_keras_archive`).
 
     Args:
         path: a `.keras` file written by training or export.
@@ -185,7 +240,7 @@ def load_model(path: str | Path) -> keras.Model:
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: if it is not a loadable `.keras` model.
+        ValueError: if it is not a loadable `.keras` model, or is over the budget.
     """
     path = Path(path)
     if not path.is_file():
@@ -193,10 +248,18 @@ def load_model(path: str | Path) -> keras.Model:
             f"Model file not found. Received: model='{path}'. Pass a run's best.keras or "
             "saved_models/pneumocnn.keras."
         )
+    check_keras_archive(path)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
-    except (ValueError, TypeError, OSError) as error:
+    # Keras signals a file it cannot rebuild with many types (a KeyError for a missing field, a
+    # zipfile error for a damaged member, ...): all mean "not a loadable model".
+    except Exception as error:  # noqa: BLE001
+        raw = str(error)  # cut before anything else: it may quote a whole config
+        text = " ".join(raw[:_ERROR_TEXT_CHARS].split())
+        if len(raw) > _ERROR_TEXT_CHARS:
+            text += f"... ({len(raw) - _ERROR_TEXT_CHARS:,} more characters)"
         raise ValueError(
-            f"Cannot load '{path}' as a pneumocnn .keras model ({type(error).__name__}: "
-            f"{error}). Use a model written by `python -m pneumocnn.train` or the export."
+            f"Cannot load '{display_name(path)}' as a pneumocnn .keras model "
+            f"({type(error).__name__}: {text}). Use a model written by `python -m "
+            "pneumocnn.train` or the export."
         ) from error

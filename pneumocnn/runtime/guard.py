@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pneumocnn.data.pixels import COLOURFULNESS_KEY
+from pneumocnn.data.pixels import COLOURFULNESS_KEY, FRAMES_KEY
 
 OK, FLAGGED, REFUSED = "ok", "flagged", "refused"
 GUARD_VERSION = 1
@@ -272,7 +272,7 @@ class GuardCalibration:
                 float(entry["distance_threshold"]),
                 size,
                 float(entry.get("quantile", QUANTILE)),
-                dict(entry.get("limits") or {}),
+                checked_limits(entry.get("limits") or {}),
                 dict(entry.get("fitted_on") or {}),
             )
             if mean.shape != (size * size,) or not (
@@ -290,6 +290,30 @@ class GuardCalibration:
                 "entry to run with the refusal checks only."
             ) from error
         return calibration
+
+
+def checked_limits(limits: Any) -> dict[str, float]:
+    """The refusal limits of a model's metadata, each a known name with a finite number of at
+    least 0 (see `DEFAULT_LIMITS`).
+
+    Raises:
+        ValueError: naming the first limit that is not one, and what was received.
+    """
+    if not isinstance(limits, dict):
+        raise ValueError(f"limits must be an object of numbers, not {type(limits).__name__}")
+    checked = {}
+    for key, value in limits.items():
+        if key not in DEFAULT_LIMITS:
+            raise ValueError(
+                f"unknown limit {str(key)[:60]!r}; the limits are {sorted(DEFAULT_LIMITS)}"
+            )
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not np.isfinite(value) or value < 0:
+            raise ValueError(
+                f"limit {key!r} must be a finite number of at least 0, not {str(value)[:60]!r}"
+            )
+        checked[key] = float(value)
+    return checked
 
 
 def fit(
@@ -380,13 +404,22 @@ def judge(
             the loader.
 
     Returns:
-        A `Verdict`.
+        A `Verdict`: refused, flagged (also when the image is the first frame of several, see
+        `pneumocnn.data.pixels.FRAMES_KEY`), or ok.
     """
     limits = calibration.limits if calibration is not None else None
     reasons = refusal(gray, colourfulness, limits)
+    # Of a file of several frames (an APNG, a multi-page TIFF or DICOM) the first was read:
+    # said with the verdict, since a later frame may be the film.
+    frames = int(gray.info.get(FRAMES_KEY, 1))
+    several = (
+        [f"frame 1 of {frames} read (keep the film alone in a file of its own)"]
+        if frames > 1
+        else []
+    )
     if reasons:
-        return Verdict(REFUSED, tuple(reasons))
-    flags = []
+        return Verdict(REFUSED, tuple(reasons + several))
+    flags = list(several)
     if image_size is not None and min(gray.size) < image_size:
         flags.append(
             f"low resolution ({gray.width}x{gray.height} px, upscaled to the model's "

@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pneumocnn.core.metadata import check_model_io, find_metadata, load_metadata
+from pneumocnn.core.errors import UsageError
+from pneumocnn.core.metadata import (
+    MetadataError,
+    check_model_io,
+    find_metadata,
+    load_metadata,
+    model_files,
+    model_name,
+    settle_family,
+)
 from pneumocnn.core.task import Task, class_probabilities
 from pneumocnn.data.images import read_grayscale
 from pneumocnn.runtime import guard
@@ -98,13 +107,18 @@ class LiteModel:
                 f"Model file not found. Received: model='{model_path}'. Pass the path of an "
                 "exported .tflite (e.g. saved_models/pneumocnn_int8.tflite)."
             )
-        metadata_path = metadata_path or find_metadata(self.model_path)
+        if metadata_path is None:
+            metadata_path = find_metadata(self.model_path)
+            settle_family(metadata_path)  # completes a write of the family that was killed
         self.metadata = load_metadata(metadata_path, self.model_path)
         self.image_size = int(self.metadata["image_size"])
         self.task = Task.of_metadata(self.metadata)
         self.class_names = list(self.task.class_names)
         self.threshold = float(self.metadata["threshold"])
-        self.guard = guard.calibration_of(self.metadata)
+        try:
+            self.guard = guard.calibration_of(self.metadata)
+        except ValueError as error:
+            raise MetadataError(f"Metadata file '{metadata_path}': {error}") from error
         self.interpreter = open_interpreter(self.model_path, num_threads)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -114,6 +128,29 @@ class LiteModel:
             self.task,
             tuple(int(n) for n in self.input["shape"]),
             int(np.prod(self.output["shape"][1:])),
+        )
+
+    @property
+    def channels(self) -> int:
+        """The channels of the model's input: 1, or 3 for an export's RGB variant (see
+        `pneumocnn.edge.rgb`)."""
+        return int(self.input["shape"][-1])
+
+    def require_grayscale(self) -> LiteModel:
+        """Returns the model itself, or refuses an export's RGB variant, which is for stock
+        image classifiers (RGB in, one score per class) and not for pneumocnn's own runners.
+
+        Raises:
+            UsageError: for the RGB variant, naming the grayscale file to use.
+        """
+        if self.channels == 1:
+            return self
+        int8 = self.model_path.parent / model_files(model_name(self.model_path))["int8"]
+        raise UsageError(
+            f"'{self.model_path}' is the RGB variant of an export, for stock image classifiers "
+            f"(float RGB in, one score per class); pneumocnn runs the grayscale models. "
+            f"Received: model='{self.model_path}' ({self.channels} input channels). Pass "
+            f"'{int8}' from the same folder."
         )
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
@@ -150,5 +187,6 @@ class LiteModel:
 
         Raises:
             ImageLoadError: if the file is not a readable image.
+            UsageError: if the model is an export's RGB variant (see `require_grayscale`).
         """
-        return classify(self, read_grayscale(path), path, threshold)
+        return classify(self.require_grayscale(), read_grayscale(path), path, threshold)

@@ -47,17 +47,60 @@ class Prediction:
     def as_row(self) -> dict[str, Any]:
         """The flat record that predict's JSON and CSV and the app's table show: `path`,
         `label`, `probability`, `threshold`, `verdict`, `ood_score`, `reason`, and
-        `P(<class>)` for each class (empty when refused)."""
+        `P(<class>)` for each class (empty when refused).
+
+        Probabilities and the threshold are rounded to six decimals, or to as many more as it
+        takes for the rounded values to keep their order (`decimals_to_show`): a row never
+        reads "NORMAL, 0.042969 >= 0.042969"."""
+        digits = decimals_to_show([self.probability, self.threshold], ROW_DECIMALS)
         return {
             "path": self.path,
             "label": self.label or "",
-            "probability": None if self.probability is None else round(self.probability, 6),
-            "threshold": round(self.threshold, 6),
+            "probability": None if self.probability is None else round(self.probability, digits),
+            "threshold": round(self.threshold, digits),
             "verdict": self.verdict.status,
             "ood_score": None if self.verdict.score is None else round(self.verdict.score, 4),
             "reason": self.verdict.reason,
-            **{f"P({name})": round(value, 6) for name, value in self.probabilities.items()},
+            **{f"P({name})": round(value, digits) for name, value in self.probabilities.items()},
         }
+
+
+# Decimals of a probability or threshold in a row (JSON, CSV), unless more are needed.
+ROW_DECIMALS = 6
+
+
+def decimals_to_show(values: list[float | None], minimum: int) -> int:
+    """The fewest decimals, at least `minimum`, at which the rounded `values` compare as the
+    values do: distinct values stay distinct (so a probability just under the threshold never
+    shows equal to it), and none becomes 0 or 1 unless it is.
+
+    Args:
+        values: the numbers shown side by side (`None` entries are ignored).
+        minimum: the decimals to show at least.
+
+    Returns:
+        The number of decimals (at most 17, where every float64 is exact).
+
+    Example:
+
+    >>> decimals_to_show([0.04296875, 0.042969], 6)
+    7
+    """
+    numbers = [float(value) for value in values if value is not None]
+    for digits in range(minimum, 17):
+        rounded = [round(number, digits) for number in numbers]
+        pairs_kept = all(
+            (rounded[i] == rounded[j]) == (numbers[i] == numbers[j])
+            for i in range(len(numbers))
+            for j in range(i + 1, len(numbers))
+        )
+        ends_kept = all(
+            (shown in (0.0, 1.0)) == (number in (0.0, 1.0))
+            for shown, number in zip(rounded, numbers, strict=True)
+        )
+        if pairs_kept and ends_kept:
+            return digits
+    return 17
 
 
 def make_prediction(

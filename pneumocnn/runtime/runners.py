@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from pneumocnn.core.metadata import (
+    MetadataError,
     check_model_io,
     find_metadata,
     load_metadata,
@@ -133,11 +134,16 @@ class KerasModel:
         )
         # An exported .keras carries the input guard's calibration in its metadata; a run
         # folder has none (the export fits it), so only the refusal checks run.
-        calibration = (
-            guard.calibration_of(load_metadata(find_metadata(source.model_path)))
-            if source.run_dir is None
-            else None
-        )
+        try:
+            calibration = (
+                guard.calibration_of(load_metadata(find_metadata(source.model_path)))
+                if source.run_dir is None
+                else None
+            )
+        except ValueError as error:  # a malformed guard entry (MetadataError is one too)
+            if isinstance(error, MetadataError):
+                raise
+            raise MetadataError(f"Metadata of '{source.model_path}': {error}") from error
         return cls(model, task, source.threshold, source.model_path, calibration)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
@@ -183,7 +189,9 @@ def open_model(path: str | Path) -> Classifier:
         MetadataError: if its metadata is missing or does not match it.
     """
     path = check_model_path(path)
-    return LiteModel(path) if path.suffix == ".tflite" else KerasModel.open(path)
+    return (
+        LiteModel(path).require_grayscale() if path.suffix == ".tflite" else KerasModel.open(path)
+    )
 
 
 def predict_probabilities(model_path: str | Path, images: np.ndarray) -> np.ndarray:
