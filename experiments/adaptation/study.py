@@ -46,14 +46,15 @@ def recipe_of(row: str, seed: int) -> AdaptConfig:
     return AdaptConfig.from_dict({**fields, "seed": seed})
 
 
-def run_one(row: str, seed: int, base, site, config, split, root) -> None:
+def run_one(row: str, seed: int, base, site, config, split, root, tag: str = "") -> None:
     """Cross-validates one row and seed, saving each fold as it finishes."""
-    target = RESULTS / f"{row}-s{seed}.json"
+    name = f"{tag}-{row}" if tag else row
+    target = RESULTS / f"{name}-s{seed}.json"
     if target.exists():
         logging.info("%s exists; skipped", target.name)
         return
     recipe = recipe_of(row, seed)
-    partial = PARTIAL / f"{row}-s{seed}.json"
+    partial = PARTIAL / f"{name}-s{seed}.json"
     saved = json.loads(partial.read_text()) if partial.exists() else {"folds": {}}
     done = {int(k): np.asarray(v) for k, v in saved["folds"].items()}
 
@@ -68,6 +69,7 @@ def run_one(row: str, seed: int, base, site, config, split, root) -> None:
     )
     result = {
         "row": row,
+        "tag": tag,
         "seed": seed,
         "recipe": recipe.to_dict(),
         "model": base.described,
@@ -91,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--model", default="saved_models", help="The model to adapt.")
     parser.add_argument("--data-dir", default="../shared/chest_xray")
+    parser.add_argument(
+        "--tag",
+        default="",
+        help="Prefix of the result names, for another model (e.g. subtype for "
+        "saved_models/pneumocnn_subtype.json).",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     PARTIAL.mkdir(parents=True, exist_ok=True)
@@ -102,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     site = load_site(data / "test", config.task, base.class_names, config.image_size)
     for seed in args.seeds:  # every row at a seed before the next seed: rows fill evenly
         for row in args.rows:
-            run_one(row, seed, base, site, config, split, root)
+            run_one(row, seed, base, site, config, split, root, args.tag)
     return 0
 
 
