@@ -126,3 +126,29 @@ def test_the_readmes_figures_on_new_films_are_the_docs_figures():
     withheld = re.findall(r"\*\*(0\.\d{3} \[[^\]]+\])\*\*", table)
     changelog = _text(PROJECT_ROOT / "CHANGELOG.md")
     assert len(withheld) == 4 and all(figure in changelog for figure in withheld)
+
+
+def _resolves(name: str) -> bool:
+    """Whether `pneumocnn.a.b.c` is a module, or an attribute of the longest module prefix."""
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(found, attribute):
+                return False
+            found = getattr(found, attribute)
+        return True
+    return False
+
+
+def test_every_pneumocnn_name_on_a_page_exists():
+    """A module, function or constant the pages name (`pneumocnn.data.images.load_image`) is in
+    the package: a rename or a move fails here."""
+    text = "\n".join(_text(page) for page in [*PAGES, PROJECT_ROOT / "README.md"])
+    names = set(re.findall(r"`(pneumocnn(?:\.\w+)+)", text))
+    names = {name for name in names if name.rsplit(".", 1)[-1] not in ("json", "keras", "NAME")}
+    assert len(names) >= 20
+    assert sorted(name for name in names if not _resolves(name)) == []
