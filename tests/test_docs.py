@@ -23,12 +23,9 @@ from markdown_commands import (
 )
 
 DOCS = PROJECT_ROOT / "docs"
-# The study READMEs the site includes (`--8<--`), whose commands count as the pages'.
-INCLUDED = [
-    PROJECT_ROOT / "experiments" / study / "README.md"
-    for study in ("shift", "ablation", "adaptation")
-]
-PAGES = sorted(DOCS.rglob("*.md")) + INCLUDED + [PROJECT_ROOT / "CHANGELOG.md"]
+# The study READMEs (the site includes three of them), whose commands count as the pages'.
+STUDIES = sorted((PROJECT_ROOT / "experiments").glob("*/README.md"))
+PAGES = sorted(DOCS.rglob("*.md")) + STUDIES + [PROJECT_ROOT / "CHANGELOG.md"]
 
 
 def _text(path) -> str:

@@ -46,6 +46,11 @@ def test_the_readme_stays_a_front_door():
     assert "withheld half" in README
 
 
+def test_the_shipped_int8_size_in_the_opening_is_the_file():
+    size = (PROJECT_ROOT / "saved_models" / "pneumocnn_int8.tflite").stat().st_size
+    assert f"{size:,}-byte int8" in README
+
+
 def test_no_command_uses_a_bare_python():
     """`python -m ...` is not the venv's Python after the install command."""
     assert bare_python(README) == []
