@@ -6,7 +6,7 @@ data flows: `core` (task, config, files, errors, metadata, run folders; no Tenso
 `runtime` (running a saved model, the input guard, Grad-CAM), `evaluation`, `edge` (the exported
 file family), `adaptation` (learning from a site's films) and `benchmark`. The commands sit on
 top, one module each: `train`, `evaluate`, `export`, `adapt`, `predict`, `explain`, `bench`,
-`web` and `app` (with `cli`, their shared skeleton); see the README's Layout section.
+`web` and `app` (with `cli`, their shared skeleton); see `docs/development.md`.
 """
 
 import os

@@ -17,6 +17,7 @@ Example:
     python experiments/ablation/ablation.py --data-dir ../shared/chest_xray --only base \\
         --seeds 1 2 3
     python experiments/ablation/ablation.py --table                            # Markdown table
+    python experiments/ablation/ablation.py --write-tables     # into experiments/ablation/README.md
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pneumocnn.core.run_folder import (
 EXPERIMENTS = Path(__file__).resolve().parent
 ROOT = EXPERIMENTS.parents[1]
 RESULTS = EXPERIMENTS / "ablation_results.csv"
+TABLES_START, TABLES_END = "<!-- ablation tables: start -->", "<!-- ablation tables: end -->"
 # The base first, so every other row has its reference.
 ORDER = ["base"]
 
@@ -148,7 +150,9 @@ def markdown_table(results: pd.DataFrame) -> str:
     table = results[columns].copy()
     for column in ("val_auc", "val_accuracy", "val_sensitivity", "val_specificity"):
         table[column] = table[column].map("{:.4f}".format)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    # The CSV's `tflite_kb` is the file size / 1024: KiB, so the table says so.
+    header = [column.replace("tflite_kb", "int8_kib") for column in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table.to_numpy()]
     return "\n".join(lines)
 
@@ -171,19 +175,44 @@ def seed_summary(results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def tables(results: pd.DataFrame) -> str:
+    """The results table and, where an experiment has several seeds, their summary."""
+    text = markdown_table(results)
+    summary = seed_summary(results)
+    if summary:
+        text += "\n\nMean ± standard deviation over seeds:\n\n" + summary
+    return text
+
+
+def write_tables(path: Path, text: str) -> None:
+    """Replaces what stands between the ablation-table markers of `path` with `text`."""
+    content = path.read_text()
+    if TABLES_START not in content or TABLES_END not in content:
+        raise SystemExit(f"{path} has no '{TABLES_START}' ... '{TABLES_END}' markers.")
+    before, rest = content.split(TABLES_START, 1)
+    after = rest.split(TABLES_END, 1)[1]
+    path.write_text(f"{before}{TABLES_START}\n{text}\n{TABLES_END}{after}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "chest_xray"))
     parser.add_argument("--only", nargs="+", help="Experiment names (default: all).")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--table", action="store_true", help="Print the results and stop.")
+    parser.add_argument(
+        "--write-tables",
+        action="store_true",
+        help="Write the tables between the markers of the study's README.md and stop.",
+    )
     args = parser.parse_args()
     results = pd.read_csv(RESULTS) if RESULTS.exists() else pd.DataFrame()
     if args.table:
-        print(markdown_table(results))
-        summary = seed_summary(results)
-        if summary:
-            print("\nMean ± standard deviation over seeds:\n\n" + summary)
+        print(tables(results))
+        return 0
+    if args.write_tables:
+        write_tables(EXPERIMENTS / "README.md", tables(results))
+        print(f"Wrote the ablation tables into {EXPERIMENTS / 'README.md'}")
         return 0
     for name in args.only or experiment_names():
         for seed in args.seeds:

@@ -142,7 +142,8 @@ def main() -> int:
     # No options: the parser answers --help (without it, the script would do its work).
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     print(f"Budget: MAX_DECODED_BYTES = {MAX_DECODED_BYTES:,} bytes\n")
-    print("| input | file MB | peak RSS of predict, MB | result |")
+    # File sizes in MB (10^6 bytes); the peak from time -v (kbytes, 1,024 bytes) in MiB.
+    print("| input | file MB | peak RSS of predict, MiB | result |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for name, path in build(Path(folder)).items():

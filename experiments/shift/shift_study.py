@@ -17,7 +17,7 @@ are made from the saved results only:
     python experiments/shift/shift_study.py --data-dir ../shared/chest_xray      # every row
     python experiments/shift/shift_study.py --data-dir ../shared/chest_xray --only framing --seeds 1
     python experiments/shift/shift_study.py --table                              # Markdown
-    python experiments/shift/shift_study.py --write-readme README.md             # the README's
+    python experiments/shift/shift_study.py --write-tables   # into experiments/shift/README.md
 """
 
 from __future__ import annotations
@@ -196,19 +196,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", nargs=2, metavar=("ROW", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--table", action="store_true", help="print the tables and exit")
     parser.add_argument(
-        "--write-readme",
+        "--write-tables",
+        nargs="?",
+        const=str(ROWS / "README.md"),
         metavar="FILE",
-        help="replace the tables between the shift-study markers of FILE (README.md) and exit",
+        help="replace the tables between the shift-study markers of FILE (default: the study's "
+        "README.md) and exit",
     )
     args = parser.parse_args(argv)
-    if args.table or args.write_readme:
+    if args.table or args.write_tables:
         from shift_tables import markdown_tables
 
         tables = markdown_tables(RESULTS)
-        if not args.write_readme:
+        if not args.write_tables:
             print(tables)
             return 0
-        readme = Path(args.write_readme)
+        readme = Path(args.write_tables)
         start, end = "<!-- shift-study tables: start -->", "<!-- shift-study tables: end -->"
         content = readme.read_text()
         if start not in content or end not in content:

@@ -140,8 +140,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {report['machine']['platform']}, {report['machine']['cpu_count']} CPU "
         f"threads, Python {report['machine']['python']}; median of {report['runs']} runs.",
         "",
-        "| model | parameters | file KB | ms/image 1 thread (median / p95) | ms/image all "
-        "threads (median / p95) | images/s 1 thread | peak MB | size x | time x |",
+        "| model | parameters | file KiB | ms/image 1 thread (median / p95) | ms/image all "
+        "threads (median / p95) | images/s 1 thread | peak MiB | size x | time x |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["inference"]:
