@@ -13,7 +13,12 @@ from helpers import REAL_DATA, requires_real_data, synthetic_xray, write_image
 from pneumocnn.core.locations import default_model_dir
 from pneumocnn.core.metadata import FP16_FILE, INT8_FILE, METADATA_FILE, model_files
 from pneumocnn.core.task import decide
-from pneumocnn.edge.embedded import minimum_parser_version, read_embedded_labels
+from pneumocnn.edge.embedded import (
+    GUARD_LABELS,
+    GUARD_LABELS_FILE,
+    minimum_parser_version,
+    read_embedded_labels,
+)
 from pneumocnn.edge.rgb import operating_scores, rgb_classifier
 from pneumocnn.network.model import load_model
 from pneumocnn.runtime.lite import LiteModel
@@ -234,3 +239,65 @@ def test_stock_mediapipe_classifier_on_the_subtype_model():
         f"pneumonia call {pneumonia:.2%}, three classes {three_class:.2%}"
     )
     assert pneumonia >= 0.97
+
+
+def _classify_both_heads(model_path, paths) -> list[dict[str, list[tuple[str, float]]]]:
+    """A stock MediaPipe ImageClassifier on each image, converted to RGB first (a grayscale
+    file makes a one-channel `mp.Image`, which the RGB model refuses): every classification
+    head by its name from the embedded metadata, categories best first."""
+    mp, BaseOptions, vision = _mediapipe()
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=str(model_path))
+    )
+    results = []
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for path in paths:
+            with Image.open(path) as image:
+                rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
+            results.append(
+                {
+                    head.head_name: [(c.category_name, c.score) for c in head.categories]
+                    for head in result.classifications
+                }
+            )
+    return results
+
+
+def test_rgb_variant_carries_the_guard_head_with_its_embedded_labels(exported_model):
+    content = (exported_model / RGB_FILE).read_bytes()
+    assert read_embedded_labels(content, GUARD_LABELS_FILE) == list(GUARD_LABELS)
+    rgb = LiteModel(exported_model / RGB_FILE)
+    outputs = rgb.interpreter.get_output_details()
+    assert [list(detail["shape"]) for detail in outputs] == [[1, 2], [1, 2]]
+    assert rgb.output["index"] == outputs[0]["index"]  # the operating scores stay first
+    metadata = json.loads((exported_model / METADATA_FILE).read_text())
+    head = metadata["edge"]["rgb_variant"]["guard_head"]
+    assert head["labels"] == list(GUARD_LABELS)
+    assert head["agreement_with_guard"]["images"] == metadata["training_data"]["val_images"]
+
+
+def test_stock_mediapipe_reads_the_guard_head_and_flags_what_the_guard_refuses(
+    exported_model, tmp_path
+):
+    """Issue "One answer in every client": a stock classifier labelled a black image, a white
+    image or a colour photograph as a chest film. The RGB variant's second output, read by a
+    stock MediaPipe ImageClassifier and named from the file, says they are not."""
+    rng = np.random.default_rng(4)
+    photo = Image.fromarray(rng.integers(0, 256, (6, 8, 3), np.uint8)).resize((320, 240))
+    paths = [
+        _save(Image.new("L", (200, 200), 0), tmp_path / "black.jpeg"),
+        _save(Image.new("RGB", (200, 200), (255, 255, 255)), tmp_path / "white.png"),
+        _save(photo, tmp_path / "photo.jpeg"),
+    ]
+    results = _classify_both_heads(exported_model / RGB_FILE, paths)
+    model = LiteModel(exported_model / INT8_FILE)
+    for path, heads in zip(paths, results, strict=True):
+        assert list(heads) == ["scores", "guard"], heads
+        assert heads["guard"][0][0] == GUARD_LABELS[1], (path.name, heads)
+        assert model.predict_file(path).verdict.status == "refused"
+
+
+def _save(image: Image.Image, path):
+    image.save(path)
+    return path

@@ -26,6 +26,7 @@ from pneumocnn.data.split import load_split, training_samples
 from pneumocnn.edge.convert import pin_input_range
 from pneumocnn.evaluation.scoring import ensure_threshold
 from pneumocnn.network.model import load_model
+from pneumocnn.runtime import guard
 from pneumocnn.runtime.runners import keras_probabilities
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from pneumocnn.core.config import Config
     from pneumocnn.core.run_folder import Source
     from pneumocnn.data.split import LoadedSplit
+    from pneumocnn.runtime.guard import GuardCalibration
 
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ class Prepared:
         calibration: the training films that calibrate the int8 ranges (see
             `pneumocnn.edge.convert.pin_input_range`).
         guard_films: the training films the input guard is fitted on.
+        guard: the input guard's calibration, fitted on `guard_films` with its threshold on
+            `val` (see `pneumocnn.runtime.guard.fit`): the metadata's `guard` entry and the RGB
+            variant's guard head.
     """
 
     source: Source
@@ -72,6 +77,7 @@ class Prepared:
     summary: dict[str, Any]
     calibration: np.ndarray
     guard_films: np.ndarray
+    guard: GuardCalibration
 
     @property
     def config(self) -> Config:
@@ -84,8 +90,9 @@ def prepare(
     calibration_images: int = CALIBRATION_IMAGES,
 ) -> Prepared:
     """Step 1: reads the run folder, loads its validation split and float model, runs it, reads
-    (or chooses and stores) the threshold, and decodes the training films that calibrate the
-    int8 ranges and fit the input guard (two seeded samples, each film decoded once).
+    (or chooses and stores) the threshold, decodes the training films that calibrate the int8
+    ranges and fit the input guard (two seeded samples, each film decoded once), and fits the
+    guard.
 
     Raises:
         ValueError: if `run_dir` is not a training run folder.
@@ -123,4 +130,5 @@ def prepare(
         summary,
         pin_input_range(films["calibration"]),
         films["guard"],
+        guard.fit(films["guard"], val.images),
     )
