@@ -301,3 +301,67 @@ def test_stock_mediapipe_reads_the_guard_head_and_flags_what_the_guard_refuses(
 def _save(image: Image.Image, path):
     image.save(path)
     return path
+
+
+def test_grafting_the_guard_head_leaves_the_operating_scores_bit_for_bit(exported_model, tmp_path):
+    """`add_guard_head` appends the head to a variant made without one: the first output is the
+    same to the bit, the second is the head's; a variant with a head already is refused."""
+    from pneumocnn.edge.guard_head import add_guard_head, convert_guard_head
+    from pneumocnn.edge.rgb import LUMA_WEIGHTS, rgb_variant
+    from pneumocnn.runtime import guard
+    from pneumocnn.runtime.lite import open_interpreter
+
+    metadata = json.loads((exported_model / METADATA_FILE).read_text())
+    calibration = guard.calibration_of(metadata)
+    rng = np.random.default_rng(5)
+    films = np.stack([synthetic_xray(rng, i % 2, (32, 32))[..., None] for i in range(8)])
+    plain = rgb_variant(
+        load_model(exported_model / "pneumocnn.keras"), metadata["threshold"], films, tmp_path
+    )
+    head = convert_guard_head(32, calibration, LUMA_WEIGHTS, tmp_path)
+    grafted = add_guard_head(plain, head)
+
+    def outputs(content):
+        path = tmp_path / "model.tflite"
+        path.write_bytes(content)
+        interpreter = open_interpreter(path)
+        rows = []
+        for film in np.repeat(films, 3, axis=-1).astype(np.float32):
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], film[None])
+            interpreter.invoke()
+            rows.append(
+                [interpreter.get_tensor(d["index"])[0] for d in interpreter.get_output_details()]
+            )
+        return rows
+
+    for before, after in zip(outputs(plain), outputs(grafted), strict=True):
+        assert len(before) == 1 and len(after) == 2
+        np.testing.assert_array_equal(before[0], after[0])
+        assert after[1].shape == (2,) and after[1].sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="guard head is there already"):
+        add_guard_head(grafted, head)
+
+
+@requires_real_data
+def test_stock_mediapipe_guard_head_agrees_with_the_python_guard_on_films_and_non_chest_images(
+    tmp_path,
+):
+    """The shipped binary RGB variant's guard head in a stock MediaPipe ImageClassifier (each
+    image handed over as RGB, as the README's snippet does) against `pneumocnn.predict`'s guard:
+    'unlike a chest film' exactly where Python refuses or flags an OOD score above 1, on at
+    least 99% of the development films and of the guard experiment's non-chest set."""
+    from test_web import _guard_experiment
+
+    _, rgb = _shipped("pneumocnn")
+    model = LiteModel(_shipped("pneumocnn")[0])
+    experiment = _guard_experiment()
+    others = experiment.write_images(experiment.non_chest_images(), tmp_path)
+    for kind, paths in (("development films", _development_films()), ("non-chest", others)):
+        heads = _classify_both_heads(rgb, paths)
+        same = 0
+        for path, result in zip(paths, heads, strict=True):
+            verdict = model.predict_file(path).verdict
+            caught = verdict.status == "refused" or (verdict.score or 0) > 1
+            same += (result["guard"][0][0] == GUARD_LABELS[1]) == caught
+        print(f"stock MediaPipe guard head vs Python on {len(paths)} {kind}: {same} the same")
+        assert same >= 0.99 * len(paths)

@@ -21,7 +21,7 @@ LICENSE = (
     "Apache-2.0 (model and code). Trained on the Kaggle 'Chest X-Ray Images (Pneumonia)' data "
     "(Kermany et al., 2018), CC BY 4.0."
 )
-# The RGB variant's second output, the guard head (`pneumocnn.edge.rgb.guard_head_op`): its
+# The RGB variant's second output, the guard head (`pneumocnn.edge.guard_head.guard_head_op`): its
 # two classes, the second scoring above 0.5 exactly where the input is unlike the training films
 # (OOD score above 1) or fails a refusal check the head can see; and their labels file.
 GUARD_LABELS = ("like a chest film", "unlike a chest film")
@@ -150,7 +150,7 @@ def embed_metadata(
         channels: 1 (grayscale) or 3 (RGB).
         version: the model's version. Defaults to the package version.
         guard_labels: the labels of a second output, the RGB variant's guard head (see
-            `pneumocnn.edge.rgb.guard_head_op`), packed as `GUARD_LABELS_FILE`. Defaults to
+            `pneumocnn.edge.guard_head.guard_head_op`), packed as `GUARD_LABELS_FILE`. Defaults to
             `None`: one output.
 
     Returns:

@@ -35,9 +35,10 @@ from pneumocnn.core.run_folder import CALIBRATION_IMAGES, export_dir
 from pneumocnn.edge.card import card_file
 from pneumocnn.edge.convert import convert, fixed_batch_saved_model
 from pneumocnn.edge.describe import describe, file_metadata
-from pneumocnn.edge.embedded import GUARD_LABELS, embed_pneumocnn_metadata
+from pneumocnn.edge.embedded import embed_pneumocnn_metadata
 from pneumocnn.edge.equalize import equalize_activations
 from pneumocnn.edge.family import SCRATCH_OWNER, SCRATCH_PREFIX, remove_stale_scratch, write_family
+from pneumocnn.edge.guard_head import guard_head_record
 from pneumocnn.edge.parity import check_parity, guard_head_agreement, rgb_parity
 from pneumocnn.edge.prepare import prepare
 from pneumocnn.edge.rgb import rgb_variant
@@ -159,15 +160,7 @@ def check_guard_head(prepared: Prepared, rgb: LiteModel) -> dict[str, Any] | Non
     without one."""
     if len(rgb.interpreter.get_output_details()) < 2:
         return None
-    record = guard_head_agreement(rgb, prepared.val.images, prepared.guard)
-    return {
-        "labels": list(GUARD_LABELS),
-        "what": "Second output: 'unlike a chest film' where the input guard's OOD score on the "
-        "model's input is above 1, or the input is near-constant or strongly coloured. The size "
-        "and aspect-ratio checks need the image before a client resizes it: Python and the web "
-        "page apply them, a stock classifier cannot.",
-        "agreement_with_guard": record,
-    }
+    return guard_head_record(guard_head_agreement(rgb, prepared.val.images, prepared.guard))
 
 
 def export(

@@ -187,7 +187,7 @@ def guard_head_agreement(
     rgb: LiteModel, images: np.ndarray, calibration: GuardCalibration, films: str = "validation"
 ) -> dict[str, Any]:
     """How often the RGB variant's guard head (its second output, see
-    `pneumocnn.edge.rgb.guard_head_op`) says what `pneumocnn.runtime.guard` says on the same
+    `pneumocnn.edge.guard_head.guard_head_op`) says what `pneumocnn.runtime.guard` says on the same
     model inputs: unlike a chest film where the OOD score is above 1 or the input is
     near-constant (the head's other check, colourfulness, is 0 on gray films).
 

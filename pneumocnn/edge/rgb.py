@@ -5,22 +5,15 @@ A stock image classifier feeds three channels and names the class with the highe
 rounds) as the first layers, then the trained network, then a head whose per-class scores put
 the decision threshold where argmax puts it (`operating_scores` is the same rule in numpy). The
 luma and the head run in float32 and the network in int8, quantized as the grayscale model is: on
-the same pixels, the variant makes the grayscale int8 model's call exactly.
-
-With the model's input-guard calibration (`pneumocnn.runtime.guard.GuardCalibration`), the
-variant has a second output, the guard head (`GUARD_LAYER`, float32 too): two scores,
-`GUARD_LABELS`, whose argmax says whether the input is like the training films. It computes the
-guard's out-of-distribution score on the model's input (the 16x16 thumbnail of the gray film,
-standardised, Mahalanobis distance under the stored PCA) and the refusal checks that the model's
-input still allows (near-constant; strongly coloured); the size and aspect-ratio checks need the
-image before a client resized it, so only the clients that have it (Python, the web page) apply
-them. A stock classifier (MediaPipe's ImageClassifier reads one classification per output
-tensor) names both from the embedded metadata.
+the same pixels, the variant makes the grayscale int8 model's call exactly. With the model's
+input-guard calibration, the variant gets a second output, the guard head
+(`pneumocnn.edge.guard_head`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -29,8 +22,11 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from pneumocnn.core.task import class_probabilities, pneumonia_probability
 from pneumocnn.edge.convert import BATCH_SIZE, convert, fixed_batch_saved_model
-from pneumocnn.edge.embedded import GUARD_LABELS, without_packed_files
-from pneumocnn.runtime.guard import DEFAULT_LIMITS, GuardCalibration
+from pneumocnn.edge.embedded import without_packed_files
+from pneumocnn.edge.guard_head import add_guard_head, convert_guard_head, has_guard_head
+
+if TYPE_CHECKING:
+    from pneumocnn.runtime.guard import GuardCalibration
 
 # Pillow's "L" conversion of RGB, exactly: `L = (19595 R + 38470 G + 7471 B + 32768) >> 16`.
 # These weights are that fixed-point rule's own (sixteenths of a 65536th are exact in float32, and
@@ -40,10 +36,6 @@ LUMA_WEIGHTS = (19595 / 65536, 38470 / 65536, 7471 / 65536)
 # The RGB variant's layers that stay float32 (see `rgb_variant`): the luma, its rounding, and the
 # head that turns the grayscale model's output into per-class scores.
 LUMA_LAYER, GRAY_LAYER, HEAD_LAYER = "luma", "gray", "scores"
-# The guard head's layer (its classes: `pneumocnn.edge.embedded.GUARD_LABELS`).
-GUARD_LAYER = "guard"
-# The OOD score the guard head gives an input that fails a refusal check: far past 1.
-REFUSED_SCORE = 1000.0
 
 
 def operating_scores(probabilities: np.ndarray, threshold: float) -> np.ndarray:
@@ -73,51 +65,7 @@ def operating_scores(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     return np.concatenate([(1.0 - shifted)[:, None], shifted[:, None] * relative], axis=1)
 
 
-def guard_head_op(image, gray, calibration: GuardCalibration):
-    """The guard head in Keras ops: `[1 / (1 + s), s / (1 + s)]` per input, with `s` the
-    out-of-distribution score (`REFUSED_SCORE` where a refusal check on the model's input fails).
-
-    Args:
-        image: the RGB input `(n, H, W, 3)`, raw 0-255 (for the colourfulness).
-        gray: its gray film `(n, H, W, 1)` (the variant's `GRAY_LAYER`).
-        calibration: the model's guard calibration; `H` must be a multiple of its thumbnail
-            side (the thumbnail is a box average, as Pillow's BOX resize takes it).
-    """
-    size = calibration.thumbnail_size
-    pool = int(gray.shape[1]) // size
-    thumbnail = ops.reshape(ops.average_pool(gray, pool, strides=pool), (-1, size * size))
-    mean = ops.mean(thumbnail, axis=1, keepdims=True)
-    spread = ops.sqrt(ops.mean(ops.square(thumbnail - mean), axis=1, keepdims=True))
-    centred = (thumbnail - mean) / ops.maximum(spread, 1.0) - calibration.mean.astype("float32")
-    projected = ops.matmul(centred, calibration.components.T.astype("float32"))
-    residual = ops.sum(ops.square(centred), axis=1) - ops.sum(ops.square(projected), axis=1)
-    distance = ops.sqrt(
-        ops.sum(ops.square(projected) / calibration.variances.astype("float32"), axis=1)
-        + ops.maximum(residual, 0.0) / calibration.residual_variance
-    )
-    score = distance / calibration.distance_threshold
-    limits = {**DEFAULT_LIMITS, **(calibration.limits or {})}
-    pixels = ops.reshape(gray, (-1, int(np.prod(gray.shape[1:]))))
-    near_constant = ops.std(pixels, axis=1) < limits["min_std"]
-    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
-    rg = ops.reshape(red - green, (-1, pixels.shape[1]))
-    yb = ops.reshape(0.5 * (red + green) - blue, (-1, pixels.shape[1]))
-    colourfulness = ops.sqrt(ops.var(rg, axis=1) + ops.var(yb, axis=1)) + 0.3 * ops.sqrt(
-        ops.square(ops.mean(rg, axis=1)) + ops.square(ops.mean(yb, axis=1))
-    )
-    refused = ops.logical_or(near_constant, colourfulness > limits["max_colourfulness"])
-    score = ops.where(refused, ops.maximum(score, REFUSED_SCORE), score)[:, None]
-    return ops.concatenate([1.0 / (1.0 + score), score / (1.0 + score)], axis=1)
-
-
-def has_guard_head(keras_model, calibration: GuardCalibration | None) -> bool:
-    """Whether the RGB variant of `keras_model` gets the guard head: it needs a calibration,
-    and an input side that is a multiple of the thumbnail's."""
-    side = keras_model.input_shape[1]
-    return calibration is not None and side % calibration.thumbnail_size == 0
-
-
-def rgb_classifier(keras_model, threshold: float, calibration: GuardCalibration | None = None):
+def rgb_classifier(keras_model, threshold: float):
     """Wraps the grayscale model for stock image classifiers: RGB in, one score per class out.
 
     The first layers are Pillow's luma (a 1x1 linear map with `LUMA_WEIGHTS`, no bias, then
@@ -129,12 +77,9 @@ def rgb_classifier(keras_model, threshold: float, calibration: GuardCalibration 
     Args:
         keras_model: a pneumocnn model (grayscale input).
         threshold: the operating threshold on P(pneumonia), in (0, 1).
-        calibration: the model's input-guard calibration, for a second output, the guard head
-            (see `guard_head_op`). Defaults to `None`: no guard head.
 
     Returns:
-        A Keras model with input `(1, H, W, 3)` and output `(1, classes)` (2 for binary), then
-        `(1, 2)` from the guard head when it has one.
+        A Keras model with input `(1, H, W, 3)` and output `(1, classes)` (2 for binary).
     """
 
     if not 0.0 < threshold < 1.0:
@@ -151,14 +96,7 @@ def rgb_classifier(keras_model, threshold: float, calibration: GuardCalibration 
         lambda p: _operating_scores_op(p, threshold), name=HEAD_LAYER, output_shape=(classes,)
     )(probabilities)
     luma.set_weights([np.asarray(LUMA_WEIGHTS, np.float32).reshape(3, 1)])
-    if not has_guard_head(keras_model, calibration):
-        return keras.Model(image, outputs, name="pneumocnn_rgb")
-    guard_scores = keras.layers.Lambda(
-        lambda pair: guard_head_op(pair[0], pair[1], calibration),
-        name=GUARD_LAYER,
-        output_shape=(len(GUARD_LABELS),),
-    )([image, gray])
-    return keras.Model(image, [outputs, guard_scores], name="pneumocnn_rgb")
+    return keras.Model(image, outputs, name="pneumocnn_rgb")
 
 
 def _threshold_odds(threshold: float) -> float:
@@ -261,39 +199,22 @@ def rgb_variant(
         calibration: the grayscale calibration images `(n, H, W, 1)`, raw 0-255; repeated to
             three channels.
         folder: a scratch folder for the SavedModel.
-        guard: the model's input-guard calibration, for the guard head (float32, see
-            `guard_head_op`). Defaults to `None`: no guard head.
+        guard: the model's input-guard calibration: the variant then gets the guard head as its
+            second output (`pneumocnn.edge.guard_head.add_guard_head`; the first output is the
+            same either way). Defaults to `None`: no guard head.
 
     Returns:
         The `.tflite` flatbuffer (without TFLite metadata).
     """
-    model = rgb_classifier(keras_model, threshold, guard)
-    saved_model = fixed_batch_saved_model(model, Path(folder) / "rgb_saved_model")
-    float_layers = (LUMA_LAYER, GRAY_LAYER, HEAD_LAYER)
-    if len(model.outputs) > 1:
-        float_layers += (GUARD_LAYER,)
-    converted = convert(saved_model, np.repeat(calibration, 3, axis=-1), float_layers=float_layers)
-    return outputs_in_signature_order(converted)
-
-
-def outputs_in_signature_order(model: bytes) -> bytes:
-    """The `.tflite` with its outputs listed in the order of its signature's (`output_0`, then
-    `output_1`, ...), as the Keras model returns them.
-
-    The converter can list a two-output model's tensors the other way round; stock clients
-    (MediaPipe's ImageClassifier, `LiteModel`) take the outputs by position, so the operating
-    scores must come first and the guard head second. A one-output model comes back unchanged.
-    """
-    tree = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-    subgraph = tree.subgraphs[0]
-    if len(subgraph.outputs) < 2 or not tree.signatureDefs:
-        return model
-    names = {
-        item.name.decode() if isinstance(item.name, bytes) else item.name: item.tensorIndex
-        for item in tree.signatureDefs[0].outputs
-    }
-    order = [names[name] for name in sorted(names, key=lambda name: int(name.rsplit("_", 1)[1]))]
-    if list(subgraph.outputs) == order:
-        return model
-    subgraph.outputs = np.asarray(order, dtype=np.int32)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
+    saved_model = fixed_batch_saved_model(
+        rgb_classifier(keras_model, threshold), Path(folder) / "rgb_saved_model"
+    )
+    variant = convert(
+        saved_model,
+        np.repeat(calibration, 3, axis=-1),
+        float_layers=(LUMA_LAYER, GRAY_LAYER, HEAD_LAYER),
+    )
+    side = int(keras_model.input_shape[1])
+    if not has_guard_head(side, guard):
+        return variant
+    return add_guard_head(variant, convert_guard_head(side, guard, LUMA_WEIGHTS, folder))
