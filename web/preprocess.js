@@ -1,6 +1,6 @@
 // Preprocessing that matches pneumocnn.data.images.load_image pixel for pixel: grayscale with Pillow's
 // integer luma, then Pillow's bilinear resize (Resample.c: a triangle filter widened by the
-// downscaling factor, 22-bit fixed-point coefficients, horizontal pass then vertical pass, each
+// downscaling factor, 22-bit fixed-point coefficients, two passes in Pillow 13's order, each
 // rounded to 8 bits). Canvas drawImage resizing is not used: it samples differently and moves
 // probabilities enough to change labels near the threshold.
 
@@ -98,44 +98,52 @@ export function resizeBox(gray, width, height, outWidth, outHeight) {
   return resample(gray, width, height, outWidth, outHeight, BOX);
 }
 
+function horizontalPass(current, width, height, outWidth, filter) {
+  const { bounds, weights, kernelSize } = coefficients(width, outWidth, filter);
+  const out = new Uint8Array(outWidth * height);
+  for (let y = 0; y < height; y += 1) {
+    const rowStart = y * width;
+    for (let xx = 0; xx < outWidth; xx += 1) {
+      const xmin = bounds[xx * 2];
+      const xmax = bounds[xx * 2 + 1];
+      let sum = 2 ** (PRECISION_BITS - 1);
+      for (let x = 0; x < xmax; x += 1) {
+        sum += current[rowStart + xmin + x] * weights[xx * kernelSize + x];
+      }
+      out[y * outWidth + xx] = clip8(sum);
+    }
+  }
+  return out;
+}
+
+function verticalPass(current, width, height, outHeight, filter) {
+  const { bounds, weights, kernelSize } = coefficients(height, outHeight, filter);
+  const out = new Uint8Array(width * outHeight);
+  for (let yy = 0; yy < outHeight; yy += 1) {
+    const ymin = bounds[yy * 2];
+    const ymax = bounds[yy * 2 + 1];
+    for (let x = 0; x < width; x += 1) {
+      let sum = 2 ** (PRECISION_BITS - 1);
+      for (let y = 0; y < ymax; y += 1) {
+        sum += current[(ymin + y) * width + x] * weights[yy * kernelSize + y];
+      }
+      out[yy * width + x] = clip8(sum);
+    }
+  }
+  return out;
+}
+
 function resample(gray, width, height, outWidth, outHeight, filter) {
-  let current = gray;
-  let currentWidth = width;
-  if (outWidth !== width) {
-    const { bounds, weights, kernelSize } = coefficients(width, outWidth, filter);
-    const out = new Uint8Array(outWidth * height);
-    for (let y = 0; y < height; y += 1) {
-      const rowStart = y * width;
-      for (let xx = 0; xx < outWidth; xx += 1) {
-        const xmin = bounds[xx * 2];
-        const xmax = bounds[xx * 2 + 1];
-        let sum = 2 ** (PRECISION_BITS - 1);
-        for (let x = 0; x < xmax; x += 1) {
-          sum += current[rowStart + xmin + x] * weights[xx * kernelSize + x];
-        }
-        out[y * outWidth + xx] = clip8(sum);
-      }
-    }
-    current = out;
-    currentWidth = outWidth;
+  // Pillow 13's order of the two passes (Resample.c): vertical first when the height shrinks
+  // by more than twice as many pixels as the width; horizontal first otherwise. Each pass rounds
+  // to 8 bits, so the order moves some pixels by a grey level.
+  const verticalFirst = height - outHeight > 0 && height - outHeight > (width - outWidth) * 2;
+  if (verticalFirst) {
+    const tall = outHeight !== height ? verticalPass(gray, width, height, outHeight, filter) : gray;
+    return outWidth !== width ? horizontalPass(tall, width, outHeight, outWidth, filter) : tall;
   }
-  if (outHeight !== height) {
-    const { bounds, weights, kernelSize } = coefficients(height, outHeight, filter);
-    const out = new Uint8Array(currentWidth * outHeight);
-    for (let yy = 0; yy < outHeight; yy += 1) {
-      const ymin = bounds[yy * 2];
-      const ymax = bounds[yy * 2 + 1];
-      for (let x = 0; x < currentWidth; x += 1) {
-        let sum = 2 ** (PRECISION_BITS - 1);
-        for (let y = 0; y < ymax; y += 1) {
-          sum += current[(ymin + y) * currentWidth + x] * weights[yy * kernelSize + y];
-        }
-        out[yy * currentWidth + x] = clip8(sum);
-      }
-    }
-    current = out;
-  }
-  return current;
+  const wide = outWidth !== width ? horizontalPass(gray, width, height, outWidth, filter) : gray;
+  return outHeight !== height ? verticalPass(wide, outWidth, height, outHeight, filter) : wide;
 }
 
 /** True for a 16-bit grayscale PNG (its IHDR says so): pneumocnn stretches those. */
