@@ -207,14 +207,14 @@ export function score(calibration, input, side) {
  * The guard's verdict on one decoded film (pneumocnn.runtime.guard.judge): {status, reasons,
  * score}. A refused film is not to be classified; a flagged one is, with the reasons shown.
  *
- * film: {width, height, gray, rgba (the decoded pixels, for the colourfulness), input (the model
- * input, imageSize square)};
+ * film: {width, height, gray, rgba (the decoded pixels, for the colourfulness; null for a gray
+ * film), input (the model input, imageSize square)};
  * calibration: from calibrationOf, or null for the refusal checks only; defaults: the limits
  * to use without a calibration.
  */
 export function judge(film, calibration, defaults, imageSize) {
   const limits = { ...defaults, ...(calibration?.limits ?? {}) };
-  const colour = colourfulness(film.rgba, film.width, film.height);
+  const colour = film.rgba ? colourfulness(film.rgba, film.width, film.height) : 0;
   const reasons = refusal({ ...film, colourfulness: colour }, limits);
   if (reasons.length) return { status: REFUSED, reasons, score: null };
   const flags = [];

@@ -4,6 +4,8 @@
 // rounded to 8 bits). Canvas drawImage resizing is not used: it samples differently and moves
 // probabilities enough to change labels near the threshold.
 
+import { decodeSixteenBitGray } from "./png16.js";
+
 const PRECISION_BITS = 32 - 8 - 2;
 
 /** Pillow's "L" conversion of 8-bit RGBA pixels; transparency is flattened onto black first. */
@@ -256,7 +258,8 @@ export function checkBudget(name, header, maxBytes) {
 /**
  * A film as the model's input: its declared size checked against the decode budget, decoded by
  * the browser (EXIF orientation applied, no colour management), grayscale, resized to size x
- * size. Returns {input, width, height, gray (full size), rgba, bitmap}.
+ * size (a 16-bit grayscale PNG is decoded and stretched by png16.js). Returns {input, width,
+ * height, gray (full size), rgba (null for a 16-bit film: no colour), bitmap}.
  */
 export async function loadFilm(file, size, maxBytes) {
   checkBudget(file.name, await declaredSize(file), maxBytes);
@@ -271,12 +274,20 @@ export async function loadFilm(file, size, maxBytes) {
   } catch (error) {
     throw new Error(`not a readable image (${error.message}); expected a JPEG or PNG chest X-ray`);
   }
+  if (isSixteenBitPng(bytes)) {
+    // Decoded here from its 16-bit values (the browser keeps 8); gray, so no colour.
+    const film = await decodeSixteenBitGray(new Uint8Array(await file.arrayBuffer()));
+    if (film) {
+      const input = resizeBilinear(film.gray, film.width, film.height, size, size);
+      return { ...film, input, rgba: null, bitmap };
+    }
+  }
   const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
   const context = canvas.getContext("2d", { willReadFrequently: true });
   context.drawImage(bitmap, 0, 0);
   const { data } = context.getImageData(0, 0, bitmap.width, bitmap.height);
   let gray = luma(data, bitmap.width, bitmap.height);
-  if (isSixteenBitPng(bytes)) gray = stretch(gray);
+  if (isSixteenBitPng(bytes)) gray = stretch(gray); // one this page does not decode itself
   const input = resizeBilinear(gray, bitmap.width, bitmap.height, size, size);
   return { input, width: bitmap.width, height: bitmap.height, gray, rgba: data, bitmap };
 }
