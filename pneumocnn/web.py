@@ -2,8 +2,9 @@
 in the browser with LiteRT.js, so a film never leaves the user's device.
 
 The site is plain files (no server code): the page from `web/` (`index.html`, `app.js`,
-`preprocess.js`, `style.css`), the int8 model with its metadata and labels under `model/`,
-LiteRT.js (the npm package `@litertjs/core`, pinned in `web/package.json` and
+`preprocess.js`, `png16.js`: 16-bit grayscale PNGs, `guard.js`: the input guard of
+`pneumocnn.runtime.guard` in JavaScript, `style.css`), the int8 model with its metadata and
+labels under `model/`, LiteRT.js (the npm package `@litertjs/core`, pinned in `web/package.json` and
 `web/package-lock.json`) under `vendor/`, and `site.json` naming them. Any static host serves it
 (e.g. `python -m http.server -d OUT/`).
 
@@ -38,10 +39,12 @@ from pneumocnn.core.metadata import (
     member_path,
     model_name,
 )
+from pneumocnn.data.pixels import MAX_DECODED_BYTES
+from pneumocnn.runtime.guard import DEFAULT_LIMITS
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_DIR = ROOT / "web"
-PAGE_FILES = ("index.html", "app.js", "preprocess.js", "style.css")
+PAGE_FILES = ("index.html", "app.js", "preprocess.js", "png16.js", "guard.js", "style.css")
 # How the tests and docs/screenshot.py drive Debian's headless Chromium: as root in a closed
 # network, so no sandbox, and no background calls home.
 CHROMIUM_ARGS = [
@@ -202,6 +205,10 @@ def build(output_dir: str | Path, model: str | Path | None = None, web_dir: Path
             "version": pins["version"],
             "wasm": "vendor/litertjs/wasm/",
         },
+        # The page keeps to the Python loader's decode budget, checked on the header before
+        # decoding, and to the guard's default limits where the metadata carries none.
+        "max_decoded_bytes": MAX_DECODED_BYTES,
+        "guard_limits": DEFAULT_LIMITS,
     }
     (output_dir / "site.json").write_text(json.dumps(site, indent=2) + "\n")
     return output_dir

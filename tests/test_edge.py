@@ -13,7 +13,12 @@ from helpers import REAL_DATA, requires_real_data
 from pneumocnn.core.locations import default_model_dir
 from pneumocnn.core.metadata import FP16_FILE, INT8_FILE, METADATA_FILE, model_files
 from pneumocnn.core.task import decide
-from pneumocnn.edge.embedded import minimum_parser_version, read_embedded_labels
+from pneumocnn.edge.embedded import (
+    GUARD_LABELS,
+    GUARD_LABELS_FILE,
+    minimum_parser_version,
+    read_embedded_labels,
+)
 from pneumocnn.edge.rgb import operating_scores, rgb_classifier
 from pneumocnn.network.model import load_model
 from pneumocnn.runtime.lite import LiteModel
@@ -235,3 +240,129 @@ def test_stock_mediapipe_classifier_on_the_subtype_model():
         f"pneumonia call {pneumonia:.2%}, three classes {three_class:.2%}"
     )
     assert pneumonia >= 0.97
+
+
+def _classify_both_heads(model_path, paths) -> list[dict[str, list[tuple[str, float]]]]:
+    """A stock MediaPipe ImageClassifier on each image, converted to RGB first (a grayscale
+    file makes a one-channel `mp.Image`, which the RGB model refuses): every classification
+    head by its name from the embedded metadata, categories best first."""
+    mp, BaseOptions, vision = _mediapipe()
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=str(model_path))
+    )
+    results = []
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for path in paths:
+            with Image.open(path) as image:
+                rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
+            results.append(
+                {
+                    head.head_name: [(c.category_name, c.score) for c in head.categories]
+                    for head in result.classifications
+                }
+            )
+    return results
+
+
+def test_rgb_variant_carries_the_guard_head_with_its_embedded_labels(exported_model):
+    content = (exported_model / RGB_FILE).read_bytes()
+    assert read_embedded_labels(content, GUARD_LABELS_FILE) == list(GUARD_LABELS)
+    rgb = LiteModel(exported_model / RGB_FILE)
+    outputs = rgb.interpreter.get_output_details()
+    assert [list(detail["shape"]) for detail in outputs] == [[1, 2], [1, 2]]
+    assert rgb.output["index"] == outputs[0]["index"]  # the operating scores stay first
+    metadata = json.loads((exported_model / METADATA_FILE).read_text())
+    head = metadata["edge"]["rgb_variant"]["guard_head"]
+    assert head["labels"] == list(GUARD_LABELS)
+    assert head["agreement_with_guard"]["images"] == metadata["training_data"]["val_images"]
+
+
+def test_stock_mediapipe_reads_the_guard_head_and_flags_what_the_guard_refuses(
+    exported_model, tmp_path
+):
+    """Issue "One answer in every client": a stock classifier labelled a black image, a white
+    image or a colour photograph as a chest film. The RGB variant's second output, read by a
+    stock MediaPipe ImageClassifier and named from the file, says they are not."""
+    rng = np.random.default_rng(4)
+    photo = Image.fromarray(rng.integers(0, 256, (6, 8, 3), np.uint8)).resize((320, 240))
+    paths = [
+        _save(Image.new("L", (200, 200), 0), tmp_path / "black.jpeg"),
+        _save(Image.new("RGB", (200, 200), (255, 255, 255)), tmp_path / "white.png"),
+        _save(photo, tmp_path / "photo.jpeg"),
+    ]
+    results = _classify_both_heads(exported_model / RGB_FILE, paths)
+    model = LiteModel(exported_model / INT8_FILE)
+    for path, heads in zip(paths, results, strict=True):
+        assert list(heads) == ["scores", "guard"], heads
+        assert heads["guard"][0][0] == GUARD_LABELS[1], (path.name, heads)
+        assert model.predict_file(path).verdict.status == "refused"
+
+
+def _save(image: Image.Image, path):
+    image.save(path)
+    return path
+
+
+def test_grafting_the_guard_head_leaves_the_operating_scores_bit_for_bit(exported_model, tmp_path):
+    """`add_guard_head` appends the head to a variant made without one: the first output is the
+    same to the bit, the second is the head's; a variant with a head already is refused."""
+    from pneumocnn.edge.guard_head import add_guard_head, convert_guard_head
+    from pneumocnn.edge.rgb import LUMA_WEIGHTS, rgb_variant
+    from pneumocnn.runtime import guard
+    from pneumocnn.runtime.lite import open_interpreter
+
+    metadata = json.loads((exported_model / METADATA_FILE).read_text())
+    calibration = guard.calibration_of(metadata)
+    rng = np.random.default_rng(5)
+    films = np.stack([synthetic_xray(rng, i % 2, (32, 32))[..., None] for i in range(8)])
+    plain = rgb_variant(
+        load_model(exported_model / "pneumocnn.keras"), metadata["threshold"], films, tmp_path
+    )
+    head = convert_guard_head(32, calibration, LUMA_WEIGHTS, tmp_path)
+    grafted = add_guard_head(plain, head)
+
+    def outputs(content):
+        path = tmp_path / "model.tflite"
+        path.write_bytes(content)
+        interpreter = open_interpreter(path)
+        rows = []
+        for film in np.repeat(films, 3, axis=-1).astype(np.float32):
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], film[None])
+            interpreter.invoke()
+            rows.append(
+                [interpreter.get_tensor(d["index"])[0] for d in interpreter.get_output_details()]
+            )
+        return rows
+
+    for before, after in zip(outputs(plain), outputs(grafted), strict=True):
+        assert len(before) == 1 and len(after) == 2
+        np.testing.assert_array_equal(before[0], after[0])
+        assert after[1].shape == (2,) and after[1].sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="guard head is there already"):
+        add_guard_head(grafted, head)
+
+
+@requires_real_data
+def test_stock_mediapipe_guard_head_agrees_with_the_python_guard_on_films_and_non_chest_images(
+    tmp_path,
+):
+    """The shipped binary RGB variant's guard head in a stock MediaPipe ImageClassifier (each
+    image handed over as RGB, as the README's snippet does) against `pneumocnn.predict`'s guard:
+    'unlike a chest film' exactly where Python refuses or flags an OOD score above 1, on at
+    least 99% of the development films and of the guard experiment's non-chest set."""
+    from test_web import _guard_experiment
+
+    _, rgb = _shipped("pneumocnn")
+    model = LiteModel(_shipped("pneumocnn")[0])
+    experiment = _guard_experiment()
+    others = experiment.write_images(experiment.non_chest_images(), tmp_path)
+    for kind, paths in (("development films", _development_films()), ("non-chest", others)):
+        heads = _classify_both_heads(rgb, paths)
+        same = 0
+        for path, result in zip(paths, heads, strict=True):
+            verdict = model.predict_file(path).verdict
+            caught = verdict.status == "refused" or (verdict.score or 0) > 1
+            same += (result["guard"][0][0] == GUARD_LABELS[1]) == caught
+        print(f"stock MediaPipe guard head vs Python on {len(paths)} {kind}: {same} the same")
+        assert same >= 0.99 * len(paths)

@@ -1,9 +1,12 @@
 // The pneumocnn page: runs the exported int8 model on this device with LiteRT.js (WebAssembly).
 // The film is decoded, preprocessed and classified in the browser; nothing is uploaded.
 // Everything the decision depends on (image size, classes, threshold, quantization, version,
-// warning) comes from the model's metadata file named in site.json, never from this code.
+// warning, the input guard's calibration) comes from the model's metadata file named in
+// site.json, never from this code; the guard's default limits and the decode budget come from
+// site.json, written from pneumocnn's own constants.
 
 import { loadAndCompile, loadLiteRt, Tensor } from "@litertjs/core";
+import { calibrationOf, judge, REFUSED } from "./guard.js";
 import { loadFilm } from "./preprocess.js";
 
 const status = document.getElementById("status");
@@ -85,7 +88,41 @@ function card(file) {
   return article;
 }
 
-function showResult(article, file, film, decision, timing, metadata, inputSha) {
+function guardNote(verdict) {
+  const note = document.createElement("p");
+  note.className = `guard ${verdict.status}`;
+  const score = verdict.score === null ? "" : ` (OOD score ${verdict.score.toFixed(2)})`;
+  note.textContent =
+    verdict.status === "ok"
+      ? `Input guard: like the training films${score}.`
+      : `Input guard: ${verdict.status}: ${verdict.reasons.join("; ")}`;
+  return note;
+}
+
+function guardData(verdict) {
+  return {
+    verdict: verdict.status,
+    reason: verdict.reasons.join("; "),
+    oodScore: verdict.score === null ? "" : String(verdict.score),
+  };
+}
+
+/** A refused film is not classified (as in pneumocnn.predict): the card says why. */
+function showRefused(article, file, film, verdict, inputSha) {
+  const text = document.createElement("div");
+  text.className = "text";
+  const name = document.createElement("h3");
+  name.textContent = "Not classified";
+  name.className = "refused";
+  const file_ = document.createElement("p");
+  file_.className = "file";
+  file_.textContent = `${file.name} (${film.width} x ${film.height} px)`;
+  text.append(name, file_, guardNote(verdict));
+  article.append(thumbnail(film.bitmap), text);
+  Object.assign(article.dataset, { label: "", ...guardData(verdict), inputSha256: inputSha });
+}
+
+function showResult(article, file, film, decision, timing, metadata, inputSha, verdict) {
   const positive = metadata.positive_class;
   const bar = document.createElement("div");
   bar.className = "bar";
@@ -117,9 +154,10 @@ function showResult(article, file, film, decision, timing, metadata, inputSha) {
   time.textContent =
     `${timing.total.toFixed(1)} ms on this device (decode and resize ` +
     `${timing.preprocess.toFixed(1)} ms, model ${timing.model.toFixed(1)} ms)`;
-  text.append(name, file_, numbers, bar, classes, time);
+  text.append(name, file_, numbers, bar, classes, guardNote(verdict), time);
   article.append(thumbnail(film.bitmap), text);
   Object.assign(article.dataset, {
+    ...guardData(verdict),
     label: decision.label,
     probability: String(decision.probability),
     totalMs: String(timing.total),
@@ -128,13 +166,19 @@ function showResult(article, file, film, decision, timing, metadata, inputSha) {
   });
 }
 
-async function classify(model, metadata, tensors, file) {
+async function classify(model, metadata, tensors, site, calibration, file) {
   const article = card(file);
   try {
     const start = performance.now();
-    const film = await loadFilm(file, metadata.image_size);
-    const ready = performance.now();
     const size = metadata.image_size;
+    const film = await loadFilm(file, size, site.max_decoded_bytes);
+    const verdict = judge(film, calibration, site.guard_limits, size);
+    if (verdict.status === REFUSED) {
+      showRefused(article, file, film, verdict, await sha256(film.input));
+      film.bitmap.close();
+      return;
+    }
+    const ready = performance.now();
     // The int8 model takes the uint8 pixels as they are; a float model the same values as float32.
     const pixels = tensors.input.dtype === "float32" ? Float32Array.from(film.input) : film.input;
     const input = new Tensor(pixels, [1, size, size, metadata.channels]);
@@ -145,12 +189,13 @@ async function classify(model, metadata, tensors, file) {
     const end = performance.now();
     const decision = decide(dequantize(raw, tensors.output), metadata);
     const timing = { total: end - start, preprocess: ready - start, model: end - ready };
-    showResult(article, file, film, decision, timing, metadata, await sha256(film.input));
+    const inputSha = await sha256(film.input);
+    showResult(article, file, film, decision, timing, metadata, inputSha, verdict);
     film.bitmap.close();
   } catch (error) {
     article.classList.add("failed");
     article.dataset.error = String(error);
-    article.textContent = `${file.name}: not a readable JPEG or PNG image (${error}).`;
+    article.textContent = `${file.name}: not classified: ${error.message ?? error}`;
   }
 }
 
@@ -169,13 +214,14 @@ async function main() {
   await loadLiteRt(site.litert.wasm);
   const model = await loadAndCompile(site.model, { accelerator: "wasm" });
   const tensors = checkContract(model, metadata, modelFile);
+  const calibration = calibrationOf(metadata.guard);
   status.textContent = "Ready. Choose or drop chest X-ray films (JPEG or PNG).";
   document.body.dataset.state = "ready";
   picker.disabled = false;
 
   let queue = Promise.resolve();
   const run = (files) => {
-    for (const file of files) queue = queue.then(() => classify(model, metadata, tensors, file));
+    for (const file of files) queue = queue.then(() => classify(model, metadata, tensors, site, calibration, file));
     queue = queue.then(() => {
       document.body.dataset.done = String(results.querySelectorAll(".result").length);
     });

@@ -304,18 +304,33 @@ def guard(metadata: dict[str, Any]) -> list[str]:
         ]
     else:
         lines += [f"Out-of-distribution score: {NOT_MEASURED} (refusal checks only).", ""]
-    head = (metadata.get("edge") or {}).get("rgb_variant", {}).get("guard_head")
-    lines += [
-        "Clients that run it: `python -m pneumocnn.predict`, `explain`, the app and "
-        "`LiteModel.predict_file` (Python)"
-        + (
-            "; stock image classifiers read its verdict from the RGB variant's second head."
-            if head
-            else "; a stock image classifier on the RGB variant does not (it labels any image)."
-        ),
-        "",
-    ]
-    return lines
+    return lines + _guard_clients(metadata)
+
+
+def _guard_clients(metadata: dict[str, Any]) -> list[str]:
+    """Where the guard runs: every client of the family, and what a stock classifier misses."""
+    rgb = (metadata.get("edge") or {}).get("rgb_variant", {})
+    head = rgb.get("guard_head")
+    text = (
+        "Where it runs: `pneumocnn.predict`, `explain`, the app and `LiteModel` (Python), and "
+        "the web page (the same checks in JavaScript, `web/guard.js`, reading this metadata)."
+    )
+    if head:
+        record = head.get("agreement_with_guard", {})
+        text += (
+            f" A stock image classifier gets it from `{rgb.get('file')}` itself: its second "
+            f"output names '{head['labels'][1]}' for an out-of-distribution, near-constant or "
+            "strongly coloured input (it sees the image as the client resized it, so a tiny or "
+            "strip-shaped image is caught only when it also looks unlike a film); it says what "
+            f"the Python guard says on {percent(record.get('agreement'))} of the "
+            f"{number(record.get('images'))} {record.get('films', 'validation')} films."
+        )
+    elif rgb:
+        text += (
+            f" Not in a stock image classifier: `{rgb.get('file')}` has no guard head (exported "
+            "before it); such a client must run the checks itself."
+        )
+    return [text, ""]
 
 
 def integration(metadata: dict[str, Any]) -> list[str]:

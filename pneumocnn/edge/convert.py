@@ -117,14 +117,19 @@ def convert(
     return converter.convert()
 
 
+def convert_float32(saved_model: Path) -> bytes:
+    """Converts a SavedModel to a float32 TFLite flatbuffer, no quantization at all (for the
+    RGB variant's float guard head, `pneumocnn.edge.guard_head`)."""
+
+    return tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert()
+
+
 def _layer_tensors(saved_model: Path, layers: Sequence[str]) -> list[str]:
     """The TFLite tensor names of Keras layers' ops (and of the model's output, which the last
     op writes under the signature's name), read from a float conversion of the same
     SavedModel: the names selective quantization takes."""
 
-    interpreter = tf.lite.Interpreter(
-        model_content=tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert()
-    )
+    interpreter = tf.lite.Interpreter(model_content=convert_float32(saved_model))
     names = [tensor["name"] for tensor in interpreter.get_tensor_details()]
     found = []
     for layer in layers:

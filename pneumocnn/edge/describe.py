@@ -25,7 +25,6 @@ from pneumocnn.edge.embedded import WARNING
 from pneumocnn.edge.family import MODEL_ROLES
 from pneumocnn.evaluation.metrics import compute_metrics, headline
 from pneumocnn.evaluation.stability import pixel_noise_sensitivity
-from pneumocnn.runtime import guard
 from pneumocnn.runtime.lite import LiteModel
 
 if TYPE_CHECKING:
@@ -105,10 +104,12 @@ def describe(
     parity: dict[str, Any],
     int8_probabilities: np.ndarray,
     rgb_parity: dict[str, Any],
+    guard_head: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Step 6: completes the metadata: tensors, output contract, training data, validation
     metrics of the int8 and float models, the parity figures, the int8 model's stability under
-    one grey level of pixel noise, the edge variants, the warning, training facts and the
+    one grey level of pixel noise, the edge variants (with the RGB variant's guard head, see
+    `pneumocnn.edge.parity.guard_head_agreement`), the warning, training facts and the
     config."""
 
     config, source, val = prepared.config, prepared.source, prepared.val
@@ -155,7 +156,7 @@ def describe(
             "what": "change of the int8 model's P(pneumonia) when every pixel moves by -1, 0 "
             "or +1 grey level (another JPEG decoder or resizer does about that)",
         },
-        "guard": guard.fit(prepared.guard_films, val.images).to_dict(),
+        "guard": prepared.guard.to_dict(),
         "warning": WARNING,
         "edge": {
             "batch_size": BATCH_SIZE,
@@ -167,6 +168,7 @@ def describe(
                 "decision at the threshold. For stock image classifiers (MediaPipe Tasks, "
                 "Android).",
                 "parity_with_int8": rgb_parity,
+                **({"guard_head": guard_head} if guard_head else {}),
             },
         },
         "training": {

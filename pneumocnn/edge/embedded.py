@@ -21,6 +21,11 @@ LICENSE = (
     "Apache-2.0 (model and code). Trained on the Kaggle 'Chest X-Ray Images (Pneumonia)' data "
     "(Kermany et al., 2018), CC BY 4.0."
 )
+# The RGB variant's second output, the guard head (`pneumocnn.edge.guard_head.guard_head_op`): its
+# two classes, the second scoring above 0.5 exactly where the input is unlike the training films
+# (OOD score above 1) or fails a refusal check the head can see; and their labels file.
+GUARD_LABELS = ("like a chest film", "unlike a chest film")
+GUARD_LABELS_FILE = "guard_labels.txt"
 WARNING = (
     "Research tool for paediatric chest X-rays (children aged one to five, frontal films). "
     "It is not a medical device and does not give a diagnosis: a clinician must read every film."
@@ -126,6 +131,7 @@ def embed_metadata(
     input_description: str,
     channels: int,
     version: str = __version__,
+    guard_labels: list[str] | None = None,
 ) -> bytes:
     """Embeds TFLite metadata in a classifier `.tflite`, so stock clients can name its classes.
 
@@ -143,6 +149,9 @@ def embed_metadata(
         input_description: what to feed it.
         channels: 1 (grayscale) or 3 (RGB).
         version: the model's version. Defaults to the package version.
+        guard_labels: the labels of a second output, the RGB variant's guard head (see
+            `pneumocnn.edge.guard_head.guard_head_op`), packed as `GUARD_LABELS_FILE`. Defaults to
+            `None`: one output.
 
     Returns:
         The `.tflite` flatbuffer with the metadata and the labels file packed in.
@@ -168,6 +177,17 @@ def embed_metadata(
         name="scores",
         description="One score per class, in the order of the labels file.",
     )
+    if guard_labels:
+        writer.add_classification_output(
+            metadata_writer.Labels().add(list(guard_labels), exported_filename=GUARD_LABELS_FILE),
+            name="guard",
+            description=(
+                "The input guard: whether the image is like the training films (its "
+                "out-of-distribution score on the model's input, and the refusal checks the "
+                "model's input allows). Read the label only when it says "
+                f"'{guard_labels[0]}'."
+            ),
+        )
     content, _ = writer.populate()
     del writer  # its __del__ removes a temporary folder; at interpreter exit it would fail
     return bytes(content)
@@ -184,10 +204,19 @@ def without_packed_files(model: bytes) -> bytes:
         return model[: min(info.header_offset for info in archive.infolist())]
 
 
-def read_embedded_labels(model: bytes) -> list[str]:
-    """The labels packed in a `.tflite` by `embed_metadata` (for tests and checks)."""
+def read_embedded_labels(model: bytes, name: str = "labels.txt") -> list[str]:
+    """The labels packed in a `.tflite` by `embed_metadata` (for tests and checks), one a line;
+    `name` picks the file (`GUARD_LABELS_FILE` for the guard head's)."""
     with zipfile.ZipFile(io.BytesIO(model)) as archive:
-        return archive.read("labels.txt").decode().split()
+        return archive.read(name).decode().splitlines()
+
+
+def output_count(model: bytes) -> int:
+    """The number of output tensors of a `.tflite` (its first subgraph)."""
+    _mediapipe_metadata_writer()  # writer_utils imports what the writer's module does
+    from mediapipe.tasks.python.metadata.metadata_writers import writer_utils
+
+    return len(writer_utils.get_output_tensor_names(bytearray(without_packed_files(model))))
 
 
 def read_embedded_metadata(model: bytes) -> dict[str, Any] | None:
@@ -208,7 +237,8 @@ def embed_pneumocnn_metadata(model: bytes, metadata: dict[str, Any], channels: i
 
     A grayscale model's output is pneumocnn's own (binary: one unit, P(positive class), so its
     labels file names that class alone; subtype: the softmax over the classes). An rgb variant's
-    output is one operating score per class (see `rgb_classifier`).
+    output is one operating score per class (see `rgb_classifier`), and a second output, when it
+    has one, is its guard head (`pneumocnn.edge.rgb.GUARD_LABELS`).
 
     Args:
         model: the `.tflite` flatbuffer.
@@ -248,4 +278,14 @@ def embed_pneumocnn_metadata(model: bytes, metadata: dict[str, Any], channels: i
         f"pneumocnn: a small CNN telling {classes} on paediatric chest X-rays. Output: {output} "
         f"{WARNING}"
     )
-    return embed_metadata(model, labels, metadata["name"], description, image, channels)
+    guard_labels = None
+    if channels == 3 and output_count(model) > 1:
+        guard_labels = list(GUARD_LABELS)
+        description += (
+            f" A second output, the input guard, says '{GUARD_LABELS[1]}' for an image unlike "
+            "the training films (out-of-distribution, blank or coloured): do not trust the "
+            "label then."
+        )
+    return embed_metadata(
+        model, labels, metadata["name"], description, image, channels, guard_labels=guard_labels
+    )

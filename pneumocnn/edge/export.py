@@ -12,7 +12,8 @@ batch of 1 and embedded TFLite metadata (see `pneumocnn.edge.embedded`).
 `export` is a list of named steps: `prepare` (the run, its validation split, the float model,
 the threshold and the training films), `convert_family` (int8, float16, RGB int8, `.keras`,
 labels), `open_family` (the new files, opened once), `check_int8` (parity), `check_rgb` (the RGB
-variant's parity), `describe` (the metadata) and `write_family` (rename into place). Nothing is
+variant's parity), `check_guard_head` (its guard head against the input guard, recorded),
+`describe` (the metadata) and `write_family` (rename into place). Nothing is
 written unless every check passes: the files are made in the family's scratch folder (see
 `pneumocnn.edge.family.claim_family`, which also refuses a second export or calibration of the
 family while one runs), and moved into place after a commit point, metadata last, then the run's
@@ -43,7 +44,8 @@ from pneumocnn.edge.describe import describe, file_metadata
 from pneumocnn.edge.embedded import embed_pneumocnn_metadata
 from pneumocnn.edge.equalize import equalize_activations
 from pneumocnn.edge.family import PROVISIONAL, claim_family, remove_stale_scratch, write_family
-from pneumocnn.edge.parity import check_parity, rgb_parity
+from pneumocnn.edge.guard_head import guard_head_record
+from pneumocnn.edge.parity import check_parity, guard_head_agreement, rgb_parity
 from pneumocnn.edge.prepare import prepare, run_source
 from pneumocnn.edge.rgb import rgb_variant
 from pneumocnn.runtime.lite import LiteModel
@@ -97,7 +99,7 @@ def convert_family(
     fp16 = convert(saved_model, None)
     (scratch / files["fp16"]).write_bytes(embed_pneumocnn_metadata(fp16, card, channels=1))
     logger.info("Converting the RGB variant to int8")
-    rgb = rgb_variant(model, prepared.threshold, calibration, scratch)
+    rgb = rgb_variant(model, prepared.threshold, calibration, scratch, guard=prepared.guard)
     (scratch / files["rgb_int8"]).write_bytes(embed_pneumocnn_metadata(rgb, card, channels=3))
     # Saved uncompiled: loading it needs plain Keras only, not pneumocnn's training metrics.
     prepared.keras_model.save(scratch / files["keras"])
@@ -159,6 +161,15 @@ def check_rgb(
         list(prepared.source.class_names),
         require_parity,
     )
+
+
+def check_guard_head(prepared: Prepared, rgb: LiteModel) -> dict[str, Any] | None:
+    """Step 5b: the RGB variant's guard head against the input guard on the validation films
+    (see `pneumocnn.edge.parity.guard_head_agreement`), for the record; `None` for a variant
+    without one."""
+    if len(rgb.interpreter.get_output_details()) < 2:
+        return None
+    return guard_head_record(guard_head_agreement(rgb, prepared.val.images, prepared.guard))
 
 
 def export(
@@ -250,8 +261,11 @@ def _make_family(
     models = open_family(scratch, files)
     parity, int8_probabilities = check_int8(prepared, models["int8"], require_parity)
     rgb_parity = check_rgb(prepared, models["rgb_int8"], int8_probabilities, require_parity)
+    guard_head = check_guard_head(prepared, models["rgb_int8"])
     (scratch / PROVISIONAL).unlink()
-    return describe(prepared, models, files, metadata, parity, int8_probabilities, rgb_parity)
+    return describe(
+        prepared, models, files, metadata, parity, int8_probabilities, rgb_parity, guard_head
+    )
 
 
 def _records(prepared: Prepared, scratch: Path) -> tuple[tuple[str, Path], ...]:

@@ -2,7 +2,8 @@
 
 `check_parity`: the int8 model's decisions agree with the float model's on at least 99% of
 validation films, and its ROC AUC is within 0.005. `rgb_parity`: the RGB variant names the int8
-model's class on every film.
+model's class on every film. `guard_head_agreement`: the RGB variant's guard head against
+`pneumocnn.runtime.guard` on the same model inputs.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from pneumocnn.core.task import Task, class_probabilities, decide, pneumonia_pro
 if TYPE_CHECKING:
     import numpy as np
 
+    from pneumocnn.runtime.guard import GuardCalibration
     from pneumocnn.runtime.lite import LiteModel
 import numpy as np
 
 from pneumocnn.edge.rgb import operating_scores
 from pneumocnn.evaluation.metrics import parity as measure_parity
+from pneumocnn.runtime.guard import DEFAULT_LIMITS
 
 logger = logging.getLogger(__name__)
 
@@ -178,3 +181,41 @@ def rgb_parity(
             f"{RGB_SCORE_TOLERANCE:g}). Nothing was written."
         )
     return parity
+
+
+def guard_head_agreement(
+    rgb: LiteModel, images: np.ndarray, calibration: GuardCalibration, films: str = "validation"
+) -> dict[str, Any]:
+    """How often the RGB variant's guard head (its second output, see
+    `pneumocnn.edge.guard_head.guard_head_op`) says what `pneumocnn.runtime.guard` says on the same
+    model inputs: unlike a chest film where the OOD score is above 1 or the input is
+    near-constant (the head's other check, colourfulness, is 0 on gray films).
+
+    Args:
+        rgb: the RGB variant, with a guard head.
+        images: raw 0-255 grayscale model inputs `(n, H, W, 1)`; fed as gray RGB.
+        calibration: the guard's calibration the head was made from.
+        films: what the films are, for the record. Defaults to "validation".
+
+    Returns:
+        `{"films", "images", "agreement", "flagged_by_head", "flagged_by_python"}`.
+    """
+    interpreter, head = rgb.interpreter, rgb.interpreter.get_output_details()[1]["index"]
+    flagged = []
+    for image in np.repeat(images, 3, axis=-1).astype(np.float32):
+        interpreter.set_tensor(rgb.input["index"], image[np.newaxis])
+        interpreter.invoke()
+        flagged.append(int(np.argmax(interpreter.get_tensor(head)[0])) == 1)
+    limits = {**DEFAULT_LIMITS, **(calibration.limits or {})}
+    spreads = images.reshape(len(images), -1).astype(np.float64).std(axis=1)
+    expected = (calibration.scores(images) > 1.0) | (spreads < limits["min_std"])
+    flagged = np.asarray(flagged)
+    record = {
+        "films": films,
+        "images": len(images),
+        "agreement": round(float(np.mean(flagged == expected)), 4),
+        "flagged_by_head": int(flagged.sum()),
+        "flagged_by_python": int(expected.sum()),
+    }
+    logger.info("RGB variant's guard head against the input guard on %s films: %s", films, record)
+    return record

@@ -26,6 +26,7 @@ from pneumocnn.data.split import load_split, training_samples
 from pneumocnn.edge.convert import pin_input_range
 from pneumocnn.evaluation.scoring import choose_threshold
 from pneumocnn.network.model import load_model
+from pneumocnn.runtime import guard
 from pneumocnn.runtime.runners import keras_probabilities
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from pneumocnn.core.config import Config
     from pneumocnn.core.run_folder import Source
     from pneumocnn.data.split import LoadedSplit
+    from pneumocnn.runtime.guard import GuardCalibration
 
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,9 @@ class Prepared:
         calibration: the training films that calibrate the int8 ranges (see
             `pneumocnn.edge.convert.pin_input_range`).
         guard_films: the training films the input guard is fitted on.
+        guard: the input guard's calibration, fitted on `guard_films` with its threshold on
+            `val` (see `pneumocnn.runtime.guard.fit`): the metadata's `guard` entry and the RGB
+            variant's guard head.
     """
 
     source: Source
@@ -76,6 +81,7 @@ class Prepared:
     summary: dict[str, Any]
     calibration: np.ndarray
     guard_films: np.ndarray
+    guard: GuardCalibration
 
     @property
     def config(self) -> Config:
@@ -141,4 +147,5 @@ def prepare(
         summary,
         pin_input_range(films["calibration"]),
         films["guard"],
+        guard.fit(films["guard"], val.images),
     )

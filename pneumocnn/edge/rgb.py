@@ -5,12 +5,15 @@ A stock image classifier feeds three channels and names the class with the highe
 rounds) as the first layers, then the trained network, then a head whose per-class scores put
 the decision threshold where argmax puts it (`operating_scores` is the same rule in numpy). The
 luma and the head run in float32 and the network in int8, quantized as the grayscale model is: on
-the same pixels, the variant makes the grayscale int8 model's call exactly.
+the same pixels, the variant makes the grayscale int8 model's call exactly. With the model's
+input-guard calibration, the variant gets a second output, the guard head
+(`pneumocnn.edge.guard_head`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -20,6 +23,10 @@ from tensorflow.lite.tools import flatbuffer_utils
 from pneumocnn.core.task import class_probabilities, pneumonia_probability
 from pneumocnn.edge.convert import BATCH_SIZE, convert, fixed_batch_saved_model
 from pneumocnn.edge.embedded import without_packed_files
+from pneumocnn.edge.guard_head import add_guard_head, convert_guard_head, has_guard_head
+
+if TYPE_CHECKING:
+    from pneumocnn.runtime.guard import GuardCalibration
 
 # Pillow's "L" conversion of RGB, exactly: `L = (19595 R + 38470 G + 7471 B + 32768) >> 16`.
 # These weights are that fixed-point rule's own (sixteenths of a 65536th are exact in float32, and
@@ -168,7 +175,13 @@ def retarget_rgb_variant(model: bytes, threshold: float, new_threshold: float) -
     return bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
 
 
-def rgb_variant(keras_model, threshold: float, calibration: np.ndarray, folder: Path) -> bytes:
+def rgb_variant(
+    keras_model,
+    threshold: float,
+    calibration: np.ndarray,
+    folder: Path,
+    guard: GuardCalibration | None = None,
+) -> bytes:
     """Converts `rgb_classifier` to int8 with its head in float32 (float32 RGB in, raw 0-255
     pixels; float32 scores out).
 
@@ -186,6 +199,9 @@ def rgb_variant(keras_model, threshold: float, calibration: np.ndarray, folder: 
         calibration: the grayscale calibration images `(n, H, W, 1)`, raw 0-255; repeated to
             three channels.
         folder: a scratch folder for the SavedModel.
+        guard: the model's input-guard calibration: the variant then gets the guard head as its
+            second output (`pneumocnn.edge.guard_head.add_guard_head`; the first output is the
+            same either way). Defaults to `None`: no guard head.
 
     Returns:
         The `.tflite` flatbuffer (without TFLite metadata).
@@ -193,8 +209,12 @@ def rgb_variant(keras_model, threshold: float, calibration: np.ndarray, folder: 
     saved_model = fixed_batch_saved_model(
         rgb_classifier(keras_model, threshold), Path(folder) / "rgb_saved_model"
     )
-    return convert(
+    variant = convert(
         saved_model,
         np.repeat(calibration, 3, axis=-1),
         float_layers=(LUMA_LAYER, GRAY_LAYER, HEAD_LAYER),
     )
+    side = int(keras_model.input_shape[1])
+    if not has_guard_head(side, guard):
+        return variant
+    return add_guard_head(variant, convert_guard_head(side, guard, LUMA_WEIGHTS, folder))

@@ -1,7 +1,10 @@
 """The input guard: is this a chest film like the ones the model learnt from?
 
-It runs wherever the model runs (`predict`, the app, `LiteModel` on an edge device), with numpy
-and Pillow only, before the label is trusted. Two stages:
+It runs in every client of the model, before the label is trusted: here in Python (`predict`,
+the app, `LiteModel` on an edge device; numpy and Pillow only), in the web page (`web/guard.js`,
+the same checks and score, reading the same metadata), and inside the RGB variant for stock
+image classifiers (its second output, `pneumocnn.edge.guard_head`: the score and the checks
+that the model's input allows; not the size and aspect-ratio ones). Two stages:
 
 1. **Refusal** of clearly invalid inputs, from the decoded image alone (see `refusal`): too
    small, an extreme aspect ratio, near-constant (a blank, black or white image), or strongly
@@ -17,7 +20,7 @@ and Pillow only, before the label is trusted. Two stages:
    carries it; a model without one gets the refusal checks only.
 
 A distance on the image rather than in the network's feature space keeps the int8 `.tflite`
-unchanged (it has one output) and costs microseconds.
+unchanged (it has one output), costs microseconds, and is small enough arithmetic to port.
 
 Example:
 
