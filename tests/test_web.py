@@ -31,8 +31,9 @@ from pneumocnn import web
 from pneumocnn.core.locations import default_model
 from pneumocnn.core.metadata import FP16_FILE, INT8_FILE, METADATA_FILE, SUBTYPE_FILES
 from pneumocnn.data.images import load_image, to_grayscale, to_model_input
+from pneumocnn.data.pixels import MAX_DECODED_BYTES
 from pneumocnn.runtime.lite import LiteModel
-from pneumocnn.testing import synthetic_xray
+from pneumocnn.testing import png_claiming, synthetic_xray
 
 PROBABILITY_TOLERANCE = 1 / 256 + 1e-6
 FILMS_PER_CLASS = 20  # development-half films per class through the browser
@@ -357,9 +358,6 @@ def test_page_refuses_an_image_past_the_decode_budget_before_decoding_it(site, t
     """Issue "One answer in every client": a 12000 x 12000 PNG was decoded with no budget
     (about 2.8 GB across Chromium's processes). Its header is read first and it is refused with
     the Python loader's limit (`pneumocnn.data.pixels.MAX_DECODED_BYTES`)."""
-    from pneumocnn.testing import png_claiming
-    from pneumocnn.data.pixels import MAX_DECODED_BYTES
-
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_claiming(12000, 12000))
     good = _film(tmp_path / "good.png", 1)
