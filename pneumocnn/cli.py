@@ -1,4 +1,4 @@
-"""The skeleton every command shares: logging, error-to-exit-code mapping, input expansion.
+"""The skeleton every command shares: logging and the error-to-exit-code mapping.
 
 Each command (`train`, `evaluate`, `export`, `adapt`, `predict`, `explain`, `web`) builds its
 `argparse` parser without importing TensorFlow (so `--help` is instant and quiet), then hands its
@@ -14,8 +14,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from pneumocnn.core.commit import WRITE_FAULTS
@@ -23,7 +22,6 @@ from pneumocnn.core.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
     CannotWriteError,
-    NoInputsError,
     OutputClosedError,
     exit_code_of,
 )
@@ -170,57 +168,3 @@ def run(
         return code
     finally:
         sys.stdout = stdout
-
-
-def collect_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """The image files of `inputs`: each file as given, and each image file inside each folder
-    (sorted, recursive; see `pneumocnn.data.scan.scan_folder`, which never opens or blocks on an
-    entry). Every entry a folder walk leaves out is logged with its reason.
-
-    Returns:
-        `(files, refused)`: the files, and `(path, reason)` for each entry that is an input gone
-        wrong (an unreadable folder, a dangling link or link loop, a FIFO or device named like
-        an image, a name that is not UTF-8), which a command reports as a failure (exit code
-        1). Paths are as they are: escape them to print them.
-    """
-    from pneumocnn.data.scan import scan_folder
-
-    files: list[Path] = []
-    refused: list[tuple[str, str]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            scan = scan_folder(path)
-            scan.log_skipped(logging.getLogger(__name__))
-            files += [Path(name) for name in scan.files]
-            refused += scan.refused
-        else:  # a file named by the user: the loader says what is wrong with it, if anything
-            files.append(path)
-    return files, refused
-
-
-def expand_inputs(inputs: list[str | Path]) -> Iterator[Path]:
-    """Yields the image files of `inputs` (see `collect_inputs`)."""
-    yield from collect_inputs(inputs)[0]
-
-
-def require_inputs(inputs: list[str | Path]) -> list[Path]:
-    """The image files of `inputs` (see `collect_inputs`).
-
-    Raises:
-        NoInputsError: if there is none.
-    """
-    files, refused = collect_inputs(inputs)
-    if not files:
-        raise NoInputsError(
-            "No JPEG, PNG or DICOM images found"
-            + (
-                f" ({len(refused)} entries refused, e.g. {display_name(refused[0][0])}: "
-                f"{refused[0][1]})"
-                if refused
-                else ""
-            )
-            + f". Received: inputs={[display_name(i) for i in inputs]}. Pass image files, or "
-            "folders that hold .jpeg, .jpg, .png or .dcm files."
-        )
-    return files

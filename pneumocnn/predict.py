@@ -38,6 +38,7 @@ from pneumocnn.core.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
 from pneumocnn.core.files import csv_path, quoted_name, spreadsheet_cell
 from pneumocnn.core.locations import default_model
 from pneumocnn.core.metadata import INT8_FILE, THRESHOLD_MARGIN, is_usable_threshold
+from pneumocnn.data.scan import collect_inputs, require_inputs
 from pneumocnn.runtime.prediction import ROW_DECIMALS, decimals_to_show
 
 FORMATS = ("table", "json", "csv")
@@ -170,9 +171,9 @@ def _command(args: argparse.Namespace) -> int:
             f"{args.format}. Pass one of them."
         )
     classifier = open_model(args.model)
-    files, refused = cli.collect_inputs(args.inputs)
+    files, refused = collect_inputs(args.inputs)
     if not files and not refused:
-        cli.require_inputs(args.inputs)  # raises NoInputsError, naming the inputs
+        require_inputs(args.inputs)  # raises NoInputsError, naming the inputs
     source = "command line" if args.threshold is not None else "model"
     threshold = classifier.threshold if args.threshold is None else args.threshold
     writer = None

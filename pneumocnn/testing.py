@@ -16,7 +16,9 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -209,3 +211,10 @@ def png_claiming(width: int, height: int, depth: int = 8, colour: int = 0) -> by
         + chunk(b"IDAT", zlib.compress(b"\0" * 16))
         + chunk(b"IEND", b"")
     )
+
+
+def read_embedded_labels(model: bytes, name: str = "labels.txt") -> list[str]:
+    """The labels packed in a `.tflite` by `pneumocnn.edge.embedded.embed_metadata`, one a line;
+    `name` picks the file (`GUARD_LABELS_FILE` for the guard head's)."""
+    with zipfile.ZipFile(io.BytesIO(model)) as archive:
+        return archive.read(name).decode().splitlines()

@@ -17,12 +17,11 @@ from pneumocnn.edge.embedded import (
     GUARD_LABELS,
     GUARD_LABELS_FILE,
     minimum_parser_version,
-    read_embedded_labels,
 )
 from pneumocnn.edge.rgb import operating_scores, rgb_classifier
 from pneumocnn.network.model import load_model
 from pneumocnn.runtime.lite import LiteModel
-from pneumocnn.testing import synthetic_xray, write_image
+from pneumocnn.testing import read_embedded_labels, synthetic_xray, write_image
 
 RGB_FILE = model_files("pneumocnn")["rgb_int8"]
 # Films whose int8 probability lies this close to the threshold may flip between two int8

@@ -159,9 +159,10 @@ def test_site_calibration_of_an_exported_model_keeps_its_whole_family_consistent
 
     from pneumocnn.core.metadata import METADATA_FILE, load_metadata, model_files
     from pneumocnn.core.task import class_probabilities, decide
-    from pneumocnn.edge.embedded import read_embedded_labels, read_embedded_metadata
+    from pneumocnn.edge.embedded import read_embedded_metadata
     from pneumocnn.edge.rgb import operating_scores
     from pneumocnn.runtime.lite import LiteModel
+    from pneumocnn.testing import read_embedded_labels
 
     folder = _exported_copy(exported_model, tmp_path)
     files = model_files("pneumocnn")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn.cli import require_inputs
 from pneumocnn.core.metadata import sha256_of, write_json_atomically
 from pneumocnn.data.images import load_images
+from pneumocnn.data.scan import require_inputs
 from pneumocnn.edge.embedded import embed_pneumocnn_metadata
 from pneumocnn.edge.family import read_family, write_family
 from pneumocnn.edge.guard_head import add_guard_head, convert_guard_head, guard_head_record

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumocnn.cli import require_inputs
 from pneumocnn.core.locations import default_model
 from pneumocnn.core.task import decide, pneumonia_probability
 from pneumocnn.data.images import load_image, read_grayscale, to_model_input
+from pneumocnn.data.scan import require_inputs
 from pneumocnn.evaluation.stability import grey_level_noise
 from pneumocnn.runtime.runners import open_model
 

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from pneumocnn.cli import require_inputs
 from pneumocnn.core.locations import default_model
 from pneumocnn.core.metadata import find_metadata, load_metadata, write_json_atomically
 from pneumocnn.data.images import read_grayscale, to_model_input
+from pneumocnn.data.scan import require_inputs
 from pneumocnn.runtime import guard
 from pneumocnn.testing import synthetic_xray
 

@@ -24,10 +24,10 @@ import sys
 
 import numpy as np
 
-from pneumocnn.cli import require_inputs
 from pneumocnn.core.locations import default_model
 from pneumocnn.core.task import decide, pneumonia_probability
 from pneumocnn.data.images import load_images
+from pneumocnn.data.scan import require_inputs
 from pneumocnn.evaluation.stability import grey_level_noise
 from pneumocnn.runtime.runners import open_model
 

@@ -34,8 +34,8 @@ STABILITY = STUDY / "stability"
 @functools.cache
 def development_half(data_dir: Path, image_size: int):
     """The development half's films at `image_size`, decoded once per size."""
-    from pneumocnn.cli import require_inputs
     from pneumocnn.data.images import load_images
+    from pneumocnn.data.scan import require_inputs
 
     files = [str(path) for path in require_inputs([data_dir / "test"])]
     images, _, skipped = load_images(files, image_size)

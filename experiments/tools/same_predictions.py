@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumocnn.cli import require_inputs
 from pneumocnn.core.locations import default_model_dir
 from pneumocnn.core.metadata import DEFAULT_NAMES, model_files
 from pneumocnn.core.task import decide, pneumonia_probability
 from pneumocnn.data.images import load_images
+from pneumocnn.data.scan import require_inputs
 from pneumocnn.runtime.runners import open_model
 
 ROLES = ("int8", "fp16", "keras")

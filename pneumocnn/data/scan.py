@@ -1,7 +1,8 @@
 """Walking a folder of films: which entries are images, and why the others were left out.
 
 `scan_folder` never opens or blocks on an entry (FIFOs, devices, link loops are refused by their
-type), so a hostile folder cannot hang it.
+type), so a hostile folder cannot hang it. `collect_inputs` and `require_inputs` turn a
+command's arguments (files and folders) into the image files to read.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import stat
 from pathlib import Path
 
+from pneumocnn.core.errors import NoInputsError
 from pneumocnn.core.files import display_name, is_utf8_name
 from pneumocnn.data.images import is_image_file
 
@@ -128,3 +130,50 @@ def scan_folder(folder: str | Path, ignored_dirs: frozenset[str] = frozenset()) 
             else:
                 files.append(path)
     return FolderScan(sorted(files), sorted(skipped))
+
+
+def collect_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files of `inputs`: each file as given, and each image file inside each folder
+    (sorted, recursive; see `pneumocnn.data.scan.scan_folder`, which never opens or blocks on an
+    entry). Every entry a folder walk leaves out is logged with its reason.
+
+    Returns:
+        `(files, refused)`: the files, and `(path, reason)` for each entry that is an input gone
+        wrong (an unreadable folder, a dangling link or link loop, a FIFO or device named like
+        an image, a name that is not UTF-8), which a command reports as a failure (exit code
+        1). Paths are as they are: escape them to print them.
+    """
+    files: list[Path] = []
+    refused: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            scan = scan_folder(path)
+            scan.log_skipped(logging.getLogger(__name__))
+            files += [Path(name) for name in scan.files]
+            refused += scan.refused
+        else:  # a file named by the user: the loader says what is wrong with it, if anything
+            files.append(path)
+    return files, refused
+
+
+def require_inputs(inputs: list[str | Path]) -> list[Path]:
+    """The image files of `inputs` (see `collect_inputs`).
+
+    Raises:
+        NoInputsError: if there is none.
+    """
+    files, refused = collect_inputs(inputs)
+    if not files:
+        raise NoInputsError(
+            "No JPEG, PNG or DICOM images found"
+            + (
+                f" ({len(refused)} entries refused, e.g. {display_name(refused[0][0])}: "
+                f"{refused[0][1]})"
+                if refused
+                else ""
+            )
+            + f". Received: inputs={[display_name(i) for i in inputs]}. Pass image files, or "
+            "folders that hold .jpeg, .jpg, .png or .dcm files."
+        )
+    return files

@@ -204,13 +204,6 @@ def without_packed_files(model: bytes) -> bytes:
         return model[: min(info.header_offset for info in archive.infolist())]
 
 
-def read_embedded_labels(model: bytes, name: str = "labels.txt") -> list[str]:
-    """The labels packed in a `.tflite` by `embed_metadata` (for tests and checks), one a line;
-    `name` picks the file (`GUARD_LABELS_FILE` for the guard head's)."""
-    with zipfile.ZipFile(io.BytesIO(model)) as archive:
-        return archive.read(name).decode().splitlines()
-
-
 def output_count(model: bytes) -> int:
     """The number of output tensors of a `.tflite` (its first subgraph)."""
     _mediapipe_metadata_writer()  # writer_utils imports what the writer's module does
