@@ -1,8 +1,8 @@
 """Tables of the adaptation study, made from its saved results only (`results/*.json`).
 
 For each row: the out-of-fold figures of each seed (ROC AUC; specificity at the first ROC point
-reaching 96% sensitivity; and sensitivity and specificity at the threshold the command would
-choose, the Neyman-Pearson bound for 96% sensitivity with confidence 0.95), their mean and
+reaching 96% sensitivity; and accuracy, sensitivity and specificity at the threshold the command
+would choose, the Neyman-Pearson bound for 96% sensitivity with confidence 0.95), their mean and
 spread over seeds, and 95% intervals of the seed mean from 1,000 patient-bootstrap resamples.
 Then how often each threshold rule holds 96% sensitivity on new patients: in 200 random halvings
 of the patients, the threshold chosen on one half's out-of-fold scores, the sensitivity measured
@@ -33,7 +33,7 @@ RESULTS = HERE / "results"
 README = HERE / "README.md"
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 TARGET, CONFIDENCE = 0.96, 0.95
-FIGURES = ("auc", "spec_at_96", "np_sensitivity", "np_specificity")
+FIGURES = ("auc", "spec_at_96", "np_accuracy", "np_sensitivity", "np_specificity")
 
 
 def figures(positive: np.ndarray, score: np.ndarray) -> dict[str, float]:
@@ -44,11 +44,13 @@ def figures(positive: np.ndarray, score: np.ndarray) -> dict[str, float]:
     try:
         bound = sensitivity_bound_threshold(positive.astype(int), score, TARGET, CONFIDENCE)
         np_sens, np_spec = bound["sensitivity"], bound["specificity"]
+        np_acc = float(np.mean((score >= bound["threshold"]) == positive))
     except ValueError:  # a resample with too few pneumonia films for the bound
-        np_sens = np_spec = float("nan")
+        np_sens = np_spec = np_acc = float("nan")
     return {
         "auc": float(skm.roc_auc_score(positive, score)),
         "spec_at_96": float(np.mean(score[~positive] < point)),
+        "np_accuracy": np_acc,
         "np_sensitivity": np_sens,
         "np_specificity": np_spec,
     }
@@ -58,7 +60,8 @@ def load_rows() -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
     for path in sorted(RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
-        rows.setdefault(result["row"], []).append(result)
+        name = f"{result['tag']}-{result['row']}" if result.get("tag") else result["row"]
+        rows.setdefault(name, []).append(result)
     return rows
 
 
@@ -71,6 +74,16 @@ def seed_mean_intervals(results: list[dict], resamples: int = 1000) -> dict[str,
     def statistic(index: np.ndarray) -> dict[str, float]:
         per_seed = [figures(positive[index], score[index]) for score in scores]
         return {key: float(np.nanmean([f[key] for f in per_seed])) for key in FIGURES}
+
+    return bootstrap_intervals(statistic, results[0]["patients"], resamples)
+
+
+def subtype_intervals(results: list[dict], resamples: int = 1000) -> dict[str, list[float]]:
+    """95% patient-bootstrap intervals of the seeds' mean of each three-class figure."""
+
+    def statistic(index: np.ndarray) -> dict[str, float]:
+        per_seed = [subtype_figures(r, index) for r in results]
+        return {key: float(np.nanmean([f[key] for f in per_seed])) for key in SUBTYPE_FIGURES}
 
     return bootstrap_intervals(statistic, results[0]["patients"], resamples)
 
@@ -99,11 +112,21 @@ def coverage(result: dict, halvings: int = 200, seed: int = 0) -> dict[str, floa
     return {name: float(np.mean(values)) for name, values in held.items()}
 
 
-def subtype_figures(result: dict) -> dict[str, float]:
-    """A subtype model's three-class figures at the bound's threshold, out of fold."""
+SUBTYPE_FIGURES = ("three_class_accuracy", "normal_recall", "bacterial_vs_viral")
+
+
+def subtype_figures(result: dict, index: np.ndarray | None = None) -> dict[str, float]:
+    """A subtype model's three-class figures at the bound's threshold, out of fold (on the films
+    `index` picks, all by default)."""
     labels = np.asarray(result["labels"])
     probabilities = np.asarray(result["probabilities"])
-    threshold = sensitivity_bound_threshold(labels, probabilities, TARGET, CONFIDENCE)["threshold"]
+    if index is not None:
+        labels, probabilities = labels[index], probabilities[index]
+    try:
+        threshold = sensitivity_bound_threshold(labels, probabilities, TARGET, CONFIDENCE)
+    except ValueError:  # a resample with too few pneumonia films for the bound
+        return dict.fromkeys(SUBTYPE_FIGURES, float("nan"))
+    threshold = threshold["threshold"]
     decided = np.where(
         pneumonia_probability(probabilities) >= threshold,
         1 + np.argmax(probabilities[:, 1:], axis=1),
@@ -121,8 +144,9 @@ def subtype_figures(result: dict) -> dict[str, float]:
 
 def averaged(first: dict, second: dict) -> dict:
     """A result whose P(pneumonia) is the mean of two results' on the same films (an
-    ensemble of the two adapted models, scored out of fold)."""
-    assert first["files"] == second["files"] and first["folds"] == second["folds"]
+    ensemble of the two adapted models, scored out of fold: neither member's fold model learnt
+    from the film's patient, whatever their folds)."""
+    assert first["files"] == second["files"]
     score = (
         pneumonia_probability(np.asarray(first["probabilities"]))
         + pneumonia_probability(np.asarray(second["probabilities"]))
@@ -141,14 +165,21 @@ def generic_row(result: dict) -> dict[str, float]:
     model = open_model(default_model("int8"))
     images, kept, _ = load_images(paths, model.image_size)
     positive = pneumonia_labels(np.asarray(result["labels"]))[kept].astype(bool)
-    return figures(positive, model.task.pneumonia(model.predict_proba(images)))
+    score = model.task.pneumonia(model.predict_proba(images))
+    patients = np.asarray(result["patients"])[kept]
+    intervals = bootstrap_intervals(
+        lambda index: figures(positive[index], score[index]), patients, 1000
+    )
+    return {"point": figures(positive, score), "interval": intervals}
 
 
 def fmt(values: list[float], interval: list[float] | None = None, digits: int = 3) -> str:
     values = [v for v in values if np.isfinite(v)]
     if not values:
         return "n/a"
-    text = f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+    text = f"{np.mean(values):.{digits}f}"
+    if len(values) > 1:
+        text += f" ± {np.std(values):.{digits}f}"
     if interval is not None:
         text += f" [{interval[0]:.{digits}f}-{interval[1]:.{digits}f}]"
     return text
@@ -166,9 +197,9 @@ def table() -> str:
         rows[name] = [averaged(r, by_seed[r["seed"]]) for r in first if r["seed"] in by_seed]
     lines = [
         "| row | recipe (changed fields) | seeds | ROC AUC | specificity at 96% sensitivity "
-        "(point) | sensitivity at the bound | specificity at the bound | bound holds 96% / "
-        "point holds 96% (halvings) |",
-        "|---|---|---|---|---|---|---|---|",
+        "(point) | accuracy at the bound | sensitivity at the bound | specificity at the bound | "
+        "bound holds 96% / point holds 96% (halvings) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, results in rows.items():
         row_file = HERE / "rows" / f"{results[0]['row']}.json"
@@ -182,9 +213,7 @@ def table() -> str:
         ]
         intervals = seed_mean_intervals(results)
         held = [coverage(r) for r in results]
-        cells = [
-            fmt([f[key] for f in per_seed], intervals[key]) for key in FIGURES
-        ]
+        cells = [fmt([f[key] for f in per_seed], intervals[key]) for key in FIGURES]
         lines.append(
             f"| {name} | {json.dumps(changed) if changed else 'defaults'} | {len(results)} | "
             + " | ".join(cells)
@@ -195,18 +224,19 @@ def table() -> str:
     if subtype_rows:
         lines += [
             "",
-            "Subtype model, three-class figures at the bound's threshold (out of fold):",
+            "Subtype model, three-class figures at the bound's threshold (out of fold; mean ± "
+            "standard deviation over seeds [95% patient-bootstrap interval of the seed mean]):",
             "",
             "| row | seeds | three-class accuracy | NORMAL recall | bacterial vs viral |",
             "|---|---|---|---|---|",
         ]
         for name, results in subtype_rows.items():
             figures3 = [subtype_figures(r) for r in results]
+            intervals3 = subtype_intervals(results)
             lines.append(
                 f"| {name} | {len(results)} | "
                 + " | ".join(
-                    fmt([f[key] for f in figures3])
-                    for key in ("three_class_accuracy", "normal_recall", "bacterial_vs_viral")
+                    fmt([f[key] for f in figures3], intervals3[key]) for key in SUBTYPE_FIGURES
                 )
                 + " |"
             )
@@ -215,8 +245,10 @@ def table() -> str:
     lines += [
         "",
         f"Generic model, not adapted (`{default_model('int8').name}`; its recipe and threshold "
-        f"were chosen on these films, so optimistic): ROC AUC {generic['auc']:.3f}, "
-        f"specificity at 96% sensitivity {generic['spec_at_96']:.3f}.",
+        f"were chosen on these films, so optimistic; 95% patient-bootstrap intervals): "
+        f"ROC AUC {fmt([generic['point']['auc']], generic['interval']['auc'])}, "
+        f"specificity at 96% sensitivity "
+        f"{fmt([generic['point']['spec_at_96']], generic['interval']['spec_at_96'])}.",
     ]
     return "\n".join(lines)
 

@@ -235,8 +235,10 @@ def check_enough(site: SiteFilms, class_names: list[str]) -> None:
         raise DataError(
             f"Site folder '{site.folder}' has {len(site.labels)} readable films "
             f"({counts[0]} NORMAL, {counts[1]} pneumonia); adaptation needs at least {MIN_FILMS}, "
-            f"with {MIN_PER_CLASS} or more of each. The learning curve (experiments/adaptation) "
-            "gains most from 100 to 300 films. Add labelled films of the site."
+            f"with {MIN_PER_CLASS} or more of each. In the learning curve (experiments/adaptation) "
+            "the result steadies from about 200 films: with 50 to 100 the specificity at the "
+            "chosen threshold varied by 0.10 to 0.13 between seeds. Add labelled films of the "
+            "site."
         )
 
 
