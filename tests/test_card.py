@@ -126,6 +126,22 @@ def test_the_withheld_half_is_rendered_with_its_source_and_gives_the_predictive_
     assert f"Predictive values: {NOT_MEASURED}" in model_card(BASE)
 
 
+def test_the_adaptation_estimate_is_rendered_with_its_source_and_selection_or_left_out():
+    estimate = {
+        "source": "Adaptation study, out of fold",
+        "films": 313,
+        "selection": "these films chose the adaptation recipe",
+        "achieved": {"roc_auc": 0.972, "specificity": 0.835},
+        "intervals": {"roc_auc": [0.95, 0.988]},
+    }
+    card = model_card({**BASE, "adaptation_estimate": estimate})
+    section = card.split("### Adapted to the development half")[1].split("###")[0]
+    assert "Adaptation study, out of fold (313 films; these films chose the" in section
+    assert "| ROC AUC | 0.972 (0.950-0.988) |" in section
+    assert "| specificity | 0.835 |" in section
+    assert "### Adapted to the development half" not in model_card(BASE)
+
+
 def test_the_integrator_block_gives_each_files_tensors_from_the_metadata(exported_model):
     metadata = json.loads((exported_model / METADATA_FILE).read_text())
     section = model_card(metadata).split("## For integrators")[1].split("## ")[0]

@@ -15,6 +15,7 @@ import time
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from pneumocnn.adaptation.site import SiteFilms
 from pneumocnn.core.adapt_config import AdaptConfig
@@ -46,10 +47,10 @@ def training_mix(
         films: how many (0 gives none).
         seed: seeds the sample.
     """
-    train = split[split["subset"] == "train"]
     if films <= 0:
         empty = np.zeros((0, config.image_size, config.image_size, 1), np.uint8)
         return LoadedSplit(empty, np.zeros(0, np.int32), [], [])
+    train = split[split["subset"] == "train"]
     sample = limit_per_class(train, max(1, films // train["label"].nunique()), seed)
     return load_split(sample, "train", config.image_size, root)
 
@@ -105,6 +106,8 @@ def fine_tune(
     Returns:
         The fine-tuned model, in the trained model's form (one output for a binary model).
     """
+    if recipe.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
     model = load_model(model_path)
     fitting = fitting_model(model)

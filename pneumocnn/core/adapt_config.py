@@ -63,6 +63,11 @@ class AdaptConfig(Settings):
         0.0, "Mixup during fine-tuning (0 is off): the site's films are few and each counts."
     )
     seed: int = setting(0, "Seeds the folds, the training-film sample and the fine-tuning.")
+    deterministic: bool = setting(
+        False,
+        "TensorFlow op determinism: the same seed gives the same adapted model and threshold "
+        "(without it two runs differ about as much as two seeds); slower.",
+    )
 
     # The operating point.
     folds: int = setting(

@@ -54,10 +54,11 @@ def model_card(metadata: dict[str, Any]) -> str:
             `validation_metrics`, `development_half` (figures on the development half of the
             test split, with `intervals` `{figure: [low, high]}` and `groups` `{group:
             {films, recall}}`, one set or one per model file), `withheld_half` (figures on the
-            withheld half, with their `source`), `calibration` (a site calibration record, or an
-            adaptation's out-of-fold one), `adaptation`, `guard`, `training_data`, `parity`,
-            `stability`, `tensors`, `training`, `config`; anything absent is said to be not
-            measured.
+            withheld half, with their `source`), `adaptation_estimate` (what adapting the
+            model gave, cross-validated, with its `source` and `selection`), `calibration` (a
+            site calibration record, or an adaptation's out-of-fold one), `adaptation`,
+            `guard`, `training_data`, `parity`, `stability`, `tensors`, `training`, `config`;
+            anything absent is said to be not measured.
 
     Returns:
         The card's Markdown text.

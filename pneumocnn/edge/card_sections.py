@@ -199,6 +199,7 @@ def performance(metadata: dict[str, Any]) -> list[str]:
         "### Withheld half of the test split (new patients; nothing chosen on it)",
         "",
         *_withheld(metadata),
+        *_adaptation_estimate(metadata),
         "### Films from other hospitals",
         "",
         XIN_2021,
@@ -253,6 +254,23 @@ def _withheld(metadata: dict[str, Any]) -> list[str]:
         *record_table(record),
         *([record["note"], ""] if record.get("note") else []),
         *(groups_table(record["groups"]) if record.get("groups") else []),
+    ]
+
+
+def _adaptation_estimate(metadata: dict[str, Any]) -> list[str]:
+    """What adapting this model to a batch of films gave, cross-validated (the generic model's
+    `adaptation_estimate`, from the adaptation study); nothing for a model without one."""
+    record = metadata.get("adaptation_estimate")
+    if not record:
+        return []
+    return [
+        "### Adapted to the development half (cross-validated: what `pneumocnn.adapt` gives)",
+        "",
+        f"{record.get('source', '')} ({number(record.get('films'))} films; "
+        f"{record.get('selection', '')}):",
+        "",
+        *record_table(record),
+        *([record["note"], ""] if record.get("note") else []),
     ]
 
 
