@@ -328,9 +328,7 @@ def read_dicom(handle: BinaryIO, name: str) -> Image.Image:
     MONOCHROME1 inverted; colour converted to luminance. Patient data is never read.
     """
     try:
-        import pydicom
-        import pydicom.uid
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+        import pydicom  # optional (`pneumocnn[lite]`), and 0.4 s to import: on the first DICOM
     except ImportError as error:
         raise ImageLoadError(
             f"'{name}' is a DICOM file, and reading DICOM needs pydicom. "
@@ -355,14 +353,29 @@ def read_dicom(handle: BinaryIO, name: str) -> Image.Image:
     # eight times the budget. JPEG-family decoders return RGB themselves.
     encapsulated = pydicom.uid.UID(transfer_syntax).is_compressed
     raw = not encapsulated or transfer_syntax == pydicom.uid.RLELossless
+    pixels = _first_frame(handle, name, transfer_syntax, raw)
+    notes = [f"DICOM {photometric}, {int(header.BitsAllocated)}-bit"]
+    if frames > 1:
+        notes.append(frames_note("DICOM", frames))
+        logger.warning("'%s' has %d frames; only the first is used", name, frames)
+    gray = _to_gray(pixels, header, name, photometric, raw, notes)
+    gray.info[NOTES_KEY] = notes
+    gray.info[FRAMES_KEY] = frames
+    return gray
+
+
+def _first_frame(handle: BinaryIO, name: str, transfer_syntax: str, raw: bool) -> np.ndarray:
+    """The first frame's stored pixels, decoded by pydicom (and its plugins)."""
+    import pydicom
+    from pydicom.pixels import pixel_array
+
     try:
         with _decoding():
             if transfer_syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
                 # pydicom reads a deflated file's pixels only from the inflated data set, which
                 # `_dicom_header` has checked fits the budget.
-                pixels = pixel_array(pydicom.dcmread(handle), index=0, raw=raw)
-            else:
-                pixels = pixel_array(handle, index=0, raw=raw)  # decodes the first frame only
+                return pixel_array(pydicom.dcmread(handle), index=0, raw=raw)
+            return pixel_array(handle, index=0, raw=raw)  # decodes the first frame only
     # pydicom and its plugins signal a bad frame with many types: all mean "cannot decode".
     except Exception as error:  # noqa: BLE001
         reason = " ".join(str(error).split())[:300]
@@ -371,40 +384,41 @@ def read_dicom(handle: BinaryIO, name: str) -> Image.Image:
             f"cannot be decoded ({type(error).__name__}: {reason}). The file is damaged or cut "
             "short; export the film again."
         ) from error
-    notes = [f"DICOM {photometric}, {int(header.BitsAllocated)}-bit"]
-    if frames > 1:
-        notes.append(frames_note("DICOM", frames))
-        logger.warning("'%s' has %d frames; only the first is used", name, frames)
+
+
+def _to_gray(
+    pixels: np.ndarray, header, name: str, photometric: str, raw: bool, notes: list[str]
+) -> Image.Image:
+    """The decoded frame as 8-bit grayscale as a viewer shows it; says how in `notes`."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     if pixels.ndim == 3 and raw and photometric.startswith("YBR"):
         luminance = pixels[..., 0]  # Y: the luminance, as stored (colour is never windowed)
         if luminance.dtype != np.uint8:
             luminance = to_uint8(luminance)
-        gray = Image.fromarray(np.ascontiguousarray(luminance), mode="L")
-    elif pixels.ndim == 3:  # RGB: Pillow's luminance, as for a colour PNG
+        return Image.fromarray(np.ascontiguousarray(luminance), mode="L")
+    if pixels.ndim == 3:  # RGB: Pillow's luminance, as for a colour PNG
         if pixels.dtype != np.uint8:
             pixels = to_uint8(pixels.reshape(pixels.shape[0], -1)).reshape(pixels.shape)
-        gray = Image.fromarray(np.ascontiguousarray(pixels[..., :3]), mode="RGB").convert("L")
-    elif pixels.ndim != 2:
+        return Image.fromarray(np.ascontiguousarray(pixels[..., :3]), mode="RGB").convert("L")
+    if pixels.ndim != 2:
         raise ImageLoadError(f"DICOM file '{name}' decoded to an array of shape {pixels.shape}.")
-    else:
-        def to_display(block: np.ndarray) -> np.ndarray:
-            return apply_voi_lut(apply_modality_lut(block, header), header)
 
-        display_range = _dicom_display_range(header, pixels)
-        if (
-            display_range is not None
-            and "WindowCenter" not in header
-            and not header.get("VOILUTSequence")
-        ):
-            notes.append("no window in the file: 8-bit values shown as they are")
-        elif display_range is None:
-            notes.append("no window in the file: stretched from its darkest to brightest pixel")
-        else:
-            notes.append("the file's VOI LUT or window applied")
-        gray = Image.fromarray(
-            to_uint8(pixels, to_display, display_range, invert=photometric == "MONOCHROME1"),
-            mode="L",
-        )
-    gray.info[NOTES_KEY] = notes
-    gray.info[FRAMES_KEY] = frames
-    return gray
+    def to_display(block: np.ndarray) -> np.ndarray:
+        return apply_voi_lut(apply_modality_lut(block, header), header)
+
+    display_range = _dicom_display_range(header, pixels)
+    if (
+        display_range is not None
+        and "WindowCenter" not in header
+        and not header.get("VOILUTSequence")
+    ):
+        notes.append("no window in the file: 8-bit values shown as they are")
+    elif display_range is None:
+        notes.append("no window in the file: stretched from its darkest to brightest pixel")
+    else:
+        notes.append("the file's VOI LUT or window applied")
+    return Image.fromarray(
+        to_uint8(pixels, to_display, display_range, invert=photometric == "MONOCHROME1"),
+        mode="L",
+    )

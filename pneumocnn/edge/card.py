@@ -5,7 +5,8 @@ and the model never disagree: the export writes it beside the model (`MODEL_CARD
 binary model named `pneumocnn`, `<name>_MODEL_CARD.md` for any other, see `card_file`), and the
 app renders it from the metadata it loaded. Figures the metadata does not hold (the development
 or withheld half of the test split, a site calibration) are said to be "not measured", never
-left out or taken from another model. The sections (`pneumocnn.edge.card_sections`) follow
+left out or taken from another model. The sections (`pneumocnn.edge.card_sections`, and
+`pneumocnn.edge.card_performance` for the figures) follow
 Mitchell et al.'s Model Cards and the Hugging Face template; this module holds the operating
 point's. Standard library only, so the edge install can render it too.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pneumocnn.edge import card_performance
 from pneumocnn.edge import card_sections as sections
 from pneumocnn.edge.card_format import (
     NOT_MEASURED,
@@ -78,7 +80,7 @@ def model_card(metadata: dict[str, Any]) -> str:
         *sections.intended_use(metadata),
         *sections.factors(),
         *sections.data(metadata),
-        *sections.performance(metadata),
+        *card_performance.performance(metadata),
         *_adaptation(metadata),
         "## Operating point",
         "",

@@ -96,6 +96,25 @@ def _threshold_record(run_dir: Path, chosen: dict[str, Any] | None) -> dict[str,
     return record
 
 
+def _tensors(
+    prepared: Prepared, models: dict[str, LiteModel], files: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Each exported file's input and output tensors (dtype, shape, quantization)."""
+    size = prepared.config.image_size
+    tensors = {
+        files[role]: {
+            "input": tensor_description(model.input),
+            "output": tensor_description(model.output),
+        }
+        for role, model in models.items()
+    }
+    tensors[files["keras"]] = {
+        "input": {"dtype": "float32", "shape": [-1, size, size, 1]},
+        "output": {"dtype": "float32", "shape": [-1, int(prepared.keras_model.output_shape[-1])]},
+    }
+    return tensors
+
+
 def describe(
     prepared: Prepared,
     models: dict[str, LiteModel],
@@ -111,20 +130,8 @@ def describe(
     one grey level of pixel noise, the edge variants (with the RGB variant's guard head, see
     `pneumocnn.edge.parity.guard_head_agreement`), the warning, training facts and the
     config."""
-
     config, source, val = prepared.config, prepared.source, prepared.val
     summary = prepared.summary
-    tensors = {
-        files[role]: {
-            "input": tensor_description(model.input),
-            "output": tensor_description(model.output),
-        }
-        for role, model in models.items()
-    }
-    tensors[files["keras"]] = {
-        "input": {"dtype": "float32", "shape": [-1, config.image_size, config.image_size, 1]},
-        "output": {"dtype": "float32", "shape": [-1, int(prepared.keras_model.output_shape[-1])]},
-    }
 
     def figures(probabilities):
         return headline(
@@ -133,7 +140,7 @@ def describe(
 
     return {
         **metadata,
-        "tensors": tensors,
+        "tensors": _tensors(prepared, models, files),
         "output": Task.of(config.task, source.class_names).output_contract,
         "training_data": {
             "source": "Kaggle 'Chest X-Ray Images (Pneumonia)' (Kermany et al., 2018, "
