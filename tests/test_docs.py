@@ -125,6 +125,23 @@ def test_the_readmes_figures_on_new_films_are_the_docs_figures():
     assert len(withheld) == 4 and all(figure in changelog for figure in withheld)
 
 
+def test_the_adapted_figures_are_the_adaptation_studys_default_row():
+    """The README's adapted row, the adaptation page and the shipped model card quote the study
+    table's default row (which `experiments/adaptation/tables.py` writes from saved results)."""
+    readme = _text(PROJECT_ROOT / "README.md")
+    row = next(line for line in readme.splitlines() if line.startswith("| adapted to the"))
+    figures = re.findall(r"0\.\d{3} ± 0\.\d{3} \[0\.\d{3}-[01]\.\d{3}\]", row)
+    assert len(figures) == 3, row
+    study = _text(PROJECT_ROOT / "experiments" / "adaptation" / "README.md")
+    default = next(line for line in study.splitlines() if line.startswith("| default |"))
+    assert all(figure in default for figure in figures), (figures, default)
+    assert all(figure in _text(DOCS / "adaptation.md") for figure in figures)
+    card = _text(PROJECT_ROOT / "saved_models" / "MODEL_CARD.md")
+    for figure in figures:  # the card gives the mean and the interval, not the spread
+        mean, interval = figure.split(" ± ")[0], figure.split("[")[1].rstrip("]")
+        assert f"{mean} ({interval})" in card, figure
+
+
 def _resolves(name: str) -> bool:
     """Whether `pneumocnn.a.b.c` is a module, or an attribute of the longest module prefix."""
     parts = name.split(".")

@@ -5,6 +5,9 @@ films, files of several frames, DICOM windows that cannot be shown, a damaged JP
 Each test is named for the bug it pins."""
 
 import io
+import re
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -18,9 +21,11 @@ from pneumocnn.benchmark.hostile_inputs import (
     j2k_claiming,
     jpeg_claiming,
     jpeg_with_app_segments,
+    keras_declaring,
     png_with_text_chunk,
     tiff_with_large_tag,
 )
+from pneumocnn.core.locations import default_model
 from pneumocnn.core.metadata import MetadataError, load_metadata
 from pneumocnn.data.images import load_image, read_grayscale
 from pneumocnn.data.pixels import MAX_METADATA_BYTES, ImageLoadError
@@ -130,6 +135,41 @@ def test_keras_file_whose_config_really_inflates_past_the_budget_is_refused(tmp_
     assert path.stat().st_size < 200_000
     with pytest.raises(ValueError, match="config.json"):
         load_model(path)
+
+
+def test_keras_file_whose_small_config_declares_huge_weights_is_refused_without_allocating(
+    tmp_path,
+):
+    # The bug: the shipped .keras with its last layer's units edited to 8,000,000 in config.json
+    # (8 GB of float32 weights) was built, weights allocated and initialized, before Keras read
+    # the weights file. A fresh interpreter measures its own peak memory around the check.
+    path = keras_declaring(tmp_path / "declares.keras", default_model("keras"), 8_000_000)
+    assert path.stat().st_size < 2 * default_model("keras").stat().st_size
+    script = (
+        "import resource, sys\n"
+        "from pneumocnn.network.model import load_model\n"
+        "try:\n"
+        "    load_model(sys.argv[1])\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
+    message, peak_mib = done.stdout.strip().rsplit("\n", 1)
+    declared = int(re.search(r"declares ([\d,]+) bytes of weights", message)[1].replace(",", ""))
+    assert declared > 8_192_000_000 and "declares.keras" in message, message
+    assert int(peak_mib) < 2000, f"peak {peak_mib} MiB: the weights were allocated"
+
+
+def test_the_declared_weights_check_passes_the_shipped_model_and_leaves_no_pending_variables():
+    from pneumocnn.network.model import _uninitialized_variables, check_declared_weights
+
+    before = _uninitialized_variables()
+    declared = check_declared_weights(default_model("keras"))
+    assert 50_000 < declared < 10_000_000
+    assert _uninitialized_variables() == before
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ next to a baseline: an ordinary film, the shipped `.keras` and the shipped int8 
     python -m pneumocnn.benchmark.hostile_inputs --json
 
 The builders (`png_with_text_chunk`, `jpeg_with_app_segments`, `tiff_with_large_tag`,
-`dicom_with_frame`, `jpeg_claiming`, `j2k_claiming`, `keras_with_config`) are also what the
+`dicom_with_frame`, `jpeg_claiming`, `j2k_claiming`, `keras_with_config`, `keras_declaring`) are
+also what the
 tests of these inputs build.
 """
 
@@ -195,6 +196,26 @@ def keras_with_config(path: Path, source: Path, config_bytes: int) -> Path:
     return path
 
 
+def keras_declaring(path: Path, source: Path, units: int) -> Path:
+    """A copy of the `.keras` `source` whose `config.json` gives its Dense layers `units` units
+    each (a few bytes changed; the weights file stays the original's). The shipped model's last
+    layer then declares 256 x `units` float32 weights."""
+    with (
+        zipfile.ZipFile(source) as original,
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as copy,
+    ):
+        for member in original.infolist():
+            content = original.read(member.filename)
+            if member.filename == "config.json":
+                config = json.loads(content)
+                for layer in config["config"]["layers"]:
+                    if layer["class_name"] == "Dense":
+                        layer["config"]["units"] = units
+                content = json.dumps(config).encode()
+            copy.writestr(member.filename, content)
+    return path
+
+
 def nested_metadata_family(folder: Path, model: Path, depth: int) -> Path:
     """A copy of the shipped family of `model` whose metadata is a list nested `depth` deep."""
     folder.mkdir()
@@ -265,6 +286,11 @@ def cases(folder: Path) -> list[tuple[str, str, Path]]:
             ".keras whose config.json inflates to 1 GiB",
             "keras",
             lambda: keras_with_config(folder / "huge.keras", keras, 1 << 30),
+        ),
+        (
+            ".keras whose config.json declares 8 GB of weights (a Dense layer of 8,000,000 units)",
+            "keras",
+            lambda: keras_declaring(folder / "declares.keras", keras, 8_000_000),
         ),
         ("baseline: the shipped int8 model", "model", lambda: int8),
         (

@@ -7,11 +7,18 @@ makes it, `load_model` reads a `.keras` file in Keras's safe mode; the layer nam
 
 from __future__ import annotations
 
+import json
+import math
 import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
+
+try:  # Keras's private global state: see _uninitialized_variables
+    from keras.src.backend.common import global_state as _keras_state
+except ImportError:
+    _keras_state = None
 
 from pneumocnn.core.budget import MAX_DECODED_BYTES, MAX_METADATA_BYTES
 from pneumocnn.core.config import Config
@@ -228,9 +235,73 @@ def check_keras_archive(path: str | Path) -> None:
         )
 
 
+def check_declared_weights(path: str | Path) -> int:
+    """Checks the weights a `.keras` file's `config.json` declares against the memory budget,
+    before Keras allocates them.
+
+    Keras builds the model from its config, allocating every weight, before it reads the weights
+    file: a 1 KB config declaring a Dense layer of 10^5 x 10^5 units takes 40 GB, whatever the
+    zip holds. Here the model is rebuilt inside a `keras.StatelessScope` that leaves new
+    variables uninitialized (Keras defers their values there), so their shapes can be counted
+    with nothing allocated. (No Keras function counts a config's weights without building it.)
+
+    Returns:
+        The declared weights' size in bytes.
+
+    Raises:
+        ValueError: if the config cannot be rebuilt, or declares more than `MAX_DECODED_BYTES`.
+    """
+    shown = display_name(path)
+    pending = _uninitialized_variables()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        # The model is loaded uncompiled: its optimizer's variables are never made.
+        config.pop("compile_config", None)
+        with keras.StatelessScope(initialize_variables=False):
+            model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+        declared = sum(
+            math.prod(int(d) for d in weight.shape) * np.dtype(weight.dtype).itemsize
+            for weight in model.weights
+        )
+    # Keras signals a config it cannot rebuild with many types: all mean "not loadable".
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(
+            f"Cannot load '{shown}' as a pneumocnn .keras model: its config.json does not "
+            f"rebuild ({type(error).__name__}: {' '.join(str(error)[:_ERROR_TEXT_CHARS].split())})"
+            ". Use a model written by `python -m pneumocnn.train` or the export."
+        ) from error
+    finally:
+        _set_uninitialized_variables(pending)
+    if declared > MAX_DECODED_BYTES:
+        raise ValueError(
+            f"Cannot load '{shown}' as a .keras model: its config.json declares {declared:,} "
+            f"bytes of weights, past the limit of {MAX_DECODED_BYTES:,} (this package's models "
+            f"declare under 10 MB). Received: model='{shown}'. Use a model written by `python -m "
+            "pneumocnn.train` or the export."
+        )
+    return declared
+
+
+# Keras keeps the variables a stateless scope left uninitialized in a list in its private global
+# state, and the next scope to exit initializing (allocating) them; there is no public call to
+# read or reset it. `check_declared_weights` puts back the list it found, so that its own
+# variables are never allocated; on another Keras layout the check stays correct and they linger.
+def _uninitialized_variables() -> list | None:
+    if _keras_state is None:
+        return None
+    return list(_keras_state.get_global_attribute("uninitialized_variables") or [])
+
+
+def _set_uninitialized_variables(variables: list | None) -> None:
+    if variables is not None and _keras_state is not None:
+        _keras_state.set_global_attribute("uninitialized_variables", variables)
+
+
 def load_model(path: str | Path) -> keras.Model:
     """Loads a `.keras` model for inference, in Keras's safe mode (no arbitrary code), after
-    checking the archive against the memory budget (see `check_keras_archive`).
+    checking the archive and the weights its config declares against the memory budget (see
+    `check_keras_archive` and `check_declared_weights`).
 
     Args:
         path: a `.keras` file written by training or export.
@@ -249,6 +320,7 @@ def load_model(path: str | Path) -> keras.Model:
             "saved_models/pneumocnn.keras."
         )
     check_keras_archive(path)
+    check_declared_weights(path)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     # Keras signals a file it cannot rebuild with many types (a KeyError for a missing field, a
