@@ -5,6 +5,7 @@ films, files of several frames, DICOM windows that cannot be shown, a damaged JP
 Each test is named for the bug it pins."""
 
 import io
+import random
 import re
 import subprocess
 import sys
@@ -170,6 +171,20 @@ def test_the_declared_weights_check_passes_the_shipped_model_and_leaves_no_pendi
     declared = check_declared_weights(default_model("keras"))
     assert 50_000 < declared < 10_000_000
     assert _uninitialized_variables() == before
+
+
+def test_the_declared_weights_check_leaves_the_seeded_generators_as_they_were():
+    # Building the layers draws default seeds; a seeded fine-tuning that loads its model after
+    # seeding (pneumocnn.adaptation.finetune) must learn what it learnt before the check existed.
+    from pneumocnn.network.model import check_declared_weights
+
+    random.seed(3)
+    np.random.seed(3)
+    expected = (random.random(), np.random.rand())
+    random.seed(3)
+    np.random.seed(3)
+    check_declared_weights(default_model("keras"))
+    assert (random.random(), np.random.rand()) == expected
 
 
 # ---------------------------------------------------------------------------------------------

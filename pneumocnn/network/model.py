@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import zipfile
 from pathlib import Path
 
@@ -253,6 +254,9 @@ def check_declared_weights(path: str | Path) -> int:
     """
     shown = display_name(path)
     pending = _uninitialized_variables()
+    # Building layers draws their default seeds from Python's and NumPy's generators: put them
+    # back, so that checking a model does not change what a seeded fine-tuning of it learns.
+    python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
@@ -273,6 +277,8 @@ def check_declared_weights(path: str | Path) -> int:
         ) from error
     finally:
         _set_uninitialized_variables(pending)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
     if declared > MAX_DECODED_BYTES:
         raise ValueError(
             f"Cannot load '{shown}' as a .keras model: its config.json declares {declared:,} "
