@@ -22,15 +22,14 @@ import numpy as np
 from tables import (
     SUBTYPE_FIGURES,
     coverage,
-    figures,
     load_rows,
+    seed_figures,
     seed_mean_intervals,
     subtype_figures,
     subtype_intervals,
 )
 
 from pneumocnn.core.locations import default_model
-from pneumocnn.core.task import pneumonia_labels, pneumonia_probability
 from pneumocnn.edge.family import describe_again, read_family
 
 # The study's figure names -> the card's.
@@ -48,13 +47,7 @@ SELECTION = (
 
 def estimate(results: list[dict], subtype: bool) -> dict:
     """The seeds' mean of the out-of-fold figures at the bound, with intervals."""
-    per_seed = [
-        figures(
-            pneumonia_labels(np.asarray(r["labels"])).astype(bool),
-            pneumonia_probability(np.asarray(r["probabilities"])),
-        )
-        for r in results
-    ]
+    per_seed = seed_figures(results)
     intervals = seed_mean_intervals(results)
     achieved = {new: float(np.mean([f[old] for f in per_seed])) for old, new in NAMES.items()}
     bounds = {new: intervals[old] for old, new in NAMES.items()}

@@ -56,6 +56,17 @@ def figures(positive: np.ndarray, score: np.ndarray) -> dict[str, float]:
     }
 
 
+def seed_figures(results: list[dict]) -> list[dict[str, float]]:
+    """Each seed's figures (see `figures`) from its saved out-of-fold scores."""
+    return [
+        figures(
+            pneumonia_labels(np.asarray(r["labels"])).astype(bool),
+            pneumonia_probability(np.asarray(r["probabilities"])),
+        )
+        for r in results
+    ]
+
+
 def load_rows() -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
     for path in sorted(RESULTS.glob("*.json")):
@@ -204,13 +215,7 @@ def table() -> str:
     for name, results in rows.items():
         row_file = HERE / "rows" / f"{results[0]['row']}.json"
         changed = json.loads(row_file.read_text()) if " + " not in name else {"members": 2}
-        per_seed = [
-            figures(
-                pneumonia_labels(np.asarray(r["labels"])).astype(bool),
-                pneumonia_probability(np.asarray(r["probabilities"])),
-            )
-            for r in results
-        ]
+        per_seed = seed_figures(results)
         intervals = seed_mean_intervals(results)
         held = [coverage(r) for r in results]
         cells = [fmt([f[key] for f in per_seed], intervals[key]) for key in FIGURES]
