@@ -55,6 +55,24 @@ def test_adapt_writes_a_complete_family_with_an_out_of_fold_threshold(adapted, s
     assert "Adapted to a site" in card and "out of fold" in card
 
 
+def test_adapt_adapts_a_subtype_family_and_keeps_its_three_classes(subtype_model, tmp_path):
+    # "Both tasks": an exported subtype family, named by its metadata, on a site whose
+    # pneumonia films are bacterial and viral.
+    site = write_dataset(tmp_path / "site", patients=40, seed=23, subtypes=True) / "train"
+    family = subtype_model / model_files("pneumocnn_subtype")["metadata"]
+    output = tmp_path / "adapted"
+    assert adapt_command.main([str(family), "--site-dir", str(site), "--output-dir",
+                               str(output), *QUICK]) == 0
+    files = model_files("pneumocnn_subtype")
+    metadata = load_metadata(output / files["metadata"], output / files["int8"])
+    assert metadata["task"] == "subtype" and len(metadata["class_names"]) == 3
+    assert metadata["calibration"]["model"] == "out-of-fold"
+    assert metadata["calibration"]["films"] == 160
+    assert {"three_class_accuracy", "normal_recall"} <= set(metadata["calibration"]["achieved"])
+    card = (output / metadata["files"]["card"]).read_text()
+    assert "| three-class accuracy |" in card and "| NORMAL recall |" in card
+
+
 def test_the_bound_threshold_misses_no_more_films_than_its_rank_allows(adapted):
     record = load_metadata(adapted / model_files("pneumocnn")["metadata"])["calibration"]
     bound = record["bound"]

@@ -47,10 +47,11 @@ from pneumocnn.core.run_folder import (
     resolve_source,
     write_threshold,
 )
+from pneumocnn.core.task import Task
 from pneumocnn.data.folders import DATA_ENV_VAR, film_group, find_dataset, resolve_data_dir
 from pneumocnn.data.split import prepare_split
 from pneumocnn.edge.export import export
-from pneumocnn.evaluation.metrics import pneumonia_figures
+from pneumocnn.evaluation.metrics import pneumonia_figures, three_class_figures
 from pneumocnn.evaluation.thresholds import choose_pneumonia_threshold, sensitivity_bound_threshold
 from pneumocnn.evaluation.uncertainty import uncertainty
 
@@ -152,7 +153,7 @@ def training_root(base: Base, data_dir: str | None, site: Path) -> Path:
 
 
 def operating_point(
-    site: SiteFilms, probabilities: np.ndarray, recipe: AdaptConfig, folds: int
+    site: SiteFilms, probabilities: np.ndarray, recipe: AdaptConfig, folds: int, task: Task
 ) -> dict[str, Any]:
     """The threshold, chosen on out-of-fold scores, with what it achieved on them.
 
@@ -197,7 +198,10 @@ def operating_point(
             "threshold": float(point),
             **pneumonia_figures(site.labels, probabilities, point),
         },
-        "achieved": pneumonia_figures(site.labels, probabilities, threshold),
+        "achieved": {
+            **pneumonia_figures(site.labels, probabilities, threshold),
+            **three_class_figures(site.labels, probabilities, threshold, task),
+        },
         "intervals": spread["intervals"],
         "groups": spread["groups"],
         "note": "out-of-fold figures: each film scored by a model that did not learn from its "
@@ -334,13 +338,21 @@ def adapt(
     mix = training_mix(config, split, root, recipe.training_films, recipe.seed)
     logger.info(
         "Adapting %s to %d films of %s (%d patients), with %d training films mixed in",
-        base.described, len(site.labels), site.folder, len(set(site.patients)), len(mix.labels),
+        base.described,
+        len(site.labels),
+        site.folder,
+        len(set(site.patients)),
+        len(mix.labels),
     )
     probabilities, _ = out_of_fold(base.keras_path, config, recipe, site, mix)
-    record = operating_point(site, probabilities, recipe, recipe.folds)
+    record = operating_point(
+        site, probabilities, recipe, recipe.folds, Task.of_classes(base.class_names)
+    )
     logger.info(
         "Threshold %.4f from out-of-fold scores (sensitivity %.3f, specificity %.3f there)",
-        record["threshold"], record["achieved"]["sensitivity"], record["achieved"]["specificity"],
+        record["threshold"],
+        record["achieved"]["sensitivity"],
+        record["achieved"]["specificity"],
     )
     tuned_at = time.perf_counter()
     learn = sample_patients(site, recipe.site_films, recipe.seed * 100 + 99)

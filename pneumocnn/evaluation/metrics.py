@@ -310,3 +310,26 @@ def pneumonia_figures(
         "sensitivity": float(np.mean(called[positive])) if positive.any() else float("nan"),
         "specificity": float(np.mean(~called[~positive])) if (~positive).any() else float("nan"),
     }
+
+
+def three_class_figures(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, task: Task
+) -> dict[str, float]:
+    """A subtype model's three-class figures at the threshold, by the shared decision rule
+    (`pneumocnn.core.task.decide`); nothing for a binary model.
+
+    Returns:
+        `three_class_accuracy` (the decided class is the true one) and `normal_recall` (NORMAL
+        films called NORMAL), or `{}` for a binary task.
+    """
+    if not task.subtype:
+        return {}
+    labels = np.asarray(labels)
+    decided = np.array(
+        [task.class_names.index(name) for name in task.decide(probabilities, threshold)]
+    )
+    normal = labels == 0
+    return {
+        "three_class_accuracy": float(np.mean(decided == labels)),
+        "normal_recall": float(np.mean(decided[normal] == 0)) if normal.any() else float("nan"),
+    }
