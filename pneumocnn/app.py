@@ -26,9 +26,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from matplotlib.figure import Figure
 
 from pneumocnn.core.locations import MODEL_DIR_ENV_VAR, default_model_dir
+from pneumocnn.core.metadata import MetadataError, load_metadata, model_files
+from pneumocnn.core.task import Task
+from pneumocnn.data.images import read_grayscale, to_model_input
+from pneumocnn.data.pixels import NOTES_KEY, ImageLoadError
+from pneumocnn.edge.card import model_card
+from pneumocnn.runtime import guard
+from pneumocnn.runtime.prediction import classify
+from pneumocnn.runtime.runners import open_model
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm"]
 NOTICE = (
@@ -56,8 +65,6 @@ def find_models(folder: Path) -> dict[str, dict[str, Any]]:
 
     Files that are not pneumocnn metadata are ignored.
     """
-    from pneumocnn.core.metadata import MetadataError, load_metadata
-    from pneumocnn.core.task import Task
 
     models = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -66,9 +73,7 @@ def find_models(folder: Path) -> dict[str, dict[str, Any]]:
         except MetadataError:
             continue
     return dict(
-        sorted(
-            models.items(), key=lambda item: (Task.of_metadata(item[1]).subtype, item[0])
-        )
+        sorted(models.items(), key=lambda item: (Task.of_metadata(item[1]).subtype, item[0]))
     )
 
 
@@ -93,8 +98,6 @@ def render() -> None:
     """
     import streamlit as st
 
-    from pneumocnn.edge.card import model_card
-
     st.set_page_config(page_title="pneumocnn", page_icon="🫁", layout="wide")
     metadata, classifier, cam, model_path = _open_model(st)
     class_names = list(classifier.task.class_names)
@@ -118,10 +121,8 @@ def _open_model(st) -> tuple[dict[str, Any], Any, Any, Path]:
     """The model the sidebar's choices name (cached across reruns): its metadata, its runner,
     the Grad-CAM of its float model, and its file; stops the page with the fix when there is
     none."""
-    from pneumocnn.core.metadata import MetadataError, load_metadata, model_files
-    from pneumocnn.network.model import load_model
+    from pneumocnn.network.model import load_model  # TensorFlow: once the page runs
     from pneumocnn.runtime.gradcam import GradCam
-    from pneumocnn.runtime.runners import open_model
 
     load = st.cache_resource(show_spinner="Loading the model...")(open_model)
     load_cam = st.cache_resource(show_spinner="Loading Grad-CAM...")(
@@ -189,10 +190,6 @@ def _sidebar(st, metadata: dict[str, Any], classifier: Any, model_path: Path) ->
 
 def _show_film(st, upload: Any, classifier: Any, cam: Any, model_path: Path) -> dict[str, Any]:
     """One upload: decoded once, guarded, classified and explained; returns its table row."""
-    from pneumocnn.data.images import read_grayscale
-    from pneumocnn.data.pixels import NOTES_KEY, ImageLoadError
-    from pneumocnn.runtime import guard
-    from pneumocnn.runtime.prediction import classify
 
     st.subheader(upload.name)
     try:
@@ -223,8 +220,6 @@ def _show_film(st, upload: Any, classifier: Any, cam: Any, model_path: Path) -> 
 
 def _show_result(st, result: Any, gray: Any, classifier: Any, cam: Any, model_path: Path) -> None:
     """The label, the input check, the probabilities and the Grad-CAM overlay of one film."""
-    from pneumocnn.data.images import to_model_input
-    from pneumocnn.runtime import guard
     from pneumocnn.runtime.gradcam import explain_image, overlay_figure
 
     verdict = result.verdict
@@ -270,8 +265,6 @@ def _show_result(st, result: Any, gray: Any, classifier: Any, cam: Any, model_pa
 
 def _results_table(st, rows: list[dict[str, Any]], classifier: Any) -> None:
     """Every upload's row, and its CSV to download."""
-    import pandas as pd
-
     st.subheader("All results")
     table = pd.DataFrame(rows)
     table["threshold"] = round(classifier.threshold, 4)

@@ -38,8 +38,10 @@ from pneumocnn.core.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
 from pneumocnn.core.files import csv_path, quoted_name, spreadsheet_cell
 from pneumocnn.core.locations import default_model
 from pneumocnn.core.metadata import INT8_FILE, THRESHOLD_MARGIN, is_usable_threshold
+from pneumocnn.data.pixels import ImageLoadError
 from pneumocnn.data.scan import collect_inputs, require_inputs
 from pneumocnn.runtime.prediction import ROW_DECIMALS, decimals_to_show
+from pneumocnn.runtime.runners import open_model
 
 FORMATS = ("table", "json", "csv")
 # Decimals of the table's probability and threshold, unless more are needed to keep their order.
@@ -161,9 +163,6 @@ def _json_line(row: dict[str, Any], class_names: list[str]) -> str:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from pneumocnn.data.pixels import ImageLoadError
-    from pneumocnn.runtime.runners import open_model
-
     output_format = "json" if args.json else (args.format or "table")
     if args.json and args.format not in (None, "json"):
         raise UsageError(

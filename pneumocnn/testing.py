@@ -3,8 +3,8 @@
 Tiny seeded gray "films" whose class shows in the pixels, written as images, as a Kaggle-layout
 data set, as DICOM, or as a PNG header that lies about its size. The tests use them, and so do
 the experiments (the input guard's non-chest set, the loader's worst inputs), which is why they
-live in the package rather than in `tests/`. Needs only numpy and Pillow; `write_dicom` imports
-pydicom when called (the `lite` and `app` extras install it).
+live in the package rather than in `tests/`. Needs only numpy and Pillow; `write_dicom` needs
+pydicom too (the `lite` and `app` extras install it).
 
 Example:
 
@@ -24,6 +24,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+try:  # optional (the `lite` and `app` extras): only `write_dicom` needs it
+    from pydicom import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
+except ImportError:
+    Dataset = None
 
 __all__ = ["png_claiming", "synthetic_xray", "write_dataset", "write_dicom", "write_image"]
 
@@ -147,10 +154,8 @@ def write_dicom(
     Returns:
         `path`.
     """
-    from pydicom import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
-
+    if Dataset is None:
+        raise ImportError('write_dicom needs pydicom: pip install "pneumocnn[lite]"')
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
     meta.TransferSyntaxUID = ExplicitVRLittleEndian

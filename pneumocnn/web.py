@@ -2,7 +2,7 @@
 in the browser with LiteRT.js, so a film never leaves the user's device.
 
 The site is plain files (no server code): the page from `web/` (`index.html`, `app.js`,
-`preprocess.js`, `png16.js`: 16-bit grayscale PNGs, `guard.js`: the input guard of
+`preprocess.js`, `png16.js`: 16-bit grayscale PNGs, `input_guard.js`: the input guard of
 `pneumocnn.runtime.guard` in JavaScript, `style.css`), the int8 model with its metadata and
 labels under `model/`, LiteRT.js (the npm package `@litertjs/core`, pinned in `web/package.json` and
 `web/package-lock.json`) under `vendor/`, and `site.json` naming them. Any static host serves it
@@ -44,7 +44,7 @@ from pneumocnn.runtime.guard import DEFAULT_LIMITS
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_DIR = ROOT / "web"
-PAGE_FILES = ("index.html", "app.js", "preprocess.js", "png16.js", "guard.js", "style.css")
+PAGE_FILES = ("index.html", "app.js", "preprocess.js", "png16.js", "input_guard.js", "style.css")
 # How the tests and docs/screenshot.py drive Debian's headless Chromium: as root in a closed
 # network, so no sandbox, and no background calls home.
 CHROMIUM_ARGS = [

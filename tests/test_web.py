@@ -260,7 +260,7 @@ def test_page_agrees_with_pneumocnn_on_development_films(tmp_path):
     assert report["max_difference"] <= PROBABILITY_TOLERANCE, report
 
 
-# The input guard in the page (web/guard.js): the same verdict, reasons and OOD score as
+# The input guard in the page (web/input_guard.js): the same verdict, reasons and OOD score as
 # `pneumocnn.runtime.guard` on the same decoded pixels.
 SCORE_TOLERANCE = 1e-6
 

@@ -6,7 +6,7 @@
 // site.json, written from pneumocnn's own constants.
 
 import { loadAndCompile, loadLiteRt, Tensor } from "@litertjs/core";
-import { calibrationOf, judge, REFUSED } from "./guard.js";
+import { calibrationOf, judge, REFUSED } from "./input_guard.js";
 import { loadFilm } from "./preprocess.js";
 
 const status = document.getElementById("status");

@@ -33,6 +33,16 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydicom import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    DigitalXRayImageStorageForPresentation,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
+
+from pneumocnn.core.locations import default_model
 
 # Each input is read in its own process, which prints one JSON line.
 _CHILD = """
@@ -150,10 +160,6 @@ def dicom_with_frame(
 ) -> Path:
     """A DX DICOM file whose header says `rows` x `columns` and whose one encapsulated frame is
     `frame` (a JPEG or JPEG 2000 codestream, which may say another size)."""
-    from pydicom import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
-
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -228,10 +234,6 @@ def nested_metadata_family(folder: Path, model: Path, depth: int) -> Path:
 
 def cases(folder: Path) -> list[tuple[str, str, Path]]:
     """`(description, kind, path)` of each input: the baselines, then the hostile ones."""
-    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
-
-    from pneumocnn.core.locations import default_model
-
     int8, keras = default_model(), default_model("keras")
     baseline = folder / "film.jpeg"
     _film().save(baseline)

@@ -192,7 +192,7 @@ def _guard_clients(metadata: dict[str, Any]) -> list[str]:
     head = rgb.get("guard_head")
     text = (
         "Where it runs: `pneumocnn.predict`, `explain`, the app and `LiteModel` (Python), and "
-        "the web page (the same checks in JavaScript, `web/guard.js`, reading this metadata)."
+        "the web page (the same checks in JavaScript, `web/input_guard.js`, reading this metadata)."
     )
     if head:
         record = head.get("agreement_with_guard", {})

@@ -1,10 +1,11 @@
 """The input guard: is this a chest film like the ones the model learnt from?
 
 It runs in every client of the model, before the label is trusted: here in Python (`predict`,
-the app, `LiteModel` on an edge device; numpy and Pillow only), in the web page (`web/guard.js`,
-the same checks and score, reading the same metadata), and inside the RGB variant for stock
-image classifiers (its second output, `pneumocnn.edge.guard_head`: the score and the checks
-that the model's input allows; not the size and aspect-ratio ones). Two stages:
+the app, `LiteModel` on an edge device; numpy and Pillow only), in the web page
+(`web/input_guard.js`, the same checks and score, reading the same metadata), and inside the
+RGB variant for stock image classifiers (its second output, `pneumocnn.edge.guard_head`: the
+score and the checks that the model's input allows; not the size and aspect-ratio ones). Two
+stages:
 
 1. **Refusal** of clearly invalid inputs, from the decoded image alone (see `refusal`): too
    small, an extreme aspect ratio, near-constant (a blank, black or white image), or strongly
