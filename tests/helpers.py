@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from pneumocnn import web
+from pneumocnn.core import commit
 from pneumocnn.testing import synthetic_xray
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "chest_xray"
@@ -151,3 +152,23 @@ def dead_process_id() -> int:
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     return int(finished.stdout)
+
+
+@contextlib.contextmanager
+def killed_after_the_first_rename(monkeypatch) -> Iterator[list[Path]]:
+    """Inside the block, the commit point's second rename raises `KeyboardInterrupt`, as a kill
+    between two renames would; the block must end so. Yields the targets renamed before it."""
+    move, moved = commit._move, []
+
+    def first_only(source, target):
+        if moved:
+            raise KeyboardInterrupt
+        moved.append(target)
+        move(source, target)
+
+    monkeypatch.setattr(commit, "_move", first_only)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield moved
+    finally:
+        monkeypatch.setattr(commit, "_move", move)

@@ -37,15 +37,21 @@ def _mediapipe():
     return mp, BaseOptions, vision
 
 
-def _classify_with_mediapipe(model_path, paths) -> list[list[tuple[str, float]]]:
-    """A stock MediaPipe ImageClassifier, as an app would run it: the model file, an image file,
-    no pneumocnn code. Returns each image's categories (name, score), best first."""
+def _stock_classifier(model_path):
+    """MediaPipe, and a stock ImageClassifier of the model file (a context manager)."""
     mp, BaseOptions, vision = _mediapipe()
     options = vision.ImageClassifierOptions(
         base_options=BaseOptions(model_asset_path=str(model_path))
     )
+    return mp, vision.ImageClassifier.create_from_options(options)
+
+
+def _classify_with_mediapipe(model_path, paths) -> list[list[tuple[str, float]]]:
+    """A stock MediaPipe ImageClassifier, as an app would run it: the model file, an image file,
+    no pneumocnn code. Returns each image's categories (name, score), best first."""
+    mp, stock = _stock_classifier(model_path)
     results = []
-    with vision.ImageClassifier.create_from_options(options) as classifier:
+    with stock as classifier:
         for path in paths:
             result = classifier.classify(mp.Image.create_from_file(str(path)))
             categories = result.classifications[0].categories
@@ -245,12 +251,9 @@ def _classify_both_heads(model_path, paths) -> list[dict[str, list[tuple[str, fl
     """A stock MediaPipe ImageClassifier on each image, converted to RGB first (a grayscale
     file makes a one-channel `mp.Image`, which the RGB model refuses): every classification
     head by its name from the embedded metadata, categories best first."""
-    mp, BaseOptions, vision = _mediapipe()
-    options = vision.ImageClassifierOptions(
-        base_options=BaseOptions(model_asset_path=str(model_path))
-    )
+    mp, stock = _stock_classifier(model_path)
     results = []
-    with vision.ImageClassifier.create_from_options(options) as classifier:
+    with stock as classifier:
         for path in paths:
             with Image.open(path) as image:
                 rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from helpers import dead_process_id
+from helpers import dead_process_id, killed_after_the_first_rename
 from pneumocnn import evaluate
 from pneumocnn.adaptation.calibration import calibrate
 from pneumocnn.evaluation import scoring
@@ -248,28 +248,16 @@ def test_a_recalibration_killed_after_its_commit_is_completed_by_the_next(
 ):
     """A kill between the renames (after the commit point) leaves a family whose files disagree;
     the next reader of it completes the renames first."""
-    from pneumocnn.core import commit
     from pneumocnn.core.metadata import MetadataError, load_metadata, model_files
     from pneumocnn.edge.family import read_family
 
     folder = _exported_copy(exported_model, tmp_path)
     files = model_files("pneumocnn")
     site = _site_folder(tmp_path)
-    move = commit._move
-    moved = []
-
-    def killed_after_the_first_rename(source, target):
-        if moved:
-            raise KeyboardInterrupt
-        moved.append(target)
-        move(source, target)
-
-    monkeypatch.setattr(commit, "_move", killed_after_the_first_rename)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_the_first_rename(monkeypatch) as moved:
         calibrate(folder / files["int8"], site, 1.0)
     with pytest.raises(MetadataError):  # the old metadata does not match the renamed file
         load_metadata(folder / files["metadata"], folder / moved[0].name)
-    monkeypatch.setattr(commit, "_move", move)
     scratch = folder / ".export-pneumocnn"
     (scratch / "owner.pid").write_text(f"{dead_process_id()}\n")  # as a kill leaves it
     family = read_family(folder / files["int8"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import dead_process_id, film_file, site_folder
+from helpers import dead_process_id, film_file, killed_after_the_first_rename, site_folder
 from pneumocnn import predict
 from pneumocnn.core.metadata import METADATA_FILE, MetadataError, load_metadata
 
@@ -144,7 +144,6 @@ def test_an_export_killed_between_its_renames_is_completed_by_the_next_reader(
 ):
     # The bug: the new int8 stood beside the old metadata (the previous int8 lost; predict
     # refused it on its SHA until a re-export); export had no roll-back or roll-forward.
-    from pneumocnn.core import commit
     from pneumocnn.edge.export import export
     from pneumocnn.runtime.lite import LiteModel
 
@@ -152,18 +151,8 @@ def test_an_export_killed_between_its_renames_is_completed_by_the_next_reader(
     run = _site_calibrated_run(trained_run, tmp_path)
     output = tmp_path / "out"
     export(run, output, calibration_images=8)
-    move, moved = commit._move, []
-
-    def killed_after_the_first_rename(source, target):
-        if moved:
-            raise KeyboardInterrupt
-        moved.append(target)
-        move(source, target)
-
-    monkeypatch.setattr(commit, "_move", killed_after_the_first_rename)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_the_first_rename(monkeypatch) as moved:
         export(run, output, calibration_images=8, target_sensitivity=0.5)
-    monkeypatch.setattr(commit, "_move", move)
     with pytest.raises(MetadataError, match="SHA-256"):  # what a reader saw before
         load_metadata(output / METADATA_FILE, moved[0])
     (output / ".export-pneumocnn" / "owner.pid").write_text(f"{dead_process_id()}\n")
