@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pneumocnn.core.task import Task
 from pneumocnn.edge import card_performance
 from pneumocnn.edge import card_sections as sections
 from pneumocnn.edge.card_format import (
@@ -66,6 +67,7 @@ def model_card(metadata: dict[str, Any]) -> str:
         The card's Markdown text.
     """
     name = metadata.get("name", "pneumocnn")
+    task = Task.of_metadata(metadata)  # read once; every section is handed it
     made = ", ".join(
         str(metadata[key]) for key in ("package_version", "created") if metadata.get(key)
     )
@@ -76,18 +78,18 @@ def model_card(metadata: dict[str, Any]) -> str:
         + (f" (pneumocnn {made})" if made else "")
         + ". A research tool, **not a medical device**: it gives no diagnosis.",
         "",
-        *sections.details(metadata),
-        *sections.intended_use(metadata),
+        *sections.details(metadata, task),
+        *sections.intended_use(task),
         *sections.factors(),
         *sections.data(metadata),
-        *card_performance.performance(metadata),
+        *card_performance.performance(metadata, task),
         *_adaptation(metadata),
         "## Operating point",
         "",
         *_calibration(metadata),
         *sections.guard(metadata),
         *sections.integration(metadata),
-        *sections.caveats(metadata),
+        *sections.caveats(metadata, task),
         *sections.compute_and_citation(metadata),
     ]
     return "\n".join(lines)

@@ -31,10 +31,10 @@ XIN_2021 = (
 )
 
 
-def performance(metadata: dict[str, Any]) -> list[str]:
+def performance(metadata: dict[str, Any], task: Task) -> list[str]:
     """Every set of figures the metadata holds, each saying which films and what chose on
     them; predictive values and calibration error."""
-    subtype = Task.of_metadata(metadata).subtype
+    subtype = task.subtype
     validation = by_model(metadata.get("validation_metrics") or {})
     lines = [
         "## Performance",

@@ -1,6 +1,7 @@
 """The sections of the model card, each from the model's metadata (see `pneumocnn.edge.card`).
 
-Each function takes the metadata and returns its section's Markdown lines. Figures are read
+Each function takes the metadata (and, where the task matters, the `Task` that `model_card` read
+from it once) and returns its section's Markdown lines. Figures are read
 from the metadata only: what it lacks is said to be `NOT_MEASURED`, never filled in from
 another model. The order follows Mitchell et al.'s Model Cards and the Hugging Face template.
 """
@@ -24,9 +25,8 @@ CITATION = (
 )
 
 
-def details(metadata: dict[str, Any]) -> list[str]:
+def details(metadata: dict[str, Any], task: Task) -> list[str]:
     """What the model is: task, network, files, how its int8 files were made, who made it."""
-    task = Task.of_metadata(metadata)
     size = metadata.get("image_size")
     config, training = metadata.get("config") or {}, metadata.get("training") or {}
     files, sizes = metadata.get("files") or {}, metadata.get("file_bytes") or {}
@@ -92,9 +92,9 @@ def _parity(metadata: dict[str, Any], task: Task) -> list[str]:
     return lines
 
 
-def intended_use(metadata: dict[str, Any]) -> list[str]:
+def intended_use(task: Task) -> list[str]:
     """Who it is for, and what it must not be used for."""
-    subtype = Task.of_metadata(metadata).subtype
+    subtype = task.subtype
     return [
         "## Intended use and users",
         "",
@@ -254,9 +254,9 @@ def _scale(tensor: dict[str, Any]) -> str:
     return ""
 
 
-def caveats(metadata: dict[str, Any]) -> list[str]:
+def caveats(metadata: dict[str, Any], task: Task) -> list[str]:
     """Known failure modes, ethical considerations, recommendations."""
-    subtype = Task.of_metadata(metadata).subtype
+    subtype = task.subtype
     lines = [
         "## Known failure modes",
         "",
