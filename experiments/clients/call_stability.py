@@ -27,7 +27,6 @@ threshold shown as "borderline" in every client, the rest compared).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
@@ -40,35 +39,12 @@ from pneumocnn.core.locations import default_model
 from pneumocnn.core.task import decide, pneumonia_probability
 from pneumocnn.data.images import load_image, read_grayscale, to_model_input
 from pneumocnn.data.scan import require_inputs
-from pneumocnn.evaluation.stability import grey_level_noise
+from pneumocnn.evaluation.stability import (
+    grey_level_noise,
+    jpeg_again,
+    resize_without_antialiasing,
+)
 from pneumocnn.runtime.runners import open_model
-
-
-def resize_without_antialiasing(gray: np.ndarray, side: int) -> np.ndarray:
-    """Bilinear sampling of a 2-D uint8 image at `side` x `side` output pixel centres (no
-    widening of the filter when shrinking), rounded to uint8: `(side, side, 1)`."""
-    height, width = gray.shape
-
-    def grid(size):
-        position = np.clip((np.arange(side) + 0.5) * size / side - 0.5, 0, size - 1)
-        low = np.floor(position).astype(int)
-        return low, np.minimum(low + 1, size - 1), position - low
-
-    y0, y1, fy = grid(height)
-    x0, x1, fx = grid(width)
-    image = gray.astype(np.float64)
-    top = image[y0][:, x0] * (1 - fx) + image[y0][:, x1] * fx
-    bottom = image[y1][:, x0] * (1 - fx) + image[y1][:, x1] * fx
-    rows = top * (1 - fy[:, None]) + bottom * fy[:, None]
-    return np.clip(np.rint(rows), 0, 255).astype(np.uint8)[..., None]
-
-
-def jpeg_again(gray: Image.Image, quality: int, side: int) -> np.ndarray:
-    """The film re-encoded as a JPEG at `quality`, then read as `pneumocnn.predict` reads it."""
-    buffer = io.BytesIO()
-    gray.save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    return to_model_input(read_grayscale(buffer, "re-encoded"), side)
 
 
 def perturbed_inputs(paths: list[Path], side: int) -> dict[str, np.ndarray]:

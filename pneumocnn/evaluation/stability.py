@@ -1,17 +1,20 @@
 """How much one grey level of pixel noise moves a model's P(pneumonia): what another JPEG
-decoder or resizer does to a film."""
+decoder or resizer does to a film; and those clients' perturbations of a film."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from pneumocnn.core.task import (
     class_probabilities,
     pneumonia_probability,
 )
+from pneumocnn.data.images import read_grayscale, to_model_input
 
 
 def grey_level_noise(images: np.ndarray, draws: int, seed: int):
@@ -69,3 +72,39 @@ def pixel_noise_sensitivity(
         "p99_change": round(float(np.percentile(changes, 99)), 4),
         "max_change": round(float(changes.max()), 4),
     }
+
+
+def resize_without_antialiasing(gray: np.ndarray, side: int) -> np.ndarray:
+    """Bilinear sampling of a 2-D uint8 image at `side` x `side` output pixel centres (no
+    widening of the filter when shrinking), rounded to uint8: `(side, side, 1)`. What
+    MediaPipe's and most GPU resizers do, where `pneumocnn.data.images.to_model_input` widens
+    Pillow's filter; written out because neither Pillow nor OpenCV is asked for it here.
+
+    Example:
+
+    >>> resize_without_antialiasing(np.arange(16, dtype=np.uint8).reshape(4, 4), 2)[..., 0]
+    array([[ 2,  4],
+           [10, 12]], dtype=uint8)
+    """
+    height, width = gray.shape
+
+    def grid(size):
+        position = np.clip((np.arange(side) + 0.5) * size / side - 0.5, 0, size - 1)
+        low = np.floor(position).astype(int)
+        return low, np.minimum(low + 1, size - 1), position - low
+
+    y0, y1, fy = grid(height)
+    x0, x1, fx = grid(width)
+    image = gray.astype(np.float64)
+    top = image[y0][:, x0] * (1 - fx) + image[y0][:, x1] * fx
+    bottom = image[y1][:, x0] * (1 - fx) + image[y1][:, x1] * fx
+    rows = top * (1 - fy[:, None]) + bottom * fy[:, None]
+    return np.clip(np.rint(rows), 0, 255).astype(np.uint8)[..., None]
+
+
+def jpeg_again(gray: Image.Image, quality: int, side: int) -> np.ndarray:
+    """The film re-encoded as a JPEG at `quality`, then read as `pneumocnn.predict` reads it."""
+    buffer = io.BytesIO()
+    gray.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    return to_model_input(read_grayscale(buffer, "re-encoded"), side)
