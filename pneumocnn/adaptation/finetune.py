@@ -2,8 +2,9 @@
 
 `fine_tune` loads the trained float model, freezes what the recipe keeps (BatchNormalization,
 the early blocks), and trains it on the site's films plus a class-balanced sample of the
-training split (`training_mix`), through the same `tf.data` pipeline and augmentation as
-training (`pneumocnn.data.pipeline.make_datasets`) and the same loss (`compile_model`).
+training split (`training_mix`), through the same `tf.data` pipeline as training
+(`pneumocnn.data.pipeline.make_datasets`; its augmentation scaled by `recipe.augment_scale`, off
+by default) and the same loss (`compile_model`).
 """
 
 from __future__ import annotations
