@@ -154,16 +154,28 @@ def subtype_figures(result: dict, index: np.ndarray | None = None) -> dict[str, 
     }
 
 
-def averaged(first: dict, second: dict) -> dict:
-    """A result whose P(pneumonia) is the mean of two results' on the same films (an
-    ensemble of the two adapted models, scored out of fold: neither member's fold model learnt
-    from the film's patient, whatever their folds)."""
-    assert first["files"] == second["files"]
-    score = (
-        pneumonia_probability(np.asarray(first["probabilities"]))
-        + pneumonia_probability(np.asarray(second["probabilities"]))
-    ) / 2
-    return {**first, "probabilities": np.c_[1 - score, score].tolist()}
+def averaged(*results: dict) -> dict:
+    """A result whose P(pneumonia) is the mean of several results' on the same films (an
+    ensemble of the adapted models, scored out of fold: no member's fold model learnt from the
+    film's patient, whatever their folds)."""
+    assert all(result["files"] == results[0]["files"] for result in results)
+    score = np.mean([pneumonia_probability(np.asarray(r["probabilities"])) for r in results], 0)
+    return {**results[0], "probabilities": np.c_[1 - score, score].tolist()}
+
+
+# Seed ensembles of the default recipe: disjoint groups of this many seeds (1-2, 3-4, ...).
+ENSEMBLE_SIZES = (2, 5)
+
+
+def seed_ensembles(results: list[dict], members: int) -> list[dict]:
+    """The default recipe's seeds averaged in disjoint groups of `members` (seeds in order):
+    each group is one ensemble of `members` adapted models, scored out of fold as `averaged`
+    says; each member learnt from about four fifths of the site's films."""
+    ordered = sorted(results, key=lambda result: result["seed"])
+    return [
+        averaged(*ordered[start : start + members])
+        for start in range(0, len(ordered) - members + 1, members)
+    ]
 
 
 def generic_row(result: dict) -> dict[str, float]:
@@ -197,32 +209,69 @@ def fmt(values: list[float], interval: list[float] | None = None, digits: int = 
     return text
 
 
-def decision(
-    rows: dict[str, list[dict]], incumbent: str = "augment", challenger: str = "default"
-) -> list[str]:
-    """The rule written before seeds 6-10 ran (README): the recipe with the training
-    augmentation (`incumbent`, the default until then) gave way to the one without it
-    (`challenger`, the default since) only if its seeds' specificity at the bound was higher by
-    a one-sided Welch t-test at p < 0.05 and its mean ROC AUC at most 0.005 below."""
-    if incumbent not in rows or challenger not in rows:
-        return []
+def welch_rule(rows: dict[str, list[dict]], incumbent: str, challenger: str) -> dict | None:
+    """The study's rule for changing a default, written before the seeds it decides ran: the
+    `challenger` replaces the `incumbent` only if its seeds' specificity at the bound is higher
+    by a one-sided Welch t-test at p < 0.05 (`scipy.stats.ttest_ind`, `equal_var=False`) and its
+    mean ROC AUC is at most 0.005 below. `None` while either has fewer than two seeds."""
+    if len(rows.get(incumbent, [])) < 2 or len(rows.get(challenger, [])) < 2:
+        return None
     before, after = seed_figures(rows[incumbent]), seed_figures(rows[challenger])
     spec = [[f["np_specificity"] for f in figures] for figures in (before, after)]
-    auc = [np.mean([f["auc"] for f in figures]) for figures in (before, after)]
+    auc = [float(np.mean([f["auc"] for f in figures])) for figures in (before, after)]
     test = stats.ttest_ind(spec[1], spec[0], equal_var=False, alternative="greater")
-    adopted = test.pvalue < 0.05 and auc[1] >= auc[0] - 0.005
-    return [
-        "",
-        f"The rule for the default (written before seeds 6-10 ran): `{incumbent}` (the default "
-        f"until then, {len(spec[0])} seeds) against no augmentation ({len(spec[1])} seeds): "
-        f"specificity at the bound {np.mean(spec[0]):.3f} vs {np.mean(spec[1]):.3f}, one-sided "
-        f"Welch t-test p = {test.pvalue:.3f}; mean ROC AUC {auc[0]:.3f} vs {auc[1]:.3f}. "
-        + (
-            "No augmentation became the default (`default` above)."
-            if adopted
-            else f"The rule did not adopt it: `{incumbent}` should be the default."
-        ),
-    ]
+    return {
+        "seeds": (len(spec[0]), len(spec[1])),
+        "specificity": (float(np.mean(spec[0])), float(np.mean(spec[1]))),
+        "auc": tuple(auc),
+        "p": float(test.pvalue),
+        "adopted": bool(test.pvalue < 0.05 and auc[1] >= auc[0] - 0.005),
+    }
+
+
+def rule_line(rule: dict, incumbent: str, challenger: str) -> str:
+    """One sentence giving a rule's inputs and its verdict."""
+    return (
+        f"`{challenger}` ({rule['seeds'][1]} seeds) against `{incumbent}` ({rule['seeds'][0]} "
+        f"seeds): specificity at the bound {rule['specificity'][1]:.3f} vs "
+        f"{rule['specificity'][0]:.3f}, one-sided Welch t-test p = {rule['p']:.3f}; mean ROC "
+        f"AUC {rule['auc'][1]:.3f} vs {rule['auc'][0]:.3f}: "
+        + ("adopted." if rule["adopted"] else "not adopted.")
+    )
+
+
+def decisions(rows: dict[str, list[dict]]) -> list[str]:
+    """The rules written before the seeds they decide ran (README), with their verdicts."""
+    lines = []
+    first = welch_rule(rows, "augment", "default")
+    if first:  # 2026-12-03, seeds 6-10: `augment` was the default until then
+        lines.append(
+            "- Seeds 6-10 (2026-12-03), the training augmentation in the fine-tuning or not: "
+            + rule_line(first, "augment", "default")
+            + " (`default` has been without augmentation since.)"
+        )
+    subtype = welch_rule(rows, "subtype-default", "subtype-augment")
+    if subtype and min(subtype["seeds"]) >= 5:  # 2026-12-07: five seeds of each
+        lines.append(
+            "- The subtype model with augmentation or not (2026-12-07, five seeds each): "
+            + rule_line(subtype, "subtype-default", "subtype-augment")
+        )
+    if "default" in rows:
+        default_mean = float(np.mean([f["np_specificity"] for f in seed_figures(rows["default"])]))
+        for name in sorted(n for n in rows if n.startswith("default_")):
+            mean = float(np.mean([f["np_specificity"] for f in seed_figures(rows[name])]))
+            rule = welch_rule(rows, "default", name)
+            if len(rows[name]) >= 10 and rule:
+                line = rule_line(rule, "default", name)
+                lines.append(f"- A change of one field (2026-12-07): {line}")
+            else:
+                verdict = "goes on to ten seeds" if mean > default_mean else "stops there"
+                lines.append(
+                    f"- A change of one field (2026-12-07): `{name}`, {len(rows[name])} seeds, "
+                    f"specificity at the bound {mean:.3f} against the default's "
+                    f"{len(rows['default'])}-seed mean {default_mean:.3f}: {verdict}."
+                )
+    return ["", "Rules written before the seeds they decide ran, and their verdicts:", ""] + lines
 
 
 def table() -> str:
@@ -235,15 +284,22 @@ def table() -> str:
     for name, first, second in pairs:
         by_seed = {r["seed"]: r for r in second}
         rows[name] = [averaged(r, by_seed[r["seed"]]) for r in first if r["seed"] in by_seed]
+    members = {name: 2 for name, _, _ in pairs}
+    for size in ENSEMBLE_SIZES:
+        if len(rows.get("default", [])) >= 2 * size:
+            name = f"default, {size} seeds averaged"
+            rows[name], members[name] = seed_ensembles(rows["default"], size), size
     lines = [
         "| row | recipe (changed fields) | seeds | ROC AUC | specificity at 96% sensitivity "
         "(point) | accuracy at the bound | sensitivity at the bound | specificity at the bound | "
         "bound holds 96% / point holds 96% (halvings) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, results in rows.items():
+    for name, results in rows.items():  # for an ensemble row, "seeds" counts its ensembles
         row_file = HERE / "rows" / f"{results[0]['row']}.json"
-        changed = json.loads(row_file.read_text()) if " + " not in name else {"members": 2}
+        changed = (
+            {"members": members[name]} if name in members else json.loads(row_file.read_text())
+        )
         per_seed = seed_figures(results)
         intervals = seed_mean_intervals(results)
         held = [coverage(r) for r in results]
@@ -274,7 +330,7 @@ def table() -> str:
                 )
                 + " |"
             )
-    lines += decision(rows)
+    lines += decisions(rows)
     first = next(r for name, results in rows.items() if "subtype" not in name for r in results)
     generic = generic_row(first)
     lines += [
