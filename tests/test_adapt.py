@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import beta
 
+from helpers import REAL_DATA, SHIPPED, requires_real_data, requires_shipped_model
 from pneumocnn import adapt as adapt_command
 from pneumocnn.adaptation.adapt import resolve_base
 from pneumocnn.adaptation.finetune import fine_tune, training_mix
@@ -34,8 +35,12 @@ def site(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def adapted(trained_run, site, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("adapted") / "family"
-    assert adapt_command.main([str(trained_run), "--site-dir", str(site), "--output-dir",
-                               str(output), *QUICK]) == 0
+    assert (
+        adapt_command.main(
+            [str(trained_run), "--site-dir", str(site), "--output-dir", str(output), *QUICK]
+        )
+        == 0
+    )
     return output
 
 
@@ -61,8 +66,12 @@ def test_adapt_adapts_a_subtype_family_and_keeps_its_three_classes(subtype_model
     site = write_dataset(tmp_path / "site", patients=40, seed=23, subtypes=True) / "train"
     family = subtype_model / model_files("pneumocnn_subtype")["metadata"]
     output = tmp_path / "adapted"
-    assert adapt_command.main([str(family), "--site-dir", str(site), "--output-dir",
-                               str(output), *QUICK]) == 0
+    assert (
+        adapt_command.main(
+            [str(family), "--site-dir", str(site), "--output-dir", str(output), *QUICK]
+        )
+        == 0
+    )
     files = model_files("pneumocnn_subtype")
     metadata = load_metadata(output / files["metadata"], output / files["int8"])
     assert metadata["task"] == "subtype" and len(metadata["class_names"]) == 3
@@ -83,8 +92,9 @@ def test_the_bound_threshold_misses_no_more_films_than_its_rank_allows(adapted):
 def test_adapt_never_writes_over_its_input(exported_model, site, tmp_path):
     folder = tmp_path / "family"
     shutil.copytree(exported_model, folder)
-    code = adapt_command.main([str(folder), "--site-dir", str(site), "--output-dir",
-                               str(folder), *QUICK])
+    code = adapt_command.main(
+        [str(folder), "--site-dir", str(site), "--output-dir", str(folder), *QUICK]
+    )
     assert code == 2
 
 
@@ -116,8 +126,9 @@ def test_films_whose_patient_cannot_be_told_are_refused_unless_a_table_names_it(
 
 def test_a_training_folder_is_refused_as_a_site(trained_run, tmp_path):
     data = Path(json.loads((trained_run / "config.json").read_text())["data_dir"])
-    code = adapt_command.main([str(trained_run), "--site-dir", str(data), "--output-dir",
-                               str(tmp_path / "out"), *QUICK])
+    code = adapt_command.main(
+        [str(trained_run), "--site-dir", str(data), "--output-dir", str(tmp_path / "out"), *QUICK]
+    )
     assert code == 2
 
 
@@ -146,9 +157,9 @@ def test_the_bound_needs_the_films_the_binomial_asks_for():
     scores = np.r_[np.linspace(0.5, 1, 73), np.linspace(0, 0.4, 20)]
     with pytest.raises(ValueError, match="at least 74 pneumonia films"):
         sensitivity_bound_threshold(labels, scores, 0.96, 0.95)
-    assert sensitivity_bound_threshold(
-        np.r_[labels, 1], np.r_[scores, 0.9], 0.96, 0.95
-    )["rank"] == 1
+    assert (
+        sensitivity_bound_threshold(np.r_[labels, 1], np.r_[scores, 0.9], 0.96, 0.95)["rank"] == 1
+    )
 
 
 def test_the_bound_holds_the_target_on_new_films_as_often_as_its_confidence_says():
@@ -188,3 +199,24 @@ def test_a_deterministic_fine_tuning_gives_the_same_weights_twice(trained_run, s
 def test_adapt_config_refuses_a_confidence_of_one():
     with pytest.raises(ValueError, match="confidence"):
         AdaptConfig(confidence=1.0)
+
+
+@pytest.mark.slow
+@requires_real_data
+@requires_shipped_model
+def test_the_readmes_adapt_command_exports_the_shipped_model_adapted_to_the_development_half(
+    tmp_path,
+):
+    # Regression: with augmentation off (the default from 2026-12-03), the adapted model put most
+    # validation films' P(pneumonia) within 1/512 of 0 or 1, the int8 output's steps tied them,
+    # and the export's parity check refused it: the README's command wrote nothing. The study
+    # scores float fold models, so only the command itself meets that check.
+    output = tmp_path / "adapted"
+    argv = [str(SHIPPED), "--site-dir", str(REAL_DATA / "test"), "--output-dir", str(output)]
+    assert adapt_command.main(argv) == 0
+    files = model_files("pneumocnn")
+    metadata = load_metadata(output / files["metadata"], output / files["int8"])
+    assert metadata["parity"]["passed"]
+    assert metadata["parity"]["auc_drop"] <= metadata["parity"]["max_auc_drop"]
+    assert metadata["calibration"]["model"] == "out-of-fold"
+    assert metadata["adaptation"]["recipe"] == AdaptConfig().to_dict()
