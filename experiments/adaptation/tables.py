@@ -197,10 +197,9 @@ def seed_ensembles(results: list[dict], members: int) -> list[dict]:
     """The default recipe's seeds averaged in disjoint groups of `members` (seeds in order):
     each group is one ensemble of `members` adapted models, scored out of fold as `averaged`
     says; each member learnt from about four fifths of the site's films."""
-    ordered = sorted(results, key=lambda result: result["seed"])
-    return [
-        averaged(*ordered[start : start + members])
-        for start in range(0, len(ordered) - members + 1, members)
+    return [  # load_rows keeps each row's seeds in order
+        averaged(*results[start : start + members])
+        for start in range(0, len(results) - members + 1, members)
     ]
 
 

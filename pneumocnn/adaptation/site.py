@@ -237,8 +237,9 @@ def check_enough(site: SiteFilms, class_names: list[str]) -> None:
             f"({counts[0]} NORMAL, {counts[1]} pneumonia); adaptation needs at least {MIN_FILMS}, "
             f"with {MIN_PER_CLASS} or more of each. In the learning curve (experiments/adaptation) "
             "the result steadies from about 200 films: with 50 to 100 the specificity at the "
-            "chosen threshold was lower (0.76 to 0.82 against 0.85) and varied by about 0.06 "
-            "between seeds. Add labelled films of the site."
+            "chosen threshold was lower and varied more between seeds (its README gives the "
+            "figures, their intervals and what they were chosen on). Add labelled films of the "
+            "site."
         )
 
 

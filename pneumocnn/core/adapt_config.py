@@ -65,8 +65,8 @@ class AdaptConfig(Settings):
         "Mixup during fine-tuning (0 is off). Without augmentation and without mixup the "
         "fine-tuned model puts most training-batch films' P(pneumonia) within 1/512 of 0 or 1, "
         "where the int8 output's steps tie them and the export's parity check refuses the "
-        "model; mixup keeps the outputs off the ends (the adaptation study: ten seeds, "
-        "specificity at the bound 0.847 against 0.794 with augmentation instead).",
+        "model; mixup keeps the outputs off the ends (chosen over augmentation by the "
+        "adaptation study, experiments/adaptation).",
     )
     seed: int = setting(0, "Seeds the folds, the training-film sample and the fine-tuning.")
     deterministic: bool = setting(
