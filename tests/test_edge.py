@@ -309,6 +309,7 @@ def _save(image: Image.Image, path):
 def test_grafting_the_guard_head_leaves_the_operating_scores_bit_for_bit(exported_model, tmp_path):
     """`add_guard_head` appends the head to a variant made without one: the first output is the
     same to the bit, the second is the head's; a variant with a head already is refused."""
+    from pneumocnn.edge.convert import convert, fixed_batch_saved_model
     from pneumocnn.edge.guard_head import add_guard_head, convert_guard_head
     from pneumocnn.edge.rgb import LUMA_WEIGHTS, rgb_variant
     from pneumocnn.runtime import guard
@@ -318,9 +319,9 @@ def test_grafting_the_guard_head_leaves_the_operating_scores_bit_for_bit(exporte
     calibration = guard.calibration_of(metadata)
     rng = np.random.default_rng(5)
     films = np.stack([synthetic_xray(rng, i % 2, (32, 32))[..., None] for i in range(8)])
-    plain = rgb_variant(
-        load_model(exported_model / "pneumocnn.keras"), metadata["threshold"], films, tmp_path
-    )
+    keras_model = load_model(exported_model / "pneumocnn.keras")
+    int8 = convert(fixed_batch_saved_model(keras_model, tmp_path / "saved_model"), films)
+    plain = rgb_variant(keras_model, metadata["threshold"], int8, tmp_path)
     head = convert_guard_head(32, calibration, LUMA_WEIGHTS, tmp_path)
     grafted = add_guard_head(plain, head)
 
@@ -368,3 +369,65 @@ def test_stock_mediapipe_guard_head_agrees_with_the_python_guard_on_films_and_no
             same += (result["guard"][0][0] == GUARD_LABELS[1]) == caught
         print(f"stock MediaPipe guard head vs Python on {len(paths)} {kind}: {same} the same")
         assert same >= 0.99 * len(paths)
+
+
+@pytest.mark.parametrize("fixture", ["exported_model", "subtype_model"])
+def test_the_rgb_variant_runs_the_int8_files_own_graph(fixture, request):
+    """The RGB variant is grafted around the grayscale int8 file, not converted again: every
+    constant of the int8 file (weights, biases, quantization) is in the variant byte for byte,
+    and every int8 operator's quantized tensors keep their scales."""
+    from pneumocnn.edge.graft import read
+
+    folder = request.getfixturevalue(fixture)
+    metadata = json.loads(next(folder.glob("*.json")).read_text())
+    files = model_files(metadata["name"])
+    int8, rgb = (read((folder / files[role]).read_bytes()) for role in ("int8", "rgb_int8"))
+    metadata_buffers = {entry.buffer for entry in int8.metadata or []}
+    constants = {
+        bytes(buffer.data)
+        for index, buffer in enumerate(int8.buffers)
+        if buffer.data is not None and len(buffer.data) and index not in metadata_buffers
+    }
+    variant = {bytes(b.data) for b in rgb.buffers if b.data is not None and len(b.data)}
+    assert constants and constants <= variant
+
+    def scales(tree):
+        return sorted(
+            (bytes(t.name or b"").split(b"/", 1)[-1], float(t.quantization.scale[0]))
+            for t in tree.subgraphs[0].tensors
+            if t.quantization is not None
+            and t.quantization.scale is not None
+            and len(t.quantization.scale) == 1
+        )
+
+    assert set(scales(int8)) <= set(scales(rgb))
+
+
+def test_grafting_refuses_graphs_whose_shapes_do_not_meet(exported_model, tmp_path):
+    """`sandwich` names the two shapes when a front does not fit the middle's input."""
+    from pneumocnn.edge.convert import convert_float32, fixed_batch_saved_model
+    from pneumocnn.edge.graft import sandwich
+    from pneumocnn.edge.rgb import head_model, luma_model
+
+    int8 = (exported_model / INT8_FILE).read_bytes()
+    front = convert_float32(fixed_batch_saved_model(luma_model(16), tmp_path / "luma"))
+    back = convert_float32(fixed_batch_saved_model(head_model(1, 0.5), tmp_path / "head"))
+    with pytest.raises(ValueError, match=r"front's output and the middle's input differ.*16"):
+        sandwich(front, int8, back)
+
+
+def test_operating_scores_are_what_the_variants_head_computes_on_saturated_outputs():
+    """An int8 softmax can give NORMAL 255/256 and 0 to both subtypes (the subtype model adapted
+    to the development half did): numpy's scores and the variant's head must still agree there,
+    or the export's RGB check refuses the family over a film both call NORMAL."""
+    from pneumocnn.edge.rgb import head_model
+
+    rows = np.array(
+        [[255 / 256, 0, 0], [0.5, 0.3, 0.2], [0, 0, 1], [1 / 256, 255 / 256, 0]], np.float32
+    )
+    for threshold in (0.3, 0.4787, 0.7):
+        head = head_model(3, threshold).predict(rows, batch_size=1, verbose=0)
+        np.testing.assert_allclose(operating_scores(rows, threshold), head, atol=1e-6)
+    binary = np.array([[0.0], [1 / 256], [0.5], [1.0]], np.float32)
+    head = head_model(1, 0.5234).predict(binary, batch_size=1, verbose=0)
+    np.testing.assert_allclose(operating_scores(binary[:, 0], 0.5234), head, atol=1e-6)

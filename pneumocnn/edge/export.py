@@ -98,8 +98,8 @@ def convert_family(
     logger.info("Converting to float16")
     fp16 = convert(saved_model, None)
     (scratch / files["fp16"]).write_bytes(embed_pneumocnn_metadata(fp16, card, channels=1))
-    logger.info("Converting the RGB variant to int8")
-    rgb = rgb_variant(model, prepared.threshold, calibration, scratch, guard=prepared.guard)
+    logger.info("Grafting the RGB variant onto the int8 model")
+    rgb = rgb_variant(model, prepared.threshold, int8, scratch, guard=prepared.guard)
     (scratch / files["rgb_int8"]).write_bytes(embed_pneumocnn_metadata(rgb, card, channels=3))
     # Saved uncompiled: loading it needs plain Keras only, not pneumocnn's training metrics.
     prepared.keras_model.save(scratch / files["keras"])

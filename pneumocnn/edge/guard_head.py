@@ -25,10 +25,10 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
-from tensorflow.lite.tools import flatbuffer_utils
 
 from pneumocnn.edge.convert import BATCH_SIZE, convert_float32, fixed_batch_saved_model
 from pneumocnn.edge.embedded import GUARD_LABELS, without_packed_files
+from pneumocnn.edge.graft import append_graph, read, write
 from pneumocnn.runtime.guard import DEFAULT_LIMITS, GuardCalibration
 
 # The guard head's layer; the TFLite tensors it writes carry this name.
@@ -120,15 +120,6 @@ def convert_guard_head(
     return convert_float32(fixed_batch_saved_model(model, Path(folder) / "guard_saved_model"))
 
 
-def _same_code(a, b) -> bool:
-    return (a.builtinCode, a.deprecatedBuiltinCode, a.customCode, a.version) == (
-        b.builtinCode,
-        b.deprecatedBuiltinCode,
-        b.customCode,
-        b.version,
-    )
-
-
 def add_guard_head(model: bytes, head: bytes) -> bytes:
     """Grafts a converted guard head (`convert_guard_head`) onto an RGB variant's flatbuffer.
 
@@ -149,8 +140,7 @@ def add_guard_head(model: bytes, head: bytes) -> bytes:
         ValueError: if `model` does not have exactly one output (a head is there already), or
             the head's input shape differs from the variant's.
     """
-    tree = flatbuffer_utils.read_model_from_bytearray(bytearray(without_packed_files(model)))
-    graft = flatbuffer_utils.read_model_from_bytearray(bytearray(head))
+    tree, graft = read(without_packed_files(model)), read(head)
     target, source = tree.subgraphs[0], graft.subgraphs[0]
     if len(target.outputs) != 1 or len(tree.subgraphs) != 1:
         raise ValueError(
@@ -163,36 +153,12 @@ def add_guard_head(model: bytes, head: bytes) -> bytes:
             f"The guard head takes {list(source.tensors[head_input].shape)}, the RGB variant "
             f"{list(target.tensors[variant_input].shape)}: build the head for the variant's size."
         )
-    buffer_base = len(tree.buffers)
-    tree.buffers += [copy.deepcopy(buffer) for buffer in graft.buffers]
-    tensor_index = {head_input: variant_input}
-    for index, tensor in enumerate(source.tensors):
-        if index == head_input:
-            continue
-        tensor = copy.deepcopy(tensor)
-        tensor.buffer = buffer_base + tensor.buffer
-        tensor.name = b"guard_head/" + (tensor.name or b"")
-        tensor_index[index] = len(target.tensors)
-        target.tensors.append(tensor)
-    codes = []
-    for code in graft.operatorCodes:
-        found = [i for i, known in enumerate(tree.operatorCodes) if _same_code(known, code)]
-        if not found:
-            tree.operatorCodes.append(copy.deepcopy(code))
-            found = [len(tree.operatorCodes) - 1]
-        codes.append(found[0])
-    for operator in source.operators:
-        operator = copy.deepcopy(operator)
-        operator.opcodeIndex = codes[operator.opcodeIndex]
-        operator.inputs = np.asarray(
-            [tensor_index[i] if i >= 0 else i for i in operator.inputs], np.int32
-        )
-        operator.outputs = np.asarray([tensor_index[i] for i in operator.outputs], np.int32)
-        target.operators.append(operator)
+    operators, tensor_index = append_graph(tree, graft, {head_input: variant_input}, b"guard_head/")
+    target.operators.extend(operators)
     output = tensor_index[source.outputs[0]]
     target.outputs = np.asarray([*target.outputs, output], np.int32)
     if tree.signatureDefs:
         mapping = copy.deepcopy(tree.signatureDefs[0].outputs[0])
         mapping.name, mapping.tensorIndex = GUARD_OUTPUT.encode(), output
         tree.signatureDefs[0].outputs.append(mapping)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
+    return write(tree)

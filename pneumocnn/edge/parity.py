@@ -75,8 +75,8 @@ def check_rgb_parity(
     }
 
 MIN_AGREEMENT = 0.99
-# The RGB variant runs the int8 model's network quantized the same way, with its luma and head in
-# float32: it must name the int8 model's class on every film, with scores within this of
+# The RGB variant runs the int8 file's own graph (grafted, `pneumocnn.edge.graft`), with its luma
+# and head in float32: it must name the int8 model's class on every film, with scores within this of
 # `pneumocnn.edge.rgb.operating_scores` of the int8 model's output.
 RGB_SCORE_TOLERANCE = 1e-4
 MAX_AUC_DROP = 0.005

@@ -4,10 +4,10 @@ A stock image classifier feeds three channels and names the class with the highe
 `rgb_classifier` wraps the grayscale model: Pillow's luma (`LUMA_WEIGHTS`, rounded as Pillow
 rounds) as the first layers, then the trained network, then a head whose per-class scores put
 the decision threshold where argmax puts it (`operating_scores` is the same rule in numpy). The
-luma and the head run in float32 and the network in int8, quantized as the grayscale model is: on
-the same pixels, the variant makes the grayscale int8 model's call exactly. With the model's
-input-guard calibration, the variant gets a second output, the guard head
-(`pneumocnn.edge.guard_head`).
+luma and the head run in float32; between them runs the grayscale int8 file's own graph, grafted
+(`pneumocnn.edge.graft.sandwich`), not converted again: on the same pixels, the variant makes the
+grayscale int8 model's call exactly. With the model's input-guard calibration, the variant gets
+a second output, the guard head (`pneumocnn.edge.guard_head`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from keras import ops
 from tensorflow.lite.tools import flatbuffer_utils
 
 from pneumocnn.core.task import class_probabilities, pneumonia_probability
-from pneumocnn.edge.convert import BATCH_SIZE, convert, fixed_batch_saved_model
+from pneumocnn.edge.convert import BATCH_SIZE, convert_float32, fixed_batch_saved_model
 from pneumocnn.edge.embedded import without_packed_files
+from pneumocnn.edge.graft import sandwich
 from pneumocnn.edge.guard_head import add_guard_head, convert_guard_head, has_guard_head
 
 if TYPE_CHECKING:
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 # so is their sum with pixels 0-255), and the RGB variant computes `floor(luma + 0.5)` in float32:
 # the same gray film as Pillow, for colour images too, and a gray film (R = G = B) unchanged.
 LUMA_WEIGHTS = (19595 / 65536, 38470 / 65536, 7471 / 65536)
-# The RGB variant's layers that stay float32 (see `rgb_variant`): the luma, its rounding, and the
-# head that turns the grayscale model's output into per-class scores.
+# The RGB variant's float32 layers (see `rgb_variant`): the luma, its rounding, and the head that
+# turns the grayscale model's output into per-class scores.
 LUMA_LAYER, GRAY_LAYER, HEAD_LAYER = "luma", "gray", "scores"
 
 
@@ -60,19 +61,43 @@ def operating_scores(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     odds = threshold / (1.0 - threshold)
     shifted = pneumonia / (pneumonia + odds * (1.0 - pneumonia) + 1e-12)
     others = rows[:, 1:]
+    # As the variant's head computes it (`_operating_scores_op`): where every other class's
+    # probability is 0 (a saturated int8 softmax), so are their scores.
     relative = others / (others.max(axis=1, keepdims=True) + 1e-12)
-    relative[others.max(axis=1) == 0] = 1.0
     return np.concatenate([(1.0 - shifted)[:, None], shifted[:, None] * relative], axis=1)
 
 
-def rgb_classifier(keras_model, threshold: float):
-    """Wraps the grayscale model for stock image classifiers: RGB in, one score per class out.
+def luma_model(image_size: int) -> keras.Model:
+    """The RGB variant's front: raw 0-255 RGB `(1, image_size, image_size, 3)` in, Pillow's gray
+    film out (a 1x1 linear map with `LUMA_WEIGHTS`, no bias, then `floor(x + 0.5)`)."""
+    image = keras.Input((image_size, image_size, 3), batch_size=BATCH_SIZE, name="image")
+    luma = keras.layers.Dense(1, use_bias=False, trainable=False, name=LUMA_LAYER)
+    gray = keras.layers.Lambda(lambda x: ops.floor(x + 0.5), name=GRAY_LAYER)(luma(image))
+    luma.set_weights([np.asarray(LUMA_WEIGHTS, np.float32).reshape(3, 1)])
+    return keras.Model(image, gray, name="pneumocnn_luma")
 
-    The first layers are Pillow's luma (a 1x1 linear map with `LUMA_WEIGHTS`, no bias, then
-    `floor(x + 0.5)`) on raw 0-255 RGB, which gives Pillow's gray film exactly; then the whole
-    trained grayscale model; then a head (`HEAD_LAYER`) whose scores follow `operating_scores`,
-    so the class with the highest score is the decision at `threshold`. `rgb_variant` keeps the
-    luma and the head in float32 and quantizes the network as the grayscale model's.
+
+def head_model(outputs: int, threshold: float) -> keras.Model:
+    """The RGB variant's back: the grayscale model's output `(1, outputs)` in (P(pneumonia), or
+    the subtype softmax), one operating score per class out (see `operating_scores`)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(
+            f"The operating threshold must lie in (0, 1). Received: threshold={threshold!r}."
+        )
+    probabilities = keras.Input((outputs,), batch_size=BATCH_SIZE, name="probabilities")
+    classes = max(2, outputs)
+    scores = keras.layers.Lambda(
+        lambda p: _operating_scores_op(p, threshold), name=HEAD_LAYER, output_shape=(classes,)
+    )(probabilities)
+    return keras.Model(probabilities, scores, name="pneumocnn_scores")
+
+
+def rgb_classifier(keras_model, threshold: float) -> keras.Model:
+    """The RGB variant in float: RGB in, one score per class out.
+
+    `luma_model`, then the whole trained grayscale model, then `head_model`, whose scores follow
+    `operating_scores`, so the class with the highest score is the decision at `threshold`.
+    `rgb_variant` makes the file from the same front and back around the int8 model.
 
     Args:
         keras_model: a pneumocnn model (grayscale input).
@@ -81,22 +106,9 @@ def rgb_classifier(keras_model, threshold: float):
     Returns:
         A Keras model with input `(1, H, W, 3)` and output `(1, classes)` (2 for binary).
     """
-
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(
-            f"The operating threshold must lie in (0, 1). Received: threshold={threshold!r}."
-        )
-    size = keras_model.input_shape[1:3]
-    classes = max(2, keras_model.output_shape[-1])
-    image = keras.Input((*size, 3), batch_size=BATCH_SIZE, name="image")
-    luma = keras.layers.Dense(1, use_bias=False, trainable=False, name=LUMA_LAYER)
-    gray = keras.layers.Lambda(lambda x: ops.floor(x + 0.5), name=GRAY_LAYER)(luma(image))
-    probabilities = keras_model(gray)
-    outputs = keras.layers.Lambda(
-        lambda p: _operating_scores_op(p, threshold), name=HEAD_LAYER, output_shape=(classes,)
-    )(probabilities)
-    luma.set_weights([np.asarray(LUMA_WEIGHTS, np.float32).reshape(3, 1)])
-    return keras.Model(image, outputs, name="pneumocnn_rgb")
+    head = head_model(int(keras_model.output_shape[-1]), threshold)
+    front = luma_model(int(keras_model.input_shape[1]))
+    return keras.Model(front.input, head(keras_model(front.output)), name="pneumocnn_rgb")
 
 
 def _threshold_odds(threshold: float) -> float:
@@ -178,27 +190,23 @@ def retarget_rgb_variant(model: bytes, threshold: float, new_threshold: float) -
 def rgb_variant(
     keras_model,
     threshold: float,
-    calibration: np.ndarray,
+    int8: bytes,
     folder: Path,
     guard: GuardCalibration | None = None,
 ) -> bytes:
-    """Converts `rgb_classifier` to int8 with its head in float32 (float32 RGB in, raw 0-255
-    pixels; float32 scores out).
+    """The RGB variant's `.tflite`: float32 RGB in (raw 0-255 pixels), float32 scores out.
 
-    The luma (`LUMA_LAYER`, `GRAY_LAYER`) and the head (`HEAD_LAYER`) stay float32; between
-    them, the grayscale int8 network, calibrated on the same gray films (the float luma gives
-    them exactly), so it is quantized as the grayscale model is and computes the same output.
-    So the operating decision is the grayscale model's exactly, and no two scores tie after
-    rounding. The input is float32 (raw 0-255 pixels) because the converter's selective
-    quantization (`pneumocnn.edge.convert.convert(..., float_layers=...)`, the converter the
-    grayscale models go through) keeps float32 at both ends.
+    `luma_model` and `head_model`, each converted to float32, are grafted before and after the
+    grayscale int8 model's own graph (`pneumocnn.edge.graft.sandwich`), which is not converted
+    again: its quantization is the grayscale file's by construction, so the operating decision is
+    the grayscale model's exactly, and no two scores tie after rounding.
 
     Args:
-        keras_model: the trained grayscale model.
+        keras_model: the trained grayscale model (for its input and output shapes).
         threshold: the operating threshold.
-        calibration: the grayscale calibration images `(n, H, W, 1)`, raw 0-255; repeated to
-            three channels.
-        folder: a scratch folder for the SavedModel.
+        int8: the grayscale int8 `.tflite` made from `keras_model` (`pneumocnn.edge.convert`),
+            as converted (no embedded metadata).
+        folder: a scratch folder for the SavedModels.
         guard: the model's input-guard calibration: the variant then gets the guard head as its
             second output (`pneumocnn.edge.guard_head.add_guard_head`; the first output is the
             same either way). Defaults to `None`: no guard head.
@@ -206,15 +214,11 @@ def rgb_variant(
     Returns:
         The `.tflite` flatbuffer (without TFLite metadata).
     """
-    saved_model = fixed_batch_saved_model(
-        rgb_classifier(keras_model, threshold), Path(folder) / "rgb_saved_model"
-    )
-    variant = convert(
-        saved_model,
-        np.repeat(calibration, 3, axis=-1),
-        float_layers=(LUMA_LAYER, GRAY_LAYER, HEAD_LAYER),
-    )
     side = int(keras_model.input_shape[1])
+    front = convert_float32(fixed_batch_saved_model(luma_model(side), Path(folder) / "luma"))
+    head = head_model(int(keras_model.output_shape[-1]), threshold)
+    back = convert_float32(fixed_batch_saved_model(head, Path(folder) / "scores"))
+    variant = sandwich(front, int8, back)
     if not has_guard_head(side, guard):
         return variant
     return add_guard_head(variant, convert_guard_head(side, guard, LUMA_WEIGHTS, folder))
