@@ -23,7 +23,7 @@ from pathlib import Path
 from pneumocnn import cli
 from pneumocnn.core.adapt_config import AdaptConfig
 from pneumocnn.core.errors import EXIT_OK
-from pneumocnn.core.run_folder import CALIBRATION_IMAGES
+from pneumocnn.core.run_folder import ADAPT_CALIBRATION_IMAGES
 from pneumocnn.core.settings import add_config_arguments, config_from_args
 
 # The adaptation stage needs TensorFlow: imported in `_command`, so `--help` comes at once.
@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--calibration-images",
         type=int,
-        default=CALIBRATION_IMAGES,
-        help=f"Training images that calibrate the int8 ranges (default: {CALIBRATION_IMAGES}).",
+        default=ADAPT_CALIBRATION_IMAGES,
+        help="Training images that calibrate the int8 ranges; more than export's, since an "
+        f"adapted model puts more films at its outputs' ends (default: "
+        f"{ADAPT_CALIBRATION_IMAGES}).",
     )
     add_config_arguments(parser, AdaptConfig)
     return parser

@@ -33,12 +33,10 @@ from tables import (
 from pneumocnn.core.locations import default_model
 from pneumocnn.edge.family import describe_again, read_family
 
-# Measured 2026-12-07 (experiments/adaptation/README.md, findings): why a subtype site gets no
-# adapted family from the command yet.
+# The subtype card says whose figures these are (experiments/adaptation/README.md, findings).
 SUBTYPE_EXPORT = (
-    " These are the float fold models' figures: adapting this family does not yet pass the "
-    "export's three-class int8 check on these films (98.75% agreement, 99% needed), so "
-    "`pneumocnn.adapt` writes no family for it."
+    " These are the float fold models' figures; the int8 family the command writes makes the "
+    "float model's three-class decision on at least 99% of validation films (the export's check)."
 )
 # The study's figure names -> the card's.
 NAMES = {

@@ -37,8 +37,8 @@ from pneumocnn.core.metadata import (
     write_json_atomically,
 )
 from pneumocnn.core.run_folder import (
+    ADAPT_CALIBRATION_IMAGES,
     ADAPTATION_FILE,
-    CALIBRATION_IMAGES,
     CONFIG_FILE,
     MODEL_FILE,
     SPLIT_FILE,
@@ -301,7 +301,7 @@ def adapt(
     recipe: AdaptConfig | None = None,
     data_dir: str | None = None,
     patients_csv: str | Path | None = None,
-    calibration_images: int = CALIBRATION_IMAGES,
+    calibration_images: int = ADAPT_CALIBRATION_IMAGES,
 ) -> dict[str, Any]:
     """Adapts a trained model to a site's labelled films and exports the adapted int8 family.
 
@@ -314,7 +314,7 @@ def adapt(
         patients_csv: a `file,patient` table for sites whose names do not carry the patient.
             Defaults to `None`.
         calibration_images: training films for the int8 conversion. Defaults to
-            `CALIBRATION_IMAGES` (300).
+            `ADAPT_CALIBRATION_IMAGES` (600).
 
     Returns:
         The adapted family's metadata.
