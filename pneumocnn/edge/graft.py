@@ -2,10 +2,10 @@
 
 The RGB variant (`pneumocnn.edge.rgb`) is the grayscale int8 model with float32 layers before and
 after it, and its guard head (`pneumocnn.edge.guard_head`) a float32 graph beside it. Converting
-such a whole again would calibrate its int8 network anew, and a new calibration can quantize it a
-step differently from the grayscale file (seen on an adapted subtype model: scores one output
-step, 0.004, apart). Grafting the converted graphs together keeps every graph's tensors, operators
-and constants byte for byte, so the variant computes what the grayscale int8 file computes.
+such a whole again calibrates its int8 network a second time: that came out as the grayscale
+file's in every export measured, but nothing in the converter promises it. Grafting the converted
+graphs together keeps every graph's tensors, operators and constants byte for byte, so the variant
+computes what the grayscale int8 file computes by construction.
 
 TensorFlow's `flatbuffer_utils` reads and writes the flatbuffers; the joining itself (copying one
 subgraph's tensors, operators, constants and operator codes into another's) is written here
