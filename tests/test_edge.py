@@ -11,7 +11,7 @@ from PIL import Image
 
 from helpers import REAL_DATA, requires_real_data
 from pneumocnn.core.locations import default_model_dir
-from pneumocnn.core.metadata import FP16_FILE, INT8_FILE, METADATA_FILE, model_files
+from pneumocnn.core.metadata import FILM_SIZE, FP16_FILE, INT8_FILE, METADATA_FILE, model_files
 from pneumocnn.core.task import decide
 from pneumocnn.edge.embedded import (
     GUARD_LABELS,
@@ -26,7 +26,6 @@ from pneumocnn.testing import read_embedded_labels, synthetic_xray, write_image
 RGB_FILE = model_files("pneumocnn")["rgb_int8"]
 # Films whose int8 probability lies this close to the threshold may flip between two int8
 # models (one output step is 1/256); the stock-client comparisons on toy models skip them.
-MARGIN = 0.02
 
 
 def _mediapipe():
@@ -95,23 +94,35 @@ def test_rgb_classifier_scores_are_the_operating_scores_of_the_gray_model(fixtur
 
 @pytest.mark.parametrize("fixture", ["exported_model", "subtype_model"])
 def test_rgb_variant_makes_the_int8_models_call_on_colour_images_exactly(fixture, request):
-    """The RGB variant's float luma is Pillow's "L" conversion to the pixel and its network is
-    the grayscale int8 model's, quantized the same: on colour images its scores are the operating
-    scores of the int8 model's output on Pillow's gray image (no rounding of its own), so its
-    argmax is that model's call, near-ties included."""
+    """The RGB variant takes the films' 224 px and does Pillow's resize inside, to the pixel; its
+    float luma is Pillow's "L" conversion and its network the grayscale int8 file's own graph: on
+    colour images its scores are the operating scores of the int8 model's output on Pillow's
+    resize then Pillow's gray image (no rounding of its own), so its argmax is that model's call,
+    near-ties included."""
     folder = request.getfixturevalue(fixture)
     metadata = json.loads(next(folder.glob("*.json")).read_text())
     files = model_files(metadata["name"])
     gray_model, rgb = LiteModel(folder / files["int8"]), LiteModel(folder / files["rgb_int8"])
     size, threshold = metadata["image_size"], metadata["threshold"]
+    assert list(rgb.input["shape"]) == [1, FILM_SIZE, FILM_SIZE, 3]
     rng = np.random.default_rng(3)
     colour = []
     for index in range(24):
-        film = synthetic_xray(rng, index % 2, (size, size)).astype(np.int16)[..., None]
-        tint = rng.integers(-40, 41, 3) if index < 12 else rng.integers(-90, 91, (size, size, 3))
+        film = synthetic_xray(rng, index % 2, (FILM_SIZE, FILM_SIZE)).astype(np.int16)[..., None]
+        shape = (FILM_SIZE, FILM_SIZE, 3)
+        tint = rng.integers(-40, 41, 3) if index < 12 else rng.integers(-90, 91, shape)
         colour.append(np.clip(film + tint, 0, 255).astype(np.uint8))
     colour = np.stack(colour)
-    gray = np.stack([np.asarray(Image.fromarray(c, "RGB").convert("L")) for c in colour])
+    gray = np.stack(
+        [
+            np.asarray(
+                Image.fromarray(c, "RGB")
+                .resize((size, size), Image.Resampling.BILINEAR)
+                .convert("L")
+            )
+            for c in colour
+        ]
+    )
     probabilities = gray_model.predict_proba(gray[..., None])
     scores = rgb.predict_proba(colour.astype(np.float32))
     np.testing.assert_allclose(scores, operating_scores(probabilities, threshold), atol=1e-4)
@@ -130,7 +141,8 @@ def test_exported_tflite_files_have_a_batch_of_one_and_embedded_metadata(exporte
         (RGB_FILE, 3, ["NORMAL", "PNEUMONIA"]),
     ):
         model = LiteModel(exported_model / name)
-        assert list(model.input["shape_signature"]) == [1, 32, 32, channels], name
+        side = FILM_SIZE if channels == 3 else 32
+        assert list(model.input["shape_signature"]) == [1, side, side, channels], name
         content = (exported_model / name).read_bytes()
         assert read_embedded_labels(content) == labels, name
         embedded = json.loads(
@@ -141,7 +153,8 @@ def test_exported_tflite_files_have_a_batch_of_one_and_embedded_metadata(exporte
         assert embedded["author"] and "Apache-2.0" in embedded["license"]
         assert "not a medical device" in embedded["description"]
         assert embedded["min_parser_version"] == "1.0.0"
-    assert metadata["tensors"][RGB_FILE]["input"]["shape"] == [1, 32, 32, 3]
+    assert metadata["tensors"][RGB_FILE]["input"]["shape"] == [1, FILM_SIZE, FILM_SIZE, 3]
+    assert metadata["edge"]["rgb_variant"]["input_size"] == FILM_SIZE
     rgb_parity = metadata["edge"]["rgb_variant"]["parity_with_int8"]
     assert rgb_parity["agreement"] == 1.0 and rgb_parity["max_abs_difference"] <= 1e-4
     assert rgb_parity["passed"]
@@ -174,24 +187,23 @@ def test_minimum_parser_version_follows_the_fields_used():
 
 
 def test_stock_mediapipe_classifier_reads_the_labels_and_makes_the_call(exported_model, tmp_path):
-    """Films at the model's own size (so MediaPipe does not resize them): the stock classifier's
-    top category is pneumocnn's label, with the names read from the file."""
+    """Films at the RGB variant's input size (so MediaPipe passes their pixels on unchanged and
+    the file does pneumocnn's resize): the stock classifier's top category is pneumocnn's label
+    on every film, near the threshold too, with the names read from the file."""
     model = LiteModel(exported_model / INT8_FILE)
     rng = np.random.default_rng(2)
     paths = [
-        write_image(tmp_path / f"film{i}.png", synthetic_xray(rng, i % 2, (32, 32)), "RGB")
+        write_image(
+            tmp_path / f"film{i}.png", synthetic_xray(rng, i % 2, (FILM_SIZE, FILM_SIZE)), "RGB"
+        )
         for i in range(12)
     ]
     results = _classify_with_mediapipe(exported_model / RGB_FILE, paths)
-    compared = 0
     for path, categories in zip(paths, results, strict=True):
         assert sorted(name for name, _ in categories) == ["NORMAL", "PNEUMONIA"]
         assert sum(score for _, score in categories) == pytest.approx(1.0, abs=0.01)
         prediction = model.predict_file(path)
-        if abs(prediction.probability - model.threshold) > MARGIN:
-            assert categories[0][0] == prediction.label, (path.name, categories, prediction)
-            compared += 1
-    assert compared >= 6
+        assert categories[0][0] == prediction.label, (path.name, categories, prediction)
 
 
 def _shipped(name: str):
@@ -212,39 +224,53 @@ def _development_films():
     return films
 
 
-@requires_real_data
-def test_stock_mediapipe_classifier_agrees_with_pneumocnn_on_development_films():
-    """The shipped binary model's RGB variant in a stock MediaPipe ImageClassifier (MediaPipe
-    decodes and resizes the film itself) against `pneumocnn.predict` at the shipped threshold,
-    on every development-half film: >= 99% the same class."""
-    int8, rgb = _shipped("pneumocnn")
-    films = _development_films()
-    model = LiteModel(int8)
-    expected = [model.predict_file(path).label for path in films]
-    got = [categories[0][0] for categories in _classify_with_mediapipe(rgb, films)]
-    agreement = np.mean(np.array(got) == np.array(expected))
-    print(f"MediaPipe vs pneumocnn.predict on {len(films)} development films: {agreement:.2%}")
-    assert agreement >= 0.99
+def _classify_files_with_mediapipe(model_path, paths) -> list[str]:
+    """A stock MediaPipe ImageClassifier's top category on each file, decoded by MediaPipe
+    itself (`mp.Image.create_from_file`); a grayscale file's one channel repeated to three, as an
+    app must (the RGB model refuses a one-channel image)."""
+    mp, stock = _stock_classifier(model_path)
+    labels = []
+    with stock as classifier:
+        for path in paths:
+            image = mp.Image.create_from_file(str(path))
+            if image.image_format == mp.ImageFormat.GRAY8:
+                gray = np.asarray(image.numpy_view()).reshape(image.height, image.width, 1)
+                pixels = np.ascontiguousarray(np.repeat(gray, 3, axis=-1))
+                image = mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels)
+            result = classifier.classify(image)
+            labels.append(result.classifications[0].categories[0].category_name)
+    return labels
 
 
 @requires_real_data
-def test_stock_mediapipe_classifier_on_the_subtype_model():
-    """The subtype model's RGB variant against `pneumocnn.predict`: both agreements are
-    reported; the pneumonia call must agree on >= 97% (98.72% measured; on pneumocnn's own pixels
-    the variant makes the int8 model's call exactly, and MediaPipe's decoder and resize tip
-    near-ties, which bacterial/viral calls often are)."""
-    int8, rgb = _shipped("pneumocnn_subtype")
-    films = _development_films()
+@pytest.mark.parametrize("name", ["pneumocnn", "pneumocnn_subtype"])
+def test_stock_mediapipe_decoding_each_file_itself_makes_the_clis_call(name, tmp_path):
+    """Issue "One answer in every client": a stock MediaPipe ImageClassifier given each file as
+    it is (its own JPEG decoder; the RGB variant's 224 px input, so it does not resize) against
+    `pneumocnn.predict`'s label, on the development half's 313 films and a 3-channel and a
+    grayscale JPEG copy of each (quality 95): at least 99% of the 939 with a margin of five
+    films (935; measured 935 binary, 936 subtype, the rest MediaPipe's JPEG decoder, which
+    differs from Pillow's by one grey level on about 0.3% of pixels). Before the variant took
+    224 px and resized inside, 310 of the films and 309 grayscale copies (binary)."""
+    pytest.importorskip("mediapipe", reason="mediapipe is not installed")
+    int8, rgb = _shipped(name)
     model = LiteModel(int8)
-    expected = np.array([model.predict_file(path).label for path in films])
-    got = np.array([categories[0][0] for categories in _classify_with_mediapipe(rgb, films)])
-    three_class = np.mean(got == expected)
-    pneumonia = np.mean((got == "NORMAL") == (expected == "NORMAL"))
-    print(
-        f"MediaPipe vs pneumocnn.predict, subtype model, {len(films)} development films: "
-        f"pneumonia call {pneumonia:.2%}, three classes {three_class:.2%}"
-    )
-    assert pneumonia >= 0.97
+    films = _development_films()
+    sets = {"films": films, "3-channel copies": [], "grayscale copies": []}
+    for index, film in enumerate(films):
+        with Image.open(film) as image:
+            for kind, mode in (("3-channel copies", "RGB"), ("grayscale copies", "L")):
+                sets[kind].append(tmp_path / f"{index:03d}-{mode}.jpeg")
+                image.convert(mode).save(sets[kind][-1], quality=95)
+    same = {}
+    for kind, paths in sets.items():
+        expected = [model.predict_file(path).label for path in paths]
+        got = _classify_files_with_mediapipe(rgb, paths)
+        same[kind] = int(np.sum(np.array(got) == np.array(expected)))
+        print(f"{name}: stock MediaPipe vs pneumocnn.predict, {kind}: {same[kind]}/{len(paths)}")
+    total = 3 * len(films)
+    assert all(count >= 0.99 * len(films) for count in same.values()), same
+    assert sum(same.values()) >= np.ceil(0.99 * total) + 5, same
 
 
 def _classify_both_heads(model_path, paths) -> list[dict[str, list[tuple[str, float]]]]:
@@ -309,9 +335,10 @@ def _save(image: Image.Image, path):
 def test_grafting_the_guard_head_leaves_the_operating_scores_bit_for_bit(exported_model, tmp_path):
     """`add_guard_head` appends the head to a variant made without one: the first output is the
     same to the bit, the second is the head's; a variant with a head already is refused."""
-    from pneumocnn.edge.convert import convert, fixed_batch_saved_model
+    from pneumocnn.edge.convert import convert, convert_float32, fixed_batch_saved_model
+    from pneumocnn.edge.graft import sandwich
     from pneumocnn.edge.guard_head import add_guard_head, convert_guard_head
-    from pneumocnn.edge.rgb import LUMA_WEIGHTS, rgb_variant
+    from pneumocnn.edge.rgb import LUMA_WEIGHTS, head_model, luma_model
     from pneumocnn.runtime import guard
     from pneumocnn.runtime.lite import open_interpreter
 
@@ -321,7 +348,9 @@ def test_grafting_the_guard_head_leaves_the_operating_scores_bit_for_bit(exporte
     films = np.stack([synthetic_xray(rng, i % 2, (32, 32))[..., None] for i in range(8)])
     keras_model = load_model(exported_model / "pneumocnn.keras")
     int8 = convert(fixed_batch_saved_model(keras_model, tmp_path / "saved_model"), films)
-    plain = rgb_variant(keras_model, metadata["threshold"], int8, tmp_path)
+    front = convert_float32(fixed_batch_saved_model(luma_model(32), tmp_path / "luma"))
+    back = head_model(1, metadata["threshold"])
+    plain = sandwich(front, int8, convert_float32(fixed_batch_saved_model(back, tmp_path / "b")))
     head = convert_guard_head(32, calibration, LUMA_WEIGHTS, tmp_path)
     grafted = add_guard_head(plain, head)
 

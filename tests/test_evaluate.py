@@ -157,7 +157,7 @@ def test_site_calibration_of_an_exported_model_keeps_its_whole_family_consistent
 ):
     import numpy as np
 
-    from pneumocnn.core.metadata import METADATA_FILE, load_metadata, model_files
+    from pneumocnn.core.metadata import FILM_SIZE, METADATA_FILE, load_metadata, model_files
     from pneumocnn.core.task import class_probabilities, decide
     from pneumocnn.edge.embedded import read_embedded_metadata
     from pneumocnn.edge.rgb import operating_scores
@@ -182,7 +182,8 @@ def test_site_calibration_of_an_exported_model_keeps_its_whole_family_consistent
     assert int8.threshold == threshold
     images = _site_films(site, int8.image_size)
     rows = class_probabilities(int8.predict_proba(images))
-    scores = LiteModel(folder / files["rgb_int8"]).predict_proba(np.repeat(images, 3, axis=-1))
+    films = _site_films(site, FILM_SIZE)  # the RGB variant takes them and resizes inside
+    scores = LiteModel(folder / files["rgb_int8"]).predict_proba(np.repeat(films, 3, axis=-1))
     names = np.array(int8.class_names)
     expected = np.array(decide(rows, threshold, int8.class_names))
     np.testing.assert_array_equal(names[scores.argmax(axis=1)], expected)  # near-ties included

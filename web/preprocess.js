@@ -278,7 +278,7 @@ export async function loadFilm(file, size, maxBytes) {
     // Decoded here from its 16-bit values (the browser keeps 8); gray, so no colour.
     const film = await decodeSixteenBitGray(new Uint8Array(await file.arrayBuffer()));
     if (film) {
-      const input = resizeBilinear(film.gray, film.width, film.height, size, size);
+      const input = toModelInput(film.gray, film.width, film.height, size);
       return { ...film, input, rgba: null, bitmap };
     }
   }
@@ -288,6 +288,19 @@ export async function loadFilm(file, size, maxBytes) {
   const { data } = context.getImageData(0, 0, bitmap.width, bitmap.height);
   let gray = luma(data, bitmap.width, bitmap.height);
   if (isSixteenBitPng(bytes)) gray = stretch(gray); // one this page does not decode itself
-  const input = resizeBilinear(gray, bitmap.width, bitmap.height, size, size);
+  const input = toModelInput(gray, bitmap.width, bitmap.height, size);
   return { input, width: bitmap.width, height: bitmap.height, gray, rgba: data, bitmap };
+}
+
+// The data set's films' size (pneumocnn.core.metadata.FILM_SIZE): a film is brought to it first,
+// then to the model's side, as pneumocnn.data.images.to_model_input does.
+export const FILM_SIZE = 224;
+
+/** The model's input from a full-size gray film, in to_model_input's two bilinear steps. */
+export function toModelInput(gray, width, height, size) {
+  if (size < FILM_SIZE && (width !== FILM_SIZE || height !== FILM_SIZE)) {
+    gray = resizeBilinear(gray, width, height, FILM_SIZE, FILM_SIZE);
+    [width, height] = [FILM_SIZE, FILM_SIZE];
+  }
+  return resizeBilinear(gray, width, height, size, size);
 }

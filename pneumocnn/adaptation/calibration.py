@@ -162,7 +162,6 @@ def _calibrate(
             family,
             {"threshold": threshold, "threshold_rule": rule, "calibration": record},
             images,
-            probabilities if source.model_path.name == family.files["int8"] else None,
             films=record["folder"],
         )
     return record

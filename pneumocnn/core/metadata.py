@@ -51,10 +51,16 @@ KERAS_FILE = _BINARY["keras"]
 INT8_FILE = _BINARY["int8"]
 FP16_FILE = _BINARY["fp16"]
 SUBTYPE_FILES = model_files(DEFAULT_NAMES["subtype"])
+# The data set's films are 224 px. The RGB variant of an export takes that size and resizes to the
+# model's side inside (`pneumocnn.edge.resize`), so a stock client handed a 224 px film passes its
+# pixels on unchanged and the file does pneumocnn's own resize.
+FILM_SIZE = 224
 PREPROCESSING = (
     "Decode the JPEG or PNG, convert to one grayscale channel (ITU-R 601-2 luma for colour "
-    "images; 16-bit images stretched from their minimum to maximum), resize to image_size x "
-    "image_size with bilinear filtering (no crop, no padding), and feed raw 0-255 pixel values. "
+    "images; 16-bit images stretched from their minimum to maximum), resize to 224 x 224 (the "
+    "data set's films' size; skipped at that size or for a model of 224 px or more) and then to "
+    "image_size x image_size, both with bilinear filtering as Pillow does it (no crop, no "
+    "padding), and feed raw 0-255 pixel values. "
     "No normalisation outside the model: it rescales inside itself. "
     "pneumocnn.data.images.load_image does exactly this."
 )
@@ -378,8 +384,12 @@ def check_model_io(
             task's files have (`Task.output_units`).
     """
     side = tuple(input_shape[1:3])
-    # One channel; three for the RGB variant of an export (see `pneumocnn.edge.rgb`).
-    if side != (image_size, image_size) or input_shape[-1] not in (1, 3):
+    # One channel; three for the RGB variant of an export (see `pneumocnn.edge.rgb`), which takes
+    # the model's side or, since 2026-12-07, the films' (`FILM_SIZE`, resized inside).
+    sides = {(image_size, image_size)} | (
+        {(FILM_SIZE, FILM_SIZE)} if input_shape[-1] == 3 else set()
+    )
+    if side not in sides or input_shape[-1] not in (1, 3):
         raise MetadataError(
             f"Model '{model}' takes inputs of shape {tuple(input_shape)}, but its metadata says "
             f"image_size={image_size}. Received: input_shape={tuple(input_shape)}, "

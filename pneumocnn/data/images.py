@@ -20,6 +20,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from pneumocnn.core.files import display_name
+from pneumocnn.core.metadata import FILM_SIZE
 from pneumocnn.data.dicom import DICOM_EXTENSIONS, is_dicom, read_dicom
 from pneumocnn.data.headers import check_container
 from pneumocnn.data.pixels import (
@@ -272,7 +273,13 @@ def load_image(
 def to_model_input(gray: Image.Image, image_size: int) -> np.ndarray:
     """Resizes a grayscale image to the model's square input of raw 0-255 pixels.
 
-    The one place the resize happens, so every consumer feeds the model the same pixels.
+    The one place the resize happens, so every consumer feeds the model the same pixels. A film
+    is brought to the data set's 224 px first (`pneumocnn.core.metadata.FILM_SIZE`; a no-op for
+    the data set's own films), as the training films were made from the originals, then to
+    `image_size`, both with Pillow's bilinear filter. The RGB variant of an export takes the
+    224 px film and does the second step inside (`pneumocnn.edge.rgb.with_film_input`), so a
+    stock classifier handed this first step's film makes exactly this call; `web/preprocess.js`
+    does the same two steps.
 
     Args:
         gray: a mode "L" image (see `read_grayscale`).
@@ -281,6 +288,8 @@ def to_model_input(gray: Image.Image, image_size: int) -> np.ndarray:
     Returns:
         A uint8 array of shape `(image_size, image_size, 1)`.
     """
+    if image_size < FILM_SIZE and gray.size != (FILM_SIZE, FILM_SIZE):
+        gray = gray.resize((FILM_SIZE, FILM_SIZE), Image.Resampling.BILINEAR)
     resized = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)[:, :, np.newaxis]
 

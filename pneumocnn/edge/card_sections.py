@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pneumocnn.core.metadata import FILM_SIZE
 from pneumocnn.core.task import Task
 from pneumocnn.edge.card_format import (
     NOT_MEASURED,
@@ -234,18 +235,46 @@ def integration(metadata: dict[str, Any]) -> list[str]:
     return [
         "## For integrators",
         "",
-        f"Input: raw 0-255 pixels of the grayscale film resized to "
-        f"{metadata.get('image_size')}x{metadata.get('image_size')} (bilinear, no crop); no "
-        "normalisation outside the model. Output: P(pneumonia) (one probability per class for "
+        f"Input: raw 0-255 pixels of the grayscale film resized to {_resize_steps(metadata)} "
+        "(bilinear as Pillow does it, no crop); no normalisation outside the model. Output: "
+        "P(pneumonia) (one probability per class for "
         f"a subtype model); the call is pneumonia at P(pneumonia) >= **{threshold}**. The RGB "
         "variant outputs one score per class instead, whose highest names the call at that "
-        "threshold (0.5 is the threshold, not a probability).",
+        f"threshold (0.5 is the threshold, not a probability){_rgb_input(metadata)}.",
         "",
         "| file | for | input | output |",
         "|---|---|---|---|",
         *rows,
         "",
     ]
+
+
+def _resize_steps(metadata: dict[str, Any]) -> str:
+    """The resize `pneumocnn.data.images.to_model_input` does, in words."""
+    size = metadata.get("image_size")
+    if isinstance(size, int) and size < FILM_SIZE:
+        return (
+            f"{FILM_SIZE}x{FILM_SIZE} (the data set's films' size; skipped at that size), then "
+            f"{size}x{size}"
+        )
+    return f"{size}x{size}"
+
+
+def _rgb_input(metadata: dict[str, Any]) -> str:
+    """What the RGB variant takes, when it is not the model's side: the films' 224 px, resized
+    inside as pneumocnn resizes (see `pneumocnn.edge.rgb.with_film_input`)."""
+    rgb = (metadata.get("edge") or {}).get("rgb_variant", {})
+    side, size = rgb.get("input_size"), metadata.get("image_size")
+    if not side or side == size:
+        return ""
+    return (
+        f", and it takes RGB at {side}x{side}, the data set's films' size, resizing to "
+        f"{size}x{size} inside exactly as pneumocnn does: hand a stock classifier the film at "
+        f"{side} px (the data set's films are; resize others with Pillow's bilinear filter, as "
+        "the embedding snippet does) and it passes the pixels on unchanged, so it makes "
+        "`pneumocnn.predict`'s call; a client that resizes a film of another size itself does "
+        "so without antialiasing, which can tip a call near the threshold"
+    )
 
 
 def _scale(tensor: dict[str, Any]) -> str:

@@ -171,6 +171,7 @@ def describe(
             "version, author, licence, input, labels), written with MediaPipe's writer.",
             "rgb_variant": {
                 "file": files["rgb_int8"],
+                "input_size": int(models["rgb_int8"].input["shape"][1]),
                 "output": "One score per class, in class_names order; the highest names the "
                 "decision at the threshold. For stock image classifiers (MediaPipe Tasks, "
                 "Android).",

@@ -15,6 +15,7 @@ import zipfile
 from typing import Any
 
 from pneumocnn import __version__
+from pneumocnn.edge.graft import read
 
 AUTHOR = "The pneumocnn authors"
 LICENSE = (
@@ -204,6 +205,12 @@ def without_packed_files(model: bytes) -> bytes:
         return model[: min(info.header_offset for info in archive.infolist())]
 
 
+def input_side(model: bytes) -> int:
+    """The height of a `.tflite`'s (first subgraph's) input tensor."""
+    graph = read(without_packed_files(model)).subgraphs[0]
+    return int(graph.tensors[graph.inputs[0]].shape[1])
+
+
 def output_count(model: bytes) -> int:
     """The number of output tensors of a `.tflite` (its first subgraph)."""
     _mediapipe_metadata_writer()  # writer_utils imports what the writer's module does
@@ -251,9 +258,11 @@ def embed_pneumocnn_metadata(model: bytes, metadata: dict[str, Any], channels: i
             f"Scores per class whose highest names the decision at the operating threshold "
             f"{threshold:.4f} on P(pneumonia)."
         )
+        side = input_side(model)
+        inside = f"resized to {size} x {size} (bilinear, as Pillow) and " if side != size else ""
         image = (
-            f"RGB, {size} x {size}, raw 0-255 pixel values as float32 (no normalisation); "
-            "grayscale inside the model."
+            f"RGB, {side} x {side}, raw 0-255 pixel values as float32 (no normalisation); "
+            f"{inside}grayscale inside the model."
         )
     else:
         labels = names if metadata["task"] == "subtype" else names[1:]

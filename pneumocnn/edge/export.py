@@ -144,7 +144,7 @@ def check_int8(
 
 
 def check_rgb(
-    prepared: Prepared, rgb: LiteModel, int8_probabilities: np.ndarray, require_parity: bool
+    prepared: Prepared, models: dict[str, LiteModel], require_parity: bool
 ) -> dict[str, Any]:
     """Step 5: runs the RGB variant on the validation split (as gray RGB) and checks that its
     highest score names the int8 model's decision on every film (see
@@ -154,9 +154,9 @@ def check_rgb(
         ParityError: if the check fails and `require_parity` is True.
     """
     return rgb_parity(
-        rgb,
+        models["rgb_int8"],
+        models["int8"],
         prepared.val.images,
-        int8_probabilities,
         prepared.threshold,
         list(prepared.source.class_names),
         require_parity,
@@ -260,7 +260,7 @@ def _make_family(
     write_json_atomically(scratch / PROVISIONAL, metadata)
     models = open_family(scratch, files)
     parity, int8_probabilities = check_int8(prepared, models["int8"], require_parity)
-    rgb_parity = check_rgb(prepared, models["rgb_int8"], int8_probabilities, require_parity)
+    rgb_parity = check_rgb(prepared, models, require_parity)
     guard_head = check_guard_head(prepared, models["rgb_int8"])
     (scratch / PROVISIONAL).unlink()
     return describe(

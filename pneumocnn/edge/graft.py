@@ -168,3 +168,46 @@ def sandwich(front: bytes, middle: bytes, back: bytes) -> bytes:
         signature.inputs[0].tensorIndex = new_in
         signature.outputs[0].tensorIndex = new_out
     return write(tree)
+
+
+def prepend(front: bytes, model: bytes) -> bytes:
+    """`model` with the float32 graph `front` before it: `front`'s output becomes `model`'s
+    input tensor, and `front`'s input the new input.
+
+    `model`'s tensors, operators and constants are kept as they are (every output it has, the
+    guard head's too, now reads what `front` writes). Embedded TFLite metadata is dropped with
+    the packed files: embed it again.
+
+    Args:
+        front: a float32 `.tflite` with one input and one output, the output shaped and typed
+            as `model`'s input.
+        model: a `.tflite` with one input (float32) and one subgraph.
+
+    Returns:
+        The joined `.tflite` flatbuffer.
+
+    Raises:
+        ValueError: if a graph has more than one input or subgraph, or the output of `front`
+            and the input of `model` differ in shape or type.
+    """
+    tree, head = read(model), read(front)
+    graph, source = tree.subgraphs[0], head.subgraphs[0]
+    if len(tree.subgraphs) != 1 or len(graph.inputs) != 1 or len(source.outputs) != 1:
+        raise ValueError(
+            f"Prepending needs one subgraph and one input, and a front with one output. "
+            f"Received: {len(tree.subgraphs)} subgraph(s), {len(graph.inputs)} input(s), a "
+            f"front with {len(source.outputs)} output(s)."
+        )
+    inner, outer = graph.tensors[graph.inputs[0]], source.tensors[source.outputs[0]]
+    if list(inner.shape) != list(outer.shape) or inner.type != outer.type:
+        raise ValueError(
+            f"The front's output is {list(outer.shape)} (type {outer.type}), the model's input "
+            f"{list(inner.shape)} (type {inner.type}): build the front for the model's input."
+        )
+    operators, index = append_graph(tree, head, {source.outputs[0]: graph.inputs[0]}, b"front/")
+    new_input = index[source.inputs[0]]
+    graph.operators = [*operators, *graph.operators]
+    graph.inputs = np.asarray([new_input], np.int32)
+    for signature in tree.signatureDefs or []:
+        signature.inputs[0].tensorIndex = new_input
+    return write(tree)

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from pneumocnn.runtime.guard import GuardCalibration
     from pneumocnn.runtime.lite import LiteModel
 import numpy as np
+from PIL import Image
 
+from pneumocnn.data.images import to_model_input
 from pneumocnn.edge.rgb import operating_scores
 from pneumocnn.evaluation.metrics import parity as measure_parity
 from pneumocnn.runtime.guard import DEFAULT_LIMITS
@@ -73,6 +75,7 @@ def check_rgb_parity(
         "agreement_beyond_ties": float(np.mean(same[~near])) if np.any(~near) else 1.0,
         "max_abs_difference": float(np.max(np.abs(expected - rgb_scores))),
     }
+
 
 MIN_AGREEMENT = 0.99
 # The RGB variant runs the int8 file's own graph (grafted, `pneumocnn.edge.graft`), with its luma
@@ -137,24 +140,50 @@ def check_parity(
     return parity
 
 
+def variant_inputs(rgb: LiteModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What to feed the RGB variant for grayscale model inputs, and the model inputs that stand
+    for them.
+
+    A variant that takes the model's side gets the images themselves, as gray RGB. One that takes
+    the films' size (`pneumocnn.core.metadata.FILM_SIZE`, resized inside, see
+    `pneumocnn.edge.rgb.with_film_input`) gets each image brought to that size by Pillow, and
+    stands for Pillow's resize of that back to the model's side, which is what it computes
+    inside: the int8 model is then compared on exactly the pixels the variant's int8 graph sees.
+
+    Args:
+        rgb: the RGB variant.
+        images: raw 0-255 grayscale model inputs `(n, H, W, 1)`.
+
+    Returns:
+        A tuple `(rgb_inputs, model_inputs)`: float32 `(n, S, S, 3)` with `S` the variant's
+        side, and uint8 `(n, H, W, 1)`.
+    """
+    side, size = int(rgb.input["shape"][1]), int(images.shape[1])
+    if side == size:
+        return np.repeat(images, 3, axis=-1).astype(np.float32), images
+    films = np.stack([to_model_input(Image.fromarray(image[..., 0]), side) for image in images])
+    inputs = np.stack([to_model_input(Image.fromarray(film[..., 0]), size) for film in films])
+    return np.repeat(films, 3, axis=-1).astype(np.float32), inputs
+
+
 def rgb_parity(
     rgb: LiteModel,
+    int8: LiteModel,
     images: np.ndarray,
-    int8_probabilities: np.ndarray,
     threshold: float,
     class_names: list[str],
     require_parity: bool,
     films: str = "validation",
 ) -> dict[str, Any]:
-    """Runs the RGB variant on grayscale films (repeated to gray RGB) and checks that its highest
-    score names the int8 model's decision at `threshold` on every film, and that its scores are
-    `pneumocnn.edge.rgb.operating_scores` of the int8 model's output within `RGB_SCORE_TOLERANCE`
-    (see `pneumocnn.edge.parity.check_rgb_parity`).
+    """Runs the RGB variant on grayscale films (as gray RGB, see `variant_inputs`) and checks that
+    its highest score names the int8 model's decision at `threshold` on every film, and that its
+    scores are `pneumocnn.edge.rgb.operating_scores` of the int8 model's output on the same pixels
+    within `RGB_SCORE_TOLERANCE` (see `pneumocnn.edge.parity.check_rgb_parity`).
 
     Args:
         rgb: the RGB variant.
-        images: raw 0-255 grayscale films `(n, H, W, 1)`.
-        int8_probabilities: the int8 model's probabilities on them.
+        int8: the grayscale int8 model of the same family.
+        images: raw 0-255 grayscale films at the model's side `(n, H, W, 1)`.
         threshold: the operating threshold baked into `rgb`.
         class_names: index = label.
         require_parity: raise when the check fails.
@@ -167,8 +196,9 @@ def rgb_parity(
         ParityError: if the check fails and `require_parity` is True.
     """
 
-    scores = rgb.predict_proba(np.repeat(images, 3, axis=-1))
-    parity = check_rgb_parity(int8_probabilities, scores, threshold, class_names)
+    rgb_inputs, model_inputs = variant_inputs(rgb, images)
+    scores = rgb.predict_proba(rgb_inputs)
+    parity = check_rgb_parity(int8.predict_proba(model_inputs), scores, threshold, class_names)
     parity["passed"] = (
         parity["agreement"] == 1.0 and parity["max_abs_difference"] <= RGB_SCORE_TOLERANCE
     )
@@ -193,7 +223,8 @@ def guard_head_agreement(
 
     Args:
         rgb: the RGB variant, with a guard head.
-        images: raw 0-255 grayscale model inputs `(n, H, W, 1)`; fed as gray RGB.
+        images: raw 0-255 grayscale model inputs `(n, H, W, 1)`; fed as gray RGB (see
+            `variant_inputs`).
         calibration: the guard's calibration the head was made from.
         films: what the films are, for the record. Defaults to "validation".
 
@@ -201,8 +232,9 @@ def guard_head_agreement(
         `{"films", "images", "agreement", "flagged_by_head", "flagged_by_python"}`.
     """
     interpreter, head = rgb.interpreter, rgb.interpreter.get_output_details()[1]["index"]
+    rgb_inputs, images = variant_inputs(rgb, images)
     flagged = []
-    for image in np.repeat(images, 3, axis=-1).astype(np.float32):
+    for image in rgb_inputs:
         interpreter.set_tensor(rgb.input["index"], image[np.newaxis])
         interpreter.invoke()
         flagged.append(int(np.argmax(interpreter.get_tensor(head)[0])) == 1)

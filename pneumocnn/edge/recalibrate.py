@@ -87,7 +87,6 @@ def check_recalibrated(
     metadata: dict[str, Any],
     roles: list[str],
     images: np.ndarray,
-    int8_probabilities: np.ndarray | None,
     films: str,
 ) -> dict[str, Any]:
     """Recalibration step 4: records the new files' SHA-256, sizes and tensors, and checks the
@@ -110,12 +109,10 @@ def check_recalibrated(
     # Provisional metadata under another name: the metadata's own name is the commit mark.
     write_json_atomically(scratch / PROVISIONAL, metadata)
     rgb = LiteModel(scratch / files["rgb_int8"], scratch / PROVISIONAL)
-    if int8_probabilities is None:
-        int8_probabilities = LiteModel(family.folder / files["int8"]).predict_proba(images)
     parity = rgb_parity(
         rgb,
+        LiteModel(family.folder / files["int8"]),
         images,
-        int8_probabilities,
         metadata["threshold"],
         list(metadata["class_names"]),
         require_parity=True,
@@ -135,7 +132,6 @@ def recalibrate(
     family: Family,
     updates: dict[str, Any],
     images: np.ndarray,
-    int8_probabilities: np.ndarray | None = None,
     films: str = "calibration",
 ) -> dict[str, Any]:
     """Gives an exported family a new threshold, keeping every file consistent with it.
@@ -156,8 +152,6 @@ def recalibrate(
         updates: the metadata fields to set: `threshold`, and `threshold_rule` and
             `calibration` (see `pneumocnn.adaptation.calibration.calibrate`).
         images: the site's films, raw 0-255 `(n, H, W, 1)`: they check the RGB variant.
-        int8_probabilities: the int8 model's probabilities on `images`, if already computed.
-            Defaults to `None`: computed here.
         films: the films' folder name, for the record and the messages. Defaults to
             "calibration".
 
@@ -172,6 +166,6 @@ def recalibrate(
     metadata = {**family.metadata, **updates}
     roles = retarget_rgb(family, metadata)
     roles += reembed(family, metadata)
-    metadata = check_recalibrated(family, metadata, roles, images, int8_probabilities, films)
+    metadata = check_recalibrated(family, metadata, roles, images, films)
     write_family(family.scratch, family.folder, family.files, metadata, tuple(roles))
     return metadata

@@ -23,8 +23,9 @@ from tensorflow.lite.tools import flatbuffer_utils
 from pneumocnn.core.task import class_probabilities, pneumonia_probability
 from pneumocnn.edge.convert import BATCH_SIZE, convert_float32, fixed_batch_saved_model
 from pneumocnn.edge.embedded import without_packed_files
-from pneumocnn.edge.graft import sandwich
+from pneumocnn.edge.graft import prepend, sandwich
 from pneumocnn.edge.guard_head import add_guard_head, convert_guard_head, has_guard_head
+from pneumocnn.edge.resize import FILM_SIZE, resize_model
 
 if TYPE_CHECKING:
     from pneumocnn.runtime.guard import GuardCalibration
@@ -199,7 +200,8 @@ def rgb_variant(
     `luma_model` and `head_model`, each converted to float32, are grafted before and after the
     grayscale int8 model's own graph (`pneumocnn.edge.graft.sandwich`), which is not converted
     again: its quantization is the grayscale file's by construction, so the operating decision is
-    the grayscale model's exactly, and no two scores tie after rounding.
+    the grayscale model's exactly, and no two scores tie after rounding. Last, the file is made
+    to take the data set's 224 px films, resized inside (`with_film_input`).
 
     Args:
         keras_model: the trained grayscale model (for its input and output shapes).
@@ -219,6 +221,33 @@ def rgb_variant(
     head = head_model(int(keras_model.output_shape[-1]), threshold)
     back = convert_float32(fixed_batch_saved_model(head, Path(folder) / "scores"))
     variant = sandwich(front, int8, back)
-    if not has_guard_head(side, guard):
+    if has_guard_head(side, guard):
+        variant = add_guard_head(variant, convert_guard_head(side, guard, LUMA_WEIGHTS, folder))
+    return with_film_input(variant, side, folder)
+
+
+def with_film_input(variant: bytes, image_size: int, folder: Path) -> bytes:
+    """The RGB variant taking the data set's film size (`FILM_SIZE`, 224 px): Pillow's bilinear
+    resize of each channel to `image_size`, exactly (`pneumocnn.edge.resize`), grafted before it.
+
+    A stock classifier resizes whatever it is given to the model's input without antialiasing;
+    handed a film of the input's size it passes the pixels on unchanged. So a 224 px film gets
+    `pneumocnn.predict`'s own resize inside the file, and both outputs (scores and guard head)
+    read the resized film. On gray films (R = G = B) the variant computes the grayscale int8
+    model's output on Pillow's gray film exactly; on colour images Pillow's luma comes after the
+    resize instead of before (a rounding apart). Unchanged when `image_size` is `FILM_SIZE`.
+
+    Args:
+        variant: the RGB variant at `image_size` (`rgb_variant` before this step).
+        image_size: the model's input side.
+        folder: a scratch folder for the SavedModel.
+
+    Returns:
+        The `.tflite` flatbuffer (without TFLite metadata).
+    """
+    if image_size == FILM_SIZE:
         return variant
-    return add_guard_head(variant, convert_guard_head(side, guard, LUMA_WEIGHTS, folder))
+    model = resize_model(FILM_SIZE, image_size)
+    return prepend(
+        convert_float32(fixed_batch_saved_model(model, Path(folder) / "resize")), variant
+    )
