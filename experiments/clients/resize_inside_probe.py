@@ -1,15 +1,16 @@
 """Would Pillow's resize inside the RGB variant make a stock MediaPipe client agree with the CLI?
 
-The RGB variant not yet built (README, "Not built yet") would take the data set's 224 px films
-and do `pneumocnn.predict`'s resize inside, so a client that hands MediaPipe a 224 px file leaves
-the resize to the model. What then still differs between the two is the decoder: MediaPipe
-decodes the JPEG itself (`mp.Image.create_from_file`). This measures that bound without building
-the variant: for each film, the int8 model's call on the pixels `pneumocnn.predict` reads,
-against its call on MediaPipe's decoded pixels put through Pillow's luma and Pillow's resize,
-which is exactly what such a variant would compute (its int8 network is the grayscale file's, as
-today's variant's is). Three sets, as the issue "One answer in every client" asks: the films as
-they are (3-channel JPEGs), a 3-channel JPEG copy and a grayscale JPEG copy of each (quality 95,
-224 px). Labels are not used. Writes one JSON record per model to `--output`:
+Written before the variant was built (README, "Pillow's resize inside the RGB variant"): it takes
+the data set's 224 px films and does `pneumocnn.predict`'s resize inside, so a client that hands
+MediaPipe a 224 px file leaves the resize to the model. What then still differs between the two
+is the decoder: MediaPipe decodes the JPEG itself (`mp.Image.create_from_file`). This measures
+that bound without the variant (its figures are what the built variant then scored): for each
+film, the int8 model's call on the pixels `pneumocnn.predict` reads, against its call on
+MediaPipe's decoded pixels put through Pillow's luma and Pillow's resize, which is what such a
+variant computes on gray films (its int8 network is the grayscale file's). Three sets, as the
+issue "One answer in every client" asks: the films as they are (3-channel JPEGs), a 3-channel
+JPEG copy and a grayscale JPEG copy of each (quality 95, 224 px). Labels are not used. Writes
+one JSON record per model to `--output`:
 
     .venv/bin/python experiments/clients/resize_inside_probe.py \\
         --model saved_models/pneumocnn_int8.tflite saved_models/pneumocnn_subtype_int8.tflite
