@@ -7,7 +7,9 @@ the decision threshold where argmax puts it (`operating_scores` is the same rule
 luma and the head run in float32; between them runs the grayscale int8 file's own graph, grafted
 (`pneumocnn.edge.graft.sandwich`), not converted again: on the same pixels, the variant makes the
 grayscale int8 model's call exactly. With the model's input-guard calibration, the variant gets
-a second output, the guard head (`pneumocnn.edge.guard_head`).
+a second output, the guard head (`pneumocnn.edge.guard_head`). Last, Pillow's resize from the data
+set's 224 px films goes in front (`with_film_input`, `pneumocnn.edge.resize`), so a stock client
+handed a 224 px film does not resize it.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def head_model(outputs: int, threshold: float) -> keras.Model:
 
 
 def rgb_classifier(keras_model, threshold: float) -> keras.Model:
-    """The RGB variant in float: RGB in, one score per class out.
+    """The RGB variant in float, at the model's side (the file adds the resize in front, see
+    `with_film_input`): RGB in, one score per class out.
 
     `luma_model`, then the whole trained grayscale model, then `head_model`, whose scores follow
     `operating_scores`, so the class with the highest score is the decision at `threshold`.
