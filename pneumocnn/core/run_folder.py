@@ -47,7 +47,7 @@ CALIBRATION_IMAGES = 300
 # three-class decision on 98.75% of validation films (99% needed, so the command wrote nothing);
 # with 600, 99.23% in four runs in a fresh process, but 98.56% with --deterministic (another
 # training trajectory): a thin margin, not a fix. The binary model's adapted export passes with
-# either.
+# either; 600 films raise the command's peak memory from 3.2 to 5.1 GB (docs/adaptation.md).
 ADAPT_CALIBRATION_IMAGES = 600
 # What evaluate writes into its output folder.
 METRICS_FILE = "metrics.json"
