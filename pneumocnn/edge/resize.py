@@ -3,8 +3,9 @@
 A stock image classifier (MediaPipe Tasks, an Android app) resizes every image to the model's
 input itself, without Pillow's antialiasing, and at 128 px that moves the int8 model's call on a
 few films in a hundred (`experiments/clients`). The RGB variant therefore takes the data set's
-224 px films (`FILM_SIZE`) and does `pneumocnn.data.images.to_model_input`'s resize inside, in
-float32: `resize_model` here, grafted in front of it (`pneumocnn.edge.graft.prepend`).
+224 px films (`pneumocnn.core.metadata.FILM_SIZE`) and does the last step of
+`pneumocnn.data.images.to_model_input` inside, in float32: `resize_model` here, grafted in front
+of it (`pneumocnn.edge.graft.prepend`).
 
 Pillow resizes an 8-bit image in two passes (columns, then rows), each a sum of pixels times
 fixed-point coefficients (22 fractional bits) rounded and clipped to 0-255 (`Resample.c`:
@@ -21,10 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from pneumocnn.core.metadata import FILM_SIZE
 from pneumocnn.edge.convert import BATCH_SIZE
 
-__all__ = ["FILM_SIZE", "bilinear_coefficients", "pillow_resize_op", "resize_model", "taps"]
 # Pillow's fixed-point precision for 8-bit images (`PRECISION_BITS = 32 - 8 - 2`).
 PRECISION_BITS = 22
 _SPLIT = 2**11  # high and low halves of a 22-bit coefficient

@@ -22,12 +22,13 @@ import numpy as np
 from keras import ops
 from tensorflow.lite.tools import flatbuffer_utils
 
+from pneumocnn.core.metadata import FILM_SIZE
 from pneumocnn.core.task import class_probabilities, pneumonia_probability
 from pneumocnn.edge.convert import BATCH_SIZE, convert_float32, fixed_batch_saved_model
 from pneumocnn.edge.embedded import without_packed_files
 from pneumocnn.edge.graft import prepend, sandwich
 from pneumocnn.edge.guard_head import add_guard_head, convert_guard_head, has_guard_head
-from pneumocnn.edge.resize import FILM_SIZE, resize_model
+from pneumocnn.edge.resize import resize_model
 
 if TYPE_CHECKING:
     from pneumocnn.runtime.guard import GuardCalibration
