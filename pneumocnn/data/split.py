@@ -20,15 +20,6 @@ from sklearn.model_selection import StratifiedGroupKFold
 from pneumocnn.core.config import Config
 from pneumocnn.core.errors import DataError
 from pneumocnn.core.run_folder import SPLIT_FILE
-from pneumocnn.data.images import load_images
-
-if TYPE_CHECKING:
-    from pneumocnn.core.run_folder import Source
-from typing import TYPE_CHECKING
-
-from pneumocnn.core import errors
-from pneumocnn.data import folders as data_folders
-from pneumocnn.data import split as data_split
 from pneumocnn.data.folders import (
     find_dataset,
     label_for_task,
@@ -37,8 +28,10 @@ from pneumocnn.data.folders import (
     resolve_data_dir,
     task_class_names,
 )
+from pneumocnn.data.images import load_images
 
 if TYPE_CHECKING:
+    from pneumocnn.core.run_folder import Source
     from pneumocnn.data.folders import Dataset
 
 
@@ -66,7 +59,7 @@ def load_evaluation_images(
     dataset = find_dataset(resolve_data_dir(data_dir or source.config.data_dir))
     task = source.config.task
     if list(task_class_names(task, dataset.class_names)) != list(source.class_names):
-        raise errors.DataError(
+        raise DataError(
             f"The data folder's classes {list(dataset.class_names)} (task {task}) differ from "
             f"the model's {source.class_names}. Received: data_dir='{dataset.root}'. Pass "
             "--data-dir pointing at a folder with the model's classes."
@@ -76,13 +69,13 @@ def load_evaluation_images(
         table = (
             pd.read_csv(split_csv)
             if split_csv and split_csv.is_file()
-            else data_split.prepare_split(source.config, dataset)
+            else prepare_split(source.config, dataset)
         )
-        loaded = data_split.load_split(table, "val", source.config.image_size, dataset.root)
+        loaded = load_split(table, "val", source.config.image_size, dataset.root)
         return loaded.images, loaded.labels, loaded.skipped, dataset.root, loaded.paths
     if split == "test":
         if dataset.test is None:
-            raise errors.DataError(
+            raise DataError(
                 f"Data folder '{dataset.root}' has no test/ folder. Received: split='test'. "
                 "Point --data-dir at a Kaggle-style folder holding test/, or use --split all "
                 "with --data-dir at a folder of class subfolders."
@@ -90,9 +83,7 @@ def load_evaluation_images(
         folders = (dataset.test,)
     else:
         folders = dataset.development
-    table = data_folders.label_for_task(
-        data_folders.list_images(folders, dataset.class_names), dataset.class_names, task
-    )
+    table = label_for_task(list_images(folders, dataset.class_names), dataset.class_names, task)
     images, kept, skipped = load_images(table["path"].tolist(), source.config.image_size)
     labels = table["label"].to_numpy()[kept].astype(np.int32)
     paths = table["path"].tolist()

@@ -17,7 +17,6 @@ import tensorflow as tf
 from pneumocnn.data.split import training_samples
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
 

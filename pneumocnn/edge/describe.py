@@ -8,12 +8,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import numpy as np
-
-    from pneumocnn.core.config import Config
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from pneumocnn import __version__
@@ -28,6 +22,7 @@ from pneumocnn.evaluation.stability import pixel_noise_sensitivity
 from pneumocnn.runtime.lite import LiteModel
 
 if TYPE_CHECKING:
+    from pneumocnn.core.config import Config
     from pneumocnn.edge.prepare import Prepared
 
 

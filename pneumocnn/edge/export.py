@@ -30,11 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import numpy as np
-
-from typing import TYPE_CHECKING
-
 from pneumocnn.core.commit import write_fault
 from pneumocnn.core.metadata import DEFAULT_NAMES, model_files, write_json_atomically
 from pneumocnn.core.run_folder import CALIBRATION_IMAGES, THRESHOLD_FILE, export_dir
@@ -51,6 +46,8 @@ from pneumocnn.edge.rgb import rgb_variant
 from pneumocnn.runtime.lite import LiteModel
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from pneumocnn.edge.prepare import Prepared
 
 

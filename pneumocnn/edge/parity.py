@@ -12,22 +12,18 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from pneumocnn.core.errors import CheckFailedError
 from pneumocnn.core.task import Task, class_probabilities, decide, pneumonia_probability
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from pneumocnn.runtime.guard import GuardCalibration
-    from pneumocnn.runtime.lite import LiteModel
-import numpy as np
-from PIL import Image
-
 from pneumocnn.data.images import to_model_input
 from pneumocnn.edge.rgb import operating_scores
 from pneumocnn.evaluation.metrics import parity as measure_parity
 from pneumocnn.runtime.guard import DEFAULT_LIMITS
+
+if TYPE_CHECKING:
+    from pneumocnn.runtime.guard import GuardCalibration
+    from pneumocnn.runtime.lite import LiteModel
 
 logger = logging.getLogger(__name__)
 

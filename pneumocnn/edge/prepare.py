@@ -32,7 +32,6 @@ from pneumocnn.runtime.runners import keras_probabilities
 if TYPE_CHECKING:
     import keras
     import numpy as np
-    import pandas as pd
 
     from pneumocnn.core.config import Config
     from pneumocnn.core.run_folder import Source

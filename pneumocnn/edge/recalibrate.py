@@ -12,22 +12,18 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from pneumocnn.core.errors import UsageError
+from pneumocnn.core.metadata import sha256_of, write_json_atomically
+from pneumocnn.edge.describe import tensor_description
+from pneumocnn.edge.embedded import embed_pneumocnn_metadata, read_embedded_metadata
+from pneumocnn.edge.family import PROVISIONAL, write_family
+from pneumocnn.edge.parity import rgb_parity
+from pneumocnn.edge.rgb import retarget_rgb_variant
+from pneumocnn.runtime.lite import LiteModel
 
 if TYPE_CHECKING:
     import numpy as np
 
-from typing import TYPE_CHECKING
-
-from pneumocnn.edge.describe import tensor_description
-from pneumocnn.edge.family import PROVISIONAL, write_family
-
-if TYPE_CHECKING:
     from pneumocnn.edge.family import Family
-from pneumocnn.core.metadata import sha256_of, write_json_atomically
-from pneumocnn.edge.embedded import embed_pneumocnn_metadata, read_embedded_metadata
-from pneumocnn.edge.parity import rgb_parity
-from pneumocnn.edge.rgb import retarget_rgb_variant
-from pneumocnn.runtime.lite import LiteModel
 
 
 def retarget_rgb(family: Family, metadata: dict[str, Any]) -> list[str]:

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
+from pneumocnn.core.errors import DataError
 from pneumocnn.core.metadata import write_json_atomically
 from pneumocnn.core.run_folder import (
     EVAL_DIR,
@@ -21,22 +23,18 @@ from pneumocnn.core.run_folder import (
     METRICS_FILE,
     SPLITS,
     THRESHOLD_FILE,
+    resolve_source,
     threshold_record,
 )
-
-if TYPE_CHECKING:
-    from pneumocnn.core.run_folder import Source
-import pandas as pd
-
-from pneumocnn.core.errors import DataError
-from pneumocnn.core.run_folder import resolve_source
-from pneumocnn.data import split as data_split
 from pneumocnn.data.split import load_evaluation_images
-from pneumocnn.evaluation import reports, scoring
+from pneumocnn.evaluation import reports
 from pneumocnn.evaluation.metrics import compute_metrics
 from pneumocnn.evaluation.thresholds import choose_pneumonia_threshold
 from pneumocnn.evaluation.uncertainty import uncertainty_of
 from pneumocnn.runtime.runners import predict_probabilities
+
+if TYPE_CHECKING:
+    from pneumocnn.core.run_folder import Source
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +139,7 @@ def evaluate(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
     source = resolve_source(model)
-    images, labels, skipped, root, paths = data_split.load_evaluation_images(
-        source, split, data_dir
-    )
+    images, labels, skipped, root, paths = load_evaluation_images(source, split, data_dir)
     if len(labels) == 0:
         raise DataError(
             f"No readable images in the {split} split of '{root}'. Received: split='{split}', "
@@ -151,7 +147,7 @@ def evaluate(
         )
     probabilities = predict_probabilities(source.model_path, images)
     # Validation predictions double as the threshold's input; any other split never does.
-    threshold, record = scoring.choose_threshold(
+    threshold, record = choose_threshold(
         source, target_sensitivity, (labels, probabilities) if split == "val" else None
     )
     report = compute_metrics(labels, probabilities, threshold, source.class_names)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from pneumocnn.core.locations import default_model
 from pneumocnn.core.metadata import (
     MetadataError,
     check_model_io,
@@ -30,16 +31,15 @@ from pneumocnn.core.metadata import (
     load_metadata,
     model_files,
 )
+from pneumocnn.core.run_folder import MODEL_FILE, THRESHOLD_FILE, resolve_source
 from pneumocnn.core.task import Task, class_probabilities
+from pneumocnn.data.images import read_grayscale
 from pneumocnn.runtime import guard
 from pneumocnn.runtime.lite import LiteModel
 from pneumocnn.runtime.prediction import Prediction, classify
 
 if TYPE_CHECKING:
     import keras
-from pneumocnn.core.locations import default_model
-from pneumocnn.core.run_folder import MODEL_FILE, THRESHOLD_FILE, resolve_source
-from pneumocnn.data.images import read_grayscale
 
 MODEL_SUFFIXES = (".tflite", ".keras")
 
