@@ -18,7 +18,7 @@ from pneumocnn.edge.embedded import (
     GUARD_LABELS_FILE,
     minimum_parser_version,
 )
-from pneumocnn.edge.rgb import operating_scores, rgb_classifier
+from pneumocnn.edge.rgb import operating_scores, pneumonia_from_scores, rgb_classifier
 from pneumocnn.network.model import load_model
 from pneumocnn.runtime.lite import LiteModel
 from pneumocnn.testing import read_embedded_labels, synthetic_xray, write_image
@@ -73,6 +73,22 @@ def test_operating_scores_argmax_is_the_decision_for_both_tasks():
         scores = operating_scores(subtype, threshold)
         assert [names[i] for i in scores.argmax(1)] == decide(subtype, threshold, names)
 
+
+
+def test_pneumonia_from_scores_undoes_the_operating_scores_for_both_tasks():
+    """A stock client gets P(pneumonia) back from the RGB variant's NORMAL score and the
+    threshold: the probability `pneumocnn.predict` shows, to float precision."""
+    rng = np.random.default_rng(1)
+    for threshold in (0.05, 0.3003, 0.5234, 0.95):
+        binary = rng.uniform(0, 1, 400)
+        back = pneumonia_from_scores(operating_scores(binary, threshold), threshold)
+        np.testing.assert_allclose(back, binary, atol=1e-9)
+        subtype = rng.dirichlet([1, 1, 1], 400)
+        back = pneumonia_from_scores(operating_scores(subtype, threshold), threshold)
+        np.testing.assert_allclose(back, 1 - subtype[:, 0], atol=1e-9)
+    # Not the score itself: away from t = 0.5 the PNEUMONIA score and P(pneumonia) differ.
+    scores = operating_scores(np.array([0.3]), 0.1)
+    assert scores[0, 1] > 0.75 and pneumonia_from_scores(scores, 0.1)[0] == pytest.approx(0.3)
 
 @pytest.mark.parametrize("fixture", ["exported_model", "subtype_model"])
 def test_rgb_classifier_scores_are_the_operating_scores_of_the_gray_model(fixture, request):

@@ -1,9 +1,10 @@
 """The embedding page's MediaPipe snippet, executed as printed on every kind of film a user has:
 a grayscale JPEG at a detector's size (issue "One answer in every client": a one-channel
 `mp.Image` crashed the stock classifier), an RGB JPEG, a 16-bit PNG, a palette PNG and a
-transparent PNG. Each gets `pneumocnn.predict`'s label and guard verdict from a stock MediaPipe
-ImageClassifier, named from the model file: the snippet hands MediaPipe the film as pneumocnn
-reads it (gray, resized by Pillow to the model's input), so MediaPipe does not resize it again."""
+transparent PNG. Each gets `pneumocnn.predict`'s label, P(pneumonia) and guard verdict from a
+stock MediaPipe ImageClassifier, named from the model file: the snippet hands MediaPipe the film
+as pneumocnn reads it (gray, resized by Pillow to the model's input), so MediaPipe does not
+resize it again."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pneumocnn.runtime.lite import LiteModel
 
 PAGE = (Path(__file__).resolve().parents[1] / "docs" / "embedding.md").read_text()
 MODEL_IN_SNIPPET = "saved_models/pneumocnn_rgb_int8.tflite"
+METADATA_IN_SNIPPET = "saved_models/pneumocnn.json"
 
 
 def _mediapipe_snippet() -> str:
@@ -32,11 +34,13 @@ def _mediapipe_snippet() -> str:
         block for block in re.findall(r"```python\n(.*?)```", section, re.S) if "mediapipe" in block
     ]
     assert f'"{MODEL_IN_SNIPPET}"' in snippet and '"chest.jpeg"' in snippet
+    assert f'"{METADATA_IN_SNIPPET}"' in snippet
     return snippet
 
 
-def _run_snippet(snippet: str, model: Path, film: Path) -> list[str]:
+def _run_snippet(snippet: str, model: Path, metadata: Path, film: Path) -> list[str]:
     code = snippet.replace(f'"{MODEL_IN_SNIPPET}"', repr(str(model)))
+    code = code.replace(f'"{METADATA_IN_SNIPPET}"', repr(str(metadata)))
     code = code.replace('"chest.jpeg"', repr(str(film)))
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
@@ -67,9 +71,7 @@ def _films(source: Path, folder: Path) -> list[Path]:
 
 @requires_real_data
 @pytest.mark.parametrize("name", ["pneumocnn", "pneumocnn_subtype"])
-def test_the_readme_mediapipe_snippet_runs_on_gray_colour_16_bit_and_palette_films(
-    name, tmp_path
-):
+def test_the_readme_mediapipe_snippet_runs_on_gray_colour_16_bit_and_palette_films(name, tmp_path):
     pytest.importorskip("mediapipe", reason="mediapipe is not installed")
     files = model_files(name)
     folder = default_model_dir()
@@ -81,19 +83,23 @@ def test_the_readme_mediapipe_snippet_runs_on_gray_colour_16_bit_and_palette_fil
     for index, source in enumerate(sources):
         (tmp_path / str(index)).mkdir()
         for film in _films(source, tmp_path / str(index)):
-            words = _run_snippet(snippet, folder / files["rgb_int8"], film)
-            label, guard = words[0], " ".join(words[2:])
+            words = _run_snippet(
+                snippet, folder / files["rgb_int8"], folder / files["metadata"], film
+            )
+            label, probability, guard = words[0], float(words[1]), " ".join(words[2:])
             assert guard in GUARD_LABELS, (film.name, words)
             expected = model.predict_file(film)
             assert (guard == GUARD_LABELS[1]) == (expected.verdict.status != "ok"), film.name
             assert label == expected.label, (film.name, words, expected)
+            assert abs(probability - expected.probability) <= 5e-5 + 1e-6, (film.name, words)
 
 
 def _snippet_functions() -> dict:
-    """The snippet's definitions (`rgb_image`), without running its classifier."""
+    """The snippet's definitions (`rgb_image`, `pneumonia_probability`), without running its
+    classifier."""
     snippet = _mediapipe_snippet()
     namespace = {"__name__": "snippet"}
-    code = compile(snippet.split("\noptions = ")[0], "docs/embedding.md (MediaPipe)", "exec")
+    code = compile(snippet.split("\nwith open(")[0], "docs/embedding.md (MediaPipe)", "exec")
     exec(code, namespace)
     return namespace
 
@@ -103,9 +109,10 @@ def _snippet_functions() -> dict:
 def test_stock_mediapipe_through_the_snippet_makes_the_clis_call_and_guard_verdict(name, tmp_path):
     """Every development film, a 1500x1800 grayscale JPEG copy of each, and the guard
     experiment's non-chest set, read by the snippet's `rgb_image` and classified by a stock
-    MediaPipe ImageClassifier: `pneumocnn.predict`'s label (where it gives one) and guard
-    verdict (caught: refused, or an OOD score above 1) on at least 99% of each set (all of
-    them, measured)."""
+    MediaPipe ImageClassifier: `pneumocnn.predict`'s label and P(pneumonia) (where it gives
+    them; the probability from the snippet's `pneumonia_probability`) and guard verdict
+    (caught: refused, or an OOD score above 1) on at least 99% of each set (all of them,
+    measured)."""
     pytest.importorskip("mediapipe", reason="mediapipe is not installed")
     import mediapipe as mp  # noqa: F401  (the snippet's own import, checked here)
     from mediapipe.tasks.python import BaseOptions, vision
@@ -114,7 +121,8 @@ def test_stock_mediapipe_through_the_snippet_makes_the_clis_call_and_guard_verdi
     files = model_files(name)
     folder = default_model_dir()
     model = LiteModel(folder / files["int8"])
-    rgb_image = _snippet_functions()["rgb_image"]
+    snippet = _snippet_functions()
+    rgb_image = snippet["rgb_image"]
     films = sorted((REAL_DATA / "test").glob("*/*.jpeg"))
     copies = []
     for index, film in enumerate(films):
@@ -129,15 +137,21 @@ def test_stock_mediapipe_through_the_snippet_makes_the_clis_call_and_guard_verdi
     )
     with vision.ImageClassifier.create_from_options(options) as classifier:
         for kind, paths in (("films", films), ("grayscale copies", copies), ("non-chest", others)):
-            same_label = same_guard = 0
+            same_label = same_guard = same_probability = 0
             for path in paths:
                 heads = classifier.classify(rgb_image(path)).classifications
                 expected = model.predict_file(path)
                 caught = expected.verdict.status == "refused" or (expected.verdict.score or 0) > 1
                 same_guard += (heads[1].categories[0].category_name == GUARD_LABELS[1]) == caught
-                same_label += expected.label in (None, heads[0].categories[0].category_name)
+                top = heads[0].categories[0]
+                same_label += expected.label in (None, top.category_name)
+                probability = snippet["pneumonia_probability"](top, model.threshold)
+                same_probability += expected.probability is None or (
+                    abs(probability - expected.probability) <= 1e-4
+                )
             print(
                 f"{name}: stock MediaPipe via the embedding page's snippet vs pneumocnn.predict on "
-                f"{len(paths)} {kind}: label {same_label}, guard verdict {same_guard}"
+                f"{len(paths)} {kind}: label {same_label}, P(pneumonia) within 1e-4 "
+                f"{same_probability}, guard verdict {same_guard}"
             )
-            assert min(same_label, same_guard) >= 0.99 * len(paths)
+            assert min(same_label, same_guard, same_probability) >= 0.99 * len(paths)

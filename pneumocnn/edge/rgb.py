@@ -71,6 +71,25 @@ def operating_scores(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     return np.concatenate([(1.0 - shifted)[:, None], shifted[:, None] * relative], axis=1)
 
 
+def pneumonia_from_scores(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """P(pneumonia) back from the RGB variant's scores: `operating_scores` undone.
+
+    NORMAL's score is `1 - P'`, and P' = q (1 - t) / (q (1 - t) + (1 - q) t) has the inverse
+    q = P' t / (P' t + (1 - P') (1 - t)). This is what a stock client computes to show the
+    probability `pneumocnn.predict` shows (the embedding page's snippets do it by hand).
+
+    Args:
+        scores: the variant's scores `(n, classes)`, NORMAL first.
+        threshold: the operating threshold the variant was made with (`threshold` in the
+            family's metadata), in (0, 1).
+
+    Returns:
+        float array `(n,)`.
+    """
+    shifted = 1.0 - np.asarray(scores, np.float64)[:, 0]
+    return shifted * threshold / (shifted * threshold + (1.0 - shifted) * (1.0 - threshold))
+
+
 def luma_model(image_size: int) -> keras.Model:
     """The RGB variant's front: raw 0-255 RGB `(1, image_size, image_size, 3)` in, Pillow's gray
     film out (a 1x1 linear map with `LUMA_WEIGHTS`, no bias, then `floor(x + 0.5)`)."""
