@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import beta
 
+import pneumocnn.adaptation.adapt as adaptation_adapt
 from helpers import REAL_DATA, SHIPPED, requires_real_data, requires_shipped_model
 from pneumocnn import adapt as adapt_command
 from pneumocnn.adaptation.adapt import resolve_base
@@ -18,6 +19,7 @@ from pneumocnn.adaptation.site import load_site, patient_folds, sample_patients
 from pneumocnn.core.adapt_config import AdaptConfig
 from pneumocnn.core.errors import DataError
 from pneumocnn.core.metadata import load_metadata, model_files
+from pneumocnn.edge.parity import ParityError
 from pneumocnn.evaluation.thresholds import fewest_positives, sensitivity_bound_threshold
 from pneumocnn.testing import write_dataset
 
@@ -80,6 +82,28 @@ def test_adapt_adapts_a_subtype_family_and_keeps_its_three_classes(subtype_model
     assert {"three_class_accuracy", "normal_recall"} <= set(metadata["calibration"]["achieved"])
     card = (output / metadata["files"]["card"]).read_text()
     assert "| three-class accuracy |" in card and "| NORMAL recall |" in card
+
+
+def test_a_failed_int8_check_keeps_the_adapted_run_and_says_how_to_export_it(
+    trained_run, site, tmp_path, monkeypatch, capsys
+):
+    """The fine-tuning is minutes of work: when the export's int8 check refuses the adapted
+    model, the message names the run folder it left and the export command that retries."""
+
+    def refuse(*args, **kwargs):
+        raise ParityError(
+            "The int8 model strays too far from the float model. Nothing was written."
+        )
+
+    monkeypatch.setattr(adaptation_adapt, "export", refuse)
+    output = tmp_path / "family"
+    argv = [str(trained_run), "--site-dir", str(site), "--output-dir", str(output), *QUICK]
+    assert adapt_command.main(argv) != 0
+    message = " ".join(capsys.readouterr().err.split())
+    run_dir = output / adaptation_adapt.RUN_DIR
+    assert f"python -m pneumocnn.export {run_dir} --output-dir {output}" in message
+    assert (run_dir / "best.keras").is_file()
+    assert not list(output.glob("*.tflite")) and not list(output.glob("*.json"))
 
 
 def test_the_bound_threshold_misses_no_more_films_than_its_rank_allows(adapted):
@@ -220,4 +244,3 @@ def test_the_readmes_adapt_command_exports_the_shipped_model_adapted_to_the_deve
     assert metadata["parity"]["auc_drop"] <= metadata["parity"]["max_auc_drop"]
     assert metadata["calibration"]["model"] == "out-of-fold"
     assert metadata["adaptation"]["recipe"] == AdaptConfig().to_dict()
-

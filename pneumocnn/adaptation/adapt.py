@@ -51,6 +51,7 @@ from pneumocnn.core.task import Task
 from pneumocnn.data.folders import DATA_ENV_VAR, film_group, find_dataset, resolve_data_dir
 from pneumocnn.data.split import prepare_split
 from pneumocnn.edge.export import export
+from pneumocnn.edge.parity import ParityError
 from pneumocnn.evaluation.metrics import pneumonia_figures, three_class_figures
 from pneumocnn.evaluation.thresholds import choose_pneumonia_threshold, sensitivity_bound_threshold
 from pneumocnn.evaluation.uncertainty import uncertainty
@@ -370,6 +371,16 @@ def adapt(
         record,
         adaptation,
     )
-    metadata = export(run_dir, output_dir, calibration_images, name=base.name)
+    try:
+        metadata = export(run_dir, output_dir, calibration_images, name=base.name)
+    except ParityError as error:
+        # The fine-tuning is not lost: say where it is and how to export it again.
+        raise ParityError(
+            f"{error} In '{output_dir}' there is only the adapted model's run folder, "
+            f"'{run_dir}' (no family): `python -m pneumocnn.export {run_dir} --output-dir "
+            f"{output_dir} --calibration-images N` converts it again without fine-tuning again. "
+            "A subtype model's three-class int8 calls are the known weak point (see "
+            "docs/adaptation.md, What to expect)."
+        ) from error
     logger.info("Adapted in %.0f s", time.perf_counter() - started)
     return metadata
