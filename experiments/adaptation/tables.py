@@ -300,7 +300,24 @@ def decisions(rows: dict[str, list[dict]]) -> list[str]:
             + rule_line(mixup, "augment", "no_augment_mixup")
             + " (The rule also asks that its command export on these films: see the findings.)"
         )
+    wide = welch_rule(rows, "no_augment_mixup", WIDE_POOLED)
+    if wide and wide["seeds"][1] >= 6:  # 2026-12-07, written before its seeds ran
+        lines.append(
+            "- A wider base (2026-12-07): " + rule_line(wide, "no_augment_mixup", WIDE_POOLED)
+        )
     return ["", "Rules written before the seeds they decide ran, and their verdicts:", ""] + lines
+
+
+# The wider base (128 px, 32 filters, 4 blocks), two generic seeds adapted three times each
+# (`--tag wide1`, `--tag wide2`): pooled for its rule.
+WIDE_ROWS = ("wide1-no_augment_mixup", "wide2-no_augment_mixup")
+WIDE_POOLED = "wide1+2-no_augment_mixup"
+
+
+def pool_wide(rows: dict[str, list[dict]]) -> None:
+    """Adds the wider base's pooled row (both generic seeds' adaptations) when both ran."""
+    if all(name in rows for name in WIDE_ROWS):
+        rows[WIDE_POOLED] = [result for name in WIDE_ROWS for result in rows[name]]
 
 
 def table() -> str:
@@ -319,6 +336,7 @@ def table() -> str:
         by_seed = {r["seed"]: r for r in second}
         rows[name] = [averaged(r, by_seed[r["seed"]]) for r in first if r["seed"] in by_seed]
     members = {name: 2 for name, _, _ in pairs}
+    pool_wide(rows)
     for size in ENSEMBLE_SIZES:
         if len(rows[default]) >= 2 * size:
             name = f"{default}, {size} seeds averaged"
