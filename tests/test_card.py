@@ -149,6 +149,8 @@ def test_the_integrator_block_gives_each_files_tensors_from_the_metadata(exporte
     assert "(value x 0.00390625 = probability)" in section
     assert "| `pneumocnn_rgb_int8.tflite` | stock image classifiers" in section
     assert f"**{metadata['threshold']:.4f}**" in section
+    # How a stock client gets P(pneumonia) back (`pneumocnn.edge.rgb.pneumonia_from_scores`).
+    assert "P(pneumonia) = s t / (s t + (1 - s)(1 - t))" in " ".join(section.split())
 
 
 def test_the_validation_calibration_error_is_given_when_measured():

@@ -240,7 +240,9 @@ def integration(metadata: dict[str, Any]) -> list[str]:
         "P(pneumonia) (one probability per class for "
         f"a subtype model); the call is pneumonia at P(pneumonia) >= **{threshold}**. The RGB "
         "variant outputs one score per class instead, whose highest names the call at that "
-        f"threshold (0.5 is the threshold, not a probability){_rgb_input(metadata)}.",
+        "threshold (0.5 is the threshold, not a probability: with s the top score, or 1 minus "
+        "it when the top class is NORMAL, and t the threshold, P(pneumonia) = s t / (s t + "
+        f"(1 - s)(1 - t))){_rgb_input(metadata)}.",
         "",
         "| file | for | input | output |",
         "|---|---|---|---|",
