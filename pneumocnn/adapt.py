@@ -71,10 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--calibration-images",
         type=int,
-        default=ADAPT_CALIBRATION_IMAGES,
-        help="Training images that calibrate the int8 ranges; more than export's, since an "
-        f"adapted model puts more films at its outputs' ends (default: "
-        f"{ADAPT_CALIBRATION_IMAGES}).",
+        default=None,
+        help="Training images that calibrate the int8 ranges (default: "
+        f"{ADAPT_CALIBRATION_IMAGES['binary']} for a binary model, "
+        f"{ADAPT_CALIBRATION_IMAGES['subtype']} for a subtype one, whose three-class int8 calls "
+        "need more).",
     )
     add_config_arguments(parser, AdaptConfig)
     return parser

@@ -19,6 +19,7 @@ from pneumocnn.adaptation.site import load_site, patient_folds, sample_patients
 from pneumocnn.core.adapt_config import AdaptConfig
 from pneumocnn.core.errors import DataError
 from pneumocnn.core.metadata import load_metadata, model_files
+from pneumocnn.core.run_folder import ADAPT_CALIBRATION_IMAGES
 from pneumocnn.edge.parity import ParityError
 from pneumocnn.evaluation.thresholds import fewest_positives, sensitivity_bound_threshold
 from pneumocnn.testing import write_dataset
@@ -88,9 +89,12 @@ def test_a_failed_int8_check_keeps_the_adapted_run_and_says_how_to_export_it(
     trained_run, site, tmp_path, monkeypatch, capsys
 ):
     """The fine-tuning is minutes of work: when the export's int8 check refuses the adapted
-    model, the message names the run folder it left and the export command that retries."""
+    model, the message names the run folder it left and the export command that retries. (And
+    a binary model is calibrated with the export's 300 films, a subtype one with 600.)"""
+    asked = []
 
-    def refuse(*args, **kwargs):
+    def refuse(run_dir, output_dir, calibration_images, **kwargs):
+        asked.append(calibration_images)
         raise ParityError(
             "The int8 model strays too far from the float model. Nothing was written."
         )
@@ -104,6 +108,8 @@ def test_a_failed_int8_check_keeps_the_adapted_run_and_says_how_to_export_it(
     assert f"python -m pneumocnn.export {run_dir} --output-dir {output}" in message
     assert (run_dir / "best.keras").is_file()
     assert not list(output.glob("*.tflite")) and not list(output.glob("*.json"))
+    assert asked == [ADAPT_CALIBRATION_IMAGES["binary"]] == [300]
+    assert ADAPT_CALIBRATION_IMAGES["subtype"] == 600
 
 
 def test_the_bound_threshold_misses_no_more_films_than_its_rank_allows(adapted):

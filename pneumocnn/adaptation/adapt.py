@@ -302,7 +302,7 @@ def adapt(
     recipe: AdaptConfig | None = None,
     data_dir: str | None = None,
     patients_csv: str | Path | None = None,
-    calibration_images: int = ADAPT_CALIBRATION_IMAGES,
+    calibration_images: int | None = None,
 ) -> dict[str, Any]:
     """Adapts a trained model to a site's labelled films and exports the adapted int8 family.
 
@@ -314,8 +314,8 @@ def adapt(
         data_dir: the training data folder (see `training_root`). Defaults to `None`.
         patients_csv: a `file,patient` table for sites whose names do not carry the patient.
             Defaults to `None`.
-        calibration_images: training films for the int8 conversion. Defaults to
-            `ADAPT_CALIBRATION_IMAGES` (600).
+        calibration_images: training films for the int8 conversion. Defaults to `None`: the
+            task's `ADAPT_CALIBRATION_IMAGES` (300 for a binary model, 600 for a subtype one).
 
     Returns:
         The adapted family's metadata.
@@ -371,6 +371,8 @@ def adapt(
         record,
         adaptation,
     )
+    if calibration_images is None:
+        calibration_images = ADAPT_CALIBRATION_IMAGES[config.task]
     try:
         metadata = export(run_dir, output_dir, calibration_images, name=base.name)
     except ParityError as error:
