@@ -45,6 +45,14 @@ def agreement(float_probabilities, int8, threshold, names) -> tuple[float, float
     return parity["agreement"], parity.get("pneumonia_agreement")
 
 
+def append_row(output: Path, row: dict) -> None:
+    """Prints one result and appends it to the JSON-lines file `output`, so a killed run keeps
+    what finished."""
+    print(json.dumps(row), flush=True)
+    with output.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="Adapted run folders (OUT/run).")
@@ -78,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 prepared.float_probabilities, val, threshold, names
             )
             row["site"], row["site_pneumonia"] = agreement(float_site, on_site, threshold, names)
-            print(json.dumps(row), flush=True)
-            with output.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_row(output, row)
     return 0
 
 
