@@ -16,7 +16,8 @@ from pathlib import Path
 from pneumocnn.core.locations import default_model_dir
 
 # The benchmarks need TensorFlow: imported in `main` once the flags are read. A `--worker`
-# process (one model timed alone) imports only LiteRT, so its peak memory is the model's own.
+# process (one model timed alone) imports only LiteRT for a `.tflite`, so its peak memory is the
+# model's own, and TensorFlow only for a `.keras`.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        from pneumocnn.benchmark.timing import run_job
+        from pneumocnn.benchmark.timing import measure_tflite, run_job
 
-        print(json.dumps(run_job(json.loads(args.worker))))
+        job = json.loads(args.worker)
+        if job["path"].endswith(".keras"):
+            from pneumocnn.benchmark.keras_timing import measure_keras as measure
+        else:
+            measure = measure_tflite
+        print(json.dumps(run_job(job, measure)))
         return 0
     from pneumocnn.benchmark.suite import markdown, run_benchmarks
 

@@ -7,6 +7,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from pneumocnn.runtime.lite import open_interpreter
 # One measurement, in its own process.
 
 
-def _percentiles(times: list[float]) -> dict[str, float]:
+def percentiles(times: list[float]) -> dict[str, float]:
     milliseconds = np.array(times) * 1000
     return {
         "median_ms": float(np.median(milliseconds)),
@@ -41,30 +42,7 @@ def measure_tflite(path: str, threads: int, warmup: int, runs: int) -> dict[str,
         interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
         if index >= warmup:
             times.append(time.perf_counter() - started)
-    return _percentiles(times)
-
-
-def measure_keras(path: str, threads: int, warmup: int, runs: int) -> dict[str, Any]:
-    """Times single-image inference of a `.keras` model (a traced function, on the CPU)."""
-    # Imported here: a worker timing a .tflite must not load TensorFlow, whose own memory
-    # would count in the model's peak.
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
-    from pneumocnn.network.model import load_model
-
-    model = load_model(path)
-    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    rng = np.random.default_rng(0)
-    image = tf.constant(rng.integers(0, 256, (1, *model.input_shape[1:])).astype(np.float32))
-    times = []
-    for index in range(warmup + runs):
-        started = time.perf_counter()
-        predict(image).numpy()
-        if index >= warmup:
-            times.append(time.perf_counter() - started)
-    return _percentiles(times)
+    return percentiles(times)
 
 
 def peak_memory_mb() -> float:
@@ -82,8 +60,10 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    measure = measure_keras if job["path"].endswith(".keras") else measure_tflite
+def run_job(job: dict[str, Any], measure: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """One measuring child's work: `measure` (`measure_tflite`, or
+    `pneumocnn.benchmark.keras_timing.measure_keras` for a `.keras`) on the job's model, and
+    the process's peak memory."""
     result = measure(job["path"], job["threads"], job["warmup"], job["runs"])
     result["peak_memory_mb"] = peak_memory_mb()
     return result

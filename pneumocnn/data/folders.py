@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+import kagglehub
 import pandas as pd
 
 from pneumocnn.core.errors import DataError
@@ -79,8 +80,6 @@ def resolve_data_dir(data_dir: str | None) -> Path:
                 "Pass --data-dir pointing at a Kaggle-style chest_xray/ folder."
             )
         return path
-    import kagglehub  # imported here: only this path needs it, and it is slow to import.
-
     logger.info("No --data-dir or $%s; downloading %s with kagglehub", DATA_ENV_VAR, KAGGLE_DATASET)
     try:
         return Path(kagglehub.dataset_download(KAGGLE_DATASET))
