@@ -1,7 +1,7 @@
 """Run an exported `.tflite` model with LiteRT: what an edge device installs.
 
-Needs only `ai-edge-litert`, numpy and Pillow; it never imports TensorFlow, and falls back to
-`tf.lite.Interpreter` only when LiteRT is not installed.
+Needs only `ai-edge-litert` (a requirement of every install), numpy and Pillow; it never
+imports TensorFlow.
 
 Example:
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter
 
 from pneumocnn.core.errors import UsageError
 from pneumocnn.core.metadata import (
@@ -37,16 +38,6 @@ if TYPE_CHECKING:
     from pneumocnn.runtime.prediction import Prediction
 
 
-def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # LiteRT missing: TensorFlow's bundled interpreter does the same job.
-        import tensorflow as tf
-
-        return tf.lite.Interpreter
-    return Interpreter
-
-
 def open_interpreter(model_path: str | Path, num_threads: int | None = None):
     """A LiteRT interpreter for a `.tflite` file, tensors allocated: what `LiteModel` runs, and
     what the bench times for every model (with or without pneumocnn metadata).
@@ -55,7 +46,7 @@ def open_interpreter(model_path: str | Path, num_threads: int | None = None):
         model_path: the `.tflite` file.
         num_threads: interpreter threads. Defaults to `None` (LiteRT's choice).
     """
-    interpreter = _interpreter_class()(model_path=str(model_path), num_threads=num_threads)
+    interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
     interpreter.allocate_tensors()
     return interpreter
 
