@@ -13,6 +13,7 @@ from scipy.stats import beta
 import pneumocnn.adaptation.adapt as adaptation_adapt
 from helpers import REAL_DATA, SHIPPED, requires_real_data, requires_shipped_model
 from pneumocnn import adapt as adapt_command
+from pneumocnn import predict as predict_command
 from pneumocnn.adaptation.adapt import resolve_base
 from pneumocnn.adaptation.finetune import fine_tune, training_mix
 from pneumocnn.adaptation.site import load_site, patient_folds, sample_patients
@@ -109,6 +110,13 @@ def test_a_failed_int8_check_keeps_the_adapted_run_and_says_how_to_export_it(
     assert (run_dir / "best.keras").is_file()
     assert not list(output.glob("*.tflite")) and not list(output.glob("*.json"))
     assert asked == [ADAPT_CALIBRATION_IMAGES["binary"]] == [300]
+    # The float model it names runs as the message says, at the adapted threshold.
+    assert f"python -m pneumocnn.predict FILES --model {run_dir}" in message
+    film = sorted((Path(site) / "NORMAL").iterdir())[0]
+    assert predict_command.main([str(film), "--model", str(run_dir), "--format", "csv"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split(",")
+    threshold = json.loads((run_dir / "threshold.json").read_text())["threshold"]
+    assert row[1] in ("NORMAL", "PNEUMONIA") and float(row[3]) == pytest.approx(threshold, abs=1e-6)
     assert ADAPT_CALIBRATION_IMAGES["subtype"] == 600
 
 

@@ -380,8 +380,10 @@ def adapt(
         raise ParityError(
             f"{error} In '{output_dir}' there is only the adapted model's run folder, "
             f"'{run_dir}' (no family): `python -m pneumocnn.export {run_dir} --output-dir "
-            f"{output_dir} --calibration-images N` converts it again without fine-tuning again. "
-            "A subtype model's three-class int8 calls are the known weak point (see "
+            f"{output_dir} --calibration-images N` converts it again without fine-tuning again, "
+            f"and `python -m pneumocnn.predict FILES --model {run_dir}` runs the adapted float "
+            "model meanwhile (TensorFlow needed; the input guard's refusal checks only). A "
+            "subtype model's three-class int8 calls are the known weak point (see "
             "docs/adaptation.md, What to expect)."
         ) from error
     logger.info("Adapted in %.0f s", time.perf_counter() - started)
