@@ -295,6 +295,31 @@ def check_output(output_dir: Path, base: Base) -> None:
         )
 
 
+def export_adapted(
+    run_dir: Path, output_dir: Path, calibration_images: int, name: str
+) -> dict[str, Any]:
+    """Exports the adapted run folder into `output_dir` (see `pneumocnn.edge.export.export`).
+
+    Raises:
+        ParityError: if the int8 model fails the export's checks; the message says where the
+            adapted run folder is and how to export or run it without fine-tuning again.
+    """
+    try:
+        metadata = export(run_dir, output_dir, calibration_images, name=name)
+    except ParityError as error:
+        # The fine-tuning is not lost: say where it is and how to export it again.
+        raise ParityError(
+            f"{error} In '{output_dir}' there is only the adapted model's run folder, "
+            f"'{run_dir}' (no family): `python -m pneumocnn.export {run_dir} --output-dir "
+            f"{output_dir} --calibration-images N` converts it again without fine-tuning again, "
+            f"and `python -m pneumocnn.predict FILES --model {run_dir}` runs the adapted float "
+            "model meanwhile (TensorFlow needed; the input guard's refusal checks only). A "
+            "subtype model's three-class int8 calls are the known weak point (see "
+            "docs/adaptation.md, What to expect)."
+        ) from error
+    return metadata
+
+
 def adapt(
     model: str | Path,
     site_dir: str | Path,
@@ -371,20 +396,7 @@ def adapt(
         record,
         adaptation,
     )
-    if calibration_images is None:
-        calibration_images = ADAPT_CALIBRATION_IMAGES[config.task]
-    try:
-        metadata = export(run_dir, output_dir, calibration_images, name=base.name)
-    except ParityError as error:
-        # The fine-tuning is not lost: say where it is and how to export it again.
-        raise ParityError(
-            f"{error} In '{output_dir}' there is only the adapted model's run folder, "
-            f"'{run_dir}' (no family): `python -m pneumocnn.export {run_dir} --output-dir "
-            f"{output_dir} --calibration-images N` converts it again without fine-tuning again, "
-            f"and `python -m pneumocnn.predict FILES --model {run_dir}` runs the adapted float "
-            "model meanwhile (TensorFlow needed; the input guard's refusal checks only). A "
-            "subtype model's three-class int8 calls are the known weak point (see "
-            "docs/adaptation.md, What to expect)."
-        ) from error
+    images = calibration_images or ADAPT_CALIBRATION_IMAGES[config.task]
+    metadata = export_adapted(run_dir, output_dir, images, base.name)
     logger.info("Adapted in %.0f s", time.perf_counter() - started)
     return metadata
