@@ -7,6 +7,7 @@ recalibration does when the threshold in the description changes) and read back 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import sys
@@ -33,13 +34,20 @@ WARNING = (
 )
 
 
-def _mediapipe_metadata_writer():
-    """Imports MediaPipe's metadata writer.
+@functools.cache
+def _mediapipe() -> types.SimpleNamespace:
+    """MediaPipe's metadata modules, imported once and in one place (the `train` extra's; the
+    edge install runs `.tflite` files without them, and they take seconds to import).
 
     mediapipe 1.2's wheel leaves out the compiled helper `_pywrap_metadata_version` that its
     `metadata` module imports (to stamp the minimum metadata parser version), so the writer cannot
     be imported as shipped. When that module is missing, a stand-in with the same function is
     installed first: `minimum_parser_version`, the rule of MediaPipe's `metadata_version.cc`.
+    Every module below imports it, so all are imported after the stand-in.
+
+    Returns:
+        A namespace of `writer` (`metadata_writer`), `info` (`metadata_info`), `utils`
+        (`writer_utils`), `displayer` (`MetadataDisplayer`) and `schema` (the metadata schema).
     """
     try:
         import mediapipe.tasks.cc.metadata.python._pywrap_metadata_version  # noqa: F401
@@ -55,13 +63,25 @@ def _mediapipe_metadata_writer():
             parent = name
         sys.modules[parent].GetMinimumMetadataParserVersion = minimum_parser_version
     try:
-        from mediapipe.tasks.python.metadata.metadata_writers import metadata_info, metadata_writer
+        from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
+        from mediapipe.tasks.python.metadata.metadata import MetadataDisplayer
+        from mediapipe.tasks.python.metadata.metadata_writers import (
+            metadata_info,
+            metadata_writer,
+            writer_utils,
+        )
     except ImportError as error:
         raise ImportError(
             "Embedding TFLite metadata needs MediaPipe's metadata writer. Install it with: "
             f'pip install "pneumocnn[train]" (or pip install mediapipe). ({error})'
         ) from error
-    return metadata_writer, metadata_info
+    return types.SimpleNamespace(
+        writer=metadata_writer,
+        info=metadata_info,
+        utils=writer_utils,
+        displayer=MetadataDisplayer,
+        schema=schema,
+    )
 
 
 def minimum_parser_version(metadata_buffer: bytes) -> str:
@@ -71,10 +91,7 @@ def minimum_parser_version(metadata_buffer: bytes) -> str:
     (vocabulary files 1.0.1, process units 1.1.0, tensor groups 1.2.0, audio 1.3.0, ScaNN index
     files 1.4.0, versioned associated files 1.4.1, custom metadata 1.5.0, tokenizers).
     """
-    # Imported here, not at the top: MediaPipe's metadata modules import the helper that
-    # `_mediapipe_metadata_writer` stands in for, so they load only after it has run.
-    from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
-
+    schema = _mediapipe().schema
     model = schema.ModelMetadataT.InitFromObj(
         schema.ModelMetadata.GetRootAsModelMetadata(bytearray(metadata_buffer), 0)
     )
@@ -157,7 +174,8 @@ def embed_metadata(
     Returns:
         The `.tflite` flatbuffer with the metadata and the labels file packed in.
     """
-    metadata_writer, metadata_info = _mediapipe_metadata_writer()
+    mediapipe = _mediapipe()
+    metadata_writer, metadata_info = mediapipe.writer, mediapipe.info
     color_space = metadata_writer.MetadataWriter.color_space_types
     writer = metadata_writer.MetadataWriter.create(bytearray(without_packed_files(model)))
     writer.add_general_info(name, description)
@@ -213,20 +231,14 @@ def input_side(model: bytes) -> int:
 
 def output_count(model: bytes) -> int:
     """The number of output tensors of a `.tflite` (its first subgraph)."""
-    _mediapipe_metadata_writer()  # writer_utils imports what the writer's module does
-    from mediapipe.tasks.python.metadata.metadata_writers import writer_utils
-
-    return len(writer_utils.get_output_tensor_names(bytearray(without_packed_files(model))))
+    return len(_mediapipe().utils.get_output_tensor_names(bytearray(without_packed_files(model))))
 
 
 def read_embedded_metadata(model: bytes) -> dict[str, Any] | None:
     """The TFLite metadata embedded in a `.tflite` (name, description, version, author, licence,
     tensors), as MediaPipe's metadata displayer reads it; `None` when the model has none."""
-    _mediapipe_metadata_writer()  # the displayer's module imports what the writer's does
-    from mediapipe.tasks.python.metadata.metadata import MetadataDisplayer  # after the stand-in
-
     try:
-        displayer = MetadataDisplayer.with_model_buffer(bytearray(model))
+        displayer = _mediapipe().displayer.with_model_buffer(bytearray(model))
     except ValueError:  # "The model does not have metadata."
         return None
     return json.loads(displayer.get_metadata_json())

@@ -58,6 +58,18 @@ class Classifier(Protocol):
     def predict_file(self, path: str | Path, threshold: float | None = None) -> Prediction: ...
 
 
+def load_keras(path: str | Path) -> keras.Model:
+    """Loads a `.keras` model (see `pneumocnn.network.model.load_model`, which checks the archive
+    first).
+
+    The one place this module imports Keras, and only when a Keras model is run: the edge install
+    (no TensorFlow) runs `.tflite` files through this module too.
+    """
+    from pneumocnn.network.model import load_model
+
+    return load_model(path)
+
+
 def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """A Keras model's per-class probabilities for raw-pixel images (see
     `pneumocnn.core.task.class_probabilities`)."""
@@ -110,10 +122,6 @@ class KerasModel:
             MetadataError: if an exported model's metadata is missing or does not match.
             ValueError: if a run folder has no threshold yet (nothing is written to it).
         """
-        # Keras is imported only for a Keras model: the edge install (no TensorFlow) runs
-        # `.tflite` files through this module too.
-        from pneumocnn.network.model import load_model
-
         source = resolve_source(path)
         if source.threshold is None:
             raise ValueError(
@@ -122,7 +130,7 @@ class KerasModel:
                 f"{source.run_dir} --split val` first; it chooses the threshold on validation "
                 "and stores it."
             )
-        model = load_model(source.model_path)
+        model = load_keras(source.model_path)
         task = Task.of(source.config.task, source.class_names)
         # The run's or the metadata's image size, against the model's own input.
         check_model_io(
@@ -200,9 +208,7 @@ def predict_probabilities(model_path: str | Path, images: np.ndarray) -> np.ndar
     model_path = check_model_path(model_path)
     if model_path.suffix == ".tflite":
         return LiteModel(model_path).predict_proba(images)
-    from pneumocnn.network.model import load_model  # Keras only for a Keras model (see above)
-
-    return keras_probabilities(load_model(model_path), images)
+    return keras_probabilities(load_keras(model_path), images)
 
 
 def keras_beside(path: str | Path) -> Path:
