@@ -98,7 +98,8 @@ def _layer_output(layer, inputs, kernels: list[np.ndarray]) -> tf.Tensor:
     return tf.matmul(inputs, kernels[0])
 
 
-def _kernels(layer) -> list[np.ndarray]:
+def _kernels(layer) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The layer's kernels as int8 stores them, and as they are."""
     if isinstance(layer, keras.layers.SeparableConv2D):
         depthwise = np.asarray(layer.depthwise_kernel)
         # TFLite's depthwise filter has its channels last: round per input channel.
