@@ -30,9 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pneumocnn.adaptation.adapt import adapt
+from pneumocnn.adaptation.adapt import RUN_DIR, adapt
 from pneumocnn.core.adapt_config import AdaptConfig
 from pneumocnn.core.files import write_text_atomic
+from pneumocnn.core.run_folder import read_threshold
 from pneumocnn.edge.parity import ParityError
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export_rate"
@@ -55,15 +56,13 @@ def run_one(model: str, site_dir: str, seed: int, keep: Path | None = None) -> d
             if keep is not None:
                 kept = keep / f"{Path(model).stem}-s{seed}"
                 shutil.rmtree(kept, ignore_errors=True)
-                shutil.copytree(output / "run", kept)
+                shutil.copytree(output / RUN_DIR, kept)
             return {
                 "exported": False,
                 "agreement": float(found.group(1)) / 100 if found else None,
                 "pneumonia_agreement": float(calls.group(1)) / 100 if calls else None,
                 "refusal": str(error).split(" Nothing was written")[0],
-                "threshold": json.loads((output / "run" / "threshold.json").read_text())[
-                    "threshold"
-                ],
+                "threshold": read_threshold(output / RUN_DIR),
                 "seconds": round(time.perf_counter() - started),
                 **({"kept": str(kept)} if kept else {}),
             }

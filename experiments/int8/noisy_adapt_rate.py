@@ -33,10 +33,10 @@ import pandas as pd
 from quant_noise_finetune import int8_steps, noise_points, training_twin  # beside this script
 
 import pneumocnn.adaptation.finetune as finetune
-from pneumocnn.adaptation.adapt import adapt, resolve_base, training_root
+from pneumocnn.adaptation.adapt import RUN_DIR, adapt, resolve_base, training_root
 from pneumocnn.core.adapt_config import AdaptConfig
 from pneumocnn.core.files import write_text_atomic
-from pneumocnn.core.run_folder import ADAPT_CALIBRATION_IMAGES
+from pneumocnn.core.run_folder import ADAPT_CALIBRATION_IMAGES, read_threshold_record
 from pneumocnn.data.folders import find_dataset
 from pneumocnn.data.split import prepare_split
 from pneumocnn.edge.convert import representative_images
@@ -68,7 +68,7 @@ def run_one(model: str, site_dir: str, seed: int) -> dict:
             metadata = adapt(model, site_dir, output, recipe)
         except ParityError as error:
             found = AGREEMENT.search(str(error))
-            record = json.loads((output / "run" / "threshold.json").read_text())
+            record = read_threshold_record(output / RUN_DIR)
             return {
                 "exported": False,
                 "agreement": float(found.group(1)) / 100 if found else None,
