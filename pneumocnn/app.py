@@ -37,7 +37,6 @@ from pneumocnn.data.pixels import NOTES_KEY, ImageLoadError
 from pneumocnn.edge.card import model_card
 from pneumocnn.runtime import guard
 from pneumocnn.runtime.prediction import classify
-from pneumocnn.runtime.runners import open_model
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm"]
 NOTICE = (
@@ -123,6 +122,7 @@ def _open_model(st) -> tuple[dict[str, Any], Any, Any, Path]:
     none."""
     from pneumocnn.network.model import load_model  # TensorFlow: once the page runs
     from pneumocnn.runtime.gradcam import GradCam
+    from pneumocnn.runtime.runners import open_model
 
     load = st.cache_resource(show_spinner="Loading the model...")(open_model)
     load_cam = st.cache_resource(show_spinner="Loading Grad-CAM...")(

@@ -28,7 +28,6 @@ from pneumocnn.core.locations import default_model
 from pneumocnn.core.metadata import load_metadata, model_name
 from pneumocnn.core.task import Task
 from pneumocnn.runtime import guard
-from pneumocnn.runtime.runners import keras_beside, open_model
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command(args: argparse.Namespace) -> int:
     from pneumocnn.runtime.explanations import explain_files  # TensorFlow: after --help
+    from pneumocnn.runtime.runners import keras_beside, open_model
 
     model_path = keras_beside(args.model)
     # The label and probability shown are those of the model asked for (the int8 one, given a

@@ -36,12 +36,12 @@ from typing import Any
 from pneumocnn import cli
 from pneumocnn.core.errors import EXIT_OK, EXIT_SOME_INPUTS_FAILED, UsageError
 from pneumocnn.core.files import csv_path, quoted_name, spreadsheet_cell
-from pneumocnn.core.locations import default_model
+from pneumocnn.core.locations import check_model_path, default_model
 from pneumocnn.core.metadata import INT8_FILE, THRESHOLD_MARGIN, is_usable_threshold
 from pneumocnn.data.pixels import ImageLoadError
 from pneumocnn.data.scan import collect_inputs, require_inputs
+from pneumocnn.runtime.lite import LiteModel
 from pneumocnn.runtime.prediction import ROW_DECIMALS, decimals_to_show
-from pneumocnn.runtime.runners import open_model
 
 FORMATS = ("table", "json", "csv")
 # Decimals of the table's probability and threshold, unless more are needed to keep their order.
@@ -162,6 +162,17 @@ def _json_line(row: dict[str, Any], class_names: list[str]) -> str:
     return json.dumps(row)
 
 
+def open_classifier(model: str) -> Any:
+    """The runner of `--model`: LiteRT for a `.tflite` (no TensorFlow, which the core install
+    lacks), else `pneumocnn.runtime.runners.open_model` (a `.keras` or a run folder)."""
+    path = check_model_path(model)
+    if path.suffix == ".tflite":
+        return LiteModel(path).require_grayscale()
+    from pneumocnn.runtime.runners import open_model  # TensorFlow: a float model only
+
+    return open_model(path)
+
+
 def _command(args: argparse.Namespace) -> int:
     output_format = "json" if args.json else (args.format or "table")
     if args.json and args.format not in (None, "json"):
@@ -169,7 +180,7 @@ def _command(args: argparse.Namespace) -> int:
             f"--json asks for JSON, and --format for {args.format}. Received: --json --format "
             f"{args.format}. Pass one of them."
         )
-    classifier = open_model(args.model)
+    classifier = open_classifier(args.model)
     files, refused = collect_inputs(args.inputs)
     if not files and not refused:
         require_inputs(args.inputs)  # raises NoInputsError, naming the inputs

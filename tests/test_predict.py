@@ -1,6 +1,8 @@
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -44,6 +46,28 @@ def test_predict_prints_one_json_line_per_image(exported_model, tmp_path, capsys
         assert row["label"] == ("PNEUMONIA" if row["probability"] >= row["threshold"] else "NORMAL")
     assert (icon["verdict"], icon["label"], icon["probability"]) == ("refused", "", None)
     assert icon["reason"].startswith("too small")
+
+
+def test_an_int8_model_is_run_without_importing_tensorflow(exported_model, tmp_path):
+    # The core install (`pip install pneumocnn`) has LiteRT and no TensorFlow: the command
+    # must classify with a .tflite without importing it; a .keras does import it.
+    image = _images(tmp_path / "films")[0]
+    script = (
+        "import sys\n"
+        "from pneumocnn import predict\n"
+        "code = predict.main([{image!r}, '--model', {model!r}, '--json'])\n"
+        "assert code == 0, code\n"
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    for model, heavy in ((INT8_FILE, "[]"), (KERAS_FILE, "['keras', 'tensorflow']")):
+        code = script.format(image=str(image), model=str(exported_model / model))
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert done.stdout.strip().splitlines()[-1] == heavy
 
 
 def test_keras_and_int8_models_give_close_probabilities(exported_model, tmp_path, capsys):

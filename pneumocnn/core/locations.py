@@ -1,7 +1,8 @@
 """Where the shipped models live: the one place that builds their paths.
 
 An installed wheel carries them inside the package, a checkout in `saved_models/`;
-`$PNEUMOCNN_MODEL_DIR` points elsewhere. `default_model(role, task)` names one file of them.
+`$PNEUMOCNN_MODEL_DIR` points elsewhere. `default_model(role, task)` names one file of them;
+`check_model_path` tells whether a path is a model this package runs, before anything is loaded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pneumocnn.core.metadata import (
     model_files,
 )
 
+# The forms of a model file this package runs (a run folder is the third).
+MODEL_SUFFIXES = (".tflite", ".keras")
 # The folder of the exported models: `$PNEUMOCNN_MODEL_DIR`, else the shipped models.
 MODEL_DIR_ENV_VAR = "PNEUMOCNN_MODEL_DIR"
 # The package folder, `pneumocnn/` (this file is pneumocnn/core/locations.py).
@@ -54,3 +57,25 @@ def default_model(role: str = "int8", task: str = "binary") -> Path:
     'pneumocnn_subtype.keras'
     """
     return default_model_dir() / model_files(DEFAULT_NAMES[task])[role]
+
+
+def check_model_path(path: str | Path) -> Path:
+    """Checks that `path` is a model this package can run, before anything is loaded.
+
+    Raises:
+        FileNotFoundError: if it does not exist.
+        ValueError: if it is neither a `.tflite`, a `.keras`, nor a folder.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Model not found. Received: model='{path}'. Pass an exported .tflite or .keras "
+            f"(e.g. {default_model()}), or a training run folder."
+        )
+    if path.is_file() and path.suffix not in MODEL_SUFFIXES:
+        raise ValueError(
+            f"Expected a model file (.tflite or .keras) or a training run folder. Received: "
+            f"model='{path}'. A {path.suffix or 'file without suffix'} is not a model; pass "
+            f"e.g. {default_model()} (the metadata .json beside it is found by name)."
+        )
+    return path

@@ -8,9 +8,14 @@ see `pneumocnn.runtime.prediction.classify`). `open_model` picks the runner from
 `LiteModel` (`pneumocnn.runtime.lite`, LiteRT, no TensorFlow) for a `.tflite`, `KerasModel` for
 a `.keras` file or a run folder.
 
+Importing this module imports Keras and TensorFlow (the `train` extra). What must run without
+them takes `LiteModel` alone: `pneumocnn.predict` does for a `.tflite`, and imports this module
+only for a `.keras` or a run folder (`pneumocnn.core.locations.check_model_path` tells them
+apart first).
+
 Example:
 
-
+>>> from pneumocnn.core.locations import default_model
 >>> model = open_model(default_model())  # doctest: +SKIP
 >>> model.predict_file("chest.jpeg").label  # doctest: +SKIP
 'PNEUMONIA'
@@ -19,11 +24,12 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+import keras
 import numpy as np
 
-from pneumocnn.core.locations import default_model
+from pneumocnn.core.locations import check_model_path
 from pneumocnn.core.metadata import (
     MetadataError,
     check_model_io,
@@ -34,14 +40,10 @@ from pneumocnn.core.metadata import (
 from pneumocnn.core.run_folder import MODEL_FILE, THRESHOLD_FILE, resolve_source
 from pneumocnn.core.task import Task, class_probabilities
 from pneumocnn.data.images import read_grayscale
+from pneumocnn.network.model import load_model
 from pneumocnn.runtime import guard
 from pneumocnn.runtime.lite import LiteModel
 from pneumocnn.runtime.prediction import Prediction, classify
-
-if TYPE_CHECKING:
-    import keras
-
-MODEL_SUFFIXES = (".tflite", ".keras")
 
 
 class Classifier(Protocol):
@@ -56,18 +58,6 @@ class Classifier(Protocol):
     def predict_proba(self, images: np.ndarray) -> np.ndarray: ...
 
     def predict_file(self, path: str | Path, threshold: float | None = None) -> Prediction: ...
-
-
-def load_keras(path: str | Path) -> keras.Model:
-    """Loads a `.keras` model (see `pneumocnn.network.model.load_model`, which checks the archive
-    first).
-
-    The one place this module imports Keras, and only when a Keras model is run: the edge install
-    (no TensorFlow) runs `.tflite` files through this module too.
-    """
-    from pneumocnn.network.model import load_model
-
-    return load_model(path)
 
 
 def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
@@ -130,7 +120,7 @@ class KerasModel:
                 f"{source.run_dir} --split val` first; it chooses the threshold on validation "
                 "and stores it."
             )
-        model = load_keras(source.model_path)
+        model = load_model(source.model_path)
         task = Task.of(source.config.task, source.class_names)
         # The run's or the metadata's image size, against the model's own input.
         check_model_io(
@@ -166,28 +156,6 @@ class KerasModel:
         return classify(self, read_grayscale(path), path, threshold)
 
 
-def check_model_path(path: str | Path) -> Path:
-    """Checks that `path` is a model this package can run, before anything is loaded.
-
-    Raises:
-        FileNotFoundError: if it does not exist.
-        ValueError: if it is neither a `.tflite`, a `.keras`, nor a folder.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"Model not found. Received: model='{path}'. Pass an exported .tflite or .keras "
-            f"(e.g. {default_model()}), or a training run folder."
-        )
-    if path.is_file() and path.suffix not in MODEL_SUFFIXES:
-        raise ValueError(
-            f"Expected a model file (.tflite or .keras) or a training run folder. Received: "
-            f"model='{path}'. A {path.suffix or 'file without suffix'} is not a model; pass "
-            f"e.g. {default_model()} (the metadata .json beside it is found by name)."
-        )
-    return path
-
-
 def open_model(path: str | Path) -> Classifier:
     """Opens a model for inference: a `.tflite` with LiteRT, a `.keras` or run folder with Keras.
 
@@ -208,7 +176,7 @@ def predict_probabilities(model_path: str | Path, images: np.ndarray) -> np.ndar
     model_path = check_model_path(model_path)
     if model_path.suffix == ".tflite":
         return LiteModel(model_path).predict_proba(images)
-    return keras_probabilities(load_keras(model_path), images)
+    return keras_probabilities(load_model(model_path), images)
 
 
 def keras_beside(path: str | Path) -> Path:
