@@ -13,11 +13,8 @@ from helpers import REAL_DATA, requires_real_data
 from pneumocnn.core.locations import default_model_dir
 from pneumocnn.core.metadata import FILM_SIZE, FP16_FILE, INT8_FILE, METADATA_FILE, model_files
 from pneumocnn.core.task import decide
-from pneumocnn.edge.embedded import (
-    GUARD_LABELS,
-    GUARD_LABELS_FILE,
-    minimum_parser_version,
-)
+from pneumocnn.edge.embedded import GUARD_LABELS, GUARD_LABELS_FILE
+from pneumocnn.edge.mediapipe_metadata import minimum_parser_version
 from pneumocnn.edge.rgb import operating_scores, pneumonia_from_scores, rgb_classifier
 from pneumocnn.network.model import load_model
 from pneumocnn.runtime.lite import LiteModel

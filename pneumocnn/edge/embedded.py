@@ -7,16 +7,19 @@ recalibration does when the threshold in the description changes) and read back 
 
 from __future__ import annotations
 
-import functools
 import io
 import json
-import sys
-import types
 import zipfile
 from typing import Any
 
 from pneumocnn import __version__
 from pneumocnn.edge.graft import read
+from pneumocnn.edge.mediapipe_metadata import (
+    MetadataDisplayer,
+    metadata_info,
+    metadata_writer,
+    writer_utils,
+)
 
 AUTHOR = "The pneumocnn authors"
 LICENSE = (
@@ -32,113 +35,6 @@ WARNING = (
     "Research tool for paediatric chest X-rays (children aged one to five, frontal films). "
     "It is not a medical device and does not give a diagnosis: a clinician must read every film."
 )
-
-
-@functools.cache
-def _mediapipe() -> types.SimpleNamespace:
-    """MediaPipe's metadata modules, imported once and in one place (the `train` extra's; the
-    edge install runs `.tflite` files without them, and they take seconds to import).
-
-    mediapipe 1.2's wheel leaves out the compiled helper `_pywrap_metadata_version` that its
-    `metadata` module imports (to stamp the minimum metadata parser version), so the writer cannot
-    be imported as shipped. When that module is missing, a stand-in with the same function is
-    installed first: `minimum_parser_version`, the rule of MediaPipe's `metadata_version.cc`.
-    Every module below imports it, so all are imported after the stand-in.
-
-    Returns:
-        A namespace of `writer` (`metadata_writer`), `info` (`metadata_info`), `utils`
-        (`writer_utils`), `displayer` (`MetadataDisplayer`) and `schema` (the metadata schema).
-    """
-    try:
-        import mediapipe.tasks.cc.metadata.python._pywrap_metadata_version  # noqa: F401
-    except ImportError:
-        # A module and the packages above it that the wheel lacks: `from a.b import c` needs both.
-        parent = "mediapipe.tasks"
-        for part in ("cc", "metadata", "python", "_pywrap_metadata_version"):
-            name = f"{parent}.{part}"
-            module = sys.modules.get(name) or types.ModuleType(name)
-            module.__path__ = getattr(module, "__path__", [])
-            sys.modules[name] = module
-            setattr(sys.modules[parent], part, module)
-            parent = name
-        sys.modules[parent].GetMinimumMetadataParserVersion = minimum_parser_version
-    try:
-        from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
-        from mediapipe.tasks.python.metadata.metadata import MetadataDisplayer
-        from mediapipe.tasks.python.metadata.metadata_writers import (
-            metadata_info,
-            metadata_writer,
-            writer_utils,
-        )
-    except ImportError as error:
-        raise ImportError(
-            "Embedding TFLite metadata needs MediaPipe's metadata writer. Install it with: "
-            f'pip install "pneumocnn[train]" (or pip install mediapipe). ({error})'
-        ) from error
-    return types.SimpleNamespace(
-        writer=metadata_writer,
-        info=metadata_info,
-        utils=writer_utils,
-        displayer=MetadataDisplayer,
-        schema=schema,
-    )
-
-
-def minimum_parser_version(metadata_buffer: bytes) -> str:
-    """The lowest metadata parser version that reads every field of a metadata flatbuffer.
-
-    The rule of MediaPipe's `metadata_version.cc`: 1.0.0, raised by each member added later
-    (vocabulary files 1.0.1, process units 1.1.0, tensor groups 1.2.0, audio 1.3.0, ScaNN index
-    files 1.4.0, versioned associated files 1.4.1, custom metadata 1.5.0, tokenizers).
-    """
-    schema = _mediapipe().schema
-    model = schema.ModelMetadataT.InitFromObj(
-        schema.ModelMetadata.GetRootAsModelMetadata(bytearray(metadata_buffer), 0)
-    )
-    versions = [(1, 0, 0)]
-    tokenizers = {
-        schema.ProcessUnitOptions.BertTokenizerOptions: (1, 1, 0),
-        schema.ProcessUnitOptions.SentencePieceTokenizerOptions: (1, 1, 0),
-        schema.ProcessUnitOptions.RegexTokenizerOptions: (1, 2, 1),
-    }
-
-    def files(items):
-        for item in items or []:
-            if item.type == schema.AssociatedFileType.VOCABULARY:
-                versions.append((1, 0, 1))
-            if item.type == schema.AssociatedFileType.SCANN_INDEX_FILE:
-                versions.append((1, 4, 0))
-            if item.version is not None:
-                versions.append((1, 4, 1))
-
-    def units(items):
-        for item in items or []:
-            versions.append(tokenizers.get(item.optionsType, (1, 0, 0)))
-
-    for subgraph in model.subgraphMetadata or []:
-        for tensor in [
-            *(subgraph.inputTensorMetadata or []),
-            *(subgraph.outputTensorMetadata or []),
-        ]:
-            files(tensor.associatedFiles)
-            units(tensor.processUnits)
-            content = tensor.content
-            if content is not None and (
-                content.contentPropertiesType == schema.ContentProperties.AudioProperties
-            ):
-                versions.append((1, 3, 0))
-        files(subgraph.associatedFiles)
-        for group in (subgraph.inputProcessUnits, subgraph.outputProcessUnits):
-            if group is not None:
-                versions.append((1, 1, 0))
-                units(group)
-        for group in (subgraph.inputTensorGroups, subgraph.outputTensorGroups):
-            if group is not None:
-                versions.append((1, 2, 0))
-        if subgraph.customMetadata is not None:
-            versions.append((1, 5, 0))
-    files(model.associatedFiles)
-    return ".".join(str(part) for part in max(versions))
 
 
 def embed_metadata(
@@ -174,8 +70,6 @@ def embed_metadata(
     Returns:
         The `.tflite` flatbuffer with the metadata and the labels file packed in.
     """
-    mediapipe = _mediapipe()
-    metadata_writer, metadata_info = mediapipe.writer, mediapipe.info
     color_space = metadata_writer.MetadataWriter.color_space_types
     writer = metadata_writer.MetadataWriter.create(bytearray(without_packed_files(model)))
     writer.add_general_info(name, description)
@@ -231,14 +125,14 @@ def input_side(model: bytes) -> int:
 
 def output_count(model: bytes) -> int:
     """The number of output tensors of a `.tflite` (its first subgraph)."""
-    return len(_mediapipe().utils.get_output_tensor_names(bytearray(without_packed_files(model))))
+    return len(writer_utils.get_output_tensor_names(bytearray(without_packed_files(model))))
 
 
 def read_embedded_metadata(model: bytes) -> dict[str, Any] | None:
     """The TFLite metadata embedded in a `.tflite` (name, description, version, author, licence,
     tensors), as MediaPipe's metadata displayer reads it; `None` when the model has none."""
     try:
-        displayer = _mediapipe().displayer.with_model_buffer(bytearray(model))
+        displayer = MetadataDisplayer.with_model_buffer(bytearray(model))
     except ValueError:  # "The model does not have metadata."
         return None
     return json.loads(displayer.get_metadata_json())
