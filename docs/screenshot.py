@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from playwright.sync_api import sync_playwright
 
-from pneumocnn.app import serve
+from pneumocnn.testing import serve_app
 from pneumocnn.web import CHROMIUM_ARGS
 
 DOCS = Path(__file__).resolve().parent
@@ -39,7 +39,7 @@ def main() -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        with serve(port) as url, sync_playwright() as p:
+        with serve_app(port) as url, sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1300, "height": 1250})
             page.goto(url)

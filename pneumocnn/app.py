@@ -15,23 +15,16 @@ A research tool for paediatric chest films, not a diagnosis.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pneumocnn.core.locations import MODEL_DIR_ENV_VAR, default_model_dir
+from pneumocnn.core.locations import MODEL_DIR_ENV_VAR, default_model_dir, find_models
 from pneumocnn.core.metadata import MetadataError, load_metadata, model_files
-from pneumocnn.core.task import Task
 from pneumocnn.data.images import read_grayscale, to_model_input
 from pneumocnn.data.pixels import NOTES_KEY, ImageLoadError
 from pneumocnn.edge.card import model_card
@@ -56,24 +49,6 @@ def gauge_figure(probability: float, threshold: float, positive: str) -> Figure:
     ax.text(threshold, 0.45, f" threshold {threshold:.2f}", fontsize=8, va="bottom")
     ax.set(xlim=(0, 1), yticks=[], xlabel=f"P({positive}) = {probability:.3f}")
     return figure
-
-
-def find_models(folder: Path) -> dict[str, dict[str, Any]]:
-    """The exported models in `folder`: `{name: metadata}` for each valid `<name>.json`, the
-    binary model first.
-
-    Files that are not pneumocnn metadata are ignored.
-    """
-
-    models = {}
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            models[path.stem] = load_metadata(path)
-        except MetadataError:
-            continue
-    return dict(
-        sorted(models.items(), key=lambda item: (Task.of_metadata(item[1]).subtype, item[0]))
-    )
 
 
 def probabilities_figure(probabilities: dict[str, float]) -> Figure:
@@ -276,66 +251,6 @@ def _results_table(st, rows: list[dict[str, Any]], classifier: Any) -> None:
         file_name="pneumocnn_results.csv",
         mime="text/csv",
     )
-
-
-@contextlib.contextmanager
-def serve(port: int, model_folder: str | Path | None = None, timeout: float = 60) -> Iterator[str]:
-    """Runs the app in a headless Streamlit server on 127.0.0.1 for the duration of a block.
-
-    For browser tests and screenshots.
-
-    Args:
-        port: a free local port.
-        model_folder: the exported model folder. Defaults to `None` (see
-            `pneumocnn.core.locations.default_model_dir`).
-        timeout: seconds to wait for the server to answer. Defaults to 60.
-
-    Yields:
-        The app's URL.
-
-    Raises:
-        RuntimeError: if the server does not answer in time (its output is in the message).
-    """
-    env = dict(os.environ)
-    if model_folder is not None:
-        env[MODEL_DIR_ENV_VAR] = str(model_folder)
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(Path(__file__).resolve()),
-        "--server.headless",
-        "true",
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(port),
-        "--browser.gatherUsageStats",
-        "false",
-    ]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    server.kill()
-                    output = server.stdout.read().decode(errors="replace")
-                    raise RuntimeError(f"The app did not start on {url}:\n{output}") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def run() -> None:

@@ -1,10 +1,11 @@
-"""Synthetic films and the files made from them, for tests and experiments.
+"""Synthetic films and the files made from them, for tests and experiments; the app in a headless
+server, for browser tests and screenshots.
 
 Tiny seeded gray "films" whose class shows in the pixels, written as images, as a Kaggle-layout
 data set, as DICOM, or as a PNG header that lies about its size. The tests use them, and so do
 the experiments (the input guard's non-chest set, the loader's worst inputs), which is why they
 live in the package rather than in `tests/`. Needs only numpy and Pillow; `write_dicom` needs
-pydicom too (the `lite` and `app` extras install it).
+pydicom too (the `lite` and `app` extras install it), `serve_app` Streamlit (the `app` extra).
 
 Example:
 
@@ -15,15 +16,24 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import struct
+import subprocess
+import sys
+import time
+import urllib.request
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from pneumocnn.core.locations import MODEL_DIR_ENV_VAR
 
 try:  # optional (the `lite` and `app` extras): only `write_dicom` needs it
     from pydicom import Dataset, FileMetaDataset
@@ -32,7 +42,17 @@ try:  # optional (the `lite` and `app` extras): only `write_dicom` needs it
 except ImportError:
     Dataset = None
 
-__all__ = ["png_claiming", "synthetic_xray", "write_dataset", "write_dicom", "write_image"]
+__all__ = [
+    "png_claiming",
+    "serve_app",
+    "synthetic_xray",
+    "write_dataset",
+    "write_dicom",
+    "write_image",
+]
+
+# The Streamlit page `serve_app` runs (a path: the command module is not imported here).
+APP_FILE = Path(__file__).resolve().parent / "app.py"
 
 
 def synthetic_xray(
@@ -223,3 +243,65 @@ def read_embedded_labels(model: bytes, name: str = "labels.txt") -> list[str]:
     `name` picks the file (`GUARD_LABELS_FILE` for the guard head's)."""
     with zipfile.ZipFile(io.BytesIO(model)) as archive:
         return archive.read(name).decode().splitlines()
+
+
+@contextlib.contextmanager
+def serve_app(
+    port: int, model_folder: str | Path | None = None, timeout: float = 60
+) -> Iterator[str]:
+    """Runs the app in a headless Streamlit server on 127.0.0.1 for the duration of a block.
+
+    For browser tests and screenshots.
+
+    Args:
+        port: a free local port.
+        model_folder: the exported model folder. Defaults to `None` (see
+            `pneumocnn.core.locations.default_model_dir`).
+        timeout: seconds to wait for the server to answer. Defaults to 60.
+
+    Yields:
+        The app's URL.
+
+    Raises:
+        RuntimeError: if the server does not answer in time (its output is in the message).
+    """
+    env = dict(os.environ)
+    if model_folder is not None:
+        env[MODEL_DIR_ENV_VAR] = str(model_folder)
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_FILE),
+        "--server.headless",
+        "true",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    server.kill()
+                    output = server.stdout.read().decode(errors="replace")
+                    raise RuntimeError(f"The app did not start on {url}:\n{output}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()

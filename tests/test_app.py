@@ -15,7 +15,7 @@ from pneumocnn.testing import synthetic_xray
 pytest.importorskip("streamlit", reason="the app extra is not installed")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from pneumocnn.app import serve  # noqa: E402
+from pneumocnn.testing import serve_app  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "pneumocnn" / "app.py"
 
@@ -148,7 +148,7 @@ def test_real_browser_uploads_an_image_and_sees_the_result(exported_model, tmp_p
     playwright = pytest.importorskip("playwright.sync_api")
     image = tmp_path / "chest.png"
     image.write_bytes(_png(1))
-    with serve(_free_port(), exported_model) as url, playwright.sync_playwright() as p:
+    with serve_app(_free_port(), exported_model) as url, playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.goto(url)
@@ -204,7 +204,7 @@ def test_on_a_phone_the_disclaimer_and_the_label_are_visible(exported_model, tmp
     image = tmp_path / "chest.png"
     image.write_bytes(_png(1))
     width = 390
-    with serve(_free_port(), exported_model) as url, playwright.sync_playwright() as p:
+    with serve_app(_free_port(), exported_model) as url, playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": width, "height": 844}, is_mobile=True)
         page.goto(url)

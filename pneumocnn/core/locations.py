@@ -2,18 +2,23 @@
 
 An installed wheel carries them inside the package, a checkout in `saved_models/`;
 `$PNEUMOCNN_MODEL_DIR` points elsewhere. `default_model(role, task)` names one file of them;
-`check_model_path` tells whether a path is a model this package runs, before anything is loaded.
+`check_model_path` tells whether a path is a model this package runs, before anything is loaded;
+`find_models` lists the exported models of a folder.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pneumocnn.core.metadata import (
     DEFAULT_NAMES,
+    MetadataError,
+    load_metadata,
     model_files,
 )
+from pneumocnn.core.task import Task
 
 # The forms of a model file this package runs (a run folder is the third).
 MODEL_SUFFIXES = (".tflite", ".keras")
@@ -79,3 +84,21 @@ def check_model_path(path: str | Path) -> Path:
             f"e.g. {default_model()} (the metadata .json beside it is found by name)."
         )
     return path
+
+
+def find_models(folder: Path) -> dict[str, dict[str, Any]]:
+    """The exported models in `folder`: `{name: metadata}` for each valid `<name>.json`, the
+    binary model first.
+
+    Files that are not pneumocnn metadata are ignored.
+    """
+
+    models = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            models[path.stem] = load_metadata(path)
+        except MetadataError:
+            continue
+    return dict(
+        sorted(models.items(), key=lambda item: (Task.of_metadata(item[1]).subtype, item[0]))
+    )
