@@ -306,21 +306,23 @@ show_gradcam(
   training PNEUMONIA films, whose frames are often tight or hazy. Overall exposure (`mean`) and
   sharpness differ little.
 - **The previous model read the frame.** It called about four in ten of the development half's
-  NORMAL films PNEUMONIA, most of them `NORMAL2-` films; cropping 15% off every side of a NORMAL
+  NORMAL films PNEUMONIA (specificity 0.615 [0.530-0.703], 95% patient-bootstrap interval,
+  `pneumocnn.evaluate` on `experiments/previous_model`), most of them `NORMAL2-` films; cropping 15% off every side of a NORMAL
   film (a tighter frame) pushed its PNEUMONIA probability up and its AUC down, with no change in
   the lungs. Its Grad-CAM maps on those films do not point at a lesion.
 - **Zoom-in augmentation takes that cue away.** Over three to five seeds, recipes with framing
-  augmentation rank the shifted films better than those without (AUC 0.951-0.965, most of them
-  0.957 or above, against 0.942-0.952); compare the probe table of the current model with the
+  augmentation rank the shifted films better than those without (seed-mean AUC 0.951-0.965,
+  most of them 0.957 or above, against 0.942-0.952; each row's interval is in the table above);
+  compare the probe table of the current model with the
   previous one's.
 - **What did not carry over:** per-image exposure standardisation ranked best over three seeds
-  (0.968) but not over six (0.961 ± 0.009), and quantizes only through the export's activation
+  but not over six (0.961 ± 0.009 [0.938-0.979]), and quantizes only through the export's activation
   equalization; distilling those models into a `framing` student, EMA weights, label
   smoothing, a cosine schedule, warm restarts, a longer schedule, a deeper or a wider network,
   and averaging over zoomed-in views at test time rank within the seeds' spread of `framing`.
   Training on three classes (`framing_subtype`) ranks the same; its lead in specificity at 96%
-  sensitivity over its first three seeds shrank with five (0.831 ± 0.085 against 0.791 ± 0.056
-  for `framing`, five seeds each) and did not reproduce in a binary model trained on the three
+  sensitivity over its first three seeds shrank with five (0.831 ± 0.085 [0.733-0.925] against
+  0.791 ± 0.056 [0.704-0.900] for `framing`, five seeds each) and did not reproduce in a binary model trained on the three
   classes (`framing_3class`); focal cross-entropy (`framing_focal`) makes the steadiest model
   under one grey level of pixel noise.
 - **Validation is blind to all of this** (0.99+ AUC for every recipe), and most of the gain in
