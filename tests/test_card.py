@@ -85,6 +85,27 @@ def test_a_site_calibration_is_rendered_with_its_folder_and_intervals():
     assert f"Site calibration: {NOT_MEASURED}" not in card
 
 
+def test_group_shares_and_predictive_values_carry_their_intervals_when_recorded():
+    groups = {
+        "NORMAL IM-": {"films": 36, "recall": 0.9722, "interval": [0.9091, 1.0]},
+        "PNEUMONIA viral": {"films": 74, "recall": 0.9459, "interval": [0.88, 0.99]},
+    }
+    card = model_card({**BASE, "calibration": {**CALIBRATION, "groups": groups}})
+    assert "| group | films | called right (95% interval) |" in card
+    assert "| NORMAL IM- | 36 | 0.972 (0.909-1.000) |" in card
+    assert "| PNEUMONIA viral | 74 | 0.946 (0.880-0.990) |" in card
+    # The shortcut's share called PNEUMONIA is 1 - recall: its interval turns round.
+    line = next(line for line in card.splitlines() if "Framing and exposure" in line)
+    assert "On `test`, where the threshold was chosen" in line
+    assert "2.8% (0.0%-9.1%) of the 36 films of NORMAL IM-" in line
+    # PPV and NPV at the ends of the sensitivity (0.93-0.99) and specificity (0.72-0.87)
+    # intervals: 0.93 * 0.1 / (0.93 * 0.1 + 0.28 * 0.9) = 0.270 at 10% prevalence.
+    assert "sensitivity 0.964 (0.930-0.990) and specificity 0.803 (0.720-0.870)" in card
+    assert "| 10.0% | 0.353 (0.270-0.458) |" in card
+    # Without intervals, the header does not promise them.
+    assert "| group | films | called right |" in model_card({**BASE, "calibration": CALIBRATION})
+
+
 def test_the_binary_card_is_model_card_md_and_others_are_named_after_their_model():
     assert card_file("pneumocnn") == "MODEL_CARD.md"
     assert card_file("pneumocnn_subtype") == "pneumocnn_subtype_MODEL_CARD.md"

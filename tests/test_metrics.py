@@ -183,6 +183,23 @@ def test_groups_count_right_calls_per_group():
     }
 
 
+def test_group_recalls_carry_patient_bootstrap_intervals_when_patients_are_given():
+    from pneumocnn.evaluation.uncertainty import group_recalls
+
+    # 40 NORMAL films of 20 patients, each patient's two films both right or both wrong (half
+    # the patients), and 10 viral films all right.
+    labels = np.array([0] * 40 + [1] * 10)
+    scores = np.array([0.1, 0.1, 0.9, 0.9] * 10 + [0.8] * 10)
+    patients = [f"n{i // 2}" for i in range(40)] + [f"v{i}" for i in range(10)]
+    groups = ["NORMAL IM-"] * 40 + ["PNEUMONIA viral"] * 10
+    result = group_recalls(labels, scores, 0.5, groups, patients, resamples=400)
+    low, high = result["NORMAL IM-"]["interval"]
+    assert result["NORMAL IM-"]["recall"] == 0.5
+    # Twenty patients, not forty films: about +-0.21 (resampling films would give +-0.15).
+    assert 0.2 < low < 0.33 and 0.69 < high < 0.8
+    assert result["PNEUMONIA viral"] == {"films": 10, "recall": 1.0, "interval": [1.0, 1.0]}
+
+
 def test_bacterial_vs_viral_accuracy_ignores_normal_films_and_the_threshold():
     from pneumocnn.evaluation.metrics import compute_metrics
 

@@ -185,13 +185,10 @@ def format_calibration(record: dict[str, Any]) -> str:
     for key in ("sensitivity", "specificity", "accuracy", "roc_auc"):
         low, high = intervals[key]
         lines.append(f"  {key:<12} {achieved[key]:.4f}  [95% {low:.4f}-{high:.4f}]")
-    lines.append(
-        "  by group: "
-        + ", ".join(
-            f"{name} {row['recall']:.3f} of {row['films']}"
-            for name, row in record["groups"].items()
-        )
-    )
+    lines.append("  by group (share called right [95% interval]):")
+    for name, row in record["groups"].items():
+        low, high = row.get("interval") or (float("nan"), float("nan"))
+        lines.append(f"    {name:<22} {row['recall']:.3f} [{low:.3f}-{high:.3f}] of {row['films']}")
     lines.append(f"  ({record['note']})")
     if record.get("bound"):
         point = record["point_estimate"]

@@ -95,15 +95,18 @@ def groups_table(groups: dict[str, Any] | None) -> list[str]:
     viral)."""
     if not groups:
         return [f"Per-group breakdown: {NOT_MEASURED}.", ""]
+    ranged = any(row.get("interval") for row in groups.values())
     lines = [
         "By group (share of the group's films called right, pneumonia vs NORMAL):",
         "",
-        "| group | films | called right |",
+        f"| group | films | called right{' (95% interval)' if ranged else ''} |",
         "|---|---|---|",
     ]
     for name, row in groups.items():
         count = row.get("films", row.get("count"))
-        lines.append(f"| {name} | {number(count)} | {number(row.get('recall'))} |")
+        interval = {"recall": row.get("interval")}
+        called_right = with_interval({**row, "intervals": interval}, "recall")
+        lines.append(f"| {name} | {number(count)} | {called_right} |")
     return lines + [""]
 
 
@@ -122,19 +125,46 @@ def record_table(record: dict[str, Any]) -> list[str]:
     ]
 
 
-def predictive_values(sensitivity: float, specificity: float) -> list[str]:
+def predictive_values(
+    sensitivity: float,
+    specificity: float,
+    intervals: dict[str, list[float]] | None = None,
+) -> list[str]:
     """PPV and NPV at `PREVALENCES` (Bayes' rule on the stated sensitivity and specificity).
+
+    With `intervals` of both, each value gets a range: Bayes' rule at the intervals' ends (PPV
+    and NPV rise with each of the two, so the range holds both intervals' worst and best
+    cases; it is wider than an interval of its own would be).
 
     >>> predictive_values(0.9, 0.8)[2]
     '| 10.0% | 0.333 | 0.986 |'
+    >>> predictive_values(0.9, 0.8, {"sensitivity": [0.8, 0.95], "specificity": [0.7, 0.9]})[2]
+    '| 10.0% | 0.333 (0.229-0.514) | 0.986 (0.969-0.994) |'
     """
-    lines = ["| pneumonia prevalence | PPV | NPV |", "|---|---|---|"]
-    for prevalence in PREVALENCES:
+
+    def bayes(sensitivity: float, specificity: float, prevalence: float) -> tuple[float, float]:
         true_positive = sensitivity * prevalence
         false_positive = (1 - specificity) * (1 - prevalence)
         true_negative = specificity * (1 - prevalence)
         false_negative = (1 - sensitivity) * prevalence
-        ppv = true_positive / (true_positive + false_positive)
-        npv = true_negative / (true_negative + false_negative)
-        lines.append(f"| {percent(prevalence)} | {number(ppv)} | {number(npv)} |")
+        return (
+            true_positive / (true_positive + false_positive),
+            true_negative / (true_negative + false_negative),
+        )
+
+    intervals = intervals or {}
+    ends = (intervals.get("sensitivity"), intervals.get("specificity"))
+    ranged = all(end and len(end) == 2 and None not in end for end in ends)
+    lines = ["| pneumonia prevalence | PPV | NPV |", "|---|---|---|"]
+    for prevalence in PREVALENCES:
+        ppv, npv = bayes(sensitivity, specificity, prevalence)
+        cells = [number(ppv), number(npv)]
+        if ranged:
+            low = bayes(ends[0][0], ends[1][0], prevalence)
+            high = bayes(ends[0][1], ends[1][1], prevalence)
+            cells = [
+                f"{cell} ({number(lo)}-{number(hi)})"
+                for cell, lo, hi in zip(cells, low, high, strict=True)
+            ]
+        lines.append(f"| {percent(prevalence)} | {cells[0]} | {cells[1]} |")
     return lines + [""]

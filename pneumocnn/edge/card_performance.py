@@ -18,6 +18,7 @@ from pneumocnn.edge.card_format import (
     number,
     predictive_values,
     record_table,
+    with_interval,
 )
 
 XIN_2021 = (
@@ -132,26 +133,42 @@ def _adaptation_estimate(metadata: dict[str, Any]) -> list[str]:
 
 
 def _predictive(metadata: dict[str, Any]) -> list[str]:
-    """PPV and NPV from the least flattering figures the metadata holds."""
+    """PPV and NPV from the least flattering figures the metadata holds, with ranges from their
+    intervals' ends where it holds them."""
     candidates = (
-        ("withheld half", (metadata.get("withheld_half") or {}).get("achieved")),
-        ("site films, out of fold", (metadata.get("calibration") or {}).get("achieved")),
+        ("withheld half", metadata.get("withheld_half") or {}),
+        ("site films, out of fold", metadata.get("calibration") or {}),
     )
-    where, achieved = next(
-        ((w, a) for w, a in candidates if a and {"sensitivity", "specificity"} <= set(a)),
+    where, record = next(
+        (
+            (w, r)
+            for w, r in candidates
+            if {"sensitivity", "specificity"} <= set(r.get("achieved") or {})
+        ),
         (None, None),
     )
-    if not achieved:
+    if not record:
         return ["### Predictive values", "", f"Predictive values: {NOT_MEASURED}.", ""]
     if where.startswith("site") and metadata["calibration"].get("model") != "out-of-fold":
         where = f"`{metadata['calibration'].get('folder')}`, where the threshold was chosen"
+    figures = {**record["achieved"], "intervals": record.get("intervals")}
+    intervals = record.get("intervals") or {}
+    ranged = intervals.get("sensitivity") and intervals.get("specificity")
     return [
         "### Predictive values",
         "",
-        f"From sensitivity {number(achieved['sensitivity'])} and specificity "
-        f"{number(achieved['specificity'])} ({where}), by Bayes' rule, at three shares of "
+        f"From sensitivity {with_interval(figures, 'sensitivity')} and specificity "
+        f"{with_interval(figures, 'specificity')} ({where}), by Bayes' rule, at three shares of "
         "pneumonia among the films read: PPV is the chance a pneumonia call is right, NPV that "
-        "a NORMAL call is.",
+        "a NORMAL call is"
+        + (
+            "; in parentheses, Bayes' rule at the ends of the two intervals (the worst and best "
+            "case of both together)."
+            if ranged
+            else "."
+        ),
         "",
-        *predictive_values(achieved["sensitivity"], achieved["specificity"]),
+        *predictive_values(
+            record["achieved"]["sensitivity"], record["achieved"]["specificity"], intervals
+        ),
     ]

@@ -17,6 +17,7 @@ from pneumocnn.edge.card_format import (
     by_model,
     number,
     percent,
+    with_interval,
 )
 
 CITATION = (
@@ -331,9 +332,12 @@ def caveats(metadata: dict[str, Any], task: Task) -> list[str]:
 
 def _shortcuts(metadata: dict[str, Any]) -> str:
     """The framing shortcut, with this model's own NORMAL-group figures where it has them."""
-    groups = (metadata.get("development_half") or {}).get("groups") or (
-        metadata.get("calibration") or {}
-    ).get("groups")
+    groups = (metadata.get("development_half") or {}).get("groups")
+    where = "On the development half"
+    if not groups:
+        calibration = metadata.get("calibration") or {}
+        groups = calibration.get("groups")
+        where = f"On `{calibration.get('folder')}`, where the threshold was chosen"
     text = (
         "**Framing and exposure shortcuts.** The official test films come from another batch "
         "than the training films: tighter framing and brighter borders. A model partly reads "
@@ -343,12 +347,18 @@ def _shortcuts(metadata: dict[str, Any]) -> str:
     named = {name: row for name, row in (groups or {}).items() if name.startswith("NORMAL")}
     if not named:
         return text + f" This model's NORMAL groups: {NOT_MEASURED}."
+    def share(row: dict[str, Any]) -> str:
+        interval = row.get("interval")
+        if not interval or len(interval) != 2 or None in interval:
+            return percent(1 - row["recall"])
+        low, high = percent(1 - interval[1]), percent(1 - interval[0])
+        return f"{percent(1 - row['recall'])} ({low}-{high})"
+
     shares = ", ".join(
-        f"{percent(1 - row['recall'])} of the {number(row.get('films', row.get('count')))} "
-        f"films of {name}"
+        f"{share(row)} of the {number(row.get('films', row.get('count')))} films of {name}"
         for name, row in named.items()
     )
-    return text + f" On the development half, this model called PNEUMONIA {shares}."
+    return text + f" {where}, this model called PNEUMONIA {shares} (95% intervals over patients)."
 
 
 def _validation_overstates(metadata: dict[str, Any]) -> str:
@@ -361,15 +371,19 @@ def _validation_overstates(metadata: dict[str, Any]) -> str:
         shifted = by_model(metadata["development_half"])
         shifted = shifted.get("int8") or next(iter(shifted.values()), {})
     elif metadata.get("calibration"):
-        shifted = metadata["calibration"].get("achieved") or {}
+        shifted = {
+            **(metadata["calibration"].get("achieved") or {}),
+            "intervals": metadata["calibration"].get("intervals"),
+        }
         where = f"`{metadata['calibration'].get('folder')}` (where the threshold was chosen)"
     text = "**Validation overstates it.** Validation comes from the training batch of films"
     if figures.get("roc_auc") is not None:
         text += f" (ROC AUC {number(figures['roc_auc'])})"
     if shifted.get("roc_auc") is not None:
         return (
-            text + f"; on another batch, {where}, ROC AUC is {number(shifted['roc_auc'])}, and "
-            "the threshold chosen on validation gives lower specificity there."
+            text + f"; on another batch, {where}, ROC AUC is "
+            f"{with_interval(shifted, 'roc_auc')}, and the threshold chosen on validation gives "
+            "lower specificity there."
         )
     return (
         text + "; expect another batch of films to score lower, and the threshold chosen on "

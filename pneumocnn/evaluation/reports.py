@@ -321,5 +321,6 @@ def format_uncertainty(report: dict[str, Any]) -> list[str]:
         "  right calls by group:",
     ]
     for name, row in spread["groups"].items():
-        lines.append(f"    {name:<22} {row['recall']:.3f} of {row['films']}")
+        low, high = row.get("interval") or (float("nan"), float("nan"))
+        lines.append(f"    {name:<22} {row['recall']:.3f} [{low:.3f}-{high:.3f}] of {row['films']}")
     return lines

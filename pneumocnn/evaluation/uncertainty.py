@@ -66,26 +66,58 @@ def bootstrap_intervals(
 
 
 def group_recalls(
-    labels: np.ndarray, probabilities: np.ndarray, threshold: float, groups: Sequence[str]
-) -> dict[str, dict[str, float]]:
-    """How many films of each group the decision gets right (pneumonia vs NORMAL).
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float,
+    groups: Sequence[str],
+    patients: Sequence[str] | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """How many films of each group the decision gets right (pneumonia vs NORMAL), with its
+    patient-bootstrap interval when the patients are given.
 
     Args:
         labels: true labels (NORMAL = 0).
         probabilities: per-class probabilities (or P(positive)).
         threshold: the decision threshold on P(pneumonia).
         groups: a group name per film (see `pneumocnn.data.folders.film_group`).
+        patients: the patient of each film, for the intervals (see `bootstrap_intervals`).
+            Defaults to `None`: no intervals.
+        resamples: bootstrap resamples. Defaults to 1000.
+        seed: seeds the resampling. Defaults to 0.
 
     Returns:
-        `{group: {"films": n, "recall": share called right}}`, in sorted group order.
+        `{group: {"films": n, "recall": share called right, "interval": [low, high]}}` (no
+        `"interval"` without `patients`), in sorted group order.
     """
     positive = pneumonia_labels(np.asarray(labels)).astype(bool)
     called = pneumonia_probability(class_probabilities(probabilities)) >= threshold
     right = called == positive
     groups = np.asarray(groups)
+    names = sorted(set(groups.tolist()))
+
+    def recalls(index: np.ndarray) -> dict[str, float]:
+        # A resample may hold no film of a group: NaN, which the interval ignores.
+        return {
+            name: float(right[index][groups[index] == name].mean())
+            if np.any(groups[index] == name)
+            else float("nan")
+            for name in names
+        }
+
+    intervals = (
+        bootstrap_intervals(recalls, patients, resamples=resamples, seed=seed)
+        if patients is not None
+        else {}
+    )
     return {
-        name: {"films": int(np.sum(groups == name)), "recall": float(right[groups == name].mean())}
-        for name in sorted(set(groups.tolist()))
+        name: {
+            "films": int(np.sum(groups == name)),
+            "recall": float(right[groups == name].mean()),
+            **({"interval": intervals[name]} if name in intervals else {}),
+        }
+        for name in names
     }
 
 
@@ -111,8 +143,8 @@ def uncertainty(
 
     Returns:
         `{"intervals": {figure: [low, high]}, "confidence": 0.95, "resamples": n,
-        "patients": number of patients, "groups": group_recalls(...)}`; the figures are
-        those of `pneumonia_figures`.
+        "patients": number of patients, "groups": group_recalls(...)}` (each group's recall
+        with its interval); the figures are those of `pneumonia_figures`.
     """
     labels = np.asarray(labels)
     probabilities = class_probabilities(probabilities)
@@ -127,7 +159,9 @@ def uncertainty(
         "confidence": 0.95,
         "resamples": resamples,
         "patients": int(len(set(patients))),
-        "groups": group_recalls(labels, probabilities, threshold, groups),
+        "groups": group_recalls(
+            labels, probabilities, threshold, groups, patients, resamples=resamples, seed=seed
+        ),
     }
 
 
