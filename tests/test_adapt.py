@@ -162,12 +162,15 @@ def test_films_whose_patient_cannot_be_told_are_refused_unless_a_table_names_it(
     assert "case-17" in films.patients
 
 
-def test_a_training_folder_is_refused_as_a_site(trained_run, tmp_path):
+def test_a_training_folder_is_refused_as_a_site(trained_run, tmp_path, capsys):
     data = Path(json.loads((trained_run / "config.json").read_text())["data_dir"])
     code = adapt_command.main(
         [str(trained_run), "--site-dir", str(data), "--output-dir", str(tmp_path / "out"), *QUICK]
     )
     assert code == 2
+    # Refused as training data, not for lacking NORMAL/ and PNEUMONIA/ (which also exits 2).
+    message = " ".join(capsys.readouterr().err.split())
+    assert "holds train/" in message and "not to training data" in message
 
 
 def test_patient_folds_hold_each_film_out_once_with_all_its_patients_films(site):
