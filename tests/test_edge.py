@@ -21,8 +21,6 @@ from pneumocnn.runtime.lite import LiteModel
 from pneumocnn.testing import read_embedded_labels, synthetic_xray, write_image
 
 RGB_FILE = model_files("pneumocnn")["rgb_int8"]
-# Films whose int8 probability lies this close to the threshold may flip between two int8
-# models (one output step is 1/256); the stock-client comparisons on toy models skip them.
 
 
 def _mediapipe():
