@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pneumocnn.adaptation.adapt import RUN_DIR, adapt
+from pneumocnn.adaptation.adapt import RUN_DIR, adapt, resolve_base
 from pneumocnn.core.adapt_config import AdaptConfig
 from pneumocnn.core.files import write_text_atomic
 from pneumocnn.core.run_folder import read_threshold
@@ -54,7 +54,7 @@ def run_one(model: str, site_dir: str, seed: int, keep: Path | None = None) -> d
             calls = PNEUMONIA_CALLS.search(str(error))
             kept = None
             if keep is not None:
-                kept = keep / f"{Path(model).stem}-s{seed}"
+                kept = keep / f"{resolve_base(model).name}-s{seed}"
                 shutil.rmtree(kept, ignore_errors=True)
                 shutil.copytree(output / RUN_DIR, kept)
             return {
@@ -99,8 +99,8 @@ def table() -> str:
         "|---|---|---|---|---|---|---|",
     ]
     rates: dict[str, list[bool]] = {}
-    for path in sorted(RESULTS.glob("*.json")):
-        row = json.loads(path.read_text())
+    saved = [json.loads(path.read_text()) for path in RESULTS.glob("*.json")]
+    for row in sorted(saved, key=lambda row: (row["family"], row["seed"])):
         rates.setdefault(row["family"], []).append(row["exported"])
         lines.append(
             f"| {row['family']} | {row['seed']} | {'yes' if row['exported'] else 'no'} | "
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model or not args.site_dir:
         parser.error("MODEL and --site-dir are needed unless --table is given.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    family = Path(args.model).stem
+    # The family's name as the command resolves MODEL (`saved_models` is `pneumocnn`).
+    family = resolve_base(args.model).name
     RESULTS.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         target = RESULTS / f"{family}-s{seed}.json"

@@ -243,12 +243,20 @@ def welch_rule(rows: dict[str, list[dict]], incumbent: str, challenger: str) -> 
         return None
     before, after = seed_figures(rows[incumbent]), seed_figures(rows[challenger])
     spec = [[f["np_specificity"] for f in figures] for figures in (before, after)]
-    auc = [float(np.mean([f["auc"] for f in figures])) for figures in (before, after)]
+    aucs = [[f["auc"] for f in figures] for figures in (before, after)]
+    auc = [float(np.mean(values)) for values in aucs]
     test = stats.ttest_ind(spec[1], spec[0], equal_var=False, alternative="greater")
+    intervals = [seed_mean_intervals(rows[name]) for name in (incumbent, challenger)]
     return {
         "seeds": (len(spec[0]), len(spec[1])),
-        "specificity": (float(np.mean(spec[0])), float(np.mean(spec[1]))),
-        "auc": tuple(auc),
+        # Each row's seed mean, ± the seeds' spread, [its patient-bootstrap interval].
+        "specificity": tuple(
+            fmt(values, interval["np_specificity"])
+            for values, interval in zip(spec, intervals, strict=True)
+        ),
+        "auc": tuple(
+            fmt(values, interval["auc"]) for values, interval in zip(aucs, intervals, strict=True)
+        ),
         "p": float(test.pvalue),
         "adopted": bool(test.pvalue < 0.05 and auc[1] >= auc[0] - 0.005),
     }
@@ -258,9 +266,9 @@ def rule_line(rule: dict, incumbent: str, challenger: str) -> str:
     """One sentence giving a rule's inputs and its verdict."""
     return (
         f"`{challenger}` ({rule['seeds'][1]} seeds) against `{incumbent}` ({rule['seeds'][0]} "
-        f"seeds): specificity at the bound {rule['specificity'][1]:.3f} vs "
-        f"{rule['specificity'][0]:.3f}, one-sided Welch t-test p = {rule['p']:.3f}; mean ROC "
-        f"AUC {rule['auc'][1]:.3f} vs {rule['auc'][0]:.3f}: "
+        f"seeds): specificity at the bound {rule['specificity'][1]} vs "
+        f"{rule['specificity'][0]}, one-sided Welch t-test p = {rule['p']:.3f}; mean ROC "
+        f"AUC {rule['auc'][1]} vs {rule['auc'][0]}: "
         + ("adopted." if rule["adopted"] else "not adopted.")
     )
 
@@ -283,15 +291,17 @@ def decisions(rows: dict[str, list[dict]]) -> list[str]:
         )
     if "no_augment" in rows:
         base = [f["np_specificity"] for f in seed_figures(rows["no_augment"])]
+        base_text = fmt(base, seed_mean_intervals(rows["no_augment"])["np_specificity"])
         screened = ("epochs_6", "late_layers", "lr_1e-3", "mix_800")  # one field changed each
         names = [f"no_augment_{change}" for change in screened]
         for name in (name for name in names if name in rows):
-            mean = float(np.mean([f["np_specificity"] for f in seed_figures(rows[name])]))
-            verdict = "goes on to ten seeds" if mean > np.mean(base) else "stops there"
+            values = [f["np_specificity"] for f in seed_figures(rows[name])]
+            verdict = "goes on to ten seeds" if np.mean(values) > np.mean(base) else "stops there"
             lines.append(
                 f"- A change of one field without augmentation (2026-12-07): `{name}`, "
-                f"{len(rows[name])} seeds, specificity at the bound {mean:.3f} against "
-                f"`no_augment`'s {len(base)}-seed mean {np.mean(base):.3f}: {verdict}."
+                f"{len(rows[name])} seeds, specificity at the bound "
+                f"{fmt(values, seed_mean_intervals(rows[name])['np_specificity'])} against "
+                f"`no_augment`'s {len(base)}-seed {base_text}: {verdict}."
             )
     mixup = welch_rule(rows, "augment", "no_augment_mixup")
     if mixup and mixup["seeds"][1] >= 10:  # 2026-12-07, written before its seeds ran
@@ -305,7 +315,13 @@ def decisions(rows: dict[str, list[dict]]) -> list[str]:
         lines.append(
             "- A wider base (2026-12-07): " + rule_line(wide, "no_augment_mixup", WIDE_POOLED)
         )
-    return ["", "Rules written before the seeds they decide ran, and their verdicts:", ""] + lines
+    return [
+        "",
+        "Rules written before the seeds they decide ran, and their verdicts (seed mean ± "
+        "standard deviation [95% patient-bootstrap interval of the seed mean]; the development "
+        "half, which these rules chose on):",
+        "",
+    ] + lines
 
 
 # The wider base (128 px, 32 filters, 4 blocks), two generic seeds adapted three times each
