@@ -12,7 +12,8 @@ of:
 - `normal_IM`, `normal_N2`: NORMAL recall of the `IM-` and `NORMAL2-` films at the validation
   threshold;
 - `best_dev_epoch_auc`: the development-half AUC of the epoch that scored best there (checkpoint
-  selection on the development half; optimistic for it), beside `val_auc`, the validation AUC of
+  selection on the development half; optimistic for it; its interval is that epoch's, chosen
+  once on all the films), beside `val_auc`, the validation AUC of
   the checkpoint selected on validation.
 
 - `noise_mean`, `noise_p99`: how far the float checkpoint's P(pneumonia) moves on the
@@ -20,9 +21,10 @@ of:
   and draws), from `experiments/shift/shift_stability.py` where it was run; lower is steadier.
 
 A second table averages seeds inside a row: for k = 2 and 3 seeds, the mean (and spread) over
-every set of k seeds of the development-half AUC and `spec@96` of the averaged P(pneumonia). It
-is computed from the saved probabilities; no ensemble file is built (one would be k times the
-size and inference time of a single model).
+every set of k seeds of the development-half AUC and `spec@96` of the averaged P(pneumonia),
+with a 95% patient-bootstrap interval of that mean. It is computed from the saved
+probabilities; no ensemble file is built (one would be k times the size and inference time of a
+single model).
 
 Example:
 
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from pneumocnn.core.task import class_probabilities, pneumonia_probability
 from pneumocnn.data.folders import patient_id
@@ -78,7 +81,9 @@ def scores_of(result: dict) -> dict:
 
 
 def figures(labels, scores, groups, val_threshold, epoch_scores) -> dict[str, float]:
-    """The table's development-half figures for one model (see the module docstring)."""
+    """The table's development-half figures for one model (see the module docstring);
+    `epoch_scores`: the scores of the epoch that scored best there, or of every epoch to find
+    it."""
     at_val = pneumonia_figures(labels, scores, val_threshold)
     out = {
         "dev_auc": at_val["roc_auc"],
@@ -94,10 +99,17 @@ def figures(labels, scores, groups, val_threshold, epoch_scores) -> dict[str, fl
         mask = groups == group
         out[group] = float(np.mean(~predicted[mask])) if mask.any() else np.nan
     if epoch_scores:
-        out["best_dev_epoch_auc"] = max(
-            pneumonia_figures(labels, s, 0.5)["roc_auc"] for s in epoch_scores
-        )
+        out["best_dev_epoch_auc"] = max(_auc(labels, s) for s in epoch_scores)
     return out
+
+
+def best_epoch(labels, epoch_scores) -> list:
+    """The scores of the epoch with the best development-half AUC (as a one-item list), or none:
+    the bootstrap scores that epoch, chosen once on all the films."""
+    if not epoch_scores:
+        return []
+    aucs = [_auc(labels, s) for s in epoch_scores]
+    return [epoch_scores[int(np.argmax(aucs))]]
 
 
 def row_table(results: list[dict], resamples: int = 500, seed: int = 0) -> pd.DataFrame:
@@ -119,10 +131,20 @@ def row_table(results: list[dict], resamples: int = 500, seed: int = 0) -> pd.Da
             for p, t in zip(parts, thresholds, strict=True)
         ]
 
-        def seed_mean(index, parts=parts, thresholds=thresholds, labels=labels, groups=groups):
+        best = [best_epoch(labels, p["dev_epochs"]) for p in parts]
+
+        def seed_mean(
+            index, parts=parts, thresholds=thresholds, labels=labels, groups=groups, best=best
+        ):
             values = [
-                figures(labels[index], p["dev_scores"][index], groups[index], t, [])
-                for p, t in zip(parts, thresholds, strict=True)
+                figures(
+                    labels[index],
+                    p["dev_scores"][index],
+                    groups[index],
+                    t,
+                    [scores[index] for scores in epoch],
+                )
+                for p, t, epoch in zip(parts, thresholds, best, strict=True)
             ]
             return {key: float(np.mean([v[key] for v in values])) for key in values[0]}
 
@@ -145,10 +167,13 @@ def row_table(results: list[dict], resamples: int = 500, seed: int = 0) -> pd.Da
     return pd.DataFrame(lines)
 
 
-def ensemble_table(results: list[dict], sizes: tuple[int, ...] = (2, 3)) -> pd.DataFrame:
+def ensemble_table(
+    results: list[dict], sizes: tuple[int, ...] = (2, 3), resamples: int = 200, seed: int = 0
+) -> pd.DataFrame:
     """Per row: the development-half AUC and spec@96 of k averaged seeds for each k in `sizes`
-    (see the module docstring), mean ± sd over the sets of k seeds; "-" where a row has fewer
-    than k seeds."""
+    (see the module docstring), mean ± sd over the sets of k seeds [95% patient-bootstrap
+    interval of that mean, `resamples` resamples: fewer than the row table's 500, since every
+    resample scores every set]; "-" where a row has fewer than k seeds."""
     by_row: dict[str, list[dict]] = defaultdict(list)
     for result in results:
         by_row[result["row"]].append(result)
@@ -156,19 +181,57 @@ def ensemble_table(results: list[dict], sizes: tuple[int, ...] = (2, 3)) -> pd.D
     for row, runs in by_row.items():
         parts = [scores_of(run) for run in sorted(runs, key=lambda r: r["seed"])]
         labels = parts[0]["dev_labels"]
+        patients = np.array([patient_id(name) for name in parts[0]["names"]])
+        averages = {
+            k: [np.mean([p["dev_scores"] for p in chosen], axis=0)
+                for chosen in itertools.combinations(parts, k)]
+            for k in sizes
+        }  # fmt: skip
+
+        def ensemble_figures(index, labels=labels, averages=averages) -> dict[str, float]:
+            out = {}
+            for k, sets in averages.items():
+                if sets:
+                    out[f"dev_auc, {k} seeds"] = float(
+                        np.mean([_auc(labels[index], s[index]) for s in sets])
+                    )
+                    out[f"spec@96, {k} seeds"] = float(
+                        np.mean([_spec_at_96(labels[index], s[index]) for s in sets])
+                    )
+            return out
+
+        intervals = bootstrap_intervals(ensemble_figures, patients, resamples=resamples, seed=seed)
         line = {"row": row, "seeds": len(parts)}
         cells = {}
-        for k in sizes:
-            aucs, specs = [], []
-            for chosen in itertools.combinations(parts, k):
-                scores = np.mean([p["dev_scores"] for p in chosen], axis=0)
-                aucs.append(pneumonia_figures(labels, scores, 0.5)["roc_auc"])
-                specs.append(specificity_at_sensitivity(labels, scores, TARGET_SENSITIVITY))
-            cells[f"dev_auc, {k} seeds"] = _mean_sd(aucs) if aucs else "-"
-            cells[f"spec@96, {k} seeds"] = _mean_sd(specs) if specs else "-"
+        for k, sets in averages.items():
+            aucs = [_auc(labels, scores) for scores in sets]
+            specs = [_spec_at_96(labels, scores) for scores in sets]
+            for name, values in ((f"dev_auc, {k} seeds", aucs), (f"spec@96, {k} seeds", specs)):
+                text = _mean_sd(values) if values else "-"
+                if name in intervals:
+                    low, high = intervals[name]
+                    text += f" [{low:.3f}-{high:.3f}]"
+                cells[name] = text
         line.update(sorted(cells.items(), key=lambda item: not item[0].startswith("dev_auc")))
         lines.append(line)
     return pd.DataFrame(lines)
+
+
+def _auc(labels, scores) -> float:
+    """ROC AUC as the Mann-Whitney U over the positive-negative pairs (ties count a half), as
+    scikit-learn's `roc_auc_score` gives it, without its input checks: the bootstraps call it
+    hundreds of thousands of times."""
+    labels = np.asarray(labels).astype(bool)
+    positive, negative = scores[labels], scores[~labels]
+    return float(stats.mannwhitneyu(positive, negative).statistic / (len(positive) * len(negative)))
+
+
+def _spec_at_96(labels, scores) -> float:
+    return (
+        specificity_at_sensitivity(labels, scores, TARGET_SENSITIVITY)
+        if 0 < labels.sum() < len(labels)
+        else np.nan
+    )
 
 
 def _stability(row: str, seed: int) -> dict | None:
