@@ -53,6 +53,54 @@ def int8_probabilities(model: bytes, images: np.ndarray, scratch: Path) -> np.nd
     return class_probabilities(np.array(rows))
 
 
+def flips(
+    reference: np.ndarray, quantized: np.ndarray, threshold: float, names: list[str]
+) -> dict:
+    """The calls int8 flips (each printed), and how far it moves the outputs; for a subtype
+    model, the bacterial-vs-viral flips, how many are exact uint8 ties, and the films near one."""
+    float_calls = np.array(decide(reference, threshold, names))
+    int8_calls = np.array(decide(quantized, threshold, names))
+    flipped = np.flatnonzero(float_calls != int8_calls)
+    for index in flipped:
+        print(
+            f"float {float_calls[index]:9s} {np.round(reference[index], 4)}  "
+            f"int8 {int8_calls[index]:9s} {np.round(quantized[index], 4)}"
+        )
+    pneumonia_moved = np.abs(pneumonia_probability(quantized) - pneumonia_probability(reference))
+    report = {
+        "flips": int(len(flipped)),
+        "pneumonia_call_flips": int(
+            np.sum((float_calls[flipped] == names[0]) != (int8_calls[flipped] == names[0]))
+        ),
+        "int8_change_of_p_pneumonia": {
+            "mean": float(pneumonia_moved.mean()),
+            "p90": float(np.percentile(pneumonia_moved, 90)),
+            "p99": float(np.percentile(pneumonia_moved, 99)),
+        },
+    }
+    if len(names) == 3:
+        subtype = flipped[(float_calls[flipped] != names[0]) & (int8_calls[flipped] != names[0])]
+        called = float_calls != names[0]
+        margin = np.abs(reference[:, 1] - reference[:, 2])
+        moved = np.abs((quantized[:, 1] - quantized[:, 2]) - (reference[:, 1] - reference[:, 2]))
+        report |= {
+            "subtype_flips": int(len(subtype)),
+            "subtype_flips_at_exact_uint8_ties": int(
+                np.sum(quantized[subtype, 1] == quantized[subtype, 2])
+            ),
+            "pneumonia_called": int(called.sum()),
+            "pneumonia_called_within_margin_of_a_tie": {
+                str(m): int(np.sum(called & (margin < m))) for m in MARGINS
+            },
+            "int8_change_of_pB_minus_pV": {
+                "mean": float(moved.mean()),
+                "p90": float(np.percentile(moved, 90)),
+                "p99": float(np.percentile(moved, 99)),
+            },
+        }
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="A finished training run folder.")
@@ -93,14 +141,6 @@ def main() -> None:
     parity = check_parity(
         prepared.val.labels, reference, quantized, prepared.threshold, names, strict=False
     )
-    float_calls = np.array(decide(reference, prepared.threshold, names))
-    int8_calls = np.array(decide(quantized, prepared.threshold, names))
-    flipped = np.flatnonzero(float_calls != int8_calls)
-    for index in flipped:
-        print(
-            f"float {float_calls[index]:9s} {np.round(reference[index], 4)}  "
-            f"int8 {int8_calls[index]:9s} {np.round(quantized[index], 4)}"
-        )
     report = {
         "run": str(args.run_dir),
         "threshold": prepared.threshold,
@@ -108,37 +148,8 @@ def main() -> None:
         "float_layers": args.float_layers,
         "equalized": not args.no_equalize,
         **{key: parity[key] for key in ("images", "agreement", "pneumonia_agreement", "auc_drop")},
-        "flips": int(len(flipped)),
-        "pneumonia_call_flips": int(
-            np.sum((float_calls[flipped] == names[0]) != (int8_calls[flipped] == names[0]))
-        ),
+        **flips(reference, quantized, prepared.threshold, names),
     }
-    pneumonia_moved = np.abs(pneumonia_probability(quantized) - pneumonia_probability(reference))
-    report["int8_change_of_p_pneumonia"] = {
-        "mean": float(pneumonia_moved.mean()),
-        "p90": float(np.percentile(pneumonia_moved, 90)),
-        "p99": float(np.percentile(pneumonia_moved, 99)),
-    }
-    if len(names) == 3:
-        subtype = flipped[(float_calls[flipped] != names[0]) & (int8_calls[flipped] != names[0])]
-        called = float_calls != names[0]
-        margin = np.abs(reference[:, 1] - reference[:, 2])
-        moved = np.abs((quantized[:, 1] - quantized[:, 2]) - (reference[:, 1] - reference[:, 2]))
-        report |= {
-            "subtype_flips": int(len(subtype)),
-            "subtype_flips_at_exact_uint8_ties": int(
-                np.sum(quantized[subtype, 1] == quantized[subtype, 2])
-            ),
-            "pneumonia_called": int(called.sum()),
-            "pneumonia_called_within_margin_of_a_tie": {
-                str(m): int(np.sum(called & (margin < m))) for m in MARGINS
-            },
-            "int8_change_of_pB_minus_pV": {
-                "mean": float(moved.mean()),
-                "p90": float(np.percentile(moved, 90)),
-                "p99": float(np.percentile(moved, 99)),
-            },
-        }
     print(json.dumps(report, indent=1))
 
 

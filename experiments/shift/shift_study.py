@@ -58,27 +58,23 @@ def result_path(name: str, seed: int) -> Path:
     return RESULTS / f"{name}-s{seed}.json"
 
 
-def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
-    """Trains row `name` with `seed` and saves its result file (in this process)."""
-    import keras
-    import numpy as np
-    import pandas as pd
-    from sklearn.metrics import roc_auc_score
+# The run summary's entries a result file keeps.
+SUMMARY_KEYS = (
+    "best_epoch",
+    "epochs_run",
+    "val_auc",
+    "parameters",
+    "seconds_per_epoch",
+    "wall_seconds",
+)
 
-    from pneumocnn.core.config import Config
-    from pneumocnn.core.run_folder import CONFIG_FILE, MODEL_FILE, SPLIT_FILE, SUMMARY_FILE
-    from pneumocnn.core.task import class_probabilities, pneumonia_probability
+
+def development_half(config, data_dir: str):
+    """The data set, the task's class names, and the development half's films, labels and file
+    names (the study scores every epoch on them; read only)."""
     from pneumocnn.data.folders import find_dataset, label_for_task, list_images, task_class_names
     from pneumocnn.data.images import load_images
-    from pneumocnn.data.split import load_split
-    from pneumocnn.network.model import load_model
-    from pneumocnn.training.loop import read_history, train
 
-    fields = row_fields(name, runs_dir)
-    run_dir = runs_dir / f"{name}-s{seed}"
-    config = Config.from_dict(
-        {**fields, "seed": seed, "data_dir": data_dir, "output_dir": str(run_dir)}
-    )
     dataset = find_dataset(data_dir)
     if dataset.test is None:
         raise SystemExit(f"No test/ folder under '{data_dir}': the study scores it.")
@@ -91,6 +87,29 @@ def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
         raise SystemExit(f"Unreadable development-half films: {skipped}")
     dev_labels = dev_table["label"].to_numpy()[kept]
     dev_names = [Path(p).name for p in dev_table["path"]]
+    return dataset, class_names, dev_images, dev_labels, dev_names
+
+
+def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
+    """Trains row `name` with `seed` and saves its result file (in this process)."""
+    import keras
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from pneumocnn.core.config import Config
+    from pneumocnn.core.run_folder import CONFIG_FILE, MODEL_FILE, SPLIT_FILE, SUMMARY_FILE
+    from pneumocnn.core.task import class_probabilities, pneumonia_probability
+    from pneumocnn.data.split import load_split
+    from pneumocnn.network.model import load_model
+    from pneumocnn.training.loop import read_history, train
+
+    fields = row_fields(name, runs_dir)
+    run_dir = runs_dir / f"{name}-s{seed}"
+    config = Config.from_dict(
+        {**fields, "seed": seed, "data_dir": data_dir, "output_dir": str(run_dir)}
+    )
+    dataset, class_names, dev_images, dev_labels, dev_names = development_half(config, data_dir)
     epochs_dir = run_dir / "dev_epochs"
 
     class DevelopmentHalf(keras.callbacks.Callback):
@@ -124,17 +143,7 @@ def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
         "fields": fields,
         "config": json.loads((run_dir / CONFIG_FILE).read_text()),
         "class_names": list(class_names),
-        "summary": {
-            key: summary[key]
-            for key in (
-                "best_epoch",
-                "epochs_run",
-                "val_auc",
-                "parameters",
-                "seconds_per_epoch",
-                "wall_seconds",
-            )
-        },
+        "summary": {key: summary[key] for key in SUMMARY_KEYS},
         "history_dev_auc": history.get("dev_auc", pd.Series(dtype=float)).round(5).tolist(),
         "history_val_auc": history["val_auc"].round(5).tolist(),
         "val": {
