@@ -27,8 +27,10 @@ from sklearn import metrics as skm
 from pneumocnn.core.adapt_config import AdaptConfig
 from pneumocnn.core.locations import default_model
 from pneumocnn.core.task import pneumonia_labels, pneumonia_probability
+from pneumocnn.data.images import load_images
 from pneumocnn.evaluation.thresholds import choose_threshold, sensitivity_bound_threshold
 from pneumocnn.evaluation.uncertainty import bootstrap_intervals
+from pneumocnn.runtime.lite import LiteModel
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -205,13 +207,10 @@ def seed_ensembles(results: list[dict], members: int) -> list[dict]:
 
 def generic_row(result: dict) -> dict[str, float]:
     """The generic (shipped, not adapted) model on the same films, from its own outputs."""
-    from pneumocnn.data.images import load_images
-    from pneumocnn.runtime.runners import open_model
-
     names = result["files"]
     folder = Path(result.get("site_dir", "../shared/chest_xray/test"))
     paths = [next(folder.glob(f"*/{name}")) for name in names]
-    model = open_model(default_model("int8"))
+    model = LiteModel(default_model("int8")).require_grayscale()
     images, kept, _ = load_images(paths, model.image_size)
     positive = pneumonia_labels(np.asarray(result["labels"]))[kept].astype(bool)
     score = model.task.pneumonia(model.predict_proba(images))

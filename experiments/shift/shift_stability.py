@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 
 from pneumocnn.core.run_folder import CONFIG_FILE, MODEL_FILE
+from pneumocnn.data.images import load_images
+from pneumocnn.data.scan import require_inputs
+from pneumocnn.evaluation.stability import pixel_noise_sensitivity
 
 STUDY = Path(__file__).resolve().parent
 ROOT = STUDY.parents[1]
@@ -34,9 +37,6 @@ STABILITY = STUDY / "stability"
 @functools.cache
 def development_half(data_dir: Path, image_size: int):
     """The development half's films at `image_size`, decoded once per size."""
-    from pneumocnn.data.images import load_images
-    from pneumocnn.data.scan import require_inputs
-
     files = [str(path) for path in require_inputs([data_dir / "test"])]
     images, _, skipped = load_images(files, image_size)
     if skipped:
@@ -46,8 +46,7 @@ def development_half(data_dir: Path, image_size: int):
 
 def measure(run_dir: Path, data_dir: Path) -> dict:
     """The pixel-noise figures of one run's float checkpoint on the development half."""
-    from pneumocnn.evaluation.stability import pixel_noise_sensitivity
-    from pneumocnn.network.model import load_model
+    from pneumocnn.network.model import load_model  # TensorFlow: after --help
     from pneumocnn.runtime.runners import keras_probabilities
 
     config = json.loads((run_dir / CONFIG_FILE).read_text())

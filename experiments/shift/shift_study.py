@@ -71,7 +71,8 @@ SUMMARY_KEYS = (
 
 def development_half(config, data_dir: str):
     """The data set, the task's class names, and the development half's films, labels and file
-    names (the study scores every epoch on them; read only)."""
+    names (the study scores every epoch on them; read only). Called in the training child only
+    (see `run_one`)."""
     from pneumocnn.data.folders import find_dataset, label_for_task, list_images, task_class_names
     from pneumocnn.data.images import load_images
 
@@ -92,6 +93,8 @@ def development_half(config, data_dir: str):
 
 def run_one(name: str, seed: int, data_dir: str, runs_dir: Path) -> None:
     """Trains row `name` with `seed` and saves its result file (in this process)."""
+    # Imported here, in the child process that trains one row (`--one`): the driver that runs
+    # the rows one after another (`run_all`) stays without TensorFlow and its memory.
     import keras
     import numpy as np
     import pandas as pd

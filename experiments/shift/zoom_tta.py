@@ -16,14 +16,15 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from pneumocnn.core.task import class_probabilities, pneumonia_probability
+from pneumocnn.data.images import load_images
 
 
 def main() -> None:
-    import keras
-    from sklearn.metrics import roc_auc_score, roc_curve
+    import keras  # TensorFlow: after --help
 
-    from pneumocnn.core.task import class_probabilities, pneumonia_probability
-    from pneumocnn.data.images import load_images
     from pneumocnn.network.model import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

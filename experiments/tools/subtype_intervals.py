@@ -22,6 +22,7 @@ from pneumocnn.core.task import class_probabilities, decide
 from pneumocnn.data.folders import patient_id, subtype_of
 from pneumocnn.data.images import load_image
 from pneumocnn.evaluation.uncertainty import bootstrap_intervals
+from pneumocnn.runtime.lite import LiteModel
 
 NAMES = ["NORMAL", "BACTERIAL", "VIRAL"]
 SUBTYPES = {"bacteria": "BACTERIAL", "virus": "VIRAL"}
@@ -30,13 +31,11 @@ SUBTYPES = {"bacteria": "BACTERIAL", "virus": "VIRAL"}
 def probabilities(model_path: str, films: list[Path]) -> np.ndarray:
     """Class probabilities of a `.keras` or `.tflite` subtype model on raw films."""
     if model_path.endswith(".keras"):
-        from pneumocnn.network.model import load_model
+        from pneumocnn.network.model import load_model  # TensorFlow: a .keras model only
 
         model = load_model(model_path)
         images = np.stack([load_image(film, model.input_shape[1]) for film in films])
         return class_probabilities(model.predict(images, verbose=0))
-    from pneumocnn.runtime.lite import LiteModel
-
     model = LiteModel(model_path)
     size = model.metadata["image_size"]
     return model.predict_proba(np.stack([load_image(film, size) for film in films]))
