@@ -168,8 +168,14 @@ def open_classifier(model: str) -> Any:
     path = check_model_path(model)
     if path.suffix == ".tflite":
         return LiteModel(path).require_grayscale()
-    from pneumocnn.runtime.runners import open_model  # TensorFlow: a float model only
-
+    try:
+        from pneumocnn.runtime.runners import open_model  # TensorFlow: a float model only
+    except ImportError as error:  # the core install: LiteRT, no TensorFlow
+        raise UsageError(
+            f"A .keras model or a run folder needs TensorFlow, which this install lacks "
+            f"({error}). Received: --model {model}. Pass an int8 .tflite (e.g. "
+            f'{default_model()}), or install TensorFlow: pip install "pneumocnn[train]".'
+        ) from error
     return open_model(path)
 
 

@@ -70,6 +70,24 @@ def test_an_int8_model_is_run_without_importing_tensorflow(exported_model, tmp_p
         assert done.stdout.strip().splitlines()[-1] == heavy
 
 
+def test_a_keras_model_without_tensorflow_is_a_usage_error_naming_the_install(
+    exported_model, tmp_path
+):
+    # The core install has no Keras: a .keras model is refused with the fix, not a traceback.
+    image = _images(tmp_path / "films")[0]
+    keras_model = str(exported_model / KERAS_FILE)
+    script = (
+        "import sys\n"
+        "sys.modules['keras'] = None  # what an install without Keras gives: ImportError\n"
+        "from pneumocnn import predict\n"
+        f"sys.exit(predict.main([{str(image)!r}, '--model', {keras_model!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert 'pip install "pneumocnn[train]"' in done.stderr and "int8 .tflite" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_keras_and_int8_models_give_close_probabilities(exported_model, tmp_path, capsys):
     _images(tmp_path / "xrays")
     predict.main([str(tmp_path / "xrays"), "--model", str(exported_model / INT8_FILE), "--json"])
