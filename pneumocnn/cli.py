@@ -23,6 +23,7 @@ from pneumocnn.core.errors import (
     EXIT_INTERNAL,
     CannotWriteError,
     OutputClosedError,
+    UsageError,
     exit_code_of,
 )
 from pneumocnn.core.files import display_name
@@ -104,6 +105,33 @@ def _write_fault(error: BaseException) -> CannotWriteError | None:
     )
 
 
+# The extra that installs each optional package a command may need (see setup.cfg); the core
+# install (`pip install pneumocnn`) runs `predict` on `.tflite` files without any of them.
+EXTRAS = {
+    **dict.fromkeys(
+        ("tensorflow", "keras", "sklearn", "scipy", "pandas", "matplotlib", "seaborn",
+         "kagglehub", "mediapipe"),
+        "train",
+    ),
+    "streamlit": "app",
+    "pydicom": "lite",
+}  # fmt: skip
+
+
+def _missing_extra(error: BaseException, prog: str) -> UsageError | None:
+    """A package of an extra that this install lacks, as the error the user sees, or `None`."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    package = error.name.split(".")[0]
+    if package not in EXTRAS:
+        return None
+    return UsageError(
+        f"{prog} needs {package}, which this install lacks. Received: {error}. Install it with "
+        f'pip install "pneumocnn[{EXTRAS[package]}]" (the core install runs predict on .tflite '
+        "files only)."
+    )
+
+
 def _silence(stream: Any) -> None:
     """Points a broken standard output at /dev/null, so the interpreter's last flush of what is
     still buffered cannot fail again (the recipe of Python's `signal` documentation)."""
@@ -151,7 +179,7 @@ def run(
         _tell("error: interrupted.")
         return 130
     except Exception as error:  # noqa: BLE001 - the boundary: every error gets its exit code.
-        error = _write_fault(error) or error
+        error = _write_fault(error) or _missing_extra(error, parser.prog) or error
         code = exit_code_of(error)
         if isinstance(error, OutputClosedError | CannotWriteError) and stdout is not None:
             _silence(stdout)

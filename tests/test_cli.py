@@ -138,3 +138,37 @@ def test_no_library_module_imports_a_command_module():
             elif isinstance(node, ast.Import):
                 imported.update(alias.name for alias in node.names)
         assert not imported & {f"pneumocnn.{name}" for name in commands}, path
+
+
+def test_no_library_module_imports_inside_a_function():
+    # The layout's rule: library modules import at the top; only the command modules import
+    # later (TensorFlow after --help, or not at all for what does not need it).
+    import ast
+    from pathlib import Path
+
+    package = Path(cli.__file__).parent
+    for path in (path for path in package.rglob("*.py") if path.parent != package):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                hidden = [
+                    sub.lineno
+                    for sub in ast.walk(node)
+                    if isinstance(sub, ast.Import | ast.ImportFrom)
+                ]
+                assert not hidden, f"{path}:{hidden} imports inside {node.name}"
+
+
+def test_a_package_of_a_missing_extra_is_a_usage_error_naming_the_install():
+    # The core install has no TensorFlow: a command that needs it says which extra to install,
+    # instead of "unexpected ModuleNotFoundError ... This is a bug".
+    script = (
+        "import sys\n"
+        "sys.modules['tensorflow'] = sys.modules['keras'] = None  # as if not installed\n"
+        "from pneumocnn import explain\n"
+        "sys.exit(explain.main(['film.png']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert 'pip install "pneumocnn[train]"' in done.stderr and "Traceback" not in done.stderr
+    # A module that no extra installs is a bug of the package: it keeps its traceback.
+    assert cli._missing_extra(ModuleNotFoundError("x", name="no_such_module"), "prog") is None
