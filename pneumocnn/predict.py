@@ -168,14 +168,9 @@ def open_classifier(model: str) -> Any:
     path = check_model_path(model)
     if path.suffix == ".tflite":
         return LiteModel(path).require_grayscale()
-    try:
-        from pneumocnn.runtime.runners import open_model  # TensorFlow: a float model only
-    except ImportError as error:  # the core install: LiteRT, no TensorFlow
-        raise UsageError(
-            f"A .keras model or a run folder needs TensorFlow, which this install lacks "
-            f"({error}). Received: --model {model}. Pass an int8 .tflite (e.g. "
-            f'{default_model()}), or install TensorFlow: pip install "pneumocnn[train]".'
-        ) from error
+    # TensorFlow: a float model only (on the core install, `pneumocnn.cli` names the extra).
+    from pneumocnn.runtime.runners import open_model
+
     return open_model(path)
 
 
