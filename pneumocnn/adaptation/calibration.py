@@ -22,6 +22,7 @@ from pneumocnn.data.split import load_evaluation_images
 from pneumocnn.edge.family import Family, claim_family, read_family
 from pneumocnn.edge.recalibrate import recalibrate
 from pneumocnn.evaluation.metrics import pneumonia_figures
+from pneumocnn.evaluation.reports import group_lines
 from pneumocnn.evaluation.thresholds import (
     choose_pneumonia_threshold,
     sensitivity_bound_threshold,
@@ -186,9 +187,7 @@ def format_calibration(record: dict[str, Any]) -> str:
         low, high = intervals[key]
         lines.append(f"  {key:<12} {achieved[key]:.4f}  [95% {low:.4f}-{high:.4f}]")
     lines.append("  by group (share called right [95% interval]):")
-    for name, row in record["groups"].items():
-        low, high = row.get("interval") or (float("nan"), float("nan"))
-        lines.append(f"    {name:<22} {row['recall']:.3f} [{low:.3f}-{high:.3f}] of {row['films']}")
+    lines += group_lines(record["groups"])
     lines.append(f"  ({record['note']})")
     if record.get("bound"):
         point = record["point_estimate"]

@@ -358,7 +358,11 @@ def _shortcuts(metadata: dict[str, Any]) -> str:
         f"{share(row)} of the {number(row.get('films', row.get('count')))} films of {name}"
         for name, row in named.items()
     )
-    return text + f" {where}, this model called PNEUMONIA {shares} (95% intervals over patients)."
+    ranged = any(row.get("interval") for row in named.values())
+    return (
+        text + f" {where}, this model called PNEUMONIA {shares}"
+        + (" (95% intervals over patients)." if ranged else ".")
+    )
 
 
 def _validation_overstates(metadata: dict[str, Any]) -> str:

@@ -320,7 +320,14 @@ def format_uncertainty(report: dict[str, Any]) -> list[str]:
         ),
         "  right calls by group:",
     ]
-    for name, row in spread["groups"].items():
+    return lines + group_lines(spread["groups"])
+
+
+def group_lines(groups: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per group: its share of right calls [95% interval] and its films (see
+    `pneumocnn.evaluation.uncertainty.group_recalls`)."""
+    lines = []
+    for name, row in groups.items():
         low, high = row.get("interval") or (float("nan"), float("nan"))
         lines.append(f"    {name:<22} {row['recall']:.3f} [{low:.3f}-{high:.3f}] of {row['films']}")
     return lines
