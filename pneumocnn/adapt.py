@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--patients",
         metavar="CSV",
-        help="A file,patient table, for films whose names do not carry the patient.",
+        help="A file,patient table, for films whose names do not carry the patient (a DICOM "
+        "film's PatientID is read otherwise).",
     )
     parser.add_argument(
         "--calibration-images",

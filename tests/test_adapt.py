@@ -23,7 +23,7 @@ from pneumocnn.core.metadata import load_metadata, model_files
 from pneumocnn.core.run_folder import ADAPT_CALIBRATION_IMAGES
 from pneumocnn.edge.parity import ParityError
 from pneumocnn.evaluation.thresholds import fewest_positives, sensitivity_bound_threshold
-from pneumocnn.testing import write_dataset
+from pneumocnn.testing import synthetic_xray, write_dataset, write_dicom
 
 # A quick recipe for the toy model: the behaviour, not the figures, is under test.
 QUICK = ["--folds", "3", "--epochs", "2", "--training-films", "40", "--confidence", "0.9"]
@@ -160,6 +160,27 @@ def test_films_whose_patient_cannot_be_told_are_refused_unless_a_table_names_it(
     table.write_text(f"file,patient\nNORMAL/scan 17{odd.suffix},case-17\n")
     films = load_site(renamed, "binary", ["NORMAL", "PNEUMONIA"], 32, table)
     assert "case-17" in films.patients
+
+
+def test_a_dicom_site_is_grouped_by_the_patient_id_in_each_header(tmp_path):
+    pytest.importorskip("pydicom", reason="the lite extra (pydicom) is not installed")
+    rng = np.random.default_rng(5)
+    for label, name in enumerate(["NORMAL", "PNEUMONIA"]):
+        for patient in range(15):
+            for shot in range(2):
+                # Named as a PACS export names them: nothing in the name tells the patient.
+                path = tmp_path / "site" / name / f"1.2.826.{label}.{patient}.{shot}.dcm"
+                film = synthetic_xray(rng, label, (60, 72))
+                write_dicom(path, film, patient=("Doe^Jane", f"MRN-{label}-{patient}"))
+    films = load_site(tmp_path / "site", "binary", ["NORMAL", "PNEUMONIA"], 32)
+    assert len(films.labels) == 60 and len(set(films.patients)) == 30
+    by_file = dict(zip((Path(p).name for p in films.paths), films.patients, strict=True))
+    assert by_file["1.2.826.1.7.0.dcm"] == by_file["1.2.826.1.7.1.dcm"]
+    assert by_file["1.2.826.1.7.0.dcm"] != by_file["1.2.826.0.7.0.dcm"]
+    assert not any("MRN" in patient for patient in films.patients)
+    # Folds keep a patient's two films together (see patient_folds).
+    for fold in patient_folds(films, 3, seed=0):
+        assert len(fold) % 2 == 0
 
 
 def test_a_training_folder_is_refused_as_a_site(trained_run, tmp_path, capsys):

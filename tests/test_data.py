@@ -20,6 +20,7 @@ from pneumocnn.data.folders import (
 )
 from pneumocnn.data.pipeline import class_weights, make_datasets
 from pneumocnn.data.split import LoadedSplit, limit_per_class, load_split, make_split, prepare_split
+from pneumocnn.testing import synthetic_xray, write_dicom
 from pneumocnn.training.distill import load_teachers
 
 
@@ -37,6 +38,33 @@ from pneumocnn.training.distill import load_teachers
 )
 def test_patient_id_follows_the_kaggle_file_names(name, patient):
     assert patient_id(f"train/X/{name}") == patient
+
+
+def test_a_dicom_film_names_its_patient_by_a_one_way_key_of_its_patient_id(tmp_path):
+    pytest.importorskip("pydicom", reason="the lite extra (pydicom) is not installed")
+    rng = np.random.default_rng(0)
+    first = write_dicom(
+        tmp_path / "1.2.3.dcm", synthetic_xray(rng, 0, (40, 48)), patient=("A^B", "4711")
+    )
+    second = write_dicom(
+        tmp_path / "1.2.4.dcm", synthetic_xray(rng, 0, (40, 48)), patient=("A^B", "4711")
+    )
+    other = write_dicom(
+        tmp_path / "1.2.5.dcm", synthetic_xray(rng, 0, (40, 48)), patient=("C^D", "815")
+    )
+    anonymous = write_dicom(
+        tmp_path / "1.2.6.dcm", synthetic_xray(rng, 0, (40, 48)), patient=("", "")
+    )
+    broken = tmp_path / "1.2.7.dcm"
+    broken.write_bytes(b"not a DICOM file at all")
+    key = patient_id(first)
+    assert key.startswith("dicom-") and "4711" not in key
+    assert patient_id(second) == key and patient_id(other) != key
+    # No PatientID, or no readable header: the film is its own patient, as a plain file is.
+    assert patient_id(anonymous) == "1.2.6" and patient_id(broken) == "1.2.7"
+    # A Kaggle name still comes first.
+    renamed = first.rename(tmp_path / "person3_virus_9.dcm")
+    assert patient_id(renamed) == "person3"
 
 
 def _split(root, seed=0, val_fraction=0.25):

@@ -1,9 +1,10 @@
 """A site's labelled films: found, checked, decoded once, and split into patient folds.
 
 The site folder is laid out as the Kaggle data is (`NORMAL/` and `PNEUMONIA/`, each film's patient
-and, for a subtype model, its subtype read from its name), or its patients come from a CSV
-(`file,patient`). Everything that would make the adaptation meaningless is refused before any
-long work: one class, too few films, a film whose patient cannot be told, a training folder.
+and, for a subtype model, its subtype read from its name); a DICOM film's patient may come from
+its header's PatientID instead, and any film's from a CSV (`file,patient`), which comes first.
+Everything that would make the adaptation meaningless is refused before any long work: one
+class, too few films, a film whose patient cannot be told, a training folder.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def read_patients_csv(path: str | Path) -> dict[str, str]:
 
 def _patients_of(paths: list[str], folder: Path, table: dict[str, str] | None) -> list[str]:
     """Each film's patient: from the table (by path relative to the folder, else by name), else
-    from the file name; refuses the films whose patient cannot be told."""
+    from the file name or DICOM header (see `pneumocnn.data.folders.match_patient`); refuses the
+    films whose patient cannot be told."""
     patients, unknown = [], []
     for path in paths:
         relative = Path(path).relative_to(folder).as_posix() if Path(path).is_absolute() else path
@@ -110,8 +112,8 @@ def _patients_of(paths: list[str], folder: Path, table: dict[str, str] | None) -
             f"The patient of {len(unknown)} of {len(paths)} site films cannot be told, e.g. "
             f"{unknown[:3]}. The folds and the threshold group films by patient, so that no "
             "patient is learnt from and scored at once. Name the films as the Kaggle data does "
-            "(person<ID>_bacteria_<N>.jpeg, IM-<ID>-<N>.jpeg), or pass --patients FILE.csv with "
-            "the columns file,patient."
+            "(person<ID>_bacteria_<N>.jpeg, IM-<ID>-<N>.jpeg), export them as DICOM with the "
+            "PatientID in the header, or pass --patients FILE.csv with the columns file,patient."
         )
     return patients
 
@@ -191,7 +193,8 @@ def load_site(
         task: the model's task.
         class_names: the model's classes, NORMAL first.
         image_size: the model's input side.
-        patients_csv: a `file,patient` CSV. Defaults to `None`: patients from the file names.
+        patients_csv: a `file,patient` CSV. Defaults to `None`: patients from the file names
+            (or a DICOM film's PatientID).
 
     Returns:
         The decoded films.
@@ -279,7 +282,8 @@ def patient_folds(site: SiteFilms, folds: int, seed: int) -> list[np.ndarray]:
         raise DataError(
             f"A class of the site's films has {per_class} patients; {folds} patient folds need "
             f"at least {folds} per class. Received: folds={folds}. Pass a smaller --folds or add "
-            "films."
+            "films. (Patients come from --patients, the Kaggle file names, or a DICOM film's "
+            "PatientID: anonymised films that share one ID count as one patient.)"
         )
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [

@@ -11,6 +11,7 @@ films load as before and a DICOM file is refused with the command that installs 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import struct
@@ -311,6 +312,44 @@ def _dicom_display_range(header, pixels: np.ndarray) -> tuple[float, float] | No
         mapped = np.asarray(apply_modality_lut(codes, header), dtype=np.float64)
         return float(mapped.min()), float(mapped.max())
     return None
+
+
+def dicom_patient(path: str | Path) -> str | None:
+    """The patient of a DICOM film, from its header's PatientID, as a one-way key.
+
+    The ID itself is never kept: the key is `dicom-` and the first 16 hex digits of its SHA-256,
+    so a split or a fold groups a patient's films without any file or message holding the ID.
+    Only the header is read (a deflated data set within the decode budget).
+
+    Args:
+        path: a film.
+
+    Returns:
+        The key, or `None` when the file is not DICOM, pydicom is not installed, the header
+        cannot be read (the image loader names why, later) or its PatientID is empty.
+    """
+    if pydicom is None:
+        return None
+    name = Path(path).name
+    try:
+        with open(path, "rb") as handle:
+            if not is_dicom(handle, name):
+                return None
+            read_preamble(handle, force=False)
+            meta = _read_file_meta_info(handle)
+            _check_deflated_size(handle, name, str(meta.get("TransferSyntaxUID", "")))
+            handle.seek(0)
+            header = pydicom.dcmread(
+                handle, stop_before_pixels=True, specific_tags=["PatientID"], force=True
+            )
+    # Any failure leaves the patient untold: the film is then refused or skipped with the
+    # loader's own reason (pydicom raises many kinds on a hostile header).
+    except Exception:  # noqa: BLE001
+        return None
+    value = str(header.get("PatientID", "") or "").strip()
+    if not value:
+        return None
+    return "dicom-" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
 
 
 def read_dicom(handle: BinaryIO, name: str) -> Image.Image:

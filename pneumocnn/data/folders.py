@@ -2,7 +2,8 @@
 
 `resolve_data_dir` (flag, else `$PNEUMOCNN_DATA_DIR`, else kagglehub) -> `find_dataset` (Kaggle
 layout or plain class folders) -> `list_images` -> `label_for_task`. `patient_id` and
-`subtype_of` read the Kaggle file names. No TensorFlow here.
+`subtype_of` read the Kaggle file names (`patient_id` also a DICOM film's PatientID). No
+TensorFlow here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 
 from pneumocnn.core.errors import DataError
 from pneumocnn.core.task import BINARY_CLASS_NAMES, Task
+from pneumocnn.data.dicom import dicom_patient
 from pneumocnn.data.scan import FolderScan, scan_folder
 
 logger = logging.getLogger(__name__)
@@ -191,23 +193,26 @@ def list_images(
 
 
 def match_patient(path: str | Path) -> str | None:
-    """The patient a Kaggle file name names, or `None` when it follows no known scheme.
+    """The patient a film names: its Kaggle file name, else a DICOM film's header (see
+    `pneumocnn.data.dicom.dicom_patient`: a one-way key of its PatientID), else `None`.
 
     `person12_virus_3.jpeg` -> `person12`; `IM-0115-0001.jpeg` -> `IM-0115`;
-    `NORMAL2-IM-0135-0001.jpeg` -> `NORMAL2-IM-0135`.
+    `NORMAL2-IM-0135-0001.jpeg` -> `NORMAL2-IM-0135`; `1.2.840.5.dcm` with PatientID `4711`
+    -> `dicom-` and 16 hex digits.
     """
     name = Path(path).name
     for pattern in _PATIENT_PATTERNS:
         match = pattern.match(name)
         if match:
             return match.group(1)
-    return None
+    return dicom_patient(path)
 
 
 def patient_id(path: str | Path) -> str:
-    """Returns the patient an image belongs to, from its file name (see `match_patient`).
+    """Returns the patient an image belongs to, from its file name or DICOM header (see
+    `match_patient`).
 
-    A name matching no scheme is its own patient (the file name without extension).
+    A film that names no patient is its own patient (the file name without extension).
     """
     return match_patient(path) or Path(path).stem
 
