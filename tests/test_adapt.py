@@ -23,7 +23,7 @@ from pneumocnn.core.metadata import load_metadata, model_files
 from pneumocnn.core.run_folder import ADAPT_CALIBRATION_IMAGES
 from pneumocnn.edge.parity import ParityError
 from pneumocnn.evaluation.thresholds import fewest_positives, sensitivity_bound_threshold
-from pneumocnn.testing import synthetic_xray, write_dataset, write_dicom
+from pneumocnn.testing import synthetic_xray, write_dataset, write_dicom, write_image
 
 # A quick recipe for the toy model: the behaviour, not the figures, is under test.
 QUICK = ["--folds", "3", "--epochs", "2", "--training-films", "40", "--confidence", "0.9"]
@@ -181,6 +181,28 @@ def test_a_dicom_site_is_grouped_by_the_patient_id_in_each_header(tmp_path):
     # Folds keep a patient's two films together (see patient_folds).
     for fold in patient_folds(films, 3, seed=0):
         assert len(fold) % 2 == 0
+
+
+def test_a_subtype_site_may_sort_its_films_into_subtype_folders(tmp_path):
+    rng = np.random.default_rng(6)
+    table = ["file,patient"]
+    for label, name in enumerate(["NORMAL", "BACTERIAL", "VIRAL"]):
+        for patient in range(20):
+            # No name scheme: the subtype comes from the folder, the patient from the table.
+            path = tmp_path / "site" / name / f"case-{label}-{patient}.png"
+            subtype = "virus" if name == "VIRAL" else "bacteria"
+            write_image(path, synthetic_xray(rng, int(label > 0), (48, 40), subtype))
+            table.append(f"{name}/{path.name},patient-{label}-{patient}")
+    (tmp_path / "patients.csv").write_text("\n".join(table) + "\n")
+    classes = ["NORMAL", "BACTERIAL", "VIRAL"]
+    films = load_site(tmp_path / "site", "subtype", classes, 32, tmp_path / "patients.csv")
+    folders = [Path(path).parent.name for path in films.paths]
+    assert [classes[label] for label in films.labels] == folders
+    assert np.bincount(films.labels).tolist() == [20, 20, 20]
+    # Neither layout complete: the refusal names both.
+    (tmp_path / "site" / "VIRAL").rename(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"\['PNEUMONIA'\].*\['NORMAL', 'BACTERIAL', 'VIRAL'\]"):
+        load_site(tmp_path / "site", "subtype", classes, 32, tmp_path / "patients.csv")
 
 
 def test_a_training_folder_is_refused_as_a_site(trained_run, tmp_path, capsys):

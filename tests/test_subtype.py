@@ -66,6 +66,32 @@ def test_pneumonia_file_without_a_subtype_is_named_in_the_error(make_dataset):
         label_for_task(folders, dataset.class_names, "subtype")
 
 
+def test_subtype_folders_give_the_labels_whatever_the_file_names(make_dataset):
+    # A clinic's own films: sorted into NORMAL/, BACTERIAL/ and VIRAL/, named by number.
+    root = make_dataset(patients=6, subtypes=True)
+    expected = {}
+    for index, path in enumerate(sorted((root / "train" / "PNEUMONIA").iterdir())):
+        folder = root / "train" / ("VIRAL" if "_virus_" in path.name else "BACTERIAL")
+        folder.mkdir(exist_ok=True)
+        expected[f"film{index}.png"] = SUBTYPES.index(folder.name)
+        path.rename(folder / f"film{index}.png")
+    (root / "train" / "PNEUMONIA").rmdir()
+    for path in (root / "train" / "NORMAL").iterdir():
+        expected[path.name] = 0
+    dataset = find_dataset(root)
+    listed = list_images(dataset.development, dataset.class_names)
+    labelled = label_for_task(listed, dataset.class_names, "subtype")
+    names = [path.rsplit("/", 1)[-1] for path in labelled["path"]]
+    got = dict(zip(names, labelled["label"], strict=True))
+    assert got == expected and set(got.values()) == {0, 1, 2}
+    # Training reads the same layout (a split with every class).
+    split = prepare_split(Config(task="subtype", val_fraction=0.25), dataset)
+    assert set(split["label"]) == {0, 1, 2}
+    # Other folders are refused, naming both layouts.
+    with pytest.raises(DataError, match=r"\['NORMAL', 'BACTERIAL', 'VIRAL'\]"):
+        label_for_task(listed, ("A", "B", "C"), "subtype")
+
+
 def test_subtype_split_is_patient_grouped_and_has_every_class_on_both_sides(make_dataset):
     root = make_dataset(patients=10, subtypes=True)
     config = Config(task="subtype", val_fraction=0.25, seed=3)

@@ -1,8 +1,9 @@
 """A site's labelled films: found, checked, decoded once, and split into patient folds.
 
 The site folder is laid out as the Kaggle data is (`NORMAL/` and `PNEUMONIA/`, each film's patient
-and, for a subtype model, its subtype read from its name); a DICOM film's patient may come from
-its header's PatientID instead, and any film's from a CSV (`file,patient`), which comes first.
+and, for a subtype model, its subtype read from its name; or `NORMAL/`, `BACTERIAL/` and
+`VIRAL/` for a subtype model); a DICOM film's patient may come from its header's PatientID
+instead, and any film's from a CSV (`file,patient`), which comes first.
 Everything that would make the adaptation meaningless is refused before any long work: one
 class, too few films, a film whose patient cannot be told, a training folder.
 """
@@ -178,6 +179,27 @@ def check_site_folder(
     return folder
 
 
+def site_classes(folder: Path, task: Task, site_dir: str | Path) -> tuple[str, ...]:
+    """The class folders a site's films are listed from: NORMAL/ and PNEUMONIA/, or for a
+    subtype model NORMAL/, BACTERIAL/ and VIRAL/ when those are there instead (see
+    `pneumocnn.data.folders.label_for_task`).
+
+    Raises:
+        DataError: naming the missing class folders.
+    """
+    layouts = [task.folder_names] + ([task.class_names] if task.subtype else [])
+    for names in layouts:
+        if all((folder / name).is_dir() for name in names):
+            return names
+    missing = [name for name in task.folder_names if not (folder / name).is_dir()]
+    other = f" (or {list(task.class_names)})" if task.subtype else ""
+    raise DataError(
+        f"Site folder '{folder}' has no {missing} subfolder: adaptation needs films of every "
+        f"class {list(task.folder_names)}{other}. Received: site_dir='{site_dir}'. Add the "
+        "missing class's films (a model adapted to one class would call everything that)."
+    )
+
+
 def load_site(
     site_dir: str | Path,
     task: str,
@@ -189,7 +211,8 @@ def load_site(
 
     Args:
         site_dir: the site folder, one subfolder per class of the binary task (`NORMAL/`,
-            `PNEUMONIA/`; a subtype model reads each pneumonia film's subtype from its name).
+            `PNEUMONIA/`; a subtype model reads each pneumonia film's subtype from its name), or
+            for a subtype model `NORMAL/`, `BACTERIAL/` and `VIRAL/`.
         task: the model's task.
         class_names: the model's classes, NORMAL first.
         image_size: the model's input side.
@@ -205,14 +228,7 @@ def load_site(
             film's patient cannot be told.
     """
     folder = check_site_folder(site_dir)
-    folder_classes = Task.of(task, class_names).folder_names
-    missing = [name for name in folder_classes if not (folder / name).is_dir()]
-    if missing:
-        raise DataError(
-            f"Site folder '{folder}' has no {missing} subfolder: adaptation needs films of "
-            f"every class {list(folder_classes)}. Received: site_dir='{site_dir}'. Add the "
-            "missing class's films (a model adapted to one class would call everything that)."
-        )
+    folder_classes = site_classes(folder, Task.of(task, class_names), site_dir)
     table = label_for_task(list_images([folder], folder_classes), folder_classes, task)
     paths = table["path"].tolist()
     known = read_patients_csv(patients_csv) if patients_csv else None

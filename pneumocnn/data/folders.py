@@ -18,7 +18,7 @@ import kagglehub
 import pandas as pd
 
 from pneumocnn.core.errors import DataError
-from pneumocnn.core.task import BINARY_CLASS_NAMES, Task
+from pneumocnn.core.task import BINARY_CLASS_NAMES, SUBTYPE_CLASS_NAMES, Task
 from pneumocnn.data.dicom import dicom_patient
 from pneumocnn.data.scan import FolderScan, scan_folder
 
@@ -261,8 +261,9 @@ def task_class_names(task: str, folder_names: tuple[str, ...]) -> tuple[str, ...
 def label_for_task(images: pd.DataFrame, class_names: tuple[str, ...], task: str) -> pd.DataFrame:
     """Relabels images listed from class folders for `task`.
 
-    For "binary" the folder labels stand. For "subtype", NORMAL stays 0 and each PNEUMONIA film
-    becomes 1 (BACTERIAL) or 2 (VIRAL) from its file name.
+    For "binary" the folder labels stand. For "subtype", class folders named NORMAL/, BACTERIAL/
+    and VIRAL/ give the labels 0, 1 and 2 themselves; with NORMAL/ and PNEUMONIA/, NORMAL stays 0
+    and each PNEUMONIA film becomes 1 (BACTERIAL) or 2 (VIRAL) from its file name.
 
     Args:
         images: from `list_images`, labelled by folder.
@@ -273,15 +274,22 @@ def label_for_task(images: pd.DataFrame, class_names: tuple[str, ...], task: str
         A DataFrame like `images`, labelled for the task.
 
     Raises:
-        DataError: if the folders are not NORMAL/ and PNEUMONIA/, or a PNEUMONIA file name
-            carries no subtype.
+        DataError: if the folders are neither NORMAL/ and PNEUMONIA/ nor NORMAL/, BACTERIAL/ and
+            VIRAL/, or a PNEUMONIA file name carries no subtype.
     """
     if not Task.of_folders(task, class_names).subtype:
+        return images
+    if sorted(class_names) == sorted(SUBTYPE_CLASS_NAMES):
+        images = images.copy()
+        images["label"] = [
+            SUBTYPE_CLASS_NAMES.index(class_names[label]) for label in images["label"]
+        ]
         return images
     if tuple(class_names) != BINARY_CLASS_NAMES:
         raise DataError(
             f"--task subtype (and --train-on-subtypes) needs exactly the class folders "
-            f"{list(BINARY_CLASS_NAMES)}. Received: {list(class_names)}. Use --task binary "
+            f"{list(BINARY_CLASS_NAMES)} (the subtype in each PNEUMONIA file's name) or "
+            f"{list(SUBTYPE_CLASS_NAMES)}. Received: {list(class_names)}. Use --task binary "
             "(without --train-on-subtypes) for other classes."
         )
     images = images.copy()
@@ -292,8 +300,9 @@ def label_for_task(images: pd.DataFrame, class_names: tuple[str, ...], task: str
         raise DataError(
             f"{len(unlabelled)} PNEUMONIA files carry no subtype in their name, e.g. "
             f"{unlabelled[:3]}. --task subtype (and --train-on-subtypes) reads it from names "
-            "like person12_bacteria_3.jpeg and person12_virus_3.jpeg. Rename those files, move "
-            "them out, or use --task binary (without --train-on-subtypes)."
+            "like person12_bacteria_3.jpeg and person12_virus_3.jpeg. Rename those files, sort "
+            "the pneumonia films into BACTERIAL/ and VIRAL/ folders beside NORMAL/ instead of "
+            "PNEUMONIA/, move them out, or use --task binary (without --train-on-subtypes)."
         )
     images.loc[pneumonia, "label"] = [_SUBTYPE_LABELS[s] for s in subtypes]
     return images
