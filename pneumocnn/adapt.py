@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command(args: argparse.Namespace) -> int:
     from pneumocnn.adaptation.adapt import adapt
+    from pneumocnn.evaluation.reports import interval_text
 
     recipe = config_from_args(args, AdaptConfig)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.site_dir)
@@ -98,6 +99,7 @@ def _command(args: argparse.Namespace) -> int:
     )
     record = metadata["calibration"]
     achieved, intervals = record["achieved"], record["intervals"]
+    point = record["point_estimate"]
     files = metadata["files"]
     print(
         f"Wrote {output_dir}: {files['int8']}, {files['fp16']}, {files['rgb_int8']}, "
@@ -108,8 +110,8 @@ def _command(args: argparse.Namespace) -> int:
         f", sensitivity {achieved['sensitivity']:.3f} [{intervals['sensitivity'][0]:.3f}-"
         f"{intervals['sensitivity'][1]:.3f}], specificity {achieved['specificity']:.3f} "
         f"[{intervals['specificity'][0]:.3f}-{intervals['specificity'][1]:.3f}]; the point "
-        f"estimate would have been {record['point_estimate']['threshold']:.4f} (specificity "
-        f"{record['point_estimate']['specificity']:.3f})."
+        f"estimate would have been {point['threshold']:.4f} (specificity "
+        f"{point['specificity']:.3f}{interval_text(point, 'specificity')})."
     )
     return EXIT_OK
 

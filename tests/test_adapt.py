@@ -21,6 +21,7 @@ from pneumocnn.core.adapt_config import AdaptConfig
 from pneumocnn.core.errors import DataError
 from pneumocnn.core.metadata import load_metadata, model_files
 from pneumocnn.core.run_folder import ADAPT_CALIBRATION_IMAGES
+from pneumocnn.data.dicom import patient_key
 from pneumocnn.edge.parity import ParityError
 from pneumocnn.evaluation.thresholds import fewest_positives, sensitivity_bound_threshold
 from pneumocnn.testing import synthetic_xray, write_dataset, write_dicom, write_image
@@ -62,6 +63,11 @@ def test_adapt_writes_a_complete_family_with_an_out_of_fold_threshold(adapted, s
     assert adaptation["training_films"] == 40
     card = (adapted / "MODEL_CARD.md").read_text()
     assert "Adapted to a site" in card and "out of fold" in card
+    # The point estimate shown beside the bound carries its interval, in the record and card.
+    point = record["point_estimate"]
+    low, high = point["intervals"]["specificity"]
+    assert low <= point["specificity"] <= high
+    assert f"would give specificity {point['specificity']:.3f} ({low:.3f}-{high:.3f})" in card
 
 
 def test_adapt_adapts_a_subtype_family_and_keeps_its_three_classes(subtype_model, tmp_path):
@@ -159,7 +165,7 @@ def test_films_whose_patient_cannot_be_told_are_refused_unless_a_table_names_it(
     table = tmp_path / "patients.csv"
     table.write_text(f"file,patient\nNORMAL/scan 17{odd.suffix},case-17\n")
     films = load_site(renamed, "binary", ["NORMAL", "PNEUMONIA"], 32, table)
-    assert "case-17" in films.patients
+    assert patient_key("case-17") in films.patients and "case-17" not in films.patients
 
 
 def test_a_dicom_site_is_grouped_by_the_patient_id_in_each_header(tmp_path):
@@ -172,15 +178,24 @@ def test_a_dicom_site_is_grouped_by_the_patient_id_in_each_header(tmp_path):
                 path = tmp_path / "site" / name / f"1.2.826.{label}.{patient}.{shot}.dcm"
                 film = synthetic_xray(rng, label, (60, 72))
                 write_dicom(path, film, patient=("Doe^Jane", f"MRN-{label}-{patient}"))
-    films = load_site(tmp_path / "site", "binary", ["NORMAL", "PNEUMONIA"], 32)
-    assert len(films.labels) == 60 and len(set(films.patients)) == 30
+    # One patient's third film is a PNG, named by number, that only a table names: the table's
+    # ID and the header's group the same patient.
+    extra = write_image(
+        tmp_path / "site" / "PNEUMONIA" / "film-1.png", synthetic_xray(rng, 1, (60, 72))
+    )
+    (tmp_path / "patients.csv").write_text(f"file,patient\nPNEUMONIA/{extra.name},MRN-1-7\n")
+    films = load_site(
+        tmp_path / "site", "binary", ["NORMAL", "PNEUMONIA"], 32, tmp_path / "patients.csv"
+    )
+    assert len(films.labels) == 61 and len(set(films.patients)) == 30
     by_file = dict(zip((Path(p).name for p in films.paths), films.patients, strict=True))
-    assert by_file["1.2.826.1.7.0.dcm"] == by_file["1.2.826.1.7.1.dcm"]
+    assert by_file["1.2.826.1.7.0.dcm"] == by_file["1.2.826.1.7.1.dcm"] == by_file["film-1.png"]
     assert by_file["1.2.826.1.7.0.dcm"] != by_file["1.2.826.0.7.0.dcm"]
     assert not any("MRN" in patient for patient in films.patients)
-    # Folds keep a patient's two films together (see patient_folds).
+    # Folds keep each patient's films together (see patient_folds).
     for fold in patient_folds(films, 3, seed=0):
-        assert len(fold) % 2 == 0
+        inside = {films.patients[i] for i in fold}
+        assert sum(films.patients.count(patient) for patient in inside) == len(fold)
 
 
 def test_a_subtype_site_may_sort_its_films_into_subtype_folders(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from helpers import dead_process_id, killed_after_the_first_rename
 from pneumocnn import evaluate
-from pneumocnn.adaptation.calibration import calibrate
+from pneumocnn.adaptation.calibration import calibrate, format_calibration
 from pneumocnn.evaluation import scoring
 
 
@@ -102,6 +102,20 @@ def test_every_report_has_patient_bootstrap_intervals_and_groups(trained_run, tm
         spread["intervals"]["accuracy"][0] <= at["accuracy"] <= spread["intervals"]["accuracy"][1]
     )
     assert sum(row["films"] for row in spread["groups"].values()) == report["images"]
+
+
+def test_a_bound_calibration_shows_the_point_estimate_with_its_interval(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    record = calibrate(run, _site_folder(tmp_path), 0.8, confidence=0.5)
+    point = record["point_estimate"]
+    low, high = point["intervals"]["specificity"]
+    assert record["bound"] and low <= point["specificity"] <= high
+    assert f"(specificity {point['specificity']:.4f} [{low:.4f}-{high:.4f}]" in (
+        format_calibration(record)
+    )
 
 
 def test_site_calibration_of_a_run_reaches_the_target_and_feeds_the_export(trained_run, tmp_path):

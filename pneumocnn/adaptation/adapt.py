@@ -54,7 +54,7 @@ from pneumocnn.edge.export import export
 from pneumocnn.edge.parity import ParityError
 from pneumocnn.evaluation.metrics import pneumonia_figures, three_class_figures
 from pneumocnn.evaluation.thresholds import choose_pneumonia_threshold, sensitivity_bound_threshold
-from pneumocnn.evaluation.uncertainty import uncertainty
+from pneumocnn.evaluation.uncertainty import point_estimate, uncertainty
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +195,7 @@ def operating_point(
         "confidence": float(recipe.confidence),
         "threshold": float(threshold),
         "bound": bound,
-        "point_estimate": {
-            "threshold": float(point),
-            **pneumonia_figures(site.labels, probabilities, point),
-        },
+        "point_estimate": point_estimate(site.labels, probabilities, point, site.patients),
         "achieved": {
             **pneumonia_figures(site.labels, probabilities, threshold),
             **three_class_figures(site.labels, probabilities, threshold, task),

@@ -18,16 +18,17 @@ from pneumocnn.core.errors import DataError, UsageError
 from pneumocnn.core.metadata import find_metadata, model_name
 from pneumocnn.core.run_folder import is_run_dir, resolve_source, write_threshold
 from pneumocnn.core.task import pneumonia_labels
+from pneumocnn.data.folders import patient_id
 from pneumocnn.data.split import load_evaluation_images
 from pneumocnn.edge.family import Family, claim_family, read_family
 from pneumocnn.edge.recalibrate import recalibrate
 from pneumocnn.evaluation.metrics import pneumonia_figures
-from pneumocnn.evaluation.reports import group_lines
+from pneumocnn.evaluation.reports import group_lines, interval_text
 from pneumocnn.evaluation.thresholds import (
     choose_pneumonia_threshold,
     sensitivity_bound_threshold,
 )
-from pneumocnn.evaluation.uncertainty import uncertainty_of
+from pneumocnn.evaluation.uncertainty import point_estimate, uncertainty_of
 from pneumocnn.runtime.runners import predict_probabilities
 
 # Fewer films of a class than this, and a threshold chosen on them says nothing: one film more
@@ -134,7 +135,9 @@ def _calibrate(
         "confidence": confidence,
         "threshold": threshold,
         "bound": bound,
-        "point_estimate": {"threshold": point, **pneumonia_figures(labels, probabilities, point)},
+        "point_estimate": point_estimate(
+            labels, probabilities, point, [patient_id(path) for path in paths]
+        ),
         "achieved": pneumonia_figures(labels, probabilities, threshold),
         "intervals": spread["intervals"],
         "groups": spread["groups"],
@@ -193,6 +196,7 @@ def format_calibration(record: dict[str, Any]) -> str:
         point = record["point_estimate"]
         lines.append(
             f"  The point estimate would be {point['threshold']:.4f} (specificity "
-            f"{point['specificity']:.4f} on these films, no guarantee on new ones)."
+            f"{point['specificity']:.4f}{interval_text(point, 'specificity', 4)} on these films, "
+            "no guarantee on new ones)."
         )
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from pneumocnn.core.errors import DataError, UsageError
 from pneumocnn.core.files import display_name
 from pneumocnn.core.task import Task, pneumonia_labels
+from pneumocnn.data.dicom import patient_key
 from pneumocnn.data.folders import label_for_task, list_images, match_patient
 from pneumocnn.data.images import load_images
 
@@ -104,7 +105,8 @@ def _patients_of(paths: list[str], folder: Path, table: dict[str, str] | None) -
         patient = None
         if table is not None:
             patient = table.get(relative) or table.get(Path(path).name)
-        patient = patient or match_patient(path)
+        # A table's ID is keyed as a DICOM PatientID is, so the two group the same patient.
+        patient = patient_key(patient) if patient else match_patient(path)
         patients.append(patient)
         if patient is None:
             unknown.append(display_name(Path(path).name))

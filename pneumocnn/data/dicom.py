@@ -317,9 +317,10 @@ def _dicom_display_range(header, pixels: np.ndarray) -> tuple[float, float] | No
 def dicom_patient(path: str | Path) -> str | None:
     """The patient of a DICOM film, from its header's PatientID, as a one-way key.
 
-    The ID itself is never kept: the key is `dicom-` and the first 16 hex digits of its SHA-256,
-    so a split or a fold groups a patient's films without any file or message holding the ID.
-    Only the header is read (a deflated data set within the decode budget).
+    The ID itself is never kept: the key is `patient_key` of it (`dicom-` and the first 16 hex
+    digits of its SHA-256), so a split or a fold groups a patient's films without any file or
+    message holding the ID. Only the header is read (a deflated data set within the decode
+    budget).
 
     Args:
         path: a film.
@@ -347,9 +348,14 @@ def dicom_patient(path: str | Path) -> str | None:
     except Exception:  # noqa: BLE001
         return None
     value = str(header.get("PatientID", "") or "").strip()
-    if not value:
-        return None
-    return "dicom-" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
+    return patient_key(value) if value else None
+
+
+def patient_key(patient: str) -> str:
+    """The one-way key that stands for a patient ID a site assigned (a DICOM PatientID, or a
+    `--patients` table's): `dicom-` and the first 16 hex digits of its SHA-256, so that the same
+    ID from either source groups the same films, and nothing downstream holds the ID itself."""
+    return "dicom-" + hashlib.sha256(patient.strip().encode("utf-8")).hexdigest()[:16]
 
 
 def read_dicom(handle: BinaryIO, name: str) -> Image.Image:

@@ -31,6 +31,7 @@ from pneumocnn.edge.card_format import (
     number,
     percent,
     record_table,
+    with_interval,
 )
 
 CARD_FILE = "MODEL_CARD.md"
@@ -195,9 +196,9 @@ def _out_of_fold(record: dict[str, Any]) -> list[str]:
     if bound and point:
         lines += [
             f"The point estimate ({number(point.get('threshold'), 4)}) would give specificity "
-            f"{number(point.get('specificity'))} there, with sensitivity "
-            f"{number(point.get('sensitivity'))} on these films but no guarantee on new "
-            "patients.",
+            f"{with_interval(point, 'specificity')} there, with sensitivity "
+            f"{with_interval(point, 'sensitivity')} on these films (95% intervals over "
+            "patients, where recorded) but no guarantee on new patients.",
             "",
         ]
     return lines + groups_table(record.get("groups"))

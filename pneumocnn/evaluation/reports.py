@@ -331,3 +331,16 @@ def group_lines(groups: dict[str, dict[str, Any]]) -> list[str]:
         low, high = row.get("interval") or (float("nan"), float("nan"))
         lines.append(f"    {name:<22} {row['recall']:.3f} [{low:.3f}-{high:.3f}] of {row['films']}")
     return lines
+
+
+def interval_text(figures: dict[str, Any], key: str, digits: int = 3) -> str:
+    """ " [low-high]": the 95% interval of `figures[key]` from `figures["intervals"]`, or "" for
+    a record written before it had one.
+
+    >>> interval_text({"intervals": {"specificity": [0.8, 0.9]}}, "specificity")
+    ' [0.800-0.900]'
+    """
+    interval = (figures.get("intervals") or {}).get(key)
+    if not interval:
+        return ""
+    return f" [{interval[0]:.{digits}f}-{interval[1]:.{digits}f}]"

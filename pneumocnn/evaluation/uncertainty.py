@@ -165,6 +165,24 @@ def uncertainty(
     }
 
 
+def point_estimate(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, patients: Sequence[str]
+) -> dict[str, Any]:
+    """The record of a threshold shown beside the one chosen (the plain point estimate beside
+    the sensitivity bound): the threshold, its `pneumonia_figures` on these films and their 95%
+    patient-bootstrap `intervals` (see `bootstrap_intervals`)."""
+    labels = np.asarray(labels)
+    probabilities = class_probabilities(probabilities)
+    return {
+        "threshold": float(threshold),
+        **pneumonia_figures(labels, probabilities, threshold),
+        "intervals": bootstrap_intervals(
+            lambda index: pneumonia_figures(labels[index], probabilities[index], threshold),
+            patients,
+        ),
+    }
+
+
 def uncertainty_of(labels, probabilities, threshold: float, paths: list[str]) -> dict[str, Any]:
     """Patient-bootstrap intervals and the per-group breakdown (see
     `pneumocnn.evaluation.uncertainty.uncertainty`), patients and groups read from the file
