@@ -21,6 +21,7 @@ from pneumocnn.core.adapt_config import AdaptConfig
 from pneumocnn.core.errors import DataError
 from pneumocnn.core.metadata import load_metadata, model_files
 from pneumocnn.core.run_folder import ADAPT_CALIBRATION_IMAGES
+from pneumocnn.core.task import Task
 from pneumocnn.data.dicom import patient_key
 from pneumocnn.edge.parity import ParityError
 from pneumocnn.evaluation.thresholds import fewest_positives, sensitivity_bound_threshold
@@ -124,6 +125,21 @@ def test_a_failed_int8_check_keeps_the_adapted_run_and_says_how_to_export_it(
     threshold = json.loads((run_dir / "threshold.json").read_text())["threshold"]
     assert row[1] in ("NORMAL", "PNEUMONIA") and float(row[3]) == pytest.approx(threshold, abs=1e-6)
     assert ADAPT_CALIBRATION_IMAGES["subtype"] == 600
+
+
+def test_a_refused_subtype_adaptation_points_to_the_binary_family_not_to_retries(
+    tmp_path, monkeypatch
+):
+    def refuse(run_dir, output_dir, calibration_images, **kwargs):
+        raise ParityError("The int8 model strays too far from the float model.")
+
+    monkeypatch.setattr(adaptation_adapt, "export", refuse)
+    subtype = Task.of("subtype")
+    with pytest.raises(ParityError) as refused:
+        adaptation_adapt.export_adapted(tmp_path / "run", tmp_path, 600, "x", subtype)
+    message = str(refused.value)
+    assert "adapt the binary model" in message and "predict FILES --model" in message
+    assert "pneumocnn.export" not in message and "--calibration-images" not in message
 
 
 def test_the_bound_threshold_misses_no_more_films_than_its_rank_allows(adapted):

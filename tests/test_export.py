@@ -176,7 +176,7 @@ def test_calibration_takes_the_asked_number_of_films_for_three_classes(subtype_r
 
 def test_parity_check_fails_and_says_by_how_much():
     labels = np.array([0, 0, 1, 1])
-    with pytest.raises(ParityError, match=r"agree on 50\.00%.*drop"):
+    with pytest.raises(ParityError, match=r"agree on 50\.00%.*drop.*more --calibration-images"):
         check_parity(
             labels,
             np.array([0.1, 0.2, 0.8, 0.9]),
@@ -190,8 +190,11 @@ def test_a_failed_subtype_parity_check_names_the_pneumonia_calls_apart():
     labels = np.array([0, 1, 2, 2])
     reference = np.array([[0.8, 0.1, 0.1], [0.1, 0.6, 0.3], [0.1, 0.3, 0.6], [0.1, 0.3, 0.6]])
     candidate = reference[:, [0, 2, 1]]  # every subtype flips, no pneumonia call does
-    with pytest.raises(ParityError, match=r"agree on 25\.00%.*calls alone on 100\.00%"):
+    with pytest.raises(ParityError, match=r"agree on 25\.00%.*calls alone on 100\.00%") as refused:
         check_parity(labels, reference, candidate, 0.5, ["NORMAL", "BACTERIAL", "VIRAL"])
+    # Another calibration draw is not advice for a three-class model (docs/research/int8.md).
+    assert "--calibration-images" not in str(refused.value)
+    assert "near-ties" in str(refused.value)
 
 
 def test_parity_check_passes_identical_predictions_and_records_its_bars():
