@@ -152,7 +152,8 @@ class Task:
     def of_folders(cls, name: str, folder_names: Sequence[str]) -> Task:
         """The task trained from class folders: a binary model's classes are the folders'; a
         subtype model's are NORMAL / BACTERIAL / VIRAL, read from the names of the films in
-        `NORMAL/` and `PNEUMONIA/`."""
+        `NORMAL/` and `PNEUMONIA/`, or from folders of those names (see
+        `pneumocnn.data.folders.label_for_task`)."""
         return cls.of(name, None if name == "subtype" else folder_names)
 
     @classmethod
@@ -174,7 +175,8 @@ class Task:
     @property
     def folder_names(self) -> tuple[str, ...]:
         """The class folders its labelled films sit in: its classes for a binary model;
-        `NORMAL/` and `PNEUMONIA/` for a subtype model (see `of_folders`)."""
+        `NORMAL/` and `PNEUMONIA/` for a subtype model (which also takes folders named by its
+        classes; see `of_folders`)."""
         return BINARY_CLASS_NAMES if self.subtype else self.class_names
 
     @property
