@@ -230,6 +230,9 @@ def test_a_subtype_site_may_sort_its_films_into_subtype_folders(tmp_path):
     folders = [Path(path).parent.name for path in films.paths]
     assert [classes[label] for label in films.labels] == folders
     assert np.bincount(films.labels).tolist() == [20, 20, 20]
+    # A binary model is told how to use such a folder.
+    with pytest.raises(DataError, match="into one PNEUMONIA/ folder"):
+        load_site(tmp_path / "site", "binary", ["NORMAL", "PNEUMONIA"], 32)
     # Neither layout complete: the refusal names both.
     (tmp_path / "site" / "VIRAL").rename(tmp_path / "elsewhere")
     with pytest.raises(DataError, match=r"\['PNEUMONIA'\].*\['NORMAL', 'BACTERIAL', 'VIRAL'\]"):

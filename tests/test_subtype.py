@@ -87,6 +87,9 @@ def test_subtype_folders_give_the_labels_whatever_the_file_names(make_dataset):
     # Training reads the same layout (a split with every class).
     split = prepare_split(Config(task="subtype", val_fraction=0.25), dataset)
     assert set(split["label"]) == {0, 1, 2}
+    # A binary model cannot learn from three folders; the refusal says what to do.
+    with pytest.raises(DataError, match="use --task subtype, or move BACTERIAL/ and VIRAL/"):
+        prepare_split(Config(task="binary", val_fraction=0.25), dataset)
     # Other folders are refused, naming both layouts.
     with pytest.raises(DataError, match=r"\['NORMAL', 'BACTERIAL', 'VIRAL'\]"):
         label_for_task(listed, ("A", "B", "C"), "subtype")

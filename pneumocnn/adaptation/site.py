@@ -195,10 +195,17 @@ def site_classes(folder: Path, task: Task, site_dir: str | Path) -> tuple[str, .
             return names
     missing = [name for name in task.folder_names if not (folder / name).is_dir()]
     other = f" (or {list(task.class_names)})" if task.subtype else ""
+    merge = (
+        " NORMAL/, BACTERIAL/ and VIRAL/ serve a subtype model: move BACTERIAL/ and VIRAL/ into "
+        "one PNEUMONIA/ folder to adapt a binary one."
+        if not task.subtype
+        and all((folder / name).is_dir() for name in Task.of("subtype").class_names)
+        else ""
+    )
     raise DataError(
         f"Site folder '{folder}' has no {missing} subfolder: adaptation needs films of every "
         f"class {list(task.folder_names)}{other}. Received: site_dir='{site_dir}'. Add the "
-        "missing class's films (a model adapted to one class would call everything that)."
+        f"missing class's films (a model adapted to one class would call everything that).{merge}"
     )
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pneumocnn.core.errors import DataError
+
 TASKS = ("binary", "subtype")
 BINARY_CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 SUBTYPE_CLASS_NAMES = ("NORMAL", "BACTERIAL", "VIRAL")
@@ -154,6 +156,18 @@ class Task:
         subtype model's are NORMAL / BACTERIAL / VIRAL, read from the names of the films in
         `NORMAL/` and `PNEUMONIA/`, or from folders of those names (see
         `pneumocnn.data.folders.label_for_task`)."""
+        if name != "subtype" and len(folder_names) != 2:
+            merge = (
+                " For NORMAL/, BACTERIAL/ and VIRAL/, use --task subtype, or move BACTERIAL/ and "
+                "VIRAL/ into one PNEUMONIA/ folder for a binary model."
+                if sorted(folder_names) == sorted(SUBTYPE_CLASS_NAMES)
+                else ""
+            )
+            raise DataError(
+                f"A binary model learns from two class folders (e.g. NORMAL/ and PNEUMONIA/). "
+                f"Received: {len(folder_names)} class folders {list(folder_names)}. Keep two."
+                f"{merge}"
+            )
         return cls.of(name, None if name == "subtype" else folder_names)
 
     @classmethod
