@@ -142,6 +142,22 @@ def test_a_refused_subtype_adaptation_points_to_the_binary_family_not_to_retries
     assert "pneumocnn.export" not in message and "--calibration-images" not in message
 
 
+def test_missing_training_data_is_named_as_what_adaptation_mixes_in(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import kagglehub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.delenv("PNEUMOCNN_DATA_DIR", raising=False)
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    base = SimpleNamespace(config=SimpleNamespace(data_dir=str(tmp_path / "gone")))
+    (tmp_path / "site").mkdir()
+    with pytest.raises(DataError, match="mixed into the fine-tuning.*Pass --data-dir"):
+        adaptation_adapt.training_root(base, None, tmp_path / "site")
+
+
 def test_the_bound_threshold_misses_no_more_films_than_its_rank_allows(adapted):
     record = load_metadata(adapted / model_files("pneumocnn")["metadata"])["calibration"]
     bound = record["bound"]

@@ -27,7 +27,7 @@ from pneumocnn.adaptation.finetune import fine_tune, training_mix
 from pneumocnn.adaptation.site import SiteFilms, check_site_folder, load_site, sample_patients
 from pneumocnn.core.adapt_config import AdaptConfig
 from pneumocnn.core.config import Config
-from pneumocnn.core.errors import UsageError
+from pneumocnn.core.errors import DataError, UsageError
 from pneumocnn.core.files import atomic_path
 from pneumocnn.core.metadata import (
     DEFAULT_NAMES,
@@ -150,7 +150,14 @@ def training_root(base: Base, data_dir: str | None, site: Path) -> Path:
     if (site.parent / "train").is_dir():
         logger.info("Training films from %s (the site folder's parent)", site.parent)
         return site.parent
-    return resolve_data_dir(None)
+    try:
+        return resolve_data_dir(None)
+    except DataError as error:
+        raise DataError(
+            "Adaptation needs the training data the model learnt from: labelled training films "
+            "are mixed into the fine-tuning (so it does not forget) and check the int8 export. "
+            f"{error}"
+        ) from error
 
 
 def operating_point(
