@@ -2,7 +2,9 @@
 
 The header is read first and checked against `pneumocnn.data.pixels.MAX_DECODED_BYTES`; the
 pixels are then windowed as a viewer shows them (VOI LUT, or the stored window), MONOCHROME1
-inverted. `pneumocnn.data.images.read_grayscale` calls `read_dicom` for DICOM files.
+inverted. `pneumocnn.data.images.read_grayscale` calls `read_dicom` for DICOM files, which reads
+no patient data; `dicom_patient` reads the header's PatientID alone, as a one-way key that
+groups a patient's films (`pneumocnn.data.folders.match_patient`).
 
 pydicom is optional (the `lite` and `app` extras; 0.12 s to import): without it JPEG and PNG
 films load as before and a DICOM file is refused with the command that installs it.
