@@ -334,8 +334,8 @@ def group_lines(groups: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def interval_text(figures: dict[str, Any], key: str, digits: int = 3) -> str:
-    """ " [low-high]": the 95% interval of `figures[key]` from `figures["intervals"]`, or "" for
-    a record written before it had one.
+    """The 95% interval of `figures[key]` (from `figures["intervals"]`) as " [low-high]", or ""
+    for a record written before it had one.
 
     >>> interval_text({"intervals": {"specificity": [0.8, 0.9]}}, "specificity")
     ' [0.800-0.900]'
