@@ -158,6 +158,31 @@ def test_missing_training_data_is_named_as_what_adaptation_mixes_in(tmp_path, mo
         adaptation_adapt.training_root(base, None, tmp_path / "site")
 
 
+def test_missing_training_data_is_refused_before_the_site_is_decoded(
+    trained_run, site, tmp_path, monkeypatch, capsys
+):
+    import kagglehub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    def decoded(*args, **kwargs):
+        raise AssertionError("the site's films were decoded first")
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(tmp_path / "gone")}))
+    monkeypatch.delenv("PNEUMOCNN_DATA_DIR", raising=False)
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    monkeypatch.setattr(adaptation_adapt, "load_site", decoded)
+    clinic = tmp_path / "clinic"  # no train/ beside it
+    shutil.copytree(site, clinic)
+    argv = [str(run), "--site-dir", str(clinic), "--output-dir", str(tmp_path / "out"), *QUICK]
+    assert adapt_command.main(argv) == 2
+    assert "mixed into the fine-tuning" in capsys.readouterr().err
+
+
 def test_the_bound_threshold_misses_no_more_films_than_its_rank_allows(adapted):
     record = load_metadata(adapted / model_files("pneumocnn")["metadata"])["calibration"]
     bound = record["bound"]

@@ -371,8 +371,9 @@ def adapt(
     output_dir = Path(output_dir)
     check_output(output_dir, base)
     config = base.config
-    site = load_site(site_folder, config.task, base.class_names, config.image_size, patients_csv)
+    # The training data first: a missing copy is refused before the site's films are decoded.
     root = find_dataset(training_root(base, data_dir, site_folder)).root
+    site = load_site(site_folder, config.task, base.class_names, config.image_size, patients_csv)
     config = dataclasses.replace(config, data_dir=str(root.resolve()))
     split = pd.read_csv(base.split) if base.split else prepare_split(config, find_dataset(root))
     mix = training_mix(config, split, root, recipe.training_films, recipe.seed)
