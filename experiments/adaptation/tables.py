@@ -314,6 +314,7 @@ def decisions(rows: dict[str, list[dict]]) -> list[str]:
         lines.append(
             "- A wider base (2026-12-07): " + rule_line(wide, "no_augment_mixup", WIDE_POOLED)
         )
+    lines += screen_0812(rows)
     return [
         "",
         "Rules written before the seeds they decide ran, and their verdicts (seed mean ± "
@@ -321,6 +322,61 @@ def decisions(rows: dict[str, list[dict]]) -> list[str]:
         "half, which these rules chose on):",
         "",
     ] + lines
+
+
+# 2026-12-08, written before their seeds ran: one field of the default changed each, screened
+# on seeds 1-3; the best screener whose mean specificity at the bound passes the default's
+# ten-seed mean goes on to ten fresh seeds (4-13), and those alone decide, by `welch_rule`
+# against the default's seeds 1-10 (seeds 1-3 chose it, so they do not also confirm it).
+SCREENED_0812 = tuple(
+    f"no_augment_mixup_{change}" for change in ("bn_trainable", "epochs_24", "alpha_06", "lr_1e-4")
+)
+SCREEN_SEEDS, CONFIRM_SEEDS = (1, 2, 3), tuple(range(4, 14))
+
+
+def screen_0812(rows: dict[str, list[dict]]) -> list[str]:
+    """The verdicts of the 2026-12-08 screen and its confirmation (see `SCREENED_0812`)."""
+    if "no_augment_mixup" not in rows:
+        return []
+    default = rows["no_augment_mixup"]
+    base = [f["np_specificity"] for f in seed_figures(default)]
+    base_text = fmt(base, seed_mean_intervals(default)["np_specificity"])
+    screened = {}
+    for name in SCREENED_0812:
+        results = [r for r in rows.get(name, []) if r["seed"] in SCREEN_SEEDS]
+        if len(results) == len(SCREEN_SEEDS):
+            screened[name] = results
+    if not screened:
+        return []
+    means = {
+        name: float(np.mean([f["np_specificity"] for f in seed_figures(results)]))
+        for name, results in screened.items()
+    }
+    best = max(means, key=means.get)
+    chosen = best if means[best] > np.mean(base) else None
+    lines = []
+    for name, results in screened.items():
+        values = [f["np_specificity"] for f in seed_figures(results)]
+        verdict = "goes on to ten fresh seeds" if name == chosen else "stops there"
+        lines.append(
+            f"- One field of the default changed (2026-12-08): `{name}`, seeds 1-3, specificity "
+            f"at the bound {fmt(values, seed_mean_intervals(results)['np_specificity'])} against "
+            f"`no_augment_mixup`'s {len(base)}-seed {base_text}: {verdict}."
+        )
+    if len(screened) < len(SCREENED_0812):
+        lines.append("- (The 2026-12-08 screen is not complete: its verdicts may change.)")
+    fresh = [r for r in rows.get(chosen or "", []) if r["seed"] in CONFIRM_SEEDS]
+    if len(screened) == len(SCREENED_0812) and len(fresh) == len(CONFIRM_SEEDS):
+        confirm = f"{chosen}, seeds 4-13"
+        pair = {"no_augment_mixup": default, confirm: fresh}
+        rule = welch_rule(pair, "no_augment_mixup", confirm)
+        lines.append(
+            "- Its confirmation on fresh seeds (2026-12-08): "
+            + rule_line(rule, "no_augment_mixup", confirm)
+            + " (Adopting it also asks that `pneumocnn.adapt saved_models` export on these "
+            "films: see the findings.)"
+        )
+    return lines
 
 
 # The wider base (128 px, 32 filters, 4 blocks), two generic seeds adapted three times each
