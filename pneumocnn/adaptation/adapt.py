@@ -334,6 +334,22 @@ def export_adapted(
     return metadata
 
 
+def site_and_training(
+    base: Base, site_folder: Path, data_dir: str | None, patients_csv: str | Path | None
+) -> tuple[SiteFilms, Config, Path, pd.DataFrame]:
+    """The site's films, the base's config pointed at the training data, its root and split.
+
+    The training data are found first, so a missing copy is refused before the site's films
+    are decoded.
+    """
+    root = find_dataset(training_root(base, data_dir, site_folder)).root
+    config = base.config
+    site = load_site(site_folder, config.task, base.class_names, config.image_size, patients_csv)
+    config = dataclasses.replace(config, data_dir=str(root.resolve()))
+    split = pd.read_csv(base.split) if base.split else prepare_split(config, find_dataset(root))
+    return site, config, root, split
+
+
 def adapt(
     model: str | Path,
     site_dir: str | Path,
@@ -370,12 +386,8 @@ def adapt(
     base = resolve_base(model)
     output_dir = Path(output_dir)
     check_output(output_dir, base)
-    config = base.config
-    # The training data first: a missing copy is refused before the site's films are decoded.
-    root = find_dataset(training_root(base, data_dir, site_folder)).root
-    site = load_site(site_folder, config.task, base.class_names, config.image_size, patients_csv)
-    config = dataclasses.replace(config, data_dir=str(root.resolve()))
-    split = pd.read_csv(base.split) if base.split else prepare_split(config, find_dataset(root))
+    task = Task.of_classes(base.class_names)
+    site, config, root, split = site_and_training(base, site_folder, data_dir, patients_csv)
     mix = training_mix(config, split, root, recipe.training_films, recipe.seed)
     logger.info(
         "Adapting %s to %d films of %s (%d patients), with %d training films mixed in",
@@ -386,9 +398,7 @@ def adapt(
         len(mix.labels),
     )
     probabilities, _ = out_of_fold(base.keras_path, config, recipe, site, mix)
-    record = operating_point(
-        site, probabilities, recipe, recipe.folds, Task.of_classes(base.class_names)
-    )
+    record = operating_point(site, probabilities, recipe, recipe.folds, task)
     logger.info(
         "Threshold %.4f from out-of-fold scores (sensitivity %.3f, specificity %.3f there)",
         record["threshold"],
@@ -412,8 +422,6 @@ def adapt(
         adaptation,
     )
     images = calibration_images or ADAPT_CALIBRATION_IMAGES[config.task]
-    metadata = export_adapted(
-        run_dir, output_dir, images, base.name, Task.of_classes(base.class_names)
-    )
+    metadata = export_adapted(run_dir, output_dir, images, base.name, task)
     logger.info("Adapted in %.0f s", time.perf_counter() - started)
     return metadata
