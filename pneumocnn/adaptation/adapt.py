@@ -337,10 +337,20 @@ def export_adapted(
 def site_and_training(
     base: Base, site_folder: Path, data_dir: str | None, patients_csv: str | Path | None
 ) -> tuple[SiteFilms, Config, Path, pd.DataFrame]:
-    """The site's films, the base's config pointed at the training data, its root and split.
+    """Reads the site's films and finds the training data the adaptation mixes in.
 
     The training data are found first, so a missing copy is refused before the site's films
     are decoded.
+
+    Args:
+        base: the model being adapted (see `resolve_base`).
+        site_folder: the site's checked folder (see `check_site_folder`).
+        data_dir: the training data folder (see `training_root`), or `None`.
+        patients_csv: a `file,patient` table for the site's films, or `None`.
+
+    Returns:
+        The site's films, the base's config pointed at the training data, the training data's
+        root folder and the base's patient split of it.
     """
     root = find_dataset(training_root(base, data_dir, site_folder)).root
     config = base.config
