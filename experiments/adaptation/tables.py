@@ -374,15 +374,15 @@ def screen_0812(rows: dict[str, list[dict]]) -> list[str]:
             screened[name] = results
     if not screened:
         return []
-    means = {
-        name: float(np.mean([f["np_specificity"] for f in seed_figures(results)]))
+    specificity = {
+        name: [f["np_specificity"] for f in seed_figures(results)]
         for name, results in screened.items()
     }
-    best = max(means, key=means.get)
-    chosen = best if means[best] > np.mean(base) else None
+    best = max(specificity, key=lambda name: np.mean(specificity[name]))
+    chosen = best if np.mean(specificity[best]) > np.mean(base) else None
     lines = []
     for name, results in screened.items():
-        values = [f["np_specificity"] for f in seed_figures(results)]
+        values = specificity[name]
         verdict = "goes on to ten fresh seeds" if name == chosen else "stops there"
         lines.append(
             f"- One field of the default changed (2026-12-08): `{name}`, seeds 1-3, specificity "
